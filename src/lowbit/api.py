@@ -1,0 +1,281 @@
+"""The Python API: one verb per intent. Composes the stages; holds no maths."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from lowbit.config import QuantConfig, as_config
+from lowbit.data import FeedSource, as_feeds
+from lowbit.emit import emit_qdq, emit_simulation
+from lowbit.emit.dynamic import emit_dynamic
+from lowbit.emit.fp16 import emit_fp16
+from lowbit.errors import ConfigError, DataError, ModelError
+from lowbit.io import atomic_write_bytes, check_output_path
+from lowbit.load import load_model
+from lowbit.observe import collect_stats
+from lowbit.plan import QuantPlan
+from lowbit.planner import build_plan
+from lowbit.prepare import PreparedModel, prepare
+from lowbit.progress import Progress, null_progress
+from lowbit.report import Report
+from lowbit.selection import select
+from lowbit.verify import compare_models, measure_latency, check_parity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantResult:
+    """What quantize() gives back: the quantized model, its plan, and the report that proves it."""
+
+    model: onnx.ModelProto
+    plan: QuantPlan
+    report: Report
+    output_path: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    # the prepared float model the plan applies to (for simulation and later comparisons)
+    float_model: onnx.ModelProto | None = field(default=None, repr=False)
+
+    def simulation(self) -> bytes | None:
+        """lowbit's float simulation of the plan (static int8 only), serialized."""
+        if self.plan.precision != "int8" or self.float_model is None:
+            return None
+        return emit_simulation(self.float_model, self.plan).SerializeToString()
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How much proof to gather. Latency takes the most time: `threads=()` skips it."""
+
+    threads: tuple[int, ...] = (1, 2)
+    latency_runs: int = 30
+    parity_batches: int = 16
+    eval_limit: int | None = None
+
+
+def _stage(timings: dict[str, float], name: str, t0: float) -> float:
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - t0
+    return now
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
+              progress: Progress = null_progress) -> QuantPlan:
+    """Calibrate a static INT8 plan: select nodes, observe their tensors, choose qparams."""
+    selection = select(prepared.proto, config)
+    method = config.activations.calibration
+    stats = collect_stats(prepared.proto, selection.to_observe, calib, lambda name: method, progress)
+    return build_plan(prepared.proto, selection, stats, config)
+
+
+def quantize(
+    model: Any,
+    config: QuantConfig | str | None = "int8",
+    calib_data: Any = None,
+    *,
+    output: str | Path | None = None,
+    eval_data: Any = None,
+    labels: Any = None,
+    example_inputs: Any = None,
+    preprocess: Any = None,
+    plan: QuantPlan | str | Path | None = None,
+    calib_limit: int | None = None,
+    verify: VerifyOptions | None = VerifyOptions(),
+    progress: Progress = null_progress,
+) -> QuantResult:
+    """Quantize `model` (ONNX path, ModelProto, or torch.nn.Module with `example_inputs`).
+
+    `config` is a QuantConfig or a preset name ('int8', 'fp16', 'int8-dynamic'). Static INT8
+    needs `calib_data`; `eval_data` (held out) is used for the report, with `labels` for accuracy.
+    A saved `plan` is re-applied as it is, without calibration.
+
+    >>> result = lowbit.quantize("mobilenet_v2.onnx", "int8", "calib/", output="mbv2.int8.onnx",
+    ...                          preprocess=ImagePreprocess.imagenet())
+    >>> print(result.report)
+    """
+    cfg = as_config(config)
+    timings: dict[str, float] = {}
+    t = t_start = time.perf_counter()
+    if output is not None:
+        check_output_path(output)
+    loaded = load_model(model, example_inputs)
+    prepared = prepare(loaded)
+    t = _stage(timings, "load+prepare", t)
+
+    if plan is not None:
+        qplan = plan if isinstance(plan, QuantPlan) else QuantPlan.load(plan)
+        cfg = QuantConfig.from_dict(qplan.config) if qplan.config.get("weights") else cfg
+        if qplan.precision != "int8":
+            raise ConfigError(f"re-applying a plan works for static int8 plans; this one is '{qplan.precision}'. "
+                              f"Quantize again with precision '{qplan.precision}' instead.")
+        if qplan.model_fingerprint and qplan.model_fingerprint != prepared.fingerprint:
+            log.warning("the plan was made for another model (fingerprint %s, this model %s)",
+                        qplan.model_fingerprint, prepared.fingerprint)
+        _check_plan_fits(qplan, prepared)
+    elif cfg.precision == "int8":
+        if calib_data is None:
+            raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
+                            "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
+        calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess, limit=calib_limit)
+        qplan = make_plan(prepared, cfg, calib, progress)
+        t = _stage(timings, "calibrate+plan", t)
+
+    if cfg.precision == "fp16" and plan is None:
+        qmodel, qplan = emit_fp16(prepared.proto, cfg.keep_io_types)
+    elif cfg.precision == "int8-dynamic" and plan is None:
+        qmodel, qplan = emit_dynamic(prepared.proto)
+    else:
+        qmodel = emit_qdq(prepared.proto, qplan)
+    qbytes = qmodel.SerializeToString()
+    t = _stage(timings, "emit", t)
+
+    out_path = atomic_write_bytes(output, qbytes) if output is not None else None
+    t = _stage(timings, "write", t)
+    timings["total_quantize"] = time.perf_counter() - t_start
+    quantizer = {"wall_s": timings["total_quantize"], "peak_rss_mb": _peak_rss_mb(),
+                 "stages": dict(timings)}
+
+    report = Report({
+        "title": f"lowbit: {loaded.name} -> {qplan.precision}",
+        "model": {"name": loaded.name, "source": loaded.source},
+        "precision": qplan.precision,
+        "output_path": str(out_path) if out_path else None,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "nodes": nodes_summary(qplan),
+        "quantizer": quantizer,
+    })
+    if verify is not None:
+        data = eval_data if eval_data is not None else calib_data
+        if eval_data is None:
+            report.data["notes"].append("No held-out data given: fidelity is measured on the calibration data.")
+        if data is not None:
+            sim = emit_simulation(prepared.proto, qplan).SerializeToString() if qplan.precision == "int8" else None
+            _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, sim, qplan)},
+                         as_feeds(data, prepared.inputs, labels=labels, preprocess=preprocess,
+                                  limit=verify.eval_limit),
+                         verify, progress)
+        else:
+            report.data["notes"].append("No data given: fidelity, parity and latency were not measured.")
+        timings["verify"] = time.perf_counter() - t
+    return QuantResult(qmodel, qplan, report, out_path, timings, prepared.proto)
+
+
+def _check_plan_fits(plan: QuantPlan, prepared: PreparedModel) -> None:
+    names = {o for n in prepared.proto.graph.node for o in list(n.output) + list(n.input)}
+    names |= {i.name for i in prepared.proto.graph.input}
+    missing = [t for t in plan.tensors if t not in names]
+    if missing:
+        raise ConfigError(f"the plan does not fit this model: {len(missing)} of its tensors are not in the graph "
+                          f"(first: {missing[:3]}). Make a plan for this model instead.")
+
+
+def nodes_summary(plan: QuantPlan) -> dict:
+    return {
+        "quantized": [{"name": n.name, "op": n.op, "precision": n.precision} for n in plan.quantized_nodes()],
+        "skipped": [{"name": n.name, "op": n.op, "reason": n.reason} for n in plan.float_nodes()],
+        "folded": [{"name": k, "into": v} for k, v in plan.folded.items()],
+    }
+
+
+def _variant(label: str, precision: str, model_bytes: bytes) -> dict:
+    return {"label": label, "precision": precision, "size_bytes": len(model_bytes), "latency_ms": {},
+            "fidelity": None, "accuracy": None, "parity": None, "energy_uj": None}
+
+
+def _verify_into(report: Report, reference: bytes, candidates: dict[str, tuple[bytes, bytes | None, QuantPlan | None]],
+                 data: FeedSource, opts: VerifyOptions, progress: Progress, labeled: FeedSource | None = None) -> None:
+    """Fill the report's variants: FP32 first, then each candidate. Fidelity on `data`; top-1
+    accuracy on `labeled` when given (else on `data` if it has labels)."""
+    variants = [_variant("fp32", "fp32", reference)]
+    variants += [_variant(k, (p.precision if p else k), b) for k, (b, _, p) in candidates.items()]
+    accs, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, data, progress)
+    ref_acc = None
+    for v in variants[1:]:
+        acc = accs[v["label"]]
+        v["fidelity"] = acc.result()
+        ref_acc, v["accuracy"] = acc.accuracy()
+    variants[0]["accuracy"] = ref_acc
+    if labeled is not None:
+        accs_l, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, labeled, progress)
+        for v in variants[1:]:
+            variants[0]["accuracy"], v["accuracy"] = accs_l[v["label"]].accuracy()
+    variants[0]["fidelity"] = {"samples": variants[1]["fidelity"]["samples"] if len(variants) > 1 else 0,
+                               "sqnr_db": None, "cosine": 1.0, "top1_agreement": 1.0, "kl": 0.0}
+    for v in variants[1:]:
+        qbytes, sim, plan = candidates[v["label"]]
+        if sim is not None and plan is not None:
+            v["parity"] = check_parity(qbytes, sim, plan, data, opts.parity_batches)
+    if opts.threads:
+        first = next(iter(data))
+        feeds = {k: a[:1] for k, a in first.feeds.items()}
+        models = {"fp32": reference, **{k: b for k, (b, _, _) in candidates.items()}}
+        lat = measure_latency(models, feeds, opts.threads, opts.latency_runs, progress=progress)
+        for v in variants:
+            v["latency_ms"] = lat[v["label"]]
+    report.data["variants"] = variants
+
+
+def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, preprocess: Any = None,
+             verify: VerifyOptions = VerifyOptions(), progress: Progress = null_progress) -> Report:
+    """Compare one or more candidate ONNX models with a reference on `data`.
+
+    >>> print(lowbit.evaluate("mbv2.onnx", "mbv2.int8.onnx", "eval/", preprocess=ImagePreprocess.imagenet()))
+    """
+    ref = load_model(reference)
+    if not isinstance(candidates, (list, tuple, dict)):
+        candidates = [candidates]
+    items = candidates.items() if isinstance(candidates, dict) else [(str(c) if isinstance(c, (str, Path)) else f"candidate{i}", c) for i, c in enumerate(candidates)]
+    loaded = {}
+    for label, c in items:
+        m = load_model(c)
+        label = Path(label).name if isinstance(label, str) else label
+        loaded[label] = m
+    specs = prepare(ref, optimize=False).inputs
+    for label, m in loaded.items():
+        other = [s.name for s in prepare(m, optimize=False).inputs]
+        if other != [s.name for s in specs]:
+            raise ModelError(f"candidate {label} takes inputs {other}, the reference takes {[s.name for s in specs]}: "
+                             "they cannot be compared on the same data.")
+    report = Report({"title": f"lowbit eval: {ref.name}", "model": {"name": ref.name, "source": ref.source},
+                     "precision": ", ".join(loaded), "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    feeds = as_feeds(data, specs, labels=labels, preprocess=preprocess, limit=verify.eval_limit)
+    _verify_into(report, ref.proto.SerializeToString(),
+                 {k: (m.proto.SerializeToString(), None, None) for k, m in loaded.items()}, feeds, verify, progress)
+    return report
+
+
+def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data: Any, *,
+                     labeled: tuple[Any, Any] | None = None, preprocess: Any = None,
+                     verify: VerifyOptions = VerifyOptions(), progress: Progress = null_progress,
+                     title: str | None = None) -> Report:
+    """One report comparing the FP32 `reference` with several quantize() results side by side.
+
+    `labeled` = (data, labels) adds top-1 accuracy.
+    """
+    ref = load_model(reference)
+    specs = prepare(ref, optimize=False).inputs
+    report = Report({"title": title or f"lowbit: {ref.name}", "model": {"name": ref.name, "source": ref.source},
+                     "precision": ", ".join(results), "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    first = next(iter(results.values()), None)
+    if first is not None:
+        report.data["nodes"] = nodes_summary(first.plan if "int8" not in results else results["int8"].plan)
+        report.data["quantizer"] = {"wall_s": sum(r.timings.get("total_quantize", 0.0) for r in results.values()),
+                                    "peak_rss_mb": _peak_rss_mb(),
+                                    "stages": {f"{k}:{s}": v for k, r in results.items() for s, v in r.timings.items()}}
+    feeds = as_feeds(eval_data, specs, preprocess=preprocess, limit=verify.eval_limit)
+    lab = as_feeds(labeled[0], specs, labels=labeled[1], preprocess=preprocess) if labeled else None
+    cands = {k: (r.model.SerializeToString(), r.simulation(), r.plan) for k, r in results.items()}
+    _verify_into(report, ref.proto.SerializeToString(), cands, feeds, verify, progress, lab)
+    return report

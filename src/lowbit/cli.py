@@ -1,0 +1,176 @@
+"""The `lowbit` command: parses arguments, calls the API, renders results. No maths here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from lowbit.errors import ConfigError, LowbitError
+
+EXIT_USER_ERROR = 2
+
+
+def _threads(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes comma-separated integers such as 1,2; got '{text}'")
+    if any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError("thread counts must be at least 1")
+    return vals
+
+
+def _labels(spec: str | None):
+    """--labels: a .npy/.txt file, or 'filename' to take the last number in each file name."""
+    if spec is None:
+        return None
+    if spec == "filename":
+        def from_name(source: str) -> int:
+            nums = re.findall(r"\d+", Path(source).stem)
+            if not nums:
+                raise ConfigError(f"--labels filename: no number in the file name of {source}")
+            return int(nums[-1])
+        return from_name
+    return spec
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preprocess", default=None,
+                   help="image preprocessing for image folders: 'imagenet' or key=value list, e.g. "
+                        "'resize=256,crop=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW'")
+    p.add_argument("--labels", default=None, help="labels for accuracy: a .npy/.txt file, or 'filename' "
+                   "(the last number in each image's file name)")
+    p.add_argument("--threads", type=_threads, default=(1, 2), help="thread counts for latency (default 1,2)")
+    p.add_argument("--latency-runs", type=int, default=30, help="timed runs per model and thread count")
+    p.add_argument("--eval-limit", type=int, default=None, help="use at most this many evaluation samples")
+    p.add_argument("--report-html", type=Path, default=None, help="write the HTML report here")
+    p.add_argument("--report-json", type=Path, default=None, help="write the JSON report here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lowbit import __version__
+    from lowbit.config import PRECISIONS
+
+    parser = argparse.ArgumentParser(prog="lowbit", description="Quantize FP32 models to FP16 / INT8 ONNX, with proof.")
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    q = sub.add_parser("quantize", help="quantize a model and report accuracy, size, latency and parity")
+    q.add_argument("model", help="an .onnx file")
+    q.add_argument("--precision", "--preset", dest="precision", default="int8",
+                   help=f"one of {', '.join(PRECISIONS)} (default int8)")
+    q.add_argument("--calib", default=None, help="calibration data: .npy/.npz file or folder, or image folder")
+    q.add_argument("--eval", dest="eval_data", default=None, help="held-out evaluation data (same forms)")
+    q.add_argument("-o", "--output", required=True, type=Path, help="where to write the quantized .onnx")
+    q.add_argument("--plan", type=Path, default=None, help="re-apply a saved plan JSON instead of calibrating")
+    q.add_argument("--save-plan", type=Path, default=None, help="also write the plan as JSON")
+    q.add_argument("--calib-limit", type=int, default=None, help="use at most this many calibration samples")
+    q.add_argument("--keep-float", action="append", default=[], help="glob of node names to keep in float")
+    q.add_argument("--no-verify", action="store_true", help="skip fidelity, parity and latency measurement")
+    _add_data_args(q)
+
+    e = sub.add_parser("eval", help="compare candidate models with a reference on data")
+    e.add_argument("reference", help="the FP32 reference .onnx")
+    e.add_argument("candidates", nargs="+", help="one or more .onnx files to compare")
+    e.add_argument("--data", required=True, help="evaluation data (.npy/.npz file or folder, image folder)")
+    _add_data_args(e)
+
+    d = sub.add_parser("demo", help="quantize the real MobileNetV2 (ImageNet) to FP16 and INT8 and compare")
+    d.add_argument("--out", type=Path, default=Path("lowbit-demo"), help="folder for models and reports")
+    d.add_argument("--calib-n", type=int, default=128, help="calibration photo crops")
+    d.add_argument("--eval-n", type=int, default=300, help="held-out evaluation photo crops")
+    d.add_argument("--threads", type=_threads, default=(1, 2), help="thread counts for latency")
+    d.add_argument("--latency-runs", type=int, default=30)
+
+    sub.add_parser("list", help="list presets and calibration methods")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    from lowbit import cli_render as render
+
+    try:
+        if args.command == "list":
+            render.print_list()
+            return 0
+        with render.progress_bar() as progress:
+            if args.command == "quantize":
+                result = _quantize(args, progress)
+                report = result.report
+            elif args.command == "eval":
+                report = _eval(args, progress)
+            else:
+                from lowbit.demo import run_demo
+
+                report = run_demo(args.out, calib_n=args.calib_n, eval_n=args.eval_n, threads=args.threads,
+                                  latency_runs=args.latency_runs, progress=progress)
+        render.print_report(report)
+        if args.command == "demo":
+            render.console.print(f"HTML report: {args.out / 'report.html'}   JSON: {args.out / 'report.json'}")
+        return 0
+    except LowbitError as e:
+        render.print_error(e)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        render.console.print("[yellow]interrupted: no partial output was left behind.[/yellow]")
+        return 130
+
+
+def _verify_opts(args):
+    from lowbit.api import VerifyOptions
+
+    return VerifyOptions(threads=args.threads, latency_runs=args.latency_runs, eval_limit=args.eval_limit)
+
+
+def _preprocess(args):
+    from lowbit.data import ImagePreprocess
+
+    return ImagePreprocess.parse(args.preprocess) if args.preprocess else None
+
+
+def _quantize(args, progress):
+    import lowbit
+    from lowbit.config import preset
+
+    config = preset(args.precision)
+    if args.keep_float:
+        config = config.with_(keep_float=tuple(args.keep_float))
+    result = lowbit.quantize(
+        args.model, config, args.calib, output=args.output, eval_data=args.eval_data, labels=_labels(args.labels),
+        preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit,
+        verify=None if args.no_verify else _verify_opts(args), progress=progress,
+    )
+    if args.save_plan:
+        result.plan.save(args.save_plan)
+    _save_reports(result.report, args)
+    return result
+
+
+def _eval(args, progress):
+    import lowbit
+
+    report = lowbit.evaluate(args.reference, args.candidates, args.data, labels=_labels(args.labels),
+                             preprocess=_preprocess(args), verify=_verify_opts(args), progress=progress)
+    _save_reports(report, args)
+    return report
+
+
+def _save_reports(report, args) -> None:
+    if args.report_html:
+        report.save_html(args.report_html)
+    if args.report_json:
+        report.save_json(args.report_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Terminal rendering for the CLI: rich tables, progress bars and error paragraphs."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar():
+    """A progress callback for the library: one bar per stage, shown while that stage runs."""
+    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def callback(stage: str, done: int, total: int | None = None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield callback
+
+
+def print_report(report) -> None:
+    header, rows = report.rows()
+    table = Table(title=report.data.get("title", "lowbit report"), header_style="bold")
+    for h in header:
+        table.add_column(h, justify="left" if h == "variant" else "right")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    skipped = report.skipped
+    if skipped:
+        console.print(f"[dim]{len(skipped)} node(s) kept in float, e.g. "
+                      + "; ".join(f"{s['name']} ({s['reason']})" for s in skipped[:3]) + "[/dim]")
+    for note in report.data.get("notes", []):
+        console.print(f"[dim]note: {note}[/dim]")
+    if report.data.get("output_path"):
+        console.print(f"wrote {report.data['output_path']}")
+
+
+def print_error(e: Exception) -> None:
+    err_console.print(Panel(str(e), title=f"lowbit: {type(e).__name__}", border_style="red", expand=False))
+
+
+def print_list() -> None:
+    from lowbit.calibration import CALIBRATIONS
+    from lowbit.config import PRESETS
+
+    t = Table(title="presets")
+    t.add_column("name")
+    t.add_column("what it does")
+    for name, (_, doc) in PRESETS.items():
+        t.add_row(name, doc)
+    console.print(t)
+    c = Table(title="calibration methods")
+    c.add_column("name")
+    c.add_column("what it does")
+    for name, cls in CALIBRATIONS.items():
+        c.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
+    console.print(c)

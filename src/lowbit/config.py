@@ -1,0 +1,150 @@
+"""What the user asks for: a QuantConfig built from typed Schemes, or a named preset."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from lowbit.calibration import CalibrationMethod, MinMax
+from lowbit.calibration.base import calibration_from_dict
+from lowbit.core.dtypes import QDtype, dtype_by_name, int8, uint8
+from lowbit.core.granularity import Granularity, PerChannel, PerGroup, PerTensor, granularity_from_dict
+from lowbit.errors import ConfigError, did_you_mean
+
+PRECISIONS = ("fp16", "int8", "int8-dynamic")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """How one class of tensors (weights or activations) is quantized.
+
+    >>> Scheme(int8, PerChannel(axis=0), symmetric=True)
+    """
+
+    dtype: QDtype = int8
+    granularity: Granularity = PerTensor()
+    symmetric: bool = True
+    calibration: CalibrationMethod = MinMax()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dtype, QDtype):
+            raise ConfigError(f"Scheme.dtype must be a lowbit dtype such as lowbit.int8; got {self.dtype!r}")
+        if not isinstance(self.granularity, (PerTensor, PerChannel, PerGroup)):
+            raise ConfigError(
+                f"Scheme.granularity must be PerTensor(), PerChannel(axis) or PerGroup(axis, size); "
+                f"got {self.granularity!r}"
+            )
+        if isinstance(self.granularity, PerGroup) and self.granularity.size < 2:
+            raise ConfigError(f"PerGroup size must be at least 2; got {self.granularity.size}")
+        if not isinstance(self.calibration, CalibrationMethod):
+            raise ConfigError(f"Scheme.calibration must be a calibration method such as MinMax(); "
+                              f"got {self.calibration!r}")
+
+    @property
+    def narrow(self) -> bool:
+        """Signed symmetric grids drop -2**(b-1) so that +-max both map exactly (int8: [-127, 127])."""
+        return self.symmetric and self.dtype.signed
+
+    def to_dict(self) -> dict:
+        g = self.granularity
+        return {
+            "dtype": self.dtype.name,
+            "granularity": {"kind": g.kind, **({"axis": g.axis} if hasattr(g, "axis") else {}),
+                            **({"size": g.size} if isinstance(g, PerGroup) else {})},
+            "symmetric": self.symmetric,
+            "calibration": self.calibration.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scheme":
+        return cls(dtype_by_name(d["dtype"]), granularity_from_dict(d["granularity"]),
+                   bool(d["symmetric"]), calibration_from_dict(d["calibration"]))
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Everything a quantize call needs to know besides the model and the data.
+
+    >>> QuantConfig(precision="int8", keep_float=("/classifier/*",))
+    """
+
+    precision: str = "int8"
+    weights: Scheme = Scheme(int8, PerChannel(axis=0), symmetric=True)
+    # uint8 activations: on AVX2 CPUs ONNX Runtime only fuses u8 activations x s8 weights fully.
+    activations: Scheme = Scheme(uint8, PerTensor(), symmetric=False)
+    keep_float: tuple[str, ...] = ()
+    op_types: tuple[str, ...] | None = None
+    keep_io_types: bool = True
+    seed: int = 0
+    extras: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision '{self.precision}'." + did_you_mean(self.precision, PRECISIONS))
+        if not isinstance(self.activations.granularity, PerTensor):
+            raise ConfigError("activations must be quantized PerTensor(): ONNX Runtime's integer kernels "
+                              f"take one activation scale per tensor; got {self.activations.granularity}")
+        if isinstance(self.keep_float, str):
+            object.__setattr__(self, "keep_float", (self.keep_float,))
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        if self.op_types is not None:
+            object.__setattr__(self, "op_types", tuple(self.op_types))
+
+    def with_(self, **changes) -> "QuantConfig":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {
+            "precision": self.precision,
+            "weights": self.weights.to_dict(),
+            "activations": self.activations.to_dict(),
+            "keep_float": list(self.keep_float),
+            "op_types": list(self.op_types) if self.op_types is not None else None,
+            "keep_io_types": self.keep_io_types,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "QuantConfig":
+        return cls(
+            precision=d["precision"],
+            weights=Scheme.from_dict(d["weights"]),
+            activations=Scheme.from_dict(d["activations"]),
+            keep_float=tuple(d.get("keep_float", ())),
+            op_types=tuple(d["op_types"]) if d.get("op_types") is not None else None,
+            keep_io_types=d.get("keep_io_types", True),
+            seed=d.get("seed", 0),
+        )
+
+
+# --- presets: a name for each common intent ------------------------------------------------------
+
+PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
+    "fp16": (lambda: QuantConfig(precision="fp16"),
+             "FP16 weights and activations; unsafe ops stay FP32; float32 inputs/outputs. Halves size."),
+    "int8": (lambda: QuantConfig(precision="int8"),
+             "Static INT8 QDQ: int8 per-channel symmetric weights, uint8 per-tensor calibrated activations."),
+    "int8-dynamic": (lambda: QuantConfig(precision="int8-dynamic"),
+                     "INT8 MatMul/Gemm weights, activations quantized at run time. For transformer-like models."),
+}
+
+
+def preset(name: str) -> QuantConfig:
+    """The QuantConfig of a named preset ('fp16', 'int8', 'int8-dynamic').
+
+    >>> preset("int8").activations.dtype.name
+    'uint8'
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset or precision '{name}'." + did_you_mean(name, PRESETS))
+    return PRESETS[name][0]()
+
+
+def as_config(config: QuantConfig | str | None) -> QuantConfig:
+    if config is None:
+        return preset("int8")
+    if isinstance(config, str):
+        return preset(config)
+    if isinstance(config, QuantConfig):
+        return config
+    raise ConfigError(f"config must be a QuantConfig or a preset name such as 'int8'; got {type(config).__name__}")

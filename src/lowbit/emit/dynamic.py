@@ -1,0 +1,93 @@
+"""Dynamic INT8 through ONNX Runtime's quantize_dynamic: int8 weights, activations quantized at
+run time. Only MatMul is quantized: ONNX Runtime's dynamic Conv kernels are several times slower
+than FP32 on CPU. Gemm layers with constant weights are first rewritten as MatMul + Add so that
+torch Linear layers (exported as Gemm) are covered too."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from lowbit import __version__
+from lowbit.core.dtypes import dtype_by_name
+from lowbit.core.granularity import PerChannel, PerTensor
+from lowbit.core.qparams import QParams
+from lowbit.emit.metadata import record_plan
+from lowbit.graph import GraphIndex
+from lowbit.ops import why_float
+from lowbit.plan import NodePlan, QuantPlan, TensorPlan
+from lowbit.prepare import fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite Gemm(A, const B, C) with alpha = beta = 1 and no transA as MatMul(A, B') + C."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = GraphIndex(m)
+    nodes = []
+    for node in m.graph.node:
+        b = g.constant(node.input[1]) if node.op_type == "Gemm" else None
+        if (b is None or g.attr(node, "transA", 0) or g.attr(node, "alpha", 1.0) != 1.0
+                or g.attr(node, "beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        w = b.T if g.attr(node, "transB", 0) else b
+        w_name = f"{node.input[1]}_matmul"
+        m.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=node.name))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    return m
+
+
+def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True) -> tuple[onnx.ModelProto, QuantPlan]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src = gemm_to_matmul(model)
+    with tempfile.TemporaryDirectory(prefix="lowbit-dyn-") as tmp:
+        inp, outp = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(src, str(inp))
+        quantize_dynamic(inp, outp, op_types_to_quantize=["MatMul"], per_channel=per_channel,
+                         weight_type=QuantType.QInt8)
+        out = onnx.load(str(outp))
+    plan = _plan_from_output(src, out)
+    record_plan(out, plan)
+    return out, plan
+
+
+def _plan_from_output(src: onnx.ModelProto, out: onnx.ModelProto) -> QuantPlan:
+    """Read back what quantize_dynamic did: which MatMul weights it quantized, with what scales."""
+    plan = QuantPlan(precision="int8-dynamic", model_fingerprint=fingerprint(src), lowbit_version=__version__,
+                     config={"precision": "int8-dynamic", "per_channel": True})
+    o = GraphIndex(out)
+    g = GraphIndex(src)
+    for node in src.graph.node:
+        if not any(g.is_float(x) for x in node.output):
+            continue
+        w = node.input[1] if node.op_type == "MatMul" and len(node.input) > 1 else None
+        qname = f"{w}_quantized" if w else None
+        if qname and qname in o.initializers:
+            q = o.constant(qname)
+            scale, zp = o.constant(f"{w}_scale"), o.constant(f"{w}_zero_point")
+            gran = PerChannel(q.ndim - 1) if np.asarray(scale).size > 1 else PerTensor()
+            dt = dtype_by_name("int8" if q.dtype == np.int8 else "uint8")
+            plan.tensors[w] = TensorPlan(w, "weight", QParams(dt, gran, np.asarray(scale, np.float32),
+                                                              np.asarray(zp, np.int64)), method="minmax")
+            plan.nodes[node.name] = NodePlan(node.name, node.op_type, "int8-dynamic",
+                                             "int8 weights, activations quantized at run time")
+        else:
+            reason = ("dynamic quantization covers MatMul only (dynamic Conv is slower than FP32 on CPU)"
+                      if node.op_type == "Conv" else why_float(node.op_type))
+            plan.nodes[node.name] = NodePlan(node.name, node.op_type, "fp32", reason)
+    return plan

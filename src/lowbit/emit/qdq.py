@@ -1,0 +1,182 @@
+"""QuantPlan -> QDQ ONNX (for ONNX Runtime's integer kernels) or -> a float simulation of it.
+
+lowbit writes its own QDQ emitter instead of driving onnxruntime.quantization: the plan carries
+exact per-tensor scales and, after learned rounding, weights already on their integer grid, which
+ORT's quantizer would recompute from the float weights; and QDQ placement (folded Relu/Clip, shared
+scales through passthrough ops) is what decides whether ORT can fuse whole groups.
+
+Both outputs come from the same graph surgery, so the simulation is the plan's arithmetic and
+nothing else: weights fake-quantized by lowbit.core in numpy, activations by explicit float ops
+(Div, Round, Add, Clip, Sub, Mul) that mirror QuantizeLinear / DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from lowbit.core.granularity import PerChannel, PerGroup
+from lowbit.emit.metadata import record_plan
+from lowbit.graph import GraphIndex
+from lowbit.plan import QuantPlan, TensorPlan
+
+QDQ_MIN_OPSET = 13
+
+
+def emit_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """The deployable QDQ model of `plan` applied to the prepared float `model`."""
+    out = _Surgery(model, plan, simulate=False).run()
+    record_plan(out, plan)
+    return out
+
+
+def emit_simulation(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """A float model computing exactly what `plan` prescribes (fake quantization), for parity."""
+    return _Surgery(model, plan, simulate=True).run()
+
+
+class _Surgery:
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, simulate: bool) -> None:
+        self.src = model
+        self.plan = plan
+        self.simulate = simulate
+        self.m = onnx.ModelProto()
+        self.m.CopyFrom(model)
+        self.new_inits: list[TensorProto] = []
+
+    # --- helpers -------------------------------------------------------------------------
+    def _const(self, name: str, value: np.ndarray, elem_type: int | None = None) -> str:
+        if elem_type is not None and elem_type in (TensorProto.INT4, TensorProto.UINT4):
+            t = helper.make_tensor(name, elem_type, value.shape, value.flatten().tolist())
+        else:
+            t = numpy_helper.from_array(np.asarray(value), name)
+        self.new_inits.append(t)
+        return name
+
+    def _qparam_consts(self, t: TensorPlan) -> tuple[str, str, dict]:
+        q = t.qparams
+        scale = np.asarray(q.scale, dtype=np.float32)
+        zp = np.asarray(q.zero_point).astype(q.dtype.storage)
+        attrs: dict = {}
+        if isinstance(q.granularity, PerChannel):
+            attrs["axis"] = q.granularity.axis
+        elif isinstance(q.granularity, PerGroup):
+            attrs["axis"] = q.granularity.axis
+            attrs["block_size"] = q.granularity.size
+        s = self._const(f"{t.name}_scale", scale)
+        z = self._const(f"{t.name}_zero_point", zp, q.dtype.onnx_type)
+        return s, z, attrs
+
+    # --- the surgery ---------------------------------------------------------------------
+    def run(self) -> onnx.ModelProto:
+        g = self.m.graph
+        self._fold_activations()
+        index = GraphIndex(self.m)
+        inits = {t.name: t for t in g.initializer}
+        head: list[onnx.NodeProto] = []   # DQ of weights and Q/DQ of graph inputs
+        after: dict[str, list[onnx.NodeProto]] = {}  # producer node name -> Q/DQ to insert after it
+        rewired: dict[str, str] = {}      # (consumer name, tensor) handled below
+
+        for name, t in self.plan.tensors.items():
+            if t.role in ("weight", "bias"):
+                if name not in inits:
+                    continue  # plan from another model version: nothing to replace
+                head.extend(self._quantize_constant(t, inits[name]))
+            else:
+                nodes, dq_out = self._quantize_activation(t)
+                producer = index.producer.get(name)
+                (after.setdefault(producer.name, []) if producer is not None else head).extend(nodes)
+                rewired[name] = dq_out
+
+        keep_inits = [t for t in g.initializer if not (t.name in self.plan.tensors
+                                                       and self.plan.tensors[t.name].role in ("weight", "bias"))]
+        del g.initializer[:]
+        g.initializer.extend(keep_inits + self.new_inits)
+        quantized_weights = {n for n, t in self.plan.tensors.items() if t.role in ("weight", "bias")}
+        inputs = [i for i in g.input if i.name not in quantized_weights]
+        del g.input[:]
+        g.input.extend(inputs)
+
+        int_nodes = {n.name for n in self.plan.quantized_nodes()}
+        new_nodes = list(head)
+        for node in g.node:
+            for k, name in enumerate(node.input):
+                if name not in rewired:
+                    continue
+                producer = index.producer.get(name)
+                from_int = producer is None or producer.name in int_nodes
+                # Behind a quantized producer every consumer reads the DQ output (so ORT can fuse the
+                # producer with its Q); behind a float producer only quantized consumers do.
+                if from_int or node.name in int_nodes:
+                    node.input[k] = rewired[name]
+            new_nodes.append(node)
+            new_nodes.extend(after.get(node.name, []))
+        del g.node[:]
+        g.node.extend(new_nodes)
+        self._ensure_opset()
+        return self.m
+
+    def _fold_activations(self) -> None:
+        """Drop Relu/Clip nodes the plan folded: their producer now writes their output tensor."""
+        if not self.plan.folded:
+            return
+        g = self.m.graph
+        by_name = {n.name: n for n in g.node}
+        for act_name, producer_name in self.plan.folded.items():
+            act, producer = by_name.get(act_name), by_name.get(producer_name)
+            if act is None or producer is None:
+                continue
+            producer.output[0] = act.output[0]
+        kept = [n for n in g.node if n.name not in self.plan.folded]
+        del g.node[:]
+        g.node.extend(kept)
+
+    def _quantize_constant(self, t: TensorPlan, init: TensorProto) -> list[onnx.NodeProto]:
+        w = numpy_helper.to_array(init).astype(np.float32)
+        q = t.qparams
+        if self.simulate:
+            self.new_inits.append(numpy_helper.from_array(q.fake_quantize(w).astype(np.float32), t.name))
+            return []
+        qw = q.quantize(w)
+        qname = self._const(f"{t.name}_quantized", qw, q.dtype.onnx_type)
+        s, z, attrs = self._qparam_consts(t)
+        return [helper.make_node("DequantizeLinear", [qname, s, z], [t.name], name=f"{t.name}_DequantizeLinear",
+                                 **attrs)]
+
+    def _quantize_activation(self, t: TensorPlan) -> tuple[list[onnx.NodeProto], str]:
+        name = t.name
+        dq_out = f"{name}_DequantizeLinear_Output"
+        if not self.simulate:
+            s, z, _ = self._qparam_consts(t)
+            q_out = f"{name}_QuantizeLinear_Output"
+            return [
+                helper.make_node("QuantizeLinear", [name, s, z], [q_out], name=f"{name}_QuantizeLinear"),
+                helper.make_node("DequantizeLinear", [q_out, s, z], [dq_out], name=f"{name}_DequantizeLinear"),
+            ], dq_out
+        # y = (clip(round(x / s) + zp, qmin, qmax) - zp) * s, all float32
+        q = t.qparams
+        qmin, qmax = q.dtype.bounds(q.narrow)
+        p = f"{name}_fq"
+        s = self._const(f"{p}_scale", np.asarray(q.scale, dtype=np.float32).reshape(()))
+        z = self._const(f"{p}_zp", np.asarray(q.zero_point, dtype=np.float32).reshape(()))
+        lo = self._const(f"{p}_qmin", np.float32(qmin))
+        hi = self._const(f"{p}_qmax", np.float32(qmax))
+        nodes = [
+            helper.make_node("Div", [name, s], [f"{p}_div"], name=f"{p}_Div"),
+            helper.make_node("Round", [f"{p}_div"], [f"{p}_round"], name=f"{p}_Round"),
+            helper.make_node("Add", [f"{p}_round", z], [f"{p}_add"], name=f"{p}_Add"),
+            helper.make_node("Clip", [f"{p}_add", lo, hi], [f"{p}_clip"], name=f"{p}_Clip"),
+            helper.make_node("Sub", [f"{p}_clip", z], [f"{p}_sub"], name=f"{p}_Sub"),
+            helper.make_node("Mul", [f"{p}_sub", s], [dq_out], name=f"{p}_Mul"),
+        ]
+        return nodes, dq_out
+
+    def _ensure_opset(self) -> None:
+        needed = QDQ_MIN_OPSET
+        if any(t.qparams.dtype.bits == 4 or isinstance(t.qparams.granularity, PerGroup)
+               for t in self.plan.tensors.values()):
+            needed = 21
+        for imp in self.m.opset_import:
+            if imp.domain in ("", "ai.onnx") and imp.version < needed:
+                imp.version = needed

@@ -1,0 +1,99 @@
+"""Observe stage: stream calibration batches through ONNX Runtime and update one observer per tensor.
+
+Only one batch of intermediate tensors is alive at a time, so memory does not grow with the
+number of calibration samples (ONNX Runtime's own calibrator keeps them all).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from lowbit.calibration import CalibrationMethod, Observer
+from lowbit.data import Batch
+from lowbit.errors import DataError
+from lowbit.progress import Progress, null_progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibrationStats:
+    """Observers by tensor name and how many samples they saw. Mergeable across shards."""
+
+    observers: dict[str, Observer] = field(default_factory=dict)
+    samples: int = 0
+
+    def merge(self, other: "CalibrationStats") -> "CalibrationStats":
+        for name, obs in other.observers.items():
+            if name in self.observers:
+                self.observers[name].merge(obs)
+            else:
+                self.observers[name] = obs
+        self.samples += other.samples
+        return self
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names`."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    present = {o.name for o in m.graph.output}
+    for name in names:
+        if name not in present:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            present.add(name)
+    return m
+
+
+def session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
+    """A CPU InferenceSession; `threads` 0 lets ONNX Runtime choose."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def run_batch(sess: ort.InferenceSession, batch: Batch, names: list[str] | None = None) -> list[np.ndarray]:
+    try:
+        return sess.run(names, batch.feeds)
+    except Exception as e:  # ONNX Runtime's errors carry no type worth keeping
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"ONNX Runtime could not run the model on {batch.source}: {first}") from None
+
+
+def collect_stats(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    data: Iterable[Batch],
+    method_for: Callable[[str], CalibrationMethod],
+    progress: Progress = null_progress,
+    total: int | None = None,
+) -> CalibrationStats:
+    """Run every calibration batch once and feed the chosen tensors to their observers."""
+    sess = session(with_outputs(model, tensors), optimize=False)
+    stats = CalibrationStats({name: method_for(name).observer() for name in tensors})
+    for batch in data:
+        values = run_batch(sess, batch, tensors)
+        for name, v in zip(tensors, values):
+            stats.observers[name].update(np.asarray(v, dtype=np.float32))
+        stats.samples += _batch_size(batch)
+        progress("calibrate", stats.samples, total)
+    if stats.samples == 0:
+        raise DataError("calibration data is empty: no samples were found. Give at least one sample "
+                        "(a few hundred representative ones are best).")
+    return stats
+
+
+def _batch_size(batch: Batch) -> int:
+    first = next(iter(batch.feeds.values()))
+    return int(first.shape[0]) if first.ndim else 1

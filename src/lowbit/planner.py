@@ -1,0 +1,91 @@
+"""Plan stage: turn the selection and calibration statistics into a QuantPlan with explicit
+scales and zero points for every quantized tensor."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from lowbit import __version__
+from lowbit.config import QuantConfig
+from lowbit.core.dtypes import int32
+from lowbit.core.granularity import PerChannel, PerTensor
+from lowbit.core.qparams import QParams
+from lowbit.graph import GraphIndex
+from lowbit.observe import CalibrationStats
+from lowbit.ops import WEIGHTED_OPS, weight_slots
+from lowbit.plan import QuantPlan, TensorPlan
+from lowbit.prepare import fingerprint
+from lowbit.selection import Selection
+
+log = logging.getLogger(__name__)
+
+# int32 bias values must stay well inside int32 so the accumulator cannot overflow.
+BIAS_LIMIT = 2**30
+
+
+def activation_plan(name: str, stats: CalibrationStats, config: QuantConfig) -> TensorPlan:
+    scheme = config.activations
+    obs = stats.observers[name]
+    lo, hi = obs.range()
+    q = QParams.from_range(lo, hi, scheme.dtype, PerTensor(), scheme.symmetric, scheme.narrow)
+    return TensorPlan(name, "activation", q, (float(lo), float(hi)), scheme.calibration.registry_name)
+
+
+def weight_plan(name: str, w: np.ndarray, axis: int, config: QuantConfig) -> TensorPlan:
+    scheme = config.weights
+    gran = scheme.granularity
+    if isinstance(gran, PerChannel):
+        gran = PerChannel(axis)
+    q = QParams.for_tensor(w, scheme.dtype, gran, scheme.symmetric, scheme.narrow)
+    return TensorPlan(name, "weight", q, (float(w.min()), float(w.max())), "minmax")
+
+
+def bias_plan(name: str, b: np.ndarray, x_scale: np.ndarray, w: TensorPlan) -> TensorPlan:
+    """int32 bias on the accumulator's grid: scale = input scale x weight scale (per channel)."""
+    scale = (np.float32(x_scale) * w.qparams.scale).astype(np.float32).reshape(-1)
+    if scale.size == 1 and b.size > 1:
+        scale = np.full(b.shape, scale.item(), dtype=np.float32)
+    # a tiny weight scale (near-zero channel) can push the bias off the int32 grid: widen the step
+    need = np.abs(b.reshape(-1)) / BIAS_LIMIT
+    scale = np.maximum(scale, need.astype(np.float32))
+    q = QParams(int32, PerChannel(0), scale, np.zeros(scale.shape, dtype=np.int64))
+    return TensorPlan(name, "bias", q, (float(b.min()), float(b.max())), "derived")
+
+
+def build_plan(model: onnx.ModelProto, selection: Selection, stats: CalibrationStats,
+               config: QuantConfig) -> QuantPlan:
+    """The static INT8 QuantPlan of `model` for `selection`, with ranges from `stats`."""
+    g = GraphIndex(model)
+    plan = QuantPlan(precision=config.precision, nodes=dict(selection.nodes), folded=dict(selection.folded),
+                     config=config.to_dict(), model_fingerprint=fingerprint(model), lowbit_version=__version__)
+    for name in selection.activations:
+        plan.tensors[name] = activation_plan(name, stats, config)
+    for out, src in selection.shared.items():
+        root = src
+        while root in selection.shared:
+            root = selection.shared[root]
+        base = plan.tensors[root]
+        plan.tensors[out] = TensorPlan(out, "activation", base.qparams, base.calibrated_range, f"shared:{root}")
+    for name in selection.observed:
+        if name in stats.observers:
+            plan.observed[name] = tuple(float(v) for v in stats.observers[name].observed_range())
+
+    for node in g.graph.node:
+        if node.op_type not in WEIGHTED_OPS or plan.nodes[node.name].precision != "int8":
+            continue
+        w_idx, b_idx, axis = weight_slots(node, g)
+        if w_idx is None:
+            continue
+        w_name = node.input[w_idx]
+        if w_name not in plan.tensors:
+            plan.tensors[w_name] = weight_plan(w_name, g.constant(w_name), axis, config)
+        x_plan = plan.activation(node.input[0])
+        if b_idx is not None and x_plan is not None:
+            b_name = node.input[b_idx]
+            b = g.constant(b_name)
+            if b is not None and b.ndim == 1 and b_name not in plan.tensors:
+                plan.tensors[b_name] = bias_plan(b_name, b, x_plan.qparams.scale, plan.tensors[w_name])
+    return plan

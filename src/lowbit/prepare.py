@@ -1,0 +1,81 @@
+"""Prepare stage: name every node, fold BatchNorm and constants, infer shapes.
+
+ONNX Runtime's own basic-level graph optimizer does the folding: it is exact (semantics-preserving
+rewrites only) and well tested, so lowbit does not re-implement Conv+BN fusion for ONNX input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from lowbit.data import InputSpec, specs_from_onnx
+from lowbit.errors import ModelError
+from lowbit.load import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedModel:
+    """The float model every later stage works on (a private copy), and its inputs."""
+
+    proto: onnx.ModelProto
+    name: str
+    source: str
+    inputs: list[InputSpec]
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.proto)
+
+
+def fingerprint(proto: onnx.ModelProto) -> str:
+    """A stable hash of the graph (nodes and weights), for matching plans to models."""
+    h = hashlib.sha256()
+    h.update(proto.graph.SerializeToString(deterministic=True))
+    return h.hexdigest()[:16]
+
+
+def name_nodes(proto: onnx.ModelProto) -> None:
+    """Give every node a unique name: plans, reports and keep_float globs refer to nodes by name."""
+    seen: set[str] = set()
+    for i, node in enumerate(proto.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+
+
+def optimize_basic(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Run ONNX Runtime's basic (exact) graph optimizations: constant folding, Conv+BN fusion, ..."""
+    with tempfile.TemporaryDirectory(prefix="lowbit-prep-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        so.optimized_model_filepath = str(out)
+        so.log_severity_level = 3
+        try:
+            ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own exception types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"ONNX Runtime cannot load the model: {first}") from None
+        return onnx.load(str(out))
+
+
+def prepare(loaded: LoadedModel, optimize: bool = True) -> PreparedModel:
+    """The prepared float model: optimized, every node named, shapes inferred."""
+    proto = optimize_basic(loaded.proto) if optimize else loaded.proto
+    name_nodes(proto)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto)
+    except Exception as e:  # shape inference is an aid, not a requirement
+        log.warning("shape inference failed (%s); continuing without inferred shapes", e)
+    return PreparedModel(proto, loaded.name, loaded.source, specs_from_onnx(proto))

@@ -1,0 +1,299 @@
+"""Render a ``lowbit.report/1`` dict as one self-contained HTML page.
+
+The page needs nothing from the network: CSS is inline and charts are inline base64 PNGs. Every
+string taken from the report is escaped; any key may be missing or null and is then left out.
+
+>>> page = render_html({"title": "demo", "variants": [{"label": "FP32", "size_bytes": 1_000_000}]})
+>>> page.startswith("<!DOCTYPE html>")
+True
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Callable
+
+from lowbit.report import plots
+
+__all__ = ["render_html"]
+
+_TEMPLATE = Path(__file__).with_name("template.html")  # shipped as package data (pyproject: report/*.html)
+_TITLE = "lowbit quantization report"
+_DASH = '<span class="muted">—</span>'
+
+
+def _e(x: Any) -> str:
+    return "" if x is None else html.escape(str(x), quote=True)
+
+
+_num = plots._number
+
+
+def _dict(x: Any) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _dicts(x: Any) -> list[dict]:
+    return [i for i in x if isinstance(i, dict)] if isinstance(x, (list, tuple)) else []
+
+
+def _f(x: Any, spec: str = ".2f", suffix: str = "") -> str | None:
+    n = _num(x)
+    return None if n is None else f"{n:{spec}}{suffix}"
+
+
+def _frac(x: Any) -> float | None:
+    """A rate given as a fraction in [0, 1]; a value above 1 is taken as already in percent."""
+    n = _num(x)
+    return None if n is None else (n / 100 if n > 1 else n)
+
+
+def _pct(x: Any, spec: str = ".2f") -> str | None:
+    n = _frac(x)
+    return None if n is None else f"{100 * n:{spec}}%"
+
+
+def _energy(x: Any) -> str | None:
+    n = _num(x)
+    return None if n is None else f"{n:,.0f} µJ" if abs(n) >= 100 else f"{n:.3g} µJ"
+
+
+def _badge(text: str, kind: str) -> str:
+    return f'<span class="badge {kind}">{_e(text)}</span>'
+
+
+def _join(*parts: Any) -> str:
+    return " · ".join(p for p in parts if p)
+
+
+def _sub(text: str | None) -> str:
+    return f'<br><span class="sub">{text}</span>' if text else ""
+
+
+def _grade(x: float, ok: float, warn: float) -> str:
+    return "ok" if x >= ok else "warn" if x >= warn else "bad"
+
+
+def _lat(v: dict, t: str) -> dict:
+    """Latency stats of variant ``v`` at ``t`` threads (JSON keys are strings, Python callers may use ints)."""
+    return _dict({str(k): s for k, s in _dict(v.get("latency_ms")).items()}.get(t))
+
+
+def _threads(variants: list[dict]) -> list[str]:
+    return sorted({str(k) for v in variants for k in _dict(v.get("latency_ms"))}, key=plots._thread_key)
+
+
+def _header(r: dict) -> str:
+    model = _dict(r.get("model"))
+    meta = [("Model", model.get("name")), ("Source", model.get("source")), ("Precision", r.get("precision")),
+            ("Created", r.get("created")), ("Output", r.get("output_path"))]
+    items = "".join(f"<span>{k}: <b>{_e(v)}</b></span>" for k, v in meta if v not in (None, ""))
+    return f'<header><h1>{_e(r.get("title") or _TITLE)}</h1><div class="meta">{items}</div></header>'
+
+
+def _verdicts(variants: list[dict]) -> str:
+    ref, cards = variants[0], []
+    ref_acc, ref_size = _frac(_dict(ref.get("accuracy")).get("top1")), _num(ref.get("size_bytes"))
+    t_max = (_threads(variants) or [""])[-1]  # the most threads: the deployment-like setting
+    for v in variants[1:]:
+        b = []
+        par = _dict(v.get("parity"))
+        if isinstance(par.get("passed"), bool):
+            frac = _pct(par.get("within_one_step"))
+            label = f"parity {'passed' if par['passed'] else 'FAILED'}" + (f" ({frac} within 1 step)" if frac else "")
+            b.append(_badge(label, "ok" if par["passed"] else "bad"))
+        acc = _frac(_dict(v.get("accuracy")).get("top1"))
+        if acc is not None:  # the drop against the reference when it has an accuracy, else the value
+            d = None if ref_acc is None else 100 * (acc - ref_acc)
+            text, kind = (f"top-1 {100 * acc:.2f}%", "info") if d is None else (f"top-1 {d:+.2f} pt", _grade(d, -1, -3))
+            b.append(_badge(text, kind))
+        fid = _dict(v.get("fidelity"))
+        agree = _frac(fid.get("top1_agreement"))
+        if agree is not None:
+            b.append(_badge(f"agreement {100 * agree:.2f}%", _grade(agree, 0.99, 0.97)))
+        sqnr = _num(fid.get("sqnr_db"))
+        if sqnr is not None:
+            b.append(_badge(f"SQNR {sqnr:.1f} dB", _grade(sqnr, 30, 20)))
+        size = _num(v.get("size_bytes"))
+        if size and ref_size:
+            b.append(_badge(f"{ref_size / size:.2f}x smaller", "info"))
+        m, m_ref = _num(_lat(v, t_max).get("median")), _num(_lat(ref, t_max).get("median"))
+        if m and m_ref:
+            b.append(_badge(f"{m_ref / m:.2f}x speed @ {t_max} thr", _grade(m_ref / m, 1.05, 0.95)))
+        cards.append(f'<div class="card"><h3>{_e(v.get("label") or "variant")}</h3>{"".join(b) or _DASH}</div>')
+    note = ('<p class="sub">Green: parity passed, top-1 drop ≤ 1 pt, agreement ≥ 99%, SQNR ≥ 30 dB, '
+            'speed-up ≥ 1.05x. Amber: top-1 drop ≤ 3 pt, agreement ≥ 97%, SQNR ≥ 20 dB, speed-up ≥ 0.95x. '
+            'Speed is measured at the largest thread count.</p>')
+    return f'<h2>Verdict</h2><div class="cards">{"".join(cards)}</div>{note}'
+
+
+def _summary(variants: list[dict]) -> str:
+    ref, ref_label = variants[0], variants[0].get("label") or "reference"
+    ref_size, ref_acc = _num(ref.get("size_bytes")), _frac(_dict(ref.get("accuracy")).get("top1"))
+    rows: list[tuple[str, Callable[[dict, bool], str | None]]] = [
+        ("Precision", lambda v, r: _e(v.get("precision")) or None)]
+
+    def size(v: dict, is_ref: bool) -> str | None:
+        n = _num(v.get("size_bytes"))
+        rel = None if is_ref or not ref_size or n is None else f"{100 * n / ref_size:.1f}% of {_e(ref_label)}"
+        return None if n is None else f"{n / 1e6:.2f} MB" + _sub(rel)
+    rows.append(("Size on disk", size))
+
+    def latency(t: str) -> Callable[[dict, bool], str | None]:
+        def cell(v: dict, is_ref: bool) -> str | None:
+            s = _lat(v, t)
+            m, m_ref = _num(s.get("median")), _num(_lat(ref, t).get("median"))
+            if m is None:
+                return None
+            lo, hi, runs = _f(s.get("p10")), _f(s.get("p90")), _num(s.get("runs"))
+            speed = "" if is_ref or not (m and m_ref) else f" <b>{m_ref / m:.2f}x</b>"
+            spread = _join(lo and hi and f"p10–p90 {lo}–{hi}", runs and f"{int(runs)} runs")
+            return f"{m:.3f} ms{speed}" + _sub(spread)
+        return cell
+    for t in _threads(variants):
+        rows.append((f"Latency, {_e(t)} thread{'' if t == '1' else 's'}", latency(t)))  # t may be "auto"
+
+    def fid(key: str, fmt: Callable[[Any], str | None]) -> Callable[[dict, bool], str | None]:
+        return lambda v, r: fmt(_dict(v.get("fidelity")).get(key))
+    rows += [("SQNR vs FP32", fid("sqnr_db", lambda x: _f(x, ".2f", " dB"))),
+             ("Cosine similarity", fid("cosine", lambda x: _f(x, ".5f"))),
+             ("Top-1 agreement", fid("top1_agreement", _pct)),
+             ("KL divergence", fid("kl", lambda x: _f(x, ".3g"))),
+             ("Fidelity samples", fid("samples", lambda x: _f(x, ",.0f")))]
+
+    def accuracy(v: dict, is_ref: bool) -> str | None:
+        a = _dict(v.get("accuracy"))
+        top1, n = _frac(a.get("top1")), _num(a.get("n"))
+        if top1 is None:
+            return None
+        delta = None if is_ref or ref_acc is None else f"{100 * (top1 - ref_acc):+.2f} pt"
+        return f"{100 * top1:.2f}%" + _sub(_join(n is not None and f"n={int(n):,}", delta))
+    rows.append(("Accuracy, top-1", accuracy))
+
+    def parity(v: dict, is_ref: bool) -> str | None:
+        p = _dict(v.get("parity"))
+        if not p:
+            return None
+        ok = p.get("passed")
+        head = _badge("pass" if ok else "fail", "ok" if ok else "bad") if isinstance(ok, bool) else ""
+        within, steps, n = _pct(p.get("within_one_step"), ".3f"), _num(p.get("max_steps")), _num(p.get("elements"))
+        detail = _join(within and f"{within} within 1 step", n is not None and f"{int(n):,} elements",
+                       steps is not None and f"max error {steps:.3g} step{'' if steps == 1 else 's'}")
+        return (head + (f" {within}" if within else "") + _sub(detail)) or None
+    rows += [("Parity (ORT vs simulation)", parity),
+             ("Energy estimate / inference", lambda v, r: _energy(v.get("energy_uj")))]
+
+    head = "".join(f'<th class="num">{_e(v.get("label") or f"variant {i}")}</th>' for i, v in enumerate(variants))
+    body = []
+    for label, fn in rows:
+        cells = [fn(v, i == 0) for i, v in enumerate(variants)]
+        if any(cells):
+            tds = "".join(f'<td class="num{" ref" if i == 0 else ""}">{c or _DASH}</td>' for i, c in enumerate(cells))
+            body.append(f'<tr><th scope="row">{label}</th>{tds}</tr>')
+    return (f'<h2>Summary</h2><table class="summary"><thead><tr><th>Metric</th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>'
+            '<p class="sub">Speed-ups (bold) and sizes are relative to the first column. '
+            'Energy is an estimate from counted operations and bytes moved, not a measurement.</p>')
+
+
+def _figure(png: str | None, alt: str, caption: str = "") -> str:
+    if not png:
+        return ""
+    return (f'<figure><img src="data:image/png;base64,{png}" alt="{_e(alt)}">'
+            f'{f"<figcaption>{_e(caption)}</figcaption>" if caption else ""}</figure>')
+
+
+def _charts(variants: list[dict]) -> str:
+    figs = _figure(plots.size_chart(variants), "model size per variant") + _figure(
+        plots.latency_chart(variants), "latency per variant and thread count",
+        "Bars: median latency; whiskers: 10th to 90th percentile.")
+    return f'<h2>Charts</h2><div class="charts">{figs}</div>' if figs else ""
+
+
+def _table(headers: list[str], rows: list[list[str]], num: set[int] = frozenset()) -> str:
+    th = "".join(f'<th{" class=num" if i in num else ""}>{h}</th>' for i, h in enumerate(headers))
+    trs = "".join("<tr>" + "".join(f'<td{" class=num" if i in num else ""}>{c}</td>' for i, c in enumerate(r))
+                  + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _nodes(nodes: dict) -> str:
+    q, sk = _dicts(nodes.get("quantized")), _dicts(nodes.get("skipped"))
+    if not q and not sk:
+        return ""
+    ops: dict[str, list[str]] = {}  # op type -> precision of each quantized node of that type
+    for n in q:
+        ops.setdefault(str(n.get("op") or "?"), []).append(str(n.get("precision") or "?"))
+    out = [f"<h2>Nodes</h2><h3>Quantized: {len(q)} node{'' if len(q) == 1 else 's'}</h3>"]
+    if q:
+        out.append(_table(["Op type", "Count", "Precision"], [
+            [f"<code>{_e(op)}</code>", str(len(p)), _e(", ".join(sorted(set(p))))]
+            for op, p in sorted(ops.items(), key=lambda kv: (-len(kv[1]), kv[0]))], num={1}))
+    out.append(f"<h3>Kept in float (skipped): {len(sk)} node{'' if len(sk) == 1 else 's'}</h3>")
+    if sk:
+        out.append(_table(["Node", "Op type", "Reason"], [
+            [f"<code>{_e(n.get('name'))}</code>", f"<code>{_e(n.get('op'))}</code>", _e(n.get("reason"))]
+            for n in sk]))
+    return "".join(out)
+
+
+def _layers(layers: Any) -> str:
+    rows = _dicts(layers)
+    if not rows:
+        return ""
+    table = _table(["Layer", "Op type", "Precision", "SQNR"], [
+        [f"<code>{_e(l.get('name'))}</code>", _e(l.get("op")), _e(l.get("precision")),
+         _DASH if (n := _num(l.get("sqnr_db"))) is None else _badge(f"{n:.1f} dB", _grade(n, 30, 20))]
+        for l in rows], num={3})
+    fig = _figure(plots.layer_sqnr_chart(rows), "per-layer SQNR",
+                  "Dashed lines at 20 dB and 30 dB; red below 20 dB, amber below 30 dB.")
+    return f'<h2>Per-layer fidelity</h2><div class="grid2"><div>{table}</div><div>{fig}</div></div>'
+
+
+def _quantizer(q: dict) -> str:
+    wall, rss = _num(q.get("wall_s")), _num(q.get("peak_rss_mb"))
+    stages = [(k, _num(v)) for k, v in _dict(q.get("stages")).items()]
+    if wall is None and rss is None and not stages:
+        return ""
+    meta = [f"<span>Wall time: <b>{wall:.2f} s</b></span>" if wall is not None else "",
+            f"<span>Peak memory (RSS): <b>{rss:,.0f} MB</b></span>" if rss is not None else ""]
+    out = f'<h2>Quantizer run</h2><div class="meta">{"".join(meta)}</div>'
+    if stages:
+        out += _table(["Stage", "Time (s)", "Share of wall time"], [
+            [_e(k), _f(s, ".3f") or _DASH, f"{100 * s / wall:.1f}%" if s is not None and wall else _DASH]
+            for k, s in stages], num={1, 2})
+    return out
+
+
+def _versions(v: dict) -> str:
+    rows = [[_e(k), f"<code>{_e(x)}</code>" if x not in (None, "") else '<span class="muted">not installed</span>']
+            for k, x in v.items()]
+    return f"<h2>Environment</h2>{_table(['Package', 'Version'], rows)}" if rows else ""
+
+
+def _notes(notes: Any) -> str:
+    items = notes if isinstance(notes, (list, tuple)) else [notes] if isinstance(notes, str) else []
+    lis = "".join(f"<li>{_e(n)}</li>" for n in items if n not in (None, ""))
+    return f'<h2>Notes</h2><ul class="notes">{lis}</ul>' if lis else ""
+
+
+def render_html(report: dict) -> str:
+    """The whole report as one HTML document (a string), with no external resources.
+
+    >>> "<script>" in render_html({"model": {"name": "<script>x</script>"}})
+    False
+    """
+    r = _dict(report)
+    variants = _dicts(r.get("variants"))
+    lowbit_version = _dict(r.get("versions")).get("lowbit")
+    parts = [_header(r), _verdicts(variants) if len(variants) > 1 else "",
+             _summary(variants) + _charts(variants) if variants else '<p class="muted">No variants measured.</p>',
+             _nodes(_dict(r.get("nodes"))), _layers(r.get("layers")),
+             f'<div class="grid2"><div>{_quantizer(_dict(r.get("quantizer")))}</div>'
+             f'<div>{_versions(_dict(r.get("versions")))}</div></div>', _notes(r.get("notes")),
+             f"<footer>Generated by lowbit{' ' + _e(lowbit_version) if lowbit_version else ''}"
+             f"{' · schema ' + _e(r.get('schema')) if r.get('schema') else ''}.</footer>"]
+    head, rest = _TEMPLATE.read_text(encoding="utf-8").split("{{title}}", 1)
+    mid, tail = rest.split("{{body}}", 1)  # split, not replace: report text may contain "{{body}}"
+    return head + _e(r.get("title") or _TITLE) + mid + "\n".join(p for p in parts if p) + tail

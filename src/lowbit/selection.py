@@ -1,0 +1,135 @@
+"""Decide, before calibration, which nodes run in integers and which tensors need Q/DQ.
+
+The result names the activation tensors to observe, so calibration collects only what the plan
+will use.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from lowbit.config import QuantConfig
+from lowbit.graph import GraphIndex
+from lowbit.ops import (ACTIVATION_OPS, FOLDABLE_ACTIVATIONS, PASSTHROUGH_OPS, WEIGHTED_OPS, clip_bounds,
+                        weight_slots, why_float)
+from lowbit.plan import NodePlan
+
+
+@dataclass
+class Selection:
+    """Node precisions and the tensors that follow from them."""
+
+    nodes: dict[str, NodePlan] = field(default_factory=dict)
+    # activation tensors to quantize with their own calibrated range
+    activations: list[str] = field(default_factory=list)
+    # passthrough outputs that reuse their input's quantization: output -> input
+    shared: dict[str, str] = field(default_factory=dict)
+    # Relu/Clip node -> the quantized node whose output it is folded into
+    folded: dict[str, str] = field(default_factory=dict)
+    # float graph outputs observed for the parity tolerance
+    observed: list[str] = field(default_factory=list)
+
+    @property
+    def to_observe(self) -> list[str]:
+        return list(dict.fromkeys(self.activations + self.observed))
+
+
+def _kept_float(name: str, patterns: tuple[str, ...]) -> str | None:
+    for p in patterns:
+        if fnmatch.fnmatchcase(name, p):
+            return p
+    return None
+
+
+def _float_inputs_ok(node, g: GraphIndex) -> bool:
+    """True if every data input is float32 (quantizing int or fp16 paths makes no sense)."""
+    return all(g.is_float(i) or g.constant(i) is not None for i in node.input if i)
+
+
+def select(model, config: QuantConfig) -> Selection:
+    """Choose node precisions for a static INT8 plan of `model` (an onnx.ModelProto)."""
+    g = GraphIndex(model)
+    sel = Selection()
+    wanted = set(config.op_types) if config.op_types is not None else None
+    outputs = set(g.graph_outputs)
+
+    def decide(node) -> tuple[str, str]:
+        op = node.op_type
+        pattern = _kept_float(node.name, config.keep_float)
+        if pattern:
+            return "fp32", f"kept in float by keep_float pattern '{pattern}'"
+        if wanted is not None and op not in wanted and op not in PASSTHROUGH_OPS | FOLDABLE_ACTIVATIONS:
+            return "fp32", f"{op} is not in the requested op_types"
+        if op not in WEIGHTED_OPS | ACTIVATION_OPS:
+            return "fp32", why_float(op)
+        if not _float_inputs_ok(node, g):
+            return "fp32", "its inputs are not float32"
+        if op == "Gemm" and (g.attr(node, "transA", 0) or g.attr(node, "alpha", 1.0) != 1.0):
+            return "fp32", "Gemm with transA or alpha != 1 has no integer kernel"
+        return "int8", "integer kernel"
+
+    for node in g.graph.node:
+        precision, reason = decide(node)
+        sel.nodes[node.name] = NodePlan(node.name, node.op_type, precision, reason)
+
+    quantized = {n for n, p in sel.nodes.items() if p.precision == "int8"}
+
+    # Relu / Clip(0, hi) right after a quantized layer: the output grid clips, the node goes.
+    for node in g.graph.node:
+        if node.op_type not in FOLDABLE_ACTIVATIONS or _kept_float(node.name, config.keep_float):
+            continue
+        src = g.producer.get(node.input[0])
+        lo, _ = clip_bounds(node, g)
+        if (src is not None and src.name in quantized and src.op_type in WEIGHTED_OPS | {"Add"}
+                and lo == 0.0 and len(g.consumers.get(node.input[0], [])) == 1
+                and node.input[0] not in outputs and node.output[0] not in outputs):
+            sel.folded[node.name] = src.name
+            sel.nodes[node.name] = NodePlan(node.name, node.op_type, "folded",
+                                            f"folded into the quantized output of {src.name}")
+
+    def out_name(node) -> str:
+        """The tensor a quantized node's output is known by after folding."""
+        out = node.output[0]
+        for c in g.consumers.get(out, []):
+            if c.name in sel.folded:
+                return c.output[0]
+        return out
+
+    # Passthrough ops run on integers when a quantized node consumes their output (reverse order
+    # so chains such as Flatten -> Reshape -> Gemm resolve in one pass).
+    for node in reversed(list(g.graph.node)):
+        if node.op_type not in PASSTHROUGH_OPS or _kept_float(node.name, config.keep_float):
+            continue
+        consumers = g.consumers.get(node.output[0], [])
+        if (node.output[0] not in outputs and g.is_float(node.input[0])
+                and any(sel.nodes[c.name].precision == "int8" for c in consumers)):
+            sel.nodes[node.name] = NodePlan(node.name, node.op_type, "int8", "moves integers with its input's scale")
+            sel.shared[node.output[0]] = node.input[0]
+
+    activations: list[str] = []
+    for node in g.graph.node:
+        plan = sel.nodes[node.name]
+        if plan.precision != "int8":
+            continue
+        w_idx, b_idx, _ = weight_slots(node, g) if node.op_type in WEIGHTED_OPS else (None, None, 0)
+        for k, name in enumerate(node.input):
+            if not name or k in (w_idx, b_idx) or g.constant(name) is not None:
+                continue
+            if name in sel.shared:
+                continue  # reuses its source's parameters
+            activations.append(name)
+        if node.op_type not in PASSTHROUGH_OPS:
+            out = out_name(node)
+            if out not in outputs:
+                activations.append(out)
+    sel.activations = list(dict.fromkeys(activations))
+    # a shared tensor's source must itself be quantized
+    for out, src in list(sel.shared.items()):
+        root = src
+        while root in sel.shared:
+            root = sel.shared[root]
+        if root not in sel.activations:
+            sel.activations.append(root)
+    sel.observed = [o for o in g.graph_outputs if g.is_float(o)]
+    return sel

@@ -1,0 +1,97 @@
+"""Fidelity of a candidate model to its FP32 reference, accumulated batch by batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from lowbit.data import Batch
+from lowbit.observe import run_batch, session
+from lowbit.progress import Progress, null_progress
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class FidelityAccumulator:
+    """SQNR, cosine, top-1 agreement and KL of candidate vs reference outputs, and top-1 accuracy
+    of both when labels are given. Metrics are for the first output; SQNR for every output."""
+
+    def __init__(self, output_names: list[str]) -> None:
+        self.names = output_names
+        self.signal = np.zeros(len(output_names))
+        self.noise = np.zeros(len(output_names))
+        self.cos_sum = 0.0
+        self.samples = 0
+        self.agree = 0
+        self.kl_sum = 0.0
+        self.classifier = True
+        self.correct_ref = self.correct_cand = self.labeled = 0
+
+    def update(self, ref: list[np.ndarray], cand: list[np.ndarray], labels: np.ndarray | None = None) -> None:
+        for k, (r, c) in enumerate(zip(ref, cand)):
+            r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
+            self.signal[k] += float(np.sum(r64 * r64))
+            self.noise[k] += float(np.sum((r64 - c64) ** 2))
+        r = np.asarray(ref[0], np.float64)
+        c = np.asarray(cand[0], np.float64)
+        n = r.shape[0] if r.ndim else 1
+        rf, cf = r.reshape(n, -1), c.reshape(n, -1)
+        denom = np.linalg.norm(rf, axis=1) * np.linalg.norm(cf, axis=1)
+        cos = np.where(denom > 0, np.sum(rf * cf, axis=1) / np.maximum(denom, 1e-300), 1.0)
+        self.cos_sum += float(cos.sum())
+        self.samples += n
+        self.classifier = self.classifier and r.ndim == 2 and r.shape[1] > 1
+        if self.classifier:
+            rt, ct = r.argmax(axis=1), c.argmax(axis=1)
+            self.agree += int((rt == ct).sum())
+            p, q = _softmax(r), _softmax(c)
+            self.kl_sum += float(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12))))
+            if labels is not None:
+                lab = np.asarray(labels).reshape(-1)
+                self.correct_ref += int((rt == lab).sum())
+                self.correct_cand += int((ct == lab).sum())
+                self.labeled += lab.size
+
+    def result(self) -> dict:
+        def sqnr(s: float, e: float) -> float:
+            return float("inf") if e == 0 else float(10 * np.log10(max(s, 1e-300) / e))
+
+        out = {
+            "samples": self.samples,
+            "sqnr_db": sqnr(self.signal[0], self.noise[0]) if self.samples else None,
+            "cosine": self.cos_sum / self.samples if self.samples else None,
+            "top1_agreement": self.agree / self.samples if self.samples and self.classifier else None,
+            "kl": self.kl_sum / self.samples if self.samples and self.classifier else None,
+            "per_output_sqnr_db": {n: sqnr(s, e) for n, s, e in zip(self.names, self.signal, self.noise)},
+        }
+        return out
+
+    def accuracy(self) -> tuple[dict | None, dict | None]:
+        """(reference, candidate) top-1 accuracy on the labeled samples, or (None, None)."""
+        if not self.labeled:
+            return None, None
+        return ({"top1": self.correct_ref / self.labeled, "n": self.labeled},
+                {"top1": self.correct_cand / self.labeled, "n": self.labeled})
+
+
+def compare_models(reference: bytes, candidates: dict[str, bytes], data: Iterable[Batch],
+                   progress: Progress = null_progress, total: int | None = None
+                   ) -> tuple[dict[str, FidelityAccumulator], int]:
+    """Run the reference and every candidate on the same batches; one accumulator per candidate."""
+    ref = session(reference)
+    names = [o.name for o in ref.get_outputs()]
+    cands = {k: session(v) for k, v in candidates.items()}
+    accs = {k: FidelityAccumulator(names) for k in candidates}
+    seen = 0
+    for batch in data:
+        r = run_batch(ref, batch)
+        for k, s in cands.items():
+            accs[k].update(r, run_batch(s, batch), batch.labels)
+        seen += 1
+        progress("evaluate", seen, total)
+    return accs, seen
