@@ -14,7 +14,7 @@ import onnx
 
 from lowbit.config import QuantConfig, as_config
 from lowbit.data import FeedSource, as_feeds
-from lowbit.emit import emit_qdq, emit_simulation
+from lowbit.emit import emit_qdq
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16
 from lowbit.errors import ConfigError, DataError, ModelError
@@ -43,12 +43,6 @@ class QuantResult:
     timings: dict[str, float] = field(default_factory=dict)
     # the prepared float model the plan applies to (for simulation and later comparisons)
     float_model: onnx.ModelProto | None = field(default=None, repr=False)
-
-    def simulation(self) -> bytes | None:
-        """lowbit's float simulation of the plan (static int8 only), serialized."""
-        if self.plan.precision != "int8" or self.float_model is None:
-            return None
-        return emit_simulation(self.float_model, self.plan).SerializeToString()
 
 
 @dataclass(frozen=True)
@@ -161,8 +155,8 @@ def quantize(
         if eval_data is None:
             report.data["notes"].append("No held-out data given: fidelity is measured on the calibration data.")
         if data is not None:
-            sim = emit_simulation(prepared.proto, qplan).SerializeToString() if qplan.precision == "int8" else None
-            _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, sim, qplan)},
+            float_model = prepared.proto if qplan.precision == "int8" else None
+            _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, float_model, qplan)},
                          as_feeds(data, prepared.inputs, labels=labels, preprocess=preprocess,
                                   limit=verify.eval_limit),
                          verify, progress)
@@ -194,7 +188,8 @@ def _variant(label: str, precision: str, model_bytes: bytes) -> dict:
             "fidelity": None, "accuracy": None, "parity": None, "energy_uj": None}
 
 
-def _verify_into(report: Report, reference: bytes, candidates: dict[str, tuple[bytes, bytes | None, QuantPlan | None]],
+def _verify_into(report: Report, reference: bytes,
+                 candidates: dict[str, tuple[bytes, onnx.ModelProto | None, QuantPlan | None]],
                  data: FeedSource, opts: VerifyOptions, progress: Progress, labeled: FeedSource | None = None) -> None:
     """Fill the report's variants: FP32 first, then each candidate. Fidelity on `data`; top-1
     accuracy on `labeled` when given (else on `data` if it has labels)."""
@@ -214,9 +209,9 @@ def _verify_into(report: Report, reference: bytes, candidates: dict[str, tuple[b
     variants[0]["fidelity"] = {"samples": variants[1]["fidelity"]["samples"] if len(variants) > 1 else 0,
                                "sqnr_db": None, "cosine": 1.0, "top1_agreement": 1.0, "kl": 0.0}
     for v in variants[1:]:
-        qbytes, sim, plan = candidates[v["label"]]
-        if sim is not None and plan is not None:
-            v["parity"] = check_parity(qbytes, sim, plan, data, opts.parity_batches)
+        qbytes, float_model, plan = candidates[v["label"]]
+        if float_model is not None and plan is not None and plan.precision == "int8":
+            v["parity"] = check_parity(qbytes, float_model, plan, data, opts.parity_batches)
     if opts.threads:
         first = next(iter(data))
         feeds = {k: a[:1] for k, a in first.feeds.items()}
@@ -276,6 +271,6 @@ def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data:
                                     "stages": {f"{k}:{s}": v for k, r in results.items() for s, v in r.timings.items()}}
     feeds = as_feeds(eval_data, specs, preprocess=preprocess, limit=verify.eval_limit)
     lab = as_feeds(labeled[0], specs, labels=labeled[1], preprocess=preprocess) if labeled else None
-    cands = {k: (r.model.SerializeToString(), r.simulation(), r.plan) for k, r in results.items()}
+    cands = {k: (r.model.SerializeToString(), r.float_model, r.plan) for k, r in results.items()}
     _verify_into(report, ref.proto.SerializeToString(), cands, feeds, verify, progress, lab)
     return report

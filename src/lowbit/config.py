@@ -75,6 +75,8 @@ class QuantConfig:
     keep_float: tuple[str, ...] = ()
     op_types: tuple[str, ...] | None = None
     keep_io_types: bool = True
+    # CPU the model is for: 'auto' (this machine), 'avx2', 'vnni', 'arm64'. Decides the weight grid.
+    target: str = "auto"
     seed: int = 0
     extras: dict = field(default_factory=dict, compare=False)
 
@@ -84,6 +86,9 @@ class QuantConfig:
         if not isinstance(self.activations.granularity, PerTensor):
             raise ConfigError("activations must be quantized PerTensor(): ONNX Runtime's integer kernels "
                               f"take one activation scale per tensor; got {self.activations.granularity}")
+        from lowbit.hardware import target_traits
+
+        target_traits(self.target)  # validates the name
         if isinstance(self.keep_float, str):
             object.__setattr__(self, "keep_float", (self.keep_float,))
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -101,6 +106,7 @@ class QuantConfig:
             "keep_float": list(self.keep_float),
             "op_types": list(self.op_types) if self.op_types is not None else None,
             "keep_io_types": self.keep_io_types,
+            "target": self.target,
             "seed": self.seed,
         }
 
@@ -113,6 +119,7 @@ class QuantConfig:
             keep_float=tuple(d.get("keep_float", ())),
             op_types=tuple(d["op_types"]) if d.get("op_types") is not None else None,
             keep_io_types=d.get("keep_io_types", True),
+            target=d.get("target", "auto"),
             seed=d.get("seed", 0),
         )
 

@@ -10,7 +10,8 @@ import onnx
 
 from lowbit import __version__
 from lowbit.config import QuantConfig
-from lowbit.core.dtypes import int32
+from lowbit.core.dtypes import QDtype, int32
+from lowbit.hardware import target_traits
 from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.graph import GraphIndex
@@ -34,12 +35,12 @@ def activation_plan(name: str, stats: CalibrationStats, config: QuantConfig) -> 
     return TensorPlan(name, "activation", q, (float(lo), float(hi)), scheme.calibration.registry_name)
 
 
-def weight_plan(name: str, w: np.ndarray, axis: int, config: QuantConfig) -> TensorPlan:
+def weight_plan(name: str, w: np.ndarray, axis: int, config: QuantConfig, dtype: QDtype | None = None) -> TensorPlan:
     scheme = config.weights
     gran = scheme.granularity
     if isinstance(gran, PerChannel):
         gran = PerChannel(axis)
-    q = QParams.for_tensor(w, scheme.dtype, gran, scheme.symmetric, scheme.narrow)
+    q = QParams.for_tensor(w, dtype or scheme.dtype, gran, scheme.symmetric, scheme.narrow)
     return TensorPlan(name, "weight", q, (float(w.min()), float(w.max())), "minmax")
 
 
@@ -53,6 +54,18 @@ def bias_plan(name: str, b: np.ndarray, x_scale: np.ndarray, w: TensorPlan) -> T
     scale = np.maximum(scale, need.astype(np.float32))
     q = QParams(int32, PerChannel(0), scale, np.zeros(scale.shape, dtype=np.int64))
     return TensorPlan(name, "bias", q, (float(b.min()), float(b.max())), "derived")
+
+
+# 7-bit signed grid, stored in int8: exact on AVX2's VPMADDUBSW (see lowbit.hardware).
+SATURATION_SAFE = QDtype("int7", 7, True)
+
+
+def is_depthwise(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    """Depthwise convolutions run on a kernel without int16 pair sums: they keep 8 bits."""
+    if node.op_type != "Conv":
+        return False
+    w = g.initializers.get(node.input[1])
+    return int(g.attr(node, "group", 1)) > 1 and w is not None and len(w.dims) > 1 and w.dims[1] == 1
 
 
 def build_plan(model: onnx.ModelProto, selection: Selection, stats: CalibrationStats,
@@ -73,6 +86,7 @@ def build_plan(model: onnx.ModelProto, selection: Selection, stats: CalibrationS
         if name in stats.observers:
             plan.observed[name] = tuple(float(v) for v in stats.observers[name].observed_range())
 
+    saturates = target_traits(config.target).u8s8_saturates
     for node in g.graph.node:
         if node.op_type not in WEIGHTED_OPS or plan.nodes[node.name].precision != "int8":
             continue
@@ -80,8 +94,13 @@ def build_plan(model: onnx.ModelProto, selection: Selection, stats: CalibrationS
         if w_idx is None:
             continue
         w_name = node.input[w_idx]
+        dtype = None
+        if saturates and config.weights.dtype.bits == 8 and not is_depthwise(node, g):
+            dtype = SATURATION_SAFE
+            plan.nodes[node.name].reason = ("integer kernel; weights on a 7-bit grid because this CPU's u8 x s8 "
+                                            "kernel (AVX2 without VNNI) saturates on full 8-bit weights")
         if w_name not in plan.tensors:
-            plan.tensors[w_name] = weight_plan(w_name, g.constant(w_name), axis, config)
+            plan.tensors[w_name] = weight_plan(w_name, g.constant(w_name), axis, config, dtype)
         x_plan = plan.activation(node.input[0])
         if b_idx is not None and x_plan is not None:
             b_name = node.input[b_idx]

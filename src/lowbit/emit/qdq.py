@@ -31,16 +31,41 @@ def emit_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     return out
 
 
-def emit_simulation(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """A float model computing exactly what `plan` prescribes (fake quantization), for parity."""
-    return _Surgery(model, plan, simulate=True).run()
+def emit_simulation(model: onnx.ModelProto, plan: QuantPlan, forced: bool = False) -> onnx.ModelProto:
+    """A float model computing exactly what `plan` prescribes (fake quantization), for parity.
+
+    With `forced`, every quantized activation T is read from an extra graph input `T__forced`
+    (its integer values as float) instead of the simulation's own: each layer is then simulated
+    on the very integers ONNX Runtime computed, and its own integer output is exposed as
+    `T_fq_clip` for comparison (teacher forcing: one layer's rounding difference cannot snowball).
+    """
+    out = _Surgery(model, plan, simulate=True, forced=forced).run()
+    if forced:
+        for name, t in plan.tensors.items():
+            if t.role == "activation":
+                out.graph.input.append(helper.make_tensor_value_info(forced_input(name), TensorProto.FLOAT, None))
+                out.graph.output.append(helper.make_tensor_value_info(sim_integer_output(name), TensorProto.FLOAT, None))
+    return out
+
+
+def forced_input(name: str) -> str:
+    return f"{name}__forced"
+
+
+def sim_integer_output(name: str) -> str:
+    return f"{name}_fq_clip"
+
+
+def deployed_integer_output(name: str) -> str:
+    return f"{name}_QuantizeLinear_Output"
 
 
 class _Surgery:
-    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, simulate: bool) -> None:
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, simulate: bool, forced: bool = False) -> None:
         self.src = model
         self.plan = plan
         self.simulate = simulate
+        self.forced = forced
         self.m = onnx.ModelProto()
         self.m.CopyFrom(model)
         self.new_inits: list[TensorProto] = []
@@ -54,7 +79,7 @@ class _Surgery:
         self.new_inits.append(t)
         return name
 
-    def _qparam_consts(self, t: TensorPlan) -> tuple[str, str, dict]:
+    def _qparam_consts(self, t: TensorPlan, with_zero_point: bool = True) -> tuple[str, str, dict]:
         q = t.qparams
         scale = np.asarray(q.scale, dtype=np.float32)
         zp = np.asarray(q.zero_point).astype(q.dtype.storage)
@@ -65,7 +90,7 @@ class _Surgery:
             attrs["axis"] = q.granularity.axis
             attrs["block_size"] = q.granularity.size
         s = self._const(f"{t.name}_scale", scale)
-        z = self._const(f"{t.name}_zero_point", zp, q.dtype.onnx_type)
+        z = self._const(f"{t.name}_zero_point", zp, q.dtype.onnx_type) if with_zero_point else ""
         return s, z, attrs
 
     # --- the surgery ---------------------------------------------------------------------
@@ -140,9 +165,10 @@ class _Surgery:
             return []
         qw = q.quantize(w)
         qname = self._const(f"{t.name}_quantized", qw, q.dtype.onnx_type)
-        s, z, attrs = self._qparam_consts(t)
-        return [helper.make_node("DequantizeLinear", [qname, s, z], [t.name], name=f"{t.name}_DequantizeLinear",
-                                 **attrs)]
+        s, z, attrs = self._qparam_consts(t, with_zero_point=t.role != "bias")
+        # int32 bias zero points are 0 by definition; leaving them out saves 4 bytes per channel
+        inputs = [qname, s, z] if z else [qname, s]
+        return [helper.make_node("DequantizeLinear", inputs, [t.name], name=f"{t.name}_DequantizeLinear", **attrs)]
 
     def _quantize_activation(self, t: TensorPlan) -> tuple[list[onnx.NodeProto], str]:
         name = t.name
@@ -167,7 +193,10 @@ class _Surgery:
             helper.make_node("Round", [f"{p}_div"], [f"{p}_round"], name=f"{p}_Round"),
             helper.make_node("Add", [f"{p}_round", z], [f"{p}_add"], name=f"{p}_Add"),
             helper.make_node("Clip", [f"{p}_add", lo, hi], [f"{p}_clip"], name=f"{p}_Clip"),
-            helper.make_node("Sub", [f"{p}_clip", z], [f"{p}_sub"], name=f"{p}_Sub"),
+        ]
+        integers = forced_input(name) if self.forced else f"{p}_clip"
+        nodes += [
+            helper.make_node("Sub", [integers, z], [f"{p}_sub"], name=f"{p}_Sub"),
             helper.make_node("Mul", [f"{p}_sub", s], [dq_out], name=f"{p}_Mul"),
         ]
         return nodes, dq_out

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up lowbit in ./.venv on a fresh machine: the CPU build of torch (never the multi-GB CUDA
+# wheel), lowbit itself with its test extras, and the offline real models and photos.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON_BOOTSTRAP:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned: a later unpinned dependency then finds it satisfied.
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -e ".[test,data]"
+PYTHON=.venv/bin/python bash scripts/setup_data.sh
