@@ -12,6 +12,7 @@ from typing import Any
 
 import onnx
 
+from lowbit.algorithms import AlgorithmContext
 from lowbit.config import QuantConfig, as_config
 from lowbit.data import FeedSource, as_feeds
 from lowbit.emit import emit_qdq
@@ -66,12 +67,23 @@ def _peak_rss_mb() -> float:
 
 
 def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
-              progress: Progress = null_progress) -> QuantPlan:
-    """Calibrate a static INT8 plan: select nodes, observe their tensors, choose qparams."""
-    selection = select(prepared.proto, config)
+              progress: Progress = null_progress) -> tuple[onnx.ModelProto, QuantPlan]:
+    """Calibrate a static INT8 plan: float algorithms, select nodes, observe their tensors, choose
+    qparams, then plan algorithms. Returns the (possibly re-weighted) float model and its plan."""
+    ctx = AlgorithmContext(calib, config, progress, config.seed)
+    model = prepared.proto
+    for alg in config.algorithms:
+        if alg.stage == "float":
+            model, _ = alg.apply(model, None, ctx)
+    selection = select(model, config)
     method = config.activations.calibration
-    stats = collect_stats(prepared.proto, selection.to_observe, calib, lambda name: method, progress)
-    return build_plan(prepared.proto, selection, stats, config)
+    stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
+    plan = build_plan(model, selection, stats, config)
+    for alg in config.algorithms:
+        if alg.stage == "plan":
+            model, plan = alg.apply(model, plan, ctx)
+    plan.model_fingerprint = prepared.fingerprint
+    return model, plan
 
 
 def quantize(
@@ -123,7 +135,8 @@ def quantize(
             raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
                             "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
         calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess, limit=calib_limit)
-        qplan = make_plan(prepared, cfg, calib, progress)
+        float_model, qplan = make_plan(prepared, cfg, calib, progress)
+        prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
         t = _stage(timings, "calibrate+plan", t)
 
     if cfg.precision == "fp16" and plan is None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from lowbit.calibration import CalibrationMethod, MinMax
+from lowbit.algorithms.base import algorithm_from_dict
 from lowbit.calibration.base import calibration_from_dict
 from lowbit.core.dtypes import QDtype, dtype_by_name, int8, uint8
 from lowbit.core.granularity import Granularity, PerChannel, PerGroup, PerTensor, granularity_from_dict
@@ -73,6 +74,8 @@ class QuantConfig:
     # uint8 activations: on AVX2 CPUs ONNX Runtime only fuses u8 activations x s8 weights fully.
     activations: Scheme = Scheme(uint8, PerTensor(), symmetric=False)
     keep_float: tuple[str, ...] = ()
+    # applied in order within their stage ('float' ones before calibration, 'plan' ones after)
+    algorithms: tuple = ()
     op_types: tuple[str, ...] | None = None
     keep_io_types: bool = True
     # CPU the model is for: 'auto' (this machine), 'avx2', 'vnni', 'arm64'. Decides the weight grid.
@@ -94,6 +97,13 @@ class QuantConfig:
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
         if self.op_types is not None:
             object.__setattr__(self, "op_types", tuple(self.op_types))
+        from lowbit.algorithms import Algorithm
+
+        object.__setattr__(self, "algorithms", tuple(self.algorithms))
+        for a in self.algorithms:
+            if not isinstance(a, Algorithm):
+                raise ConfigError(f"algorithms must be lowbit algorithm objects such as CrossLayerEqualization(); "
+                                  f"got {a!r}")
 
     def with_(self, **changes) -> "QuantConfig":
         return replace(self, **changes)
@@ -104,6 +114,7 @@ class QuantConfig:
             "weights": self.weights.to_dict(),
             "activations": self.activations.to_dict(),
             "keep_float": list(self.keep_float),
+            "algorithms": [a.to_dict() for a in self.algorithms],
             "op_types": list(self.op_types) if self.op_types is not None else None,
             "keep_io_types": self.keep_io_types,
             "target": self.target,
@@ -117,6 +128,7 @@ class QuantConfig:
             weights=Scheme.from_dict(d["weights"]),
             activations=Scheme.from_dict(d["activations"]),
             keep_float=tuple(d.get("keep_float", ())),
+            algorithms=tuple(algorithm_from_dict(a) for a in d.get("algorithms", ())),
             op_types=tuple(d["op_types"]) if d.get("op_types") is not None else None,
             keep_io_types=d.get("keep_io_types", True),
             target=d.get("target", "auto"),
