@@ -142,7 +142,7 @@ def quantize(
     if cfg.precision == "fp16" and plan is None:
         qmodel, qplan = emit_fp16(prepared.proto, cfg.keep_io_types)
     elif cfg.precision == "int8-dynamic" and plan is None:
-        qmodel, qplan = emit_dynamic(prepared.proto)
+        qmodel, qplan = emit_dynamic(prepared.proto, target=cfg.target)
     else:
         qmodel = emit_qdq(prepared.proto, qplan)
     qbytes = qmodel.SerializeToString()

@@ -19,6 +19,7 @@ from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.emit.metadata import record_plan
 from lowbit.graph import GraphIndex
+from lowbit.hardware import target_traits
 from lowbit.ops import why_float
 from lowbit.plan import NodePlan, QuantPlan, TensorPlan
 from lowbit.prepare import fingerprint
@@ -51,22 +52,27 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
-def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True) -> tuple[onnx.ModelProto, QuantPlan]:
+def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str = "auto"
+                 ) -> tuple[onnx.ModelProto, QuantPlan]:
+    """Dynamic INT8 model and its plan. On CPUs whose u8 x s8 kernels saturate (see
+    lowbit.hardware) the weights use ONNX Runtime's reduced 7-bit range, which is exact there."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    src = gemm_to_matmul(model)
+    reduce_range = target_traits(target).u8s8_saturates
+    src = onnx.shape_inference.infer_shapes(gemm_to_matmul(model))
     with tempfile.TemporaryDirectory(prefix="lowbit-dyn-") as tmp:
         inp, outp = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(src, str(inp))
         quantize_dynamic(inp, outp, op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                         weight_type=QuantType.QInt8)
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8)
         out = onnx.load(str(outp))
-    plan = _plan_from_output(src, out)
+    plan = _plan_from_output(src, out, reduce_range)
+    plan.config["reduce_range"] = reduce_range
     record_plan(out, plan)
     return out, plan
 
 
-def _plan_from_output(src: onnx.ModelProto, out: onnx.ModelProto) -> QuantPlan:
+def _plan_from_output(src: onnx.ModelProto, out: onnx.ModelProto, reduce_range: bool = False) -> QuantPlan:
     """Read back what quantize_dynamic did: which MatMul weights it quantized, with what scales."""
     plan = QuantPlan(precision="int8-dynamic", model_fingerprint=fingerprint(src), lowbit_version=__version__,
                      config={"precision": "int8-dynamic", "per_channel": True})
@@ -81,7 +87,7 @@ def _plan_from_output(src: onnx.ModelProto, out: onnx.ModelProto) -> QuantPlan:
             q = o.constant(qname)
             scale, zp = o.constant(f"{w}_scale"), o.constant(f"{w}_zero_point")
             gran = PerChannel(q.ndim - 1) if np.asarray(scale).size > 1 else PerTensor()
-            dt = dtype_by_name("int8" if q.dtype == np.int8 else "uint8")
+            dt = dtype_by_name(("int" if q.dtype == np.int8 else "uint") + ("7" if reduce_range else "8"))
             plan.tensors[w] = TensorPlan(w, "weight", QParams(dt, gran, np.asarray(scale, np.float32),
                                                               np.asarray(zp, np.int64)), method="minmax")
             plan.nodes[node.name] = NodePlan(node.name, node.op_type, "int8-dynamic",

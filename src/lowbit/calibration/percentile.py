@@ -1,0 +1,59 @@
+"""Percentile calibration: clip the range at a high percentile of the values seen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lowbit.calibration.base import CalibrationMethod, Observer, register_calibration
+from lowbit.calibration.histogram import HistogramObserver, check_bins
+from lowbit.errors import ConfigError
+
+
+def hist_quantile(counts: np.ndarray, first_edge: float, width: float, q: float) -> float:
+    """The q-quantile (0 <= q <= 1) of values histogrammed in `counts`, bins of `width` from
+    `first_edge`, at np.percentile's rank q * (n - 1), values spread evenly within a bin.
+
+    >>> hist_quantile(np.array([0, 4, 0]), 0.0, 1.0, 0.5)
+    1.5
+    """
+    cum = np.cumsum(counts)
+    rank = q * (cum[-1] - 1)
+    k = min(int(np.searchsorted(cum, rank, side="right")), counts.size - 1)  # bin holding that rank
+    before = cum[k] - counts[k]
+    return float(first_edge + width * (k + (rank - before + 0.5) / max(counts[k], 1)))
+
+
+@register_calibration("percentile")
+@dataclass(frozen=True)
+class Percentile(CalibrationMethod):
+    """Clip at the `percentile` (the knob; 99.99 by default) of the values seen.
+
+    Symmetric grids clip at the percentile of |x|, so one tail's outliers cannot leave the other
+    tail unclipped; asymmetric grids clip each tail on its own, at percentile and
+    100 - percentile of x (a post-ReLU tensor keeps its lower end at 0). Estimated from a
+    streaming histogram, within one bin (2R / bins) of np.percentile on all values.
+
+    >>> Percentile(99.9).observer()
+    HistogramObserver(bins=4096, ...)
+    """
+
+    percentile: float = 99.99
+    bins: int = 4096
+
+    def __post_init__(self) -> None:
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100]; got {self.percentile}. Typical: 99.9 to 99.999.")
+        check_bins(self.bins)
+
+    def observer(self) -> Observer:
+        return HistogramObserver(self.bins, chooser=self)
+
+    def choose(self, hist: HistogramObserver, qmin: int, qmax: int, symmetric: bool) -> tuple[float, float]:
+        q, w = self.percentile / 100.0, hist.width
+        if symmetric:
+            t = hist_quantile(hist.magnitude(), 0.0, w, q)
+            return -t, t
+        return (hist_quantile(hist.counts, -hist.radius, w, 1.0 - q),
+                hist_quantile(hist.counts, -hist.radius, w, q))

@@ -1,0 +1,76 @@
+"""Shared fixtures: small real-structure ONNX models built in torch, and data for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+class SmallConvNet(torch.nn.Module):
+    """Conv-BN-ReLU6, depthwise, residual add, pooling and a linear head: the ops of MobileNetV2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 2, 1), torch.nn.BatchNorm2d(16), torch.nn.ReLU6())
+        self.dw = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 3, 1, 1, groups=16), torch.nn.BatchNorm2d(16),
+                                      torch.nn.ReLU6())
+        self.pw = torch.nn.Sequential(torch.nn.Conv2d(16, 16, 1), torch.nn.BatchNorm2d(16))
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = self.stem(x)
+        y = y + self.pw(self.dw(y))
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def _init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def small_model_path(tmp_path_factory) -> Path:
+    """An ONNX file of SmallConvNet (seeded weights, BN folded by the exporter)."""
+    torch.manual_seed(0)
+    model = _init(SmallConvNet(), 0)
+    path = tmp_path_factory.mktemp("models") / "small.onnx"
+    from lowbit.load import export_torch
+
+    path.write_bytes(export_torch(model, torch.zeros(1, 3, 32, 32)).SerializeToString())
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_model_torch() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return _init(SmallConvNet(), 0)
+
+
+def image_like(n: int, seed: int, size: int = 32) -> list[np.ndarray]:
+    """Smooth random images (not white noise): closer to real activations statistics."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        low = rng.normal(size=(3, size // 4, size // 4)).astype(np.float32)
+        out.append(np.kron(low, np.ones((4, 4), np.float32)) + 0.1 * rng.normal(size=(3, size, size)).astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="session")
+def calib_arrays() -> list[np.ndarray]:
+    return image_like(24, seed=1)
+
+
+@pytest.fixture(scope="session")
+def eval_arrays() -> list[np.ndarray]:
+    return image_like(16, seed=2)

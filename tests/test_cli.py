@@ -1,0 +1,88 @@
+"""The `lowbit` command: quantize, eval, list; errors as one paragraph and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from lowbit.cli import main
+
+
+@pytest.fixture()
+def npy_folders(tmp_path, calib_arrays, eval_arrays):
+    calib, ev = tmp_path / "calib", tmp_path / "eval"
+    calib.mkdir()
+    ev.mkdir()
+    for i, a in enumerate(calib_arrays):
+        np.save(calib / f"{i:03d}.npy", a)
+    for i, a in enumerate(eval_arrays):
+        np.save(ev / f"{i:03d}.npy", a)
+    return calib, ev
+
+
+def test_quantize_writes_model_plan_and_reports(small_model_path, npy_folders, tmp_path, capsys):
+    calib, ev = npy_folders
+    out = tmp_path / "m.int8.onnx"
+    code = main(["quantize", str(small_model_path), "--precision", "int8", "--calib", str(calib), "--eval", str(ev),
+                 "-o", str(out), "--threads", "1", "--latency-runs", "3", "--save-plan", str(tmp_path / "plan.json"),
+                 "--report-html", str(tmp_path / "r.html"), "--report-json", str(tmp_path / "r.json")])
+    assert code == 0
+    assert onnx.load(str(out)).graph.node
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["variants"][1]["parity"]["passed"]
+    assert json.loads((tmp_path / "plan.json").read_text())["schema"] == "lowbit.plan/1"
+    assert (tmp_path / "r.html").read_text().lower().startswith("<!doctype html")
+    assert "int8" in capsys.readouterr().out
+
+
+def test_quantize_image_folder_with_preprocessing(small_model_path, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+    code = main(["quantize", str(small_model_path), "--calib", str(folder), "--preprocess", "resize=32,crop=32",
+                 "-o", str(tmp_path / "m.onnx"), "--no-verify"])
+    assert code == 0 and (tmp_path / "m.onnx").exists()
+
+
+def test_eval_compares_candidates(small_model_path, npy_folders, tmp_path, capsys):
+    calib, ev = npy_folders
+    out = tmp_path / "m.fp16.onnx"
+    assert main(["quantize", str(small_model_path), "--precision", "fp16", "-o", str(out), "--no-verify"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(small_model_path), str(out), "--data", str(ev), "--threads", "1",
+                 "--latency-runs", "2", "--report-json", str(tmp_path / "e.json")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert [v["label"] for v in report["variants"]] == ["fp32", "m.fp16.onnx"]
+    assert report["variants"][1]["fidelity"]["sqnr_db"] > 40
+    assert "lowbit eval" in capsys.readouterr().out
+
+
+def test_list_shows_presets_and_calibrations(capsys):
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "int8" in text and "fp16" in text and "minmax" in text
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (["quantize", "missing.onnx", "--calib", "x", "-o", "o.onnx"], "not found"),
+    (["quantize", "MODEL", "--precision", "int9", "--calib", "x", "-o", "o.onnx"], "Did you mean 'int8'"),
+])
+def test_errors_are_one_paragraph_without_traceback(argv, pattern, small_model_path, tmp_path):
+    argv = [str(small_model_path) if a == "MODEL" else a for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "lowbit.cli", *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert pattern.split("'")[0] in proc.stderr
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "quantize" in capsys.readouterr().out

@@ -1,0 +1,145 @@
+"""End-to-end contracts of quantize(): QDQ structure, parity with lowbit's simulation, FP16,
+dynamic INT8, plans that round-trip through JSON and the model's metadata."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import lowbit
+from lowbit.emit.metadata import plan_from_model
+from lowbit.hardware import this_cpu
+
+NO_LATENCY = lowbit.VerifyOptions(threads=())
+
+
+def op_counts(model: onnx.ModelProto) -> Counter:
+    return Counter(n.op_type for n in model.graph.node)
+
+
+def test_int8_qdq_structure_and_parity(small_model_path, calib_arrays, eval_arrays):
+    r = lowbit.quantize(small_model_path, "int8", calib_arrays, eval_data=eval_arrays, verify=NO_LATENCY)
+    counts = op_counts(r.model)
+    # 3 convs + gemm weights, 3 conv biases + gemm bias; ReLU6 folded into the conv outputs
+    assert counts["Clip"] == 0 and counts["Relu"] == 0
+    dq_weights = [n for n in r.model.graph.node if n.op_type == "DequantizeLinear" and n.output[0] in r.plan.tensors
+                  and r.plan.tensors[n.output[0]].role in ("weight", "bias")]
+    assert len(dq_weights) == 8
+    n_acts = sum(1 for t in r.plan.tensors.values() if t.role == "activation")
+    assert counts["QuantizeLinear"] == n_acts
+    parity = r.report.variants[1]["parity"]
+    assert parity["passed"], parity
+    assert parity["outputs"]["within_one_step"] >= 0.999
+    fid = r.report.variants[1]["fidelity"]
+    assert fid["sqnr_db"] > 15 and fid["cosine"] > 0.98
+
+
+def test_weights_in_model_are_integers_of_the_plan(small_model_path, calib_arrays):
+    r = lowbit.quantize(small_model_path, "int8", calib_arrays, verify=None)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in r.model.graph.initializer}
+    for name, t in r.plan.tensors.items():
+        if t.role != "weight":
+            continue
+        q = inits[f"{name}_quantized"]
+        assert q.dtype == np.int8
+        lo, hi = t.qparams.dtype.bounds(t.qparams.narrow)
+        assert q.min() >= lo and q.max() <= hi
+
+
+@pytest.mark.skipif(not this_cpu().u8s8_saturates, reason="only AVX2 CPUs without VNNI saturate")
+def test_parity_catches_saturating_kernels(small_model_path, calib_arrays, eval_arrays):
+    """Full 8-bit weights on an AVX2-without-VNNI CPU overflow ORT's int16 pair sums: the parity
+    check must see it (this is why lowbit targets 7-bit weights there)."""
+    cfg = lowbit.QuantConfig(target="vnni")
+    big = [x * 4 for x in calib_arrays]
+    r = lowbit.quantize(small_model_path, cfg, big, eval_data=[x * 4 for x in eval_arrays], verify=NO_LATENCY)
+    assert r.report.variants[1]["parity"]["layers"]["max_steps"] > 1
+
+
+def test_plan_json_round_trip_and_reapply(small_model_path, calib_arrays, tmp_path):
+    r = lowbit.quantize(small_model_path, "int8", calib_arrays, output=tmp_path / "a.onnx", verify=None)
+    r.plan.save(tmp_path / "plan.json")
+    again = lowbit.QuantPlan.load(tmp_path / "plan.json")
+    assert again.to_json() == r.plan.to_json()
+    r2 = lowbit.quantize(small_model_path, "int8", plan=tmp_path / "plan.json", output=tmp_path / "b.onnx", verify=None)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert r2.plan.to_json() == r.plan.to_json()
+
+
+def test_plan_and_version_in_metadata(small_model_path, calib_arrays, tmp_path):
+    r = lowbit.quantize(small_model_path, "int8", calib_arrays, output=tmp_path / "m.onnx", verify=None)
+    m = onnx.load(str(tmp_path / "m.onnx"))
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["lowbit.version"] == lowbit.__version__
+    assert plan_from_model(m).to_json() == r.plan.to_json()
+
+
+def test_repeated_runs_are_byte_identical(small_model_path, calib_arrays, tmp_path):
+    a = lowbit.quantize(small_model_path, "int8", calib_arrays, output=tmp_path / "1.onnx", verify=None)
+    b = lowbit.quantize(small_model_path, "int8", calib_arrays, output=tmp_path / "2.onnx", verify=None)
+    assert (tmp_path / "1.onnx").read_bytes() == (tmp_path / "2.onnx").read_bytes()
+    assert a.plan.to_json() == b.plan.to_json()
+
+
+def test_input_model_is_never_modified(small_model_path, calib_arrays):
+    before = small_model_path.read_bytes()
+    proto = onnx.load(str(small_model_path))
+    snapshot = proto.SerializeToString()
+    lowbit.quantize(proto, "int8", calib_arrays, verify=None)
+    assert proto.SerializeToString() == snapshot
+    assert small_model_path.read_bytes() == before
+
+
+def test_fp16_halves_size_and_keeps_float32_io(small_model_path, eval_arrays):
+    r = lowbit.quantize(small_model_path, "fp16", eval_data=eval_arrays, verify=NO_LATENCY)
+    assert r.model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert r.model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    ref, fp16 = r.report.variants
+    weight_bytes = lambda m: sum(t.ByteSize() for t in m.graph.initializer)  # noqa: E731
+    assert weight_bytes(r.model) < 0.55 * weight_bytes(onnx.load(str(small_model_path)))
+    assert fp16["size_bytes"] < ref["size_bytes"]
+    assert fp16["fidelity"]["sqnr_db"] > 40
+
+
+def test_int8_dynamic_quantizes_linear_layers():
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 32)).eval()
+    data = [np.random.default_rng(i).normal(size=(1, 64)).astype(np.float32) for i in range(8)]
+    r = lowbit.quantize(mlp, "int8-dynamic", example_inputs=torch.zeros(1, 64), eval_data=data, verify=NO_LATENCY)
+    dyn = [n for n in r.plan.nodes.values() if n.precision == "int8-dynamic"]
+    assert len(dyn) == 2
+    assert r.report.variants[1]["size_bytes"] < 0.35 * r.report.variants[0]["size_bytes"]
+    assert r.report.variants[1]["fidelity"]["cosine"] > 0.99
+
+
+def test_torch_module_input_with_dynamic_batch(small_model_torch, calib_arrays):
+    r = lowbit.quantize(small_model_torch, "int8", calib_arrays, example_inputs=torch.zeros(1, 3, 32, 32), verify=None)
+    from lowbit.observe import session
+
+    s = session(r.model)
+    out = s.run(None, {"input": np.stack(calib_arrays[:5])})[0]
+    assert out.shape == (5, 10)
+
+
+def test_keep_float_glob_and_skipped_reasons(small_model_path, calib_arrays):
+    r = lowbit.quantize(small_model_path, lowbit.QuantConfig(keep_float=("*Gemm*",)), calib_arrays, verify=None)
+    skipped = {s["name"]: s["reason"] for s in r.report.skipped}
+    gemm = [n for n in skipped if "Gemm" in n]
+    assert gemm and "keep_float" in skipped[gemm[0]]
+
+
+def test_report_renders_everywhere(small_model_path, calib_arrays, eval_arrays, tmp_path):
+    r = lowbit.quantize(small_model_path, "int8", calib_arrays, eval_data=eval_arrays,
+                        verify=lowbit.VerifyOptions(threads=(1,), latency_runs=3))
+    text = str(r.report)
+    assert "int8" in text and "fp32" in text
+    d = json.loads(r.report.to_json())
+    assert d["schema"] == "lowbit.report/1" and d["variants"][1]["latency_ms"]["1"]["median"] > 0
+    html = r.report.to_html()
+    assert "<html" in html.lower() and "http://" not in html and "https://" not in html
+    r.report.save_html(tmp_path / "r.html")
+    assert (tmp_path / "r.html").stat().st_size > 1000
