@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     results["elapsed_s"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     markdown = render_markdown(results)
-    atomic_write_text(args.out / "results.json", json.dumps(_finite(results), indent=1, default=str, allow_nan=False) + "\n")
+    text = json.dumps(_finite(results), indent=1, default=str, allow_nan=False)
+    atomic_write_text(args.out / "results.json", text + "\n")
     atomic_write_text(args.out / "results.md", markdown)
     print(markdown)
     log(f"wrote {args.out / 'results.md'} and results.json in {results['elapsed_s']:.0f} s")

@@ -219,16 +219,16 @@ def absorb_high_bias(model: onnx.ModelProto, pairs: list[Pair], calib) -> onnx.M
             v = np.moveaxis(np.asarray(v), 1, 0).reshape(v.shape[1], -1).min(axis=1)  # (C,)
             lows[name] = np.minimum(lows[name], v) if name in lows else v
     ws = _Weights(g)
-    shift: dict[str, np.ndarray] = {}  # bias added to a layer by an earlier absorption
+    # absorbing into a layer leaves its pre-activation unchanged (bias + W c, input - c), so the minima
+    # measured once before any absorption stay valid for every pair
     for p, name in zip(todo, names):
         first, second = nodes[p.first.name], nodes[p.second.name]
         ws.weight(first), ws.weight(second)
-        c = np.maximum(lows[name] + shift.get(first.name, 0.0), 0.0)              # (C,)
+        c = np.maximum(lows[name], 0.0)                                          # (C,)
         ws.b[first.name] -= c
         w2 = ws.in_view(second)                                                  # (G, O/G, C/G, K)
         delta = (w2 * c.reshape(w2.shape[0], 1, w2.shape[2], 1)).sum(axis=(2, 3)).reshape(-1)
         ws.b[second.name] += delta
-        shift[second.name] = shift.get(second.name, 0.0) + delta
     ws.write(model)
     return model
 
