@@ -72,7 +72,7 @@ def _quant(q: dict | None) -> tuple[str, str]:
     return f"{q['wall_s']:.1f}", f"{q['peak_rss_mb']:.0f} (+{q['peak_rss_mb'] - q['rss_before_mb']:.0f})"
 
 
-def model_table(name: str, m: dict, threads: list[int]) -> list[str]:
+def model_table(m: dict, threads: list[int], cores: int) -> list[str]:
     rnd = m["random_weights"]
     tag = " (random weights)" if rnd else ""
     lines = [f"## {m['title']}: {m['weights']}", ""]
@@ -80,6 +80,11 @@ def model_table(name: str, m: dict, threads: list[int]) -> list[str]:
         lines += ["**Random weights: only size and latency mean anything here.** Fidelity columns are marked "
                   "'random weights': they compare untrained logits and say nothing about a trained ResNet-18; "
                   "the labeled top-1 of an untrained network is chance.", ""]
+    load = m.get("load_avg_1min_during_latency") or []
+    if load and max(load) > cores:
+        lines += [f"**Warning: the machine was busy while timing** (1-minute load average {load[0]:.1f} before, "
+                  f"{load[1]:.1f} after, on {cores} cores): other processes competed for the CPU, so the "
+                  "latencies are inflated and even the interleaved ratios are noisy, 2-thread ones most.", ""]
     head = ["variant", "size MB", "% FP32"]
     for t in threads:
         head += [f"{t}T ms (median)", f"{t}T speed-up"]
@@ -121,7 +126,7 @@ def render_markdown(r: dict) -> str:
         "all variants of a model timed interleaved in one process, one session per variant per thread count; "
         "speed-up = FP32 median / variant median from the same run.",
         "- Quantize time and peak RSS: each quantization ran alone in a fresh subprocess; peak RSS is the "
-        "child's ru_maxrss (includes Python and imports), +Δ is the rise over its RSS just before the call.",
+        "child's VmHWM (includes Python and imports), +Δ is the rise over its RSS just before the call.",
         "- Fidelity is measured against FP32 on the evaluation crops: top-1 agreement, SQNR of the logits, "
         "mean KL(FP32 softmax ‖ variant softmax).",
         "",
@@ -130,6 +135,6 @@ def render_markdown(r: dict) -> str:
     ]
     lines += [f"| {b['bar']} | **{b['status']}** | {b['shown']} |" for b in r["bars"]]
     lines.append("")
-    for name, m in r["models"].items():
-        lines += model_table(name, m, s["threads"])
+    for m in r["models"].values():
+        lines += model_table(m, s["threads"], mach["usable_cores"])
     return "\n".join(lines)

@@ -196,7 +196,9 @@ def bench_model(name: str, args: argparse.Namespace, data: dict, work: Path) -> 
     fid, ref_top1, run_errors = fidelity(fp32, models, data["eval"], (data["labeled"], data["labels"]))
     timed = {"fp32": fp32.read_bytes(), **{k: v for k, v in models.items() if k in fid}}
     log(f"{name}: latency, {len(timed)} variants interleaved, threads {args.threads}, {args.runs} runs")
+    load_before = os.getloadavg()[0]
     lat = measure_latency(timed, {peers.input_name(fp32): data["eval"][:1]}, args.threads, args.runs)
+    load = [load_before, os.getloadavg()[0]]
     fp32_size = len(timed["fp32"])
     variants: dict[str, dict] = {"fp32": {"kind": "fp32", "size_bytes": fp32_size, "labeled_top1": ref_top1,
                                           "latency_ms": lat["fp32"], "fidelity": None, "quantize": None}}
@@ -220,7 +222,7 @@ def bench_model(name: str, args: argparse.Namespace, data: dict, work: Path) -> 
             v["speedup"] = {t: lat["fp32"][t]["median"] / m["median"] for t, m in v["latency_ms"].items()}
     for label, why in skipped.items():
         variants[label] = {"kind": "peer", "name": label, "error": f"skipped: {why}"}
-    return {**info, "variants": variants}
+    return {**info, "load_avg_1min_during_latency": load, "variants": variants}
 
 
 def _finite(x: object) -> object:

@@ -166,24 +166,35 @@ def _specs(m: onnx.ModelProto):
 
 
 def test_bias_correction_removes_the_mean_shift():
-    m = _model(head=False)
-    # a systematic shift: large, one-sided inputs make the weight rounding error show in the mean
-    x = (np.abs(_x(64)) + 0.5).astype(np.float32)
-    calib = as_feeds(x, _specs(m), batch_size=16)
-    prepared = PreparedModel(m, "t", "t", _specs(m))
-    float_model, plan = make_plan(prepared, QuantConfig(), calib)
-    layers = corrected_layers(float_model, plan)
-    before = mean_errors(float_model, plan, calib, layers)
-    out, plan2 = BiasCorrection(passes=3).apply(float_model, plan, _ctx(calib))
-    # the float reference is the original model: compare the corrected simulation against it
     from lowbit.algorithms.bias_correction import channel_means
     from lowbit.emit.qdq import emit_simulation
 
-    ref = channel_means(float_model, [l.float_out for l in layers], calib)
-    sim = channel_means(emit_simulation(out, plan2), [l.sim_out for l in layers], calib)
-    for r, s, b in zip(ref, sim, before):
-        assert np.abs(s - r).mean() < 0.1 * np.abs(b).mean()
-    # and the output error shrinks
+    m = _model(head=False)
+    # one-sided inputs make the weight rounding error show in the mean of every layer
+    x = (np.abs(_x(64)) + 0.5).astype(np.float32)
+    calib = as_feeds(x, _specs(m), batch_size=16)
+    float_model, plan = make_plan(PreparedModel(m, "t", "t", _specs(m)), QuantConfig(), calib)
+    layers = corrected_layers(float_model, plan)
+    assert len(layers) == 3
+
+    def total_shift(model, p):  # per layer: mean over channels of |E[quantized] - E[float]|
+        q = channel_means(emit_simulation(model, p), [l.sim_out for l in layers], calib)
+        f = channel_means(float_model, [l.float_out for l in layers], calib)
+        return np.array([np.abs(a - b).mean() for a, b in zip(q, f)])
+
+    own_before = mean_errors(float_model, plan, calib, layers)
+    shift_before = total_shift(float_model, plan)
+    out, plan2 = BiasCorrection().apply(float_model, plan, _ctx(calib))
+    own_after = mean_errors(out, plan2, calib, layers, reference=float_model)
+    shift_after = total_shift(out, plan2)
+    for a, b in zip(own_after, own_before):
+        assert np.abs(a).mean() < 0.1 * np.abs(b).mean()
+    assert shift_after[-1] < 0.1 * shift_before[-1], (shift_before, shift_after)
+    # the plan's int32 bias follows the corrected float bias
+    b3 = GraphIndex(out).constant("b3")
+    step = plan2.tensors["b3"].qparams.scale
+    assert (np.abs(plan2.tensors["b3"].qparams.fake_quantize(b3) - b3) <= step / 2 + 1e-7).all()
+    assert not np.allclose(b3, GraphIndex(float_model).constant("b3"))
     y = _run(float_model, x)
     mse_before = np.mean((_run(emit_simulation(float_model, plan), x) - y) ** 2)
     mse_after = np.mean((_run(emit_simulation(out, plan2), x) - y) ** 2)

@@ -51,7 +51,7 @@ def test_model_failing_the_checker(tmp_path, small_model_path, calib_arrays):
     m.graph.node[0].input[0] = "no_such_tensor"
     path = tmp_path / "broken.onnx"
     path.write_bytes(m.SerializeToString())
-    with pytest.raises(ModelError, match="ONNX checker"):
+    with pytest.raises(ModelError, match="no_such_tensor.*nothing produces"):
         _quantize(path, calib_arrays, tmp_path / "out.onnx")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.panel import Panel
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -47,7 +47,8 @@ def print_report(report) -> None:
 
 
 def print_error(e: Exception) -> None:
-    err_console.print(Panel(str(e), title=f"lowbit: {type(e).__name__}", border_style="red", expand=False))
+    """One paragraph, no traceback, no box characters (so it copies and greps cleanly)."""
+    err_console.print(f"[bold red]lowbit error[/bold red] ({type(e).__name__}): {escape(str(e))}", soft_wrap=True)
 
 
 def print_list() -> None:

@@ -29,10 +29,44 @@ def check_output_path(path: str | Path) -> Path:
     return p
 
 
+def _temp_prefix(p: Path) -> str:
+    return f".{p.name}.lowbit-"
+
+
+def remove_stale_temps(p: Path) -> None:
+    """Remove temp files that a killed lowbit (SIGKILL, power loss) left beside `p`: their
+    names carry the writer's PID, and a PID that no longer runs will never finish them."""
+    prefix = _temp_prefix(p)
+    for stale in p.parent.glob(f"{prefix}*.tmp"):
+        try:
+            pid = int(stale.name[len(prefix):].split(".", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temp file beside `path`, fsync, then rename over `path`."""
+    """Write `data` to a temp file beside `path`, fsync, then rename over `path`: a reader sees
+    the previous file or the complete new one. Ctrl-C removes the temp file; a harder kill
+    leaves it for the next write beside the same path to remove."""
     p = check_output_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    remove_stale_temps(p)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(p)}{os.getpid()}.", suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

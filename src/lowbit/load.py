@@ -67,13 +67,15 @@ def _load_path(path: Path) -> LoadedModel:
         raise ModelError(f"{path} is a folder; give the path of an .onnx file.")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError) as e:
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{path} is not an ONNX model, or it is truncated or corrupt ({type(e).__name__}). "
                          "Re-export it or check the download.") from None
     if not proto.graph.node and not proto.graph.input:
         raise ModelError(f"{path} is not an ONNX model: it holds no graph (is it another kind of file?).")
     from lowbit.external_data import load_external_data_safely
+    from lowbit.model_checks import check_tensor_sizes
 
+    check_tensor_sizes(proto.graph, str(path))  # before reading external data or allocating
     load_external_data_safely(proto, path.parent)
     _check(proto, str(path))
     return LoadedModel(proto, path.stem, str(path), path)
@@ -87,6 +89,10 @@ def opset_of(proto: onnx.ModelProto) -> int:
 
 
 def _check(proto: onnx.ModelProto, where: str) -> None:
+    from lowbit.model_checks import check_graph, check_tensor_sizes
+
+    check_tensor_sizes(proto.graph, where)
+    check_graph(proto.graph, {imp.domain for imp in proto.opset_import}, where)
     opset = opset_of(proto)
     if opset < MIN_OPSET:
         raise ModelError(f"{where} uses ONNX opset {opset}; lowbit needs opset {MIN_OPSET} or newer (per-channel "
@@ -95,9 +101,9 @@ def _check(proto: onnx.ModelProto, where: str) -> None:
         # The checker cannot take protos over 2 GB in memory; those are checked by path elsewhere.
         if proto.ByteSize() < 2**31 - 1:
             onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        raise ModelError(f"{where} fails the ONNX checker: {first}") from None
+    except Exception as e:  # ValidationError, and UnicodeDecodeError etc. from corrupt string fields
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{where} fails the ONNX checker ({type(e).__name__}): {first}") from None
 
 
 def export_torch(module: Any, example_inputs: Any, input_names: list[str] | None = None) -> onnx.ModelProto:

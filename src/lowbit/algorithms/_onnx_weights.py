@@ -9,10 +9,6 @@ from onnx import numpy_helper
 
 from lowbit.graph import GraphIndex
 
-# Layers whose weight is a constant with a clear output-channel and input-channel axis.
-LINEAR_LAYERS = {"Conv", "Gemm"}
-
-
 def constant_value(g: GraphIndex, name: str) -> np.ndarray | None:
     """The value of an initializer or of a Constant node's output; None if computed at run time."""
     v = g.constant(name)
@@ -74,6 +70,15 @@ def out_channels(node: onnx.NodeProto, g: GraphIndex) -> int:
     axes = layer_axes(node, g)
     assert axes is not None
     return int(g.constant(node.input[1]).shape[axes[0]])
+
+
+def has_constant_bias(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    """True when the layer has no bias or a constant one of size 1 or C_out (what bias_value reads)."""
+    name = bias_name(node)
+    if name is None:
+        return True
+    b = g.constant(name)
+    return b is not None and b.size in (1, out_channels(node, g))
 
 
 def bias_name(node: onnx.NodeProto) -> str | None:

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lowbit.algorithms._onnx_weights import (bias_value, clip_limits, layer_axes, own_weights, set_bias,
-                                             set_initializer, single_consumer)
+from lowbit.algorithms._onnx_weights import (bias_value, clip_limits, has_constant_bias, layer_axes, own_weights,
+                                             set_bias, set_initializer, single_consumer)
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.graph import GraphIndex
@@ -80,7 +80,7 @@ def find_pairs(g: GraphIndex) -> tuple[list[Pair], list[str]]:
     (bounded clips, for the log)."""
     pairs: list[Pair] = []
     for node in g.graph.node:
-        if node.op_type not in ("Conv", "Gemm") or layer_axes(node, g) is None:
+        if node.op_type not in ("Conv", "Gemm") or layer_axes(node, g) is None or not has_constant_bias(node, g):
             continue
         between: list[onnx.NodeProto] = []
         t = node.output[0]
@@ -100,7 +100,8 @@ def find_pairs(g: GraphIndex) -> tuple[list[Pair], list[str]]:
             between.append(nxt)
             t = nxt.output[0]
             nxt = single_consumer(g, t)
-        if not ok or nxt is None or layer_axes(nxt, g) is None or nxt.input[0] != t:
+        if (not ok or nxt is None or layer_axes(nxt, g) is None or nxt.input[0] != t
+                or not has_constant_bias(nxt, g)):
             continue
         n = g.constant(node.input[1]).shape[layer_axes(node, g)[0]]
         flat = any(b.op_type == "Flatten" for b in between)

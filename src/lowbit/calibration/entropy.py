@@ -60,10 +60,14 @@ class Entropy(CalibrationMethod):
     post-ReLU tensor on an asymmetric uint8 grid). `bins` = 4096 gives TensorRT's 2048 per sign.
 
     Two-sided tensors get a symmetric threshold on |x|; one-sided ones (all >= 0 or all <= 0)
-    search only their side, with the whole grid when it is asymmetric.
+    search only their side, with the whole grid when it is asymmetric. Exact zeros (half of a
+    post-ReLU tensor) are left out: zero is on every grid, so they cannot favour any threshold,
+    while their spike in the first bin would otherwise pull the threshold far down.
 
-    >>> Entropy().observer()
-    HistogramObserver(bins=4096, ...)
+    >>> from lowbit.core.dtypes import int8
+    >>> obs = Entropy().observer()
+    >>> obs.update(np.random.default_rng(0).laplace(size=10_000).astype(np.float32))
+    >>> lo, hi = obs.range(int8, symmetric=True)
     """
 
     bins: int = 4096
@@ -80,9 +84,9 @@ class Entropy(CalibrationMethod):
     def choose(self, hist: HistogramObserver, qmin: int, qmax: int, symmetric: bool) -> tuple[float, float]:
         levels = qmax - qmin + 1
         if hist.lo >= 0.0 or hist.hi <= 0.0:  # one-sided, e.g. after ReLU
-            h = hist.positive() if hist.lo >= 0.0 else hist.negative()
+            h = hist.positive(nonzero=True) if hist.lo >= 0.0 else hist.negative()
             levels = levels if not symmetric else levels // 2
         else:
-            h, levels = hist.magnitude(), levels // 2
+            h, levels = hist.magnitude(nonzero=True), levels // 2
         t = kl_threshold_bins(trim(h), self.target_bins or levels) * hist.width
         return -t, t

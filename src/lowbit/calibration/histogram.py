@@ -20,6 +20,8 @@ from lowbit.errors import ConfigError, DataError
 
 # R never falls below 2**MIN_EXP: values smaller than that share the two middle bins.
 MIN_EXP = -64
+# values binned per step of update: scratch buffers that stay in cache
+CHUNK = 1 << 16
 
 
 class RangeChooser(Protocol):
@@ -87,6 +89,7 @@ class HistogramObserver(Observer):
         self.lo = math.inf
         self.hi = -math.inf
         self._count = 0
+        self.zeros = 0  # exact zeros: on every grid, whatever the range, so some methods skip them
 
     @property
     def radius(self) -> float:
@@ -107,15 +110,23 @@ class HistogramObserver(Observer):
             raise DataError(nonfinite_message(x))
         self._grow(exp_above(max(-lo, hi)))
         shift = int(math.log2(self.bins)) - 1 - self.exp  # 1 / width = 2**shift
-        if shift >= 0:  # x * 2**shift is exact in float32: |result| < bins/2, no underflow
-            y = x * np.float32(math.ldexp(1.0, shift))
-        else:  # could underflow float32 for tiny x; float64 holds every product exactly
-            y = x.astype(np.float64) * math.ldexp(1.0, shift)
-        np.floor(y, out=y)
-        y += self.bins // 2  # integers below 2**24: exact in either float type
-        self.counts += np.bincount(y.astype(np.intp), minlength=self.bins)
+        # x * 2**shift is exact in float32 when shift >= 0 (|product| < bins/2, no underflow);
+        # otherwise a tiny x could underflow float32, and float64 holds every product exactly
+        ftype = np.float32 if shift >= 0 else np.float64
+        scale = ftype(math.ldexp(1.0, shift))
+        # chunks keep the scratch buffers in cache and spare the page faults of big temporaries
+        n = min(x.size, CHUNK)
+        fbuf, ibuf = np.empty(n, dtype=ftype), np.empty(n, dtype=np.intp)
+        for s in range(0, x.size, CHUNK):
+            part = x[s:s + CHUNK]
+            f, i = fbuf[:part.size], ibuf[:part.size]
+            np.multiply(part, scale, out=f, dtype=ftype)
+            np.floor(f, out=i, casting="unsafe")  # an integer-valued float: the cast is exact
+            i += self.bins // 2
+            self.counts += np.bincount(i, minlength=self.bins)
         self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
         self._count += int(x.size)
+        self.zeros += int(x.size - np.count_nonzero(x))
 
     def _grow(self, exp: int) -> None:
         if exp > self.exp:
@@ -131,6 +142,7 @@ class HistogramObserver(Observer):
         self.counts += coarsen(other.counts, 2 ** min(exp - other.exp, 30))
         self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
         self._count += other.count
+        self.zeros += other.zeros
 
     def range(self, dtype: QDtype | None = None, symmetric: bool | None = None) -> tuple[float, float]:
         """The range the calibration method chooses for `dtype`'s grid (default uint8, asymmetric)."""
@@ -150,17 +162,20 @@ class HistogramObserver(Observer):
         return self._count
 
     # views the methods search over -----------------------------------------------------------
-    def positive(self) -> np.ndarray:
-        """Counts of the bins [k*width, (k+1)*width), k = 0 .. bins/2 - 1."""
-        return self.counts[self.bins // 2:]
+    def positive(self, nonzero: bool = False) -> np.ndarray:
+        """Counts of the bins [k*width, (k+1)*width), k = 0 .. bins/2 - 1 (without exact zeros
+        if `nonzero`)."""
+        h = self.counts[self.bins // 2:].copy()
+        h[0] -= self.zeros if nonzero else 0
+        return h
 
     def negative(self) -> np.ndarray:
         """Counts of the bins [-(k+1)*width, -k*width) of the negative values, k = 0 .. bins/2 - 1."""
         return self.counts[self.bins // 2 - 1::-1]
 
-    def magnitude(self) -> np.ndarray:
+    def magnitude(self, nonzero: bool = False) -> np.ndarray:
         """Counts of |x| over the bins [k*width, (k+1)*width) (up to the edge for negatives)."""
-        return self.positive() + self.negative()
+        return self.positive(nonzero) + self.negative()
 
     def __repr__(self) -> str:
         return f"HistogramObserver(bins={self.bins}, R=2**{self.exp}, count={self._count}, chooser={self.chooser!r})"

@@ -40,8 +40,10 @@ class MSE(CalibrationMethod):
     threshold on |x|; asymmetric grids search both ends (each among `candidates` bin edges).
     The knob that matters is the grid itself (bits); `candidates` only sets the search resolution.
 
-    >>> MSE().observer()
-    HistogramObserver(bins=4096, ...)
+    >>> from lowbit.core.dtypes import int8
+    >>> obs = MSE().observer()
+    >>> obs.update(np.random.default_rng(0).laplace(size=10_000).astype(np.float32))
+    >>> lo, hi = obs.range(int8, symmetric=True)
     """
 
     bins: int = 4096
@@ -56,16 +58,16 @@ class MSE(CalibrationMethod):
         return HistogramObserver(self.bins, chooser=self)
 
     def choose(self, hist: HistogramObserver, qmin: int, qmax: int, symmetric: bool) -> tuple[float, float]:
-        w, total = hist.width, float(hist.count)
+        w, total = hist.width, float(hist.count - hist.zeros)  # exact zeros quantize exactly
         if symmetric:
-            h = trim(hist.magnitude())
+            h = trim(hist.magnitude(nonzero=True))
             ks = candidates(h.size, self.candidates)[1:]  # t > 0
             clip, out = clip_errors(h, w, ks)
             step = ks * w / np.floor((qmax - qmin) / 2.0)  # as choose_qparams sets a symmetric scale
             err = (total - out) * step**2 / 12.0 + clip
             t = float(ks[np.argmin(err)] * w)
             return -t, t
-        pos, neg = trim(hist.positive()), trim(hist.negative())
+        pos, neg = trim(hist.positive(nonzero=True)), trim(hist.negative())
         kp, kn = candidates(pos.size, self.candidates), candidates(neg.size, self.candidates)
         clip_p, out_p = clip_errors(pos, w, kp)
         clip_n, out_n = clip_errors(neg, w, kn)

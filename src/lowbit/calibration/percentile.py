@@ -35,8 +35,10 @@ class Percentile(CalibrationMethod):
     100 - percentile of x (a post-ReLU tensor keeps its lower end at 0). Estimated from a
     streaming histogram, within one bin (2R / bins) of np.percentile on all values.
 
-    >>> Percentile(99.9).observer()
-    HistogramObserver(bins=4096, ...)
+    >>> from lowbit.core.dtypes import int8
+    >>> obs = Percentile(99.9).observer()
+    >>> obs.update(np.random.default_rng(0).laplace(size=10_000).astype(np.float32))
+    >>> lo, hi = obs.range(int8, symmetric=True)
     """
 
     percentile: float = 99.99
@@ -55,5 +57,9 @@ class Percentile(CalibrationMethod):
         if symmetric:
             t = hist_quantile(hist.magnitude(), 0.0, w, q)
             return -t, t
-        return (hist_quantile(hist.counts, -hist.radius, w, 1.0 - q),
-                hist_quantile(hist.counts, -hist.radius, w, q))
+        ends = [hist_quantile(hist.counts, -hist.radius, w, r) for r in (1.0 - q, q)]
+        below = int(hist.negative().sum())  # ranks below / at exact zeros: the quantile is 0.0
+        for j, r in enumerate((1.0 - q, q)):
+            if hist.zeros and below <= r * (hist.count - 1) <= below + hist.zeros - 1:
+                ends[j] = 0.0
+        return ends[0], ends[1]

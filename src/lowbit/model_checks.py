@@ -1,0 +1,89 @@
+"""Checks on an untrusted ONNX graph before lowbit allocates or runs anything.
+
+A 100-byte file must not make lowbit allocate 100 GB: every tensor's declared shape is checked
+against the bytes it really holds. Graph-level faults (cycles, dangling inputs, duplicate names,
+unknown domains) are named, not left to crash a library later.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from lowbit.errors import ModelError
+
+_TYPED_FIELDS = {
+    TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
+    TensorProto.UINT64: "uint64_data", TensorProto.STRING: "string_data",
+}
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
+MAX_ELEMENTS = 2**34  # 16 G elements: nothing lowbit quantizes is near this
+
+
+def check_tensor_sizes(graph: onnx.GraphProto, where: str) -> None:
+    """Each initializer's dims must match the data it carries (external data is checked on load)."""
+    for t in graph.initializer:
+        if any(d < 0 for d in t.dims):
+            raise ModelError(f"{where}: tensor '{t.name}' declares a negative dimension {list(t.dims)}.")
+        n = int(np.prod(t.dims, dtype=np.float64)) if t.dims else 1
+        if n > MAX_ELEMENTS:
+            raise ModelError(f"{where}: tensor '{t.name}' declares {n} elements, far beyond any real model.")
+        if t.data_location == TensorProto.EXTERNAL or t.data_type == TensorProto.STRING:
+            continue
+        try:
+            itemsize = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        except (KeyError, ValueError, TypeError):
+            raise ModelError(f"{where}: tensor '{t.name}' has unknown element type {t.data_type}.") from None
+        if t.raw_data:
+            bits = 4 if t.data_type in (TensorProto.INT4, TensorProto.UINT4) else itemsize * 8
+            need = (n * bits + 7) // 8
+            if len(t.raw_data) != need:
+                raise ModelError(f"{where}: tensor '{t.name}' declares shape {list(t.dims)} ({need} bytes) "
+                                 f"but holds {len(t.raw_data)} bytes: the file is corrupt or was tampered with.")
+        else:
+            field = _TYPED_FIELDS.get(t.data_type, "int32_data")
+            have = len(getattr(t, field))
+            if t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128):
+                have //= 2
+            if have != n and not (n == 0 and have == 0):
+                raise ModelError(f"{where}: tensor '{t.name}' declares {n} elements but holds {have}.")
+
+
+def check_graph(graph: onnx.GraphProto, opset_domains: set[str], where: str) -> None:
+    """Duplicate names, unknown domains, dangling inputs and cycles, each named."""
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.name and node.name in seen:
+            raise ModelError(f"{where}: two nodes are both named '{node.name}'; node names must be unique.")
+        seen.add(node.name)
+        if node.domain not in KNOWN_DOMAINS and node.domain not in opset_domains:
+            raise ModelError(f"{where}: node '{node.name or node.op_type}' uses operator domain '{node.domain}', "
+                             "which neither ONNX nor ONNX Runtime knows and the model does not import.")
+    produced = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    outputs: set[str] = set()
+    for node in graph.node:
+        for o in node.output:
+            if o and o in outputs:
+                raise ModelError(f"{where}: tensor '{o}' is produced by two nodes (last: '{node.name}').")
+            outputs.add(o)
+    available = set(produced)
+    pending = list(graph.node)
+    # Kahn-style pass: a node runs once all its inputs exist; what never runs is a cycle or dangles.
+    progressed = True
+    while pending and progressed:
+        progressed = False
+        rest = []
+        for node in pending:
+            if all((not i) or i in available for i in node.input):
+                available.update(o for o in node.output if o)
+                progressed = True
+            else:
+                rest.append(node)
+        pending = rest
+    if pending:
+        node = pending[0]
+        missing = [i for i in node.input if i and i not in available]
+        kind = "a cycle" if all(m in outputs for m in missing) else "an input nothing produces"
+        raise ModelError(f"{where}: node '{node.name or node.op_type}' needs {missing[:3]}, {kind} "
+                         f"({len(pending)} node(s) can never run).")

