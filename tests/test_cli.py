@@ -86,3 +86,12 @@ def test_errors_are_one_paragraph_without_traceback(argv, pattern, small_model_p
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "quantize" in capsys.readouterr().out
+
+
+def test_bench_predicts_per_layer(small_model_path, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    assert main(["bench", str(small_model_path), "--json", str(tmp_path / "b.json")]) == 0
+    pred = json.loads((tmp_path / "b.json").read_text())
+    assert len(pred["layers"]) == 4 and pred["total"]["fp32_ms"] > 0
+    assert {l["choice"] for l in pred["layers"]} <= {"int8", "fp32"}
+    assert (tmp_path / "cache" / "layer_costs.json").is_file()

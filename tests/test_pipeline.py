@@ -16,6 +16,8 @@ from lowbit.emit.metadata import plan_from_model
 from lowbit.hardware import this_cpu
 
 NO_LATENCY = lowbit.VerifyOptions(threads=())
+# every quantizable layer in INT8, whatever this machine's kernels cost: for structural checks
+INT8_ALL = lowbit.QuantConfig(objective="size")
 
 
 def op_counts(model: onnx.ModelProto) -> Counter:
@@ -23,7 +25,7 @@ def op_counts(model: onnx.ModelProto) -> Counter:
 
 
 def test_int8_qdq_structure_and_parity(small_model_path, calib_arrays, eval_arrays):
-    r = lowbit.quantize(small_model_path, "int8", calib_arrays, eval_data=eval_arrays, verify=NO_LATENCY)
+    r = lowbit.quantize(small_model_path, INT8_ALL, calib_arrays, eval_data=eval_arrays, verify=NO_LATENCY)
     counts = op_counts(r.model)
     # 3 convs + gemm weights, 3 conv biases + gemm bias; ReLU6 folded into the conv outputs
     assert counts["Clip"] == 0 and counts["Relu"] == 0
@@ -40,7 +42,7 @@ def test_int8_qdq_structure_and_parity(small_model_path, calib_arrays, eval_arra
 
 
 def test_weights_in_model_are_integers_of_the_plan(small_model_path, calib_arrays):
-    r = lowbit.quantize(small_model_path, "int8", calib_arrays, verify=None)
+    r = lowbit.quantize(small_model_path, INT8_ALL, calib_arrays, verify=None)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in r.model.graph.initializer}
     for name, t in r.plan.tensors.items():
         if t.role != "weight":
@@ -55,7 +57,7 @@ def test_weights_in_model_are_integers_of_the_plan(small_model_path, calib_array
 def test_parity_catches_saturating_kernels(small_model_path, calib_arrays, eval_arrays):
     """Full 8-bit weights on an AVX2-without-VNNI CPU overflow ORT's int16 pair sums: the parity
     check must see it (this is why lowbit targets 7-bit weights there)."""
-    cfg = lowbit.QuantConfig(target="vnni")
+    cfg = lowbit.QuantConfig(target="vnni", objective="size")
     big = [x * 4 for x in calib_arrays]
     r = lowbit.quantize(small_model_path, cfg, big, eval_data=[x * 4 for x in eval_arrays], verify=NO_LATENCY)
     assert r.report.variants[1]["parity"]["layers"]["max_steps"] > 1
@@ -143,3 +145,20 @@ def test_report_renders_everywhere(small_model_path, calib_arrays, eval_arrays, 
     assert "<html" in html.lower() and "http://" not in html and "https://" not in html
     r.report.save_html(tmp_path / "r.html")
     assert (tmp_path / "r.html").stat().st_size > 1000
+
+
+def test_latency_objective_keeps_slow_int8_layers_in_float(small_model_path):
+    from lowbit.layer_costs import LayerCost
+    from lowbit.load import load_model
+    from lowbit.prepare import prepare
+    from lowbit.selection import select
+
+    model = prepare(load_model(small_model_path)).proto
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    costs = {convs[0]: LayerCost(convs[0], "Conv", fp32_ms=0.1, int8_ms=0.3, fp16_ms=0.2),
+             convs[1]: LayerCost(convs[1], "Conv", fp32_ms=0.3, int8_ms=0.1, fp16_ms=0.4)}
+    fast = select(model, lowbit.QuantConfig(), costs)
+    assert fast.nodes[convs[0]].precision == "fp32" and "slower" in fast.nodes[convs[0]].reason
+    assert fast.nodes[convs[1]].precision == "int8"
+    small = select(model, lowbit.QuantConfig(objective="size"), costs)
+    assert small.nodes[convs[0]].precision == "int8"

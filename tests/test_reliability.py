@@ -119,7 +119,7 @@ def test_shard_merged_calibration_gives_identical_plan_and_model(small_model_pat
     from lowbit.selection import select
 
     prepared = prepare(load_model(small_model_path))
-    config = lowbit.preset("int8")
+    config = lowbit.QuantConfig(objective="size")
     _, single = make_plan(prepared, config, as_feeds(calib_arrays, prepared.inputs))
     sel = select(prepared.proto, config)
     method = config.activations.calibration

@@ -75,7 +75,12 @@ def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
     for alg in config.algorithms:
         if alg.stage == "float":
             model, _ = alg.apply(model, None, ctx)
-    selection = select(model, config)
+    costs = None
+    if config.objective == "latency":
+        from lowbit.layer_costs import measure_layer_costs
+
+        costs = measure_layer_costs(model, threads=1, progress=progress)
+    selection = select(model, config, costs)
     method = config.activations.calibration
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
     plan = build_plan(model, selection, stats, config)
@@ -287,3 +292,33 @@ def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data:
     cands = {k: (r.model.SerializeToString(), r.float_model, r.plan) for k, r in results.items()}
     _verify_into(report, ref.proto.SerializeToString(), cands, feeds, verify, progress, lab)
     return report
+
+
+def predict_speed(model: Any, threads: int = 1, progress: Progress = null_progress) -> dict:
+    """Before any calibration: each weighted layer's measured FP32 / INT8 / FP16 time on this
+    machine, the precision lowbit would pick for speed, and the predicted totals.
+
+    >>> lowbit.api.predict_speed("mobilenet_v2.onnx")["total"]["int8_speedup"]
+    """
+    from lowbit.layer_costs import measure_layer_costs
+
+    prepared = prepare(load_model(model))
+    costs = measure_layer_costs(prepared.proto, threads=threads, progress=progress)
+    from lowbit.selection import SLOWER_MARGIN
+
+    layers = []
+    for c in costs.values():
+        pick = "fp32" if c.int8_ms > SLOWER_MARGIN * c.fp32_ms else "int8"
+        layers.append({"node": c.node, "op": c.op, "fp32_ms": c.fp32_ms, "int8_ms": c.int8_ms, "fp16_ms": c.fp16_ms,
+                       "int8_speedup": c.int8_speedup, "choice": pick})
+    fp32 = sum(c.fp32_ms for c in costs.values())
+    mixed = sum(l["fp32_ms"] if l["choice"] == "fp32" else l["int8_ms"] for l in layers)
+    all_int8 = sum(c.int8_ms for c in costs.values())
+    fp16 = sum(c.fp16_ms for c in costs.values())
+    return {"model": prepared.name, "threads": threads, "layers": layers,
+            "total": {"fp32_ms": fp32, "int8_ms": all_int8, "int8_latency_plan_ms": mixed, "fp16_ms": fp16,
+                      "int8_speedup": fp32 / all_int8 if all_int8 else 0.0,
+                      "int8_latency_plan_speedup": fp32 / mixed if mixed else 0.0,
+                      "fp16_speedup": fp32 / fp16 if fp16 else 0.0},
+            "note": "sums of one-layer timings (batch 1) of the weighted layers; activations-only ops and "
+                    "layout changes are not included, so totals predict direction more than exact ratios"}

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--threads", type=_threads, default=(1, 2), help="thread counts for latency")
     d.add_argument("--latency-runs", type=int, default=30)
 
+    b = sub.add_parser("bench", help="predict, per layer, whether INT8 / FP16 will be faster than FP32 here")
+    b.add_argument("model", help="an .onnx file")
+    b.add_argument("--threads", type=int, default=1, help="thread count to measure at (default 1)")
+    b.add_argument("--json", type=Path, default=None, help="also write the per-layer table as JSON")
+
     sub.add_parser("list", help="list presets and calibration methods")
     return parser
 
@@ -110,6 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             render.print_list()
+            return 0
+        if args.command == "bench":
+            from lowbit.api import predict_speed
+
+            with render.progress_bar() as progress:
+                prediction = predict_speed(args.model, threads=args.threads, progress=progress)
+            render.print_speed_prediction(prediction)
+            if args.json:
+                from lowbit.io import atomic_write_text
+                import json
+
+                atomic_write_text(args.json, json.dumps(prediction, indent=1))
             return 0
         with render.progress_bar() as progress:
             if args.command == "quantize":

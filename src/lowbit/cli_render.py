@@ -67,3 +67,19 @@ def print_list() -> None:
     for name, cls in CALIBRATIONS.items():
         c.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
     console.print(c)
+
+
+def print_speed_prediction(p: dict) -> None:
+    t = Table(title=f"predicted speed of {p['model']} at {p['threads']} thread(s), measured per layer")
+    for h in ("layer", "op", "FP32 ms", "INT8 ms", "FP16 ms", "INT8 speed-up", "lowbit picks"):
+        t.add_column(h, justify="left" if h in ("layer", "op", "lowbit picks") else "right")
+    for l in p["layers"]:
+        style = "red" if l["choice"] == "fp32" else ""
+        t.add_row(l["node"], l["op"], f"{l['fp32_ms']:.3f}", f"{l['int8_ms']:.3f}", f"{l['fp16_ms']:.3f}",
+                  f"{l['int8_speedup']:.2f}x", l["choice"], style=style)
+    console.print(t)
+    tot = p["total"]
+    console.print(f"total FP32 {tot['fp32_ms']:.2f} ms; all-INT8 {tot['int8_ms']:.2f} ms ({tot['int8_speedup']:.2f}x); "
+                  f"lowbit's latency plan {tot['int8_latency_plan_ms']:.2f} ms ({tot['int8_latency_plan_speedup']:.2f}x); "
+                  f"FP16 {tot['fp16_ms']:.2f} ms ({tot['fp16_speedup']:.2f}x)")
+    console.print(f"[dim]{p['note']}[/dim]")

@@ -78,6 +78,9 @@ class QuantConfig:
     algorithms: tuple = ()
     op_types: tuple[str, ...] | None = None
     keep_io_types: bool = True
+    # 'latency': layers whose INT8 kernel is measured slower than FP32 on this machine stay FP32;
+    # 'size': every layer that can be INT8 is, however slow.
+    objective: str = "latency"
     # CPU the model is for: 'auto' (this machine), 'avx2', 'vnni', 'arm64'. Decides the weight grid.
     target: str = "auto"
     seed: int = 0
@@ -92,6 +95,9 @@ class QuantConfig:
         from lowbit.hardware import target_traits
 
         target_traits(self.target)  # validates the name
+        if self.objective not in ("latency", "size"):
+            raise ConfigError(f"objective must be 'latency' or 'size'; got '{self.objective}'."
+                              + did_you_mean(self.objective, ("latency", "size")))
         if isinstance(self.keep_float, str):
             object.__setattr__(self, "keep_float", (self.keep_float,))
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -118,6 +124,7 @@ class QuantConfig:
             "op_types": list(self.op_types) if self.op_types is not None else None,
             "keep_io_types": self.keep_io_types,
             "target": self.target,
+            "objective": self.objective,
             "seed": self.seed,
         }
 
@@ -132,6 +139,7 @@ class QuantConfig:
             op_types=tuple(d["op_types"]) if d.get("op_types") is not None else None,
             keep_io_types=d.get("keep_io_types", True),
             target=d.get("target", "auto"),
+            objective=d.get("objective", "latency"),
             seed=d.get("seed", 0),
         )
 

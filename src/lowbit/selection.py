@@ -47,8 +47,17 @@ def _float_inputs_ok(node, g: GraphIndex) -> bool:
     return all(g.is_float(i) or g.constant(i) is not None for i in node.input if i)
 
 
-def select(model, config: QuantConfig) -> Selection:
-    """Choose node precisions for a static INT8 plan of `model` (an onnx.ModelProto)."""
+# INT8 must be this much slower than FP32 before a layer is kept in float: below that the
+# difference is within measurement noise and the size win decides.
+SLOWER_MARGIN = 1.1
+
+
+def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
+    """Choose node precisions for a static INT8 plan of `model` (an onnx.ModelProto).
+
+    `costs` ({node: LayerCost}, measured by lowbit.layer_costs) keeps layers whose INT8 kernel is
+    slower than FP32 on this machine in float when the objective is latency.
+    """
     g = GraphIndex(model)
     sel = Selection()
     wanted = set(config.op_types) if config.op_types is not None else None
@@ -67,6 +76,10 @@ def select(model, config: QuantConfig) -> Selection:
             return "fp32", "its inputs are not float32"
         if op == "Gemm" and (g.attr(node, "transA", 0) or g.attr(node, "alpha", 1.0) != 1.0):
             return "fp32", "Gemm with transA or alpha != 1 has no integer kernel"
+        cost = (costs or {}).get(node.name)
+        if cost is not None and config.objective == "latency" and cost.int8_ms > SLOWER_MARGIN * cost.fp32_ms:
+            return "fp32", (f"INT8 kernel measured slower on this machine ({cost.int8_ms:.3f} ms vs "
+                            f"{cost.fp32_ms:.3f} ms in FP32): kept in float for speed (objective 'size' overrides)")
         return "int8", "integer kernel"
 
     for node in g.graph.node:

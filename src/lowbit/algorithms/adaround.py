@@ -38,6 +38,9 @@ from lowbit.plan import QuantPlan
 log = logging.getLogger(__name__)
 
 ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper, section 3.3)
+# Below this many multiply-adds per step a second thread only adds synchronisation (and stalls
+# badly on a busy machine): such layers run on one thread.
+SMALL_STEP = 2**23
 
 
 @register_algorithm("adaround")
@@ -102,6 +105,7 @@ class AdaRound(Algorithm):
                     xq = ld.gather_rows(sim, [(k, layer, _sim_input(sim, layer))], ctx.calib, per, ctx.seed)[k]
                 q = plan.tensors[layer.weight].qparams
                 s, z, qmin, qmax = ld.grid(q, layer.w.shape)
+                torch.set_num_threads(self.threads if layer.w.size * self.batch_rows >= SMALL_STEP else 1)
                 ints = learn_rounding(layer.w, s, z, qmin, qmax, layer.matrix, x, xq, self, seed=(ctx.seed, k))
                 w = ld.on_grid(q, ints)
                 ld.set_initializer(out, layer.weight, w)
@@ -160,7 +164,7 @@ def learn_rounding(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmi
     with torch.no_grad():
         target = torch.einsum("rgk,gok->rgo", xf, matrix(wt))     # (R, G, O/G): float output
     rows = xqt.shape[0]
-    opt = torch.optim.Adam([v], lr=opts.lr)
+    m1, m2 = torch.zeros_like(v), torch.zeros_like(v)  # Adam's moments (plain Adam, written out)
     warm = int(opts.warmup * opts.iterations)
     for it in range(opts.iterations):
         idx = torch.randint(rows, (min(opts.batch_rows, rows),), generator=gen)
@@ -172,9 +176,12 @@ def learn_rounding(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmi
             rel = (it - warm) / max(1, opts.iterations - warm)
             beta = opts.beta[1] + (opts.beta[0] - opts.beta[1]) * (1.0 - rel)
             loss = loss + opts.reg_weight * (1.0 - (2.0 * h - 1.0).abs().pow(beta)).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        (grad,) = torch.autograd.grad(loss, v)
+        with torch.no_grad():
+            m1.mul_(0.9).add_(grad, alpha=0.1)
+            m2.mul_(0.999).addcmul_(grad, grad, value=0.001)
+            step = opts.lr * (m1 / (1 - 0.9 ** (it + 1))) / ((m2 / (1 - 0.999 ** (it + 1))).sqrt() + 1e-8)
+            v.sub_(step)
     with torch.no_grad():
         q = (base + (v >= 0).float()).clamp(qmin, qmax)             # h(v) >= 0.5  <=>  v >= 0
     return q.to(torch.int64).numpy()

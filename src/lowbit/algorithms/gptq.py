@@ -30,6 +30,10 @@ from lowbit.plan import QuantPlan
 
 log = logging.getLogger(__name__)
 
+# GPTQ's column loop is many small steps: below this many weights a second thread only adds
+# synchronisation (and stalls badly on a busy machine), so such layers run on one thread.
+SMALL_LAYER = 2**21
+
 
 @dataclass
 class Hessian:
@@ -93,6 +97,7 @@ class GPTQ(Algorithm):
                     q = plan.tensors[layer.weight].qparams
                     s, z, qmin, qmax = ld.grid(q, layer.w.shape)
                     m = layer.matrix
+                    torch.set_num_threads(self.threads if layer.w.size >= SMALL_LAYER else 1)
                     ints = gptq_round(m(torch.from_numpy(layer.w)).numpy(), hess.value(),
                                       m(torch.from_numpy(s)).numpy(), m(torch.from_numpy(z)).numpy(),
                                       qmin, qmax, self.block_size, self.percdamp, self.act_order)

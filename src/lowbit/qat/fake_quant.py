@@ -1,0 +1,102 @@
+"""Fake quantization for training: quantize-dequantize in the forward pass, straight-through
+gradients in the backward pass, and optionally learned step sizes.
+
+- STE (Bengio, Leonard & Courville 2013): round() passes the gradient through unchanged; values
+  clipped by the grid get none.
+- LSQ (Esser et al. 2020, "Learned Step Size Quantization"): the step size s is a parameter; its
+  gradient, -x/s + round(x/s) inside the grid and qmin/qmax - zp outside, is scaled by
+  g = 1 / sqrt(N * Qp) (N: elements the step applies to per sample, Qp: positive levels) so step
+  sizes learn at the pace of the weights. The one knob is whether steps are learned at all
+  (`learn_scale`); their learning rate follows the optimizer's.
+
+The forward arithmetic is that of ONNX QuantizeLinear / DequantizeLinear in float32:
+q = clip(round_half_even(x / s) + zp, qmin, qmax), y = (q - zp) * s, so what trains is what ships.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowbit.core.granularity import PerChannel, PerTensor
+from lowbit.core.qparams import MIN_SCALE, QParams
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """round half to even in the forward pass, identity in the backward pass (STE)."""
+    return (torch.round(x) - x).detach() + x
+
+
+def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """x in the forward pass; its gradient multiplied by g in the backward pass (LSQ)."""
+    return (x - x * g).detach() + x * g
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
+                  ) -> torch.Tensor:
+    """(clip(round(x / scale) + zp, qmin, qmax) - zp) * scale with STE; scale, zp broadcast to x."""
+    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+class FakeQuant(nn.Module):
+    """One quantizer of the plan, trainable: per-tensor (activations) or per-channel (weights).
+
+    Initialised from a `QParams` (the PTQ plan's); `qparams()` gives the learned ones back. The zero
+    point is kept fixed (an integer of the plan); only the step size learns (LSQ).
+    """
+
+    def __init__(self, qparams: QParams, learn_scale: bool = True, activation: bool = False) -> None:
+        super().__init__()
+        self.dtype = qparams.dtype
+        self.granularity = qparams.granularity
+        self.narrow = qparams.narrow
+        self.qmin, self.qmax = qparams.dtype.bounds(qparams.narrow)
+        scale = torch.as_tensor(np.asarray(qparams.scale, dtype=np.float32)).reshape(-1)
+        zp = torch.as_tensor(np.asarray(qparams.zero_point, dtype=np.float32)).reshape(-1)
+        if learn_scale:
+            self.scale = nn.Parameter(scale.clone())
+        else:
+            self.register_buffer("scale", scale.clone())
+        self.register_buffer("zero_point", zp.clone())
+        self.learn_scale = learn_scale
+        # LSQ gradient scale 1 / sqrt(N * Qp): Qp positive levels; N elements one step covers, counted per
+        # sample for activations so that the gradient does not depend on the (per-rank) batch size
+        self.activation = activation
+        self.qp = max(1, self.qmax - int(zp.min().item()))
+        self.enabled = True
+
+    @property
+    def axis(self) -> int | None:
+        return self.granularity.axis if isinstance(self.granularity, PerChannel) else None
+
+    def _shaped(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.axis is None:
+            return p.reshape(())
+        view = [1] * x.dim()
+        view[self.axis % x.dim()] = -1
+        return p.reshape(view)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        scale = self.scale.clamp_min(float(MIN_SCALE))
+        if self.learn_scale and self.training:
+            n = x[0].numel() if self.activation and x.dim() > 0 else x.numel() // max(1, scale.numel())
+            scale = grad_scale(scale, 1.0 / math.sqrt(max(1, n) * self.qp))
+        return fake_quantize(x, self._shaped(scale, x), self._shaped(self.zero_point, x), self.qmin, self.qmax)
+
+    def qparams(self) -> QParams:
+        """The current (learned) quantizer as lowbit QParams, for the plan."""
+        scale = self.scale.detach().clamp_min(float(MIN_SCALE)).cpu().numpy().astype(np.float32)
+        zp = self.zero_point.detach().cpu().numpy().astype(np.int64)
+        if isinstance(self.granularity, PerTensor):
+            scale, zp = scale.reshape(()), zp.reshape(())
+        return QParams(self.dtype, self.granularity, scale, zp, self.narrow)
+
+    def extra_repr(self) -> str:
+        return (f"{self.dtype.name}, {self.granularity.kind}, channels={self.scale.numel()}, "
+                f"learn_scale={self.learn_scale}")

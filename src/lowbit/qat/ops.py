@@ -1,0 +1,171 @@
+"""ONNX operators as torch functions: enough of ONNX to train the float graph a plan describes.
+
+QAT trains the very graph the PTQ plan was made for (the prepared ONNX model, BatchNorm already
+folded), so that every TensorPlan names a tensor of the trained module and the result leaves
+through the same plan -> emit path. These are the operators of image classifiers and MLPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.errors import ModelError
+
+OpFn = Callable[[Sequence[torch.Tensor | None], dict], torch.Tensor]
+OPS: dict[str, OpFn] = {}
+
+
+def op(*names: str):
+    def deco(fn: OpFn) -> OpFn:
+        for n in names:
+            OPS[n] = fn
+        return fn
+    return deco
+
+
+def _pads(a: dict, spatial: int) -> tuple[list[int] | None, list[int]]:
+    """(explicit F.pad widths or None, symmetric padding) from ONNX pads [b1, b2, .., e1, e2, ..]."""
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
+        raise ModelError("auto_pad SAME_UPPER / SAME_LOWER is not supported in QAT; re-export with explicit pads.")
+    pads = list(a.get("pads", [0] * 2 * spatial))
+    begin, end = pads[:spatial], pads[spatial:]
+    if begin == end:
+        return None, begin
+    widths: list[int] = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        widths += [b, e]
+    return widths, [0] * spatial
+
+
+@op("Conv")
+def _conv(x, a):
+    inp, w = x[0], x[1]
+    b = x[2] if len(x) > 2 else None
+    spatial = w.dim() - 2
+    explicit, pad = _pads(a, spatial)
+    if explicit is not None:
+        inp = F.pad(inp, explicit)
+    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
+    return fn(inp, w, b, stride=list(a.get("strides", [1] * spatial)), padding=pad,
+              dilation=list(a.get("dilations", [1] * spatial)), groups=int(a.get("group", 1)))
+
+
+@op("Gemm")
+def _gemm(x, a):
+    A = x[0].t() if a.get("transA", 0) else x[0]
+    B = x[1].t() if a.get("transB", 0) else x[1]
+    y = A @ B
+    if a.get("alpha", 1.0) != 1.0:
+        y = y * a["alpha"]
+    if len(x) > 2 and x[2] is not None:
+        y = y + x[2] * a.get("beta", 1.0)
+    return y
+
+
+@op("MaxPool", "AveragePool")
+def _pool(x, a, kind=None):
+    k = list(a["kernel_shape"])
+    spatial = len(k)
+    explicit, pad = _pads(a, spatial)
+    inp = x[0]
+    strides = list(a.get("strides", [1] * spatial))
+    ceil = bool(a.get("ceil_mode", 0))
+    if "dilations" in a and any(d != 1 for d in a["dilations"]):
+        raise ModelError("dilated pooling is not supported in QAT")
+    if spatial != 2:
+        raise ModelError(f"{spatial}-d pooling is not supported in QAT (2-d only)")
+    if a.get("_op") == "MaxPool":
+        if explicit is not None:
+            inp = F.pad(inp, explicit, value=float("-inf"))
+        return F.max_pool2d(inp, k, strides, pad, ceil_mode=ceil)
+    if explicit is not None:
+        raise ModelError("asymmetric average-pool padding is not supported in QAT")
+    return F.avg_pool2d(inp, k, strides, pad, ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0)))
+
+
+@op("GlobalAveragePool")
+def _gap(x, a):
+    return x[0].mean(dim=tuple(range(2, x[0].dim())), keepdim=True)
+
+
+@op("GlobalMaxPool")
+def _gmp(x, a):
+    return x[0].amax(dim=tuple(range(2, x[0].dim())), keepdim=True)
+
+
+@op("Flatten")
+def _flatten(x, a):
+    axis = int(a.get("axis", 1)) % max(1, x[0].dim())
+    return x[0].reshape(int(torch.tensor(x[0].shape[:axis]).prod().item()) if axis else 1, -1)
+
+
+@op("Reshape")
+def _reshape(x, a):
+    shape = [int(s) for s in x[1].tolist()]
+    if not a.get("allowzero", 0):
+        shape = [x[0].shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return x[0].reshape(shape)
+
+
+@op("Transpose")
+def _transpose(x, a):
+    return x[0].permute(*a.get("perm", list(reversed(range(x[0].dim())))))
+
+
+@op("Squeeze")
+def _squeeze(x, a):
+    axes = x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("axes")
+    if axes is None:
+        return x[0].squeeze()
+    return x[0].squeeze(tuple(int(i) for i in axes))
+
+
+@op("Unsqueeze")
+def _unsqueeze(x, a):
+    y = x[0]
+    axes = x[1].tolist() if len(x) > 1 and x[1] is not None else a["axes"]
+    for ax in sorted(int(i) % (y.dim() + len(axes)) for i in axes):
+        y = y.unsqueeze(ax)
+    return y
+
+
+@op("Concat")
+def _concat(x, a):
+    return torch.cat(list(x), dim=int(a["axis"]))
+
+
+@op("Clip")
+def _clip(x, a):
+    lo = x[1] if len(x) > 1 and x[1] is not None else a.get("min")
+    hi = x[2] if len(x) > 2 and x[2] is not None else a.get("max")
+    return torch.clamp(x[0], None if lo is None else float(lo), None if hi is None else float(hi))
+
+
+@op("BatchNormalization")
+def _bn(x, a):  # inference form: running statistics (BN left unfused by the exporter)
+    return F.batch_norm(x[0], x[3], x[4], x[1], x[2], training=False, eps=float(a.get("epsilon", 1e-5)))
+
+
+_SIMPLE: dict[str, Callable[..., torch.Tensor]] = {
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "MatMul": torch.matmul,
+    "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Identity": lambda t: t,
+    "HardSwish": F.hardswish, "Erf": torch.erf, "Sqrt": torch.sqrt, "Pow": torch.pow, "Neg": torch.neg,
+}
+for _name, _fn in _SIMPLE.items():
+    OPS[_name] = (lambda fn: lambda x, a: fn(*x))(_fn)
+OPS["LeakyRelu"] = lambda x, a: F.leaky_relu(x[0], float(a.get("alpha", 0.01)))
+OPS["HardSigmoid"] = lambda x, a: torch.clamp(x[0] * float(a.get("alpha", 0.2)) + float(a.get("beta", 0.5)), 0, 1)
+OPS["Softmax"] = lambda x, a: torch.softmax(x[0], dim=int(a.get("axis", -1)))
+OPS["ReduceMean"] = lambda x, a: x[0].mean(dim=tuple(a["axes"]), keepdim=bool(a.get("keepdims", 1)))
+
+
+def run_op(op_type: str, inputs: Sequence[torch.Tensor | None], attrs: dict) -> torch.Tensor:
+    fn = OPS.get(op_type)
+    if fn is None:
+        raise ModelError(f"QAT cannot train a graph with {op_type} nodes yet (supported: {', '.join(sorted(OPS))}).")
+    if op_type in ("MaxPool", "AveragePool"):
+        attrs = {**attrs, "_op": op_type}
+    return fn(inputs, attrs)
