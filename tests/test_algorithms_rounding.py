@@ -148,9 +148,10 @@ def weights_on_grid(result: lowbit.api.QuantResult) -> dict[str, np.ndarray]:
 def test_quantize_tiny_convnet_runs_with_parity(alg) -> None:
     model, calib, evaluation = tiny_convnet(), smooth_images(12, 1), smooth_images(8, 2)
     verify = VerifyOptions(threads=(), parity_batches=4)
-    results = [lowbit.quantize(model, QuantConfig(algorithms=(alg,)), calib, eval_data=evaluation, verify=verify)
+    results = [lowbit.quantize(model, QuantConfig(objective="size", algorithms=(alg,)), calib, eval_data=evaluation, verify=verify)
                for _ in range(2)]
-    plain = lowbit.quantize(model, QuantConfig(), calib, verify=None)
+    plain = lowbit.quantize(model, QuantConfig(objective="size"), calib, verify=None)
+    assert len(weights_on_grid(plain)) == 2
     for r in results:
         assert r.report.variants[1]["parity"]["passed"]
     first, second = weights_on_grid(results[0]), weights_on_grid(results[1])
@@ -163,7 +164,8 @@ def test_quantize_tiny_convnet_runs_with_parity(alg) -> None:
 
 def test_four_bit_plan_is_respected() -> None:
     model, calib = tiny_convnet(), smooth_images(12, 1)
-    cfg = QuantConfig(weights=Scheme(int4, PerChannel(0), symmetric=True), algorithms=(AdaRound(iterations=50, threads=1),))
+    cfg = QuantConfig(objective="size", weights=Scheme(int4, PerChannel(0), symmetric=True), algorithms=(AdaRound(iterations=50, threads=1),))
     r = lowbit.quantize(model, cfg, calib, verify=None)
+    assert len(weights_on_grid(r)) == 2
     for w in weights_on_grid(r).values():
         assert len(np.unique(w[0])) <= 15                           # a 4-bit grid: at most 15 levels

@@ -16,6 +16,8 @@ from lowbit.algorithms import AlgorithmContext
 from lowbit.config import QuantConfig, as_config
 from lowbit.data import FeedSource, as_feeds
 from lowbit.emit import emit_qdq
+from lowbit.energy import SOURCE as ENERGY_SOURCE
+from lowbit.energy import estimate as estimate_energy
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16
 from lowbit.errors import ConfigError, DataError, ModelError
@@ -173,7 +175,7 @@ def quantize(
         if eval_data is None:
             report.data["notes"].append("No held-out data given: fidelity is measured on the calibration data.")
         if data is not None:
-            float_model = prepared.proto if qplan.precision == "int8" else None
+            float_model = prepared.proto
             _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, float_model, qplan)},
                          as_feeds(data, prepared.inputs, labels=labels, preprocess=preprocess,
                                   limit=verify.eval_limit),
@@ -230,6 +232,12 @@ def _verify_into(report: Report, reference: bytes,
         qbytes, float_model, plan = candidates[v["label"]]
         if float_model is not None and plan is not None and plan.precision == "int8":
             v["parity"] = check_parity(qbytes, float_model, plan, data, opts.parity_batches)
+        if float_model is not None and plan is not None:
+            precisions = {n: p.precision for n, p in plan.nodes.items()}
+            v["energy_uj"] = estimate_energy(float_model, precisions)["total_uj"]
+            if variants[0]["energy_uj"] is None:
+                variants[0]["energy_uj"] = estimate_energy(float_model)["total_uj"]
+                report.data["energy_source"] = ENERGY_SOURCE
     if opts.threads:
         first = next(iter(data))
         feeds = {k: a[:1] for k, a in first.feeds.items()}

@@ -92,7 +92,7 @@ class Report:
         ref_size = ref.get("size_bytes") or 0
         threads = sorted({t for v in self.variants for t in (v.get("latency_ms") or {})}, key=int)
         header = ["variant", "size MB", "% of FP32"] + [f"{t}-thread ms (speed-up)" for t in threads] + [
-            "top-1 agree", "SQNR dB", "cosine", "KL", "top-1 acc", "parity"]
+            "top-1 agree", "SQNR dB", "cosine", "KL", "top-1 acc", "energy uJ (est.)", "parity"]
         rows = []
         for v in self.variants:
             size = v.get("size_bytes") or 0
@@ -110,6 +110,7 @@ class Report:
             par = v.get("parity")
             row += [_fmt(f.get("top1_agreement"), ".3f"), _fmt(f.get("sqnr_db"), ".1f"), _fmt(f.get("cosine"), ".5f"),
                     _fmt(f.get("kl"), ".4f"), _fmt(acc.get("top1"), ".3f"),
+                    _fmt(v.get("energy_uj"), ".0f"),
                     "-" if not par else f"{'pass' if par['passed'] else 'FAIL'} {100 * par['within_one_step']:.2f}%"]
             rows.append(row)
         return header, rows

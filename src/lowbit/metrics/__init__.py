@@ -1,0 +1,8 @@
+"""Metrics by stable name (used by `--metric` and in JSON): fidelity to FP32 and task metrics."""
+
+from lowbit.metrics.base import METRICS, Metric, register_metric
+from lowbit.metrics.face import FaceVerification, verification_stats
+from lowbit.metrics.fidelity import Cosine, Sqnr, Top1Agreement
+
+__all__ = ["METRICS", "Metric", "register_metric", "FaceVerification", "verification_stats", "Cosine", "Sqnr",
+           "Top1Agreement"]
