@@ -312,11 +312,12 @@ def predict_speed(model: Any, threads: int = 1, progress: Progress = null_progre
 
     prepared = prepare(load_model(model))
     costs = measure_layer_costs(prepared.proto, threads=threads, progress=progress)
-    from lowbit.selection import SLOWER_MARGIN
+    from lowbit.selection import slow_int8_layers
 
+    slow = slow_int8_layers(prepared.proto, costs)
     layers = []
     for c in costs.values():
-        pick = "fp32" if c.int8_ms > SLOWER_MARGIN * c.fp32_ms else "int8"
+        pick = "fp32" if c.node in slow else "int8"
         layers.append({"node": c.node, "op": c.op, "fp32_ms": c.fp32_ms, "int8_ms": c.int8_ms, "fp16_ms": c.fp16_ms,
                        "int8_speedup": c.int8_speedup, "choice": pick})
     fp32 = sum(c.fp32_ms for c in costs.values())

@@ -79,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="evaluation data (.npy/.npz file or folder, image folder)")
     _add_data_args(e)
 
-    d = sub.add_parser("demo", help="quantize the real MobileNetV2 (ImageNet) to FP16 and INT8 and compare")
-    d.add_argument("--out", type=Path, default=Path("lowbit-demo"), help="folder for models and reports")
+    d = sub.add_parser("demo", help="built-in demos: 'mobilenet' (default; real MobileNetV2 on ImageNet photos) "
+                                    "or 'doorbell' (face recognition)")
+    d.add_argument("name", nargs="?", default="mobilenet", choices=["mobilenet", "doorbell"])
+    d.add_argument("--out", type=Path, default=None, help="folder for models and reports (default lowbit-demo/NAME)")
     d.add_argument("--calib-n", type=int, default=128, help="calibration photo crops")
     d.add_argument("--eval-n", type=int, default=300, help="held-out evaluation photo crops")
     d.add_argument("--threads", type=_threads, default=(1, 2), help="thread counts for latency")
@@ -134,9 +136,16 @@ def main(argv: list[str] | None = None) -> int:
                 report = result.report
             elif args.command == "eval":
                 report = _eval(args, progress)
+            elif args.name == "doorbell":
+                from lowbit.demo.doorbell import run_doorbell
+
+                args.out = args.out or Path("lowbit-demo") / "doorbell"
+                report = run_doorbell(args.out, threads=args.threads, latency_runs=args.latency_runs,
+                                      progress=progress)
             else:
                 from lowbit.demo import run_demo
 
+                args.out = args.out or Path("lowbit-demo") / "mobilenet"
                 report = run_demo(args.out, calib_n=args.calib_n, eval_n=args.eval_n, threads=args.threads,
                                   latency_runs=args.latency_runs, progress=progress)
         render.print_report(report)

@@ -40,6 +40,13 @@ def print_report(report) -> None:
     if skipped:
         console.print(f"[dim]{len(skipped)} node(s) kept in float, e.g. "
                       + "; ".join(f"{s['name']} ({s['reason']})" for s in skipped[:3]) + "[/dim]")
+    for extra in report.data.get("tables", []):
+        t = Table(title=extra.get("title"), header_style="bold")
+        for h in extra["header"]:
+            t.add_column(str(h))
+        for r in extra["rows"]:
+            t.add_row(*[str(c) for c in r])
+        console.print(t)
     for note in report.data.get("notes", []):
         console.print(f"[dim]note: {note}[/dim]")
     if report.data.get("output_path"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lowbit.config import QuantConfig
 from lowbit.graph import GraphIndex
 from lowbit.ops import (ACTIVATION_OPS, FOLDABLE_ACTIVATIONS, PASSTHROUGH_OPS, WEIGHTED_OPS, clip_bounds,
@@ -47,9 +49,39 @@ def _float_inputs_ok(node, g: GraphIndex) -> bool:
     return all(g.is_float(i) or g.constant(i) is not None for i in node.input if i)
 
 
-# INT8 must be this much slower than FP32 before a layer is kept in float: below that the
-# difference is within measurement noise and the size win decides.
+# INT8 must be this much slower than FP32 (and by this many ms) before a layer is kept in float:
+# below that the difference is within measurement noise and the size win decides.
 SLOWER_MARGIN = 1.1
+MIN_SAVING_MS = 0.02
+# Layers kept in float for speed may hold at most this share of the weights: the latency objective
+# buys speed where it costs almost no size (a 3-channel first convolution), never 4x on a big layer.
+FLOAT_WEIGHT_BUDGET = 0.01
+
+
+def slow_int8_layers(model, costs: dict, budget: float = FLOAT_WEIGHT_BUDGET) -> dict[str, str]:
+    """{node: reason} for the layers to keep in float for speed: measured slower in INT8, chosen
+    greedily by time saved per weight until `budget` of all weights is used."""
+    g = GraphIndex(model)
+
+    def n_weights(name: str) -> int:
+        node = g.nodes[name]
+        w_idx, _, _ = weight_slots(node, g)
+        return int(np.prod(g.initializers[node.input[w_idx]].dims)) if w_idx is not None else 0
+
+    total = sum(n_weights(n) for n in costs if n in g.nodes) or 1
+    slow = [c for c in costs.values() if c.node in g.nodes and c.int8_ms > SLOWER_MARGIN * c.fp32_ms
+            and c.int8_ms - c.fp32_ms > MIN_SAVING_MS]
+    slow.sort(key=lambda c: -(c.int8_ms - c.fp32_ms) / max(n_weights(c.node), 1))
+    chosen, used = {}, 0
+    for c in slow:
+        w = n_weights(c.node)
+        if used + w > budget * total:
+            continue
+        used += w
+        chosen[c.node] = (f"INT8 kernel measured slower on this machine ({c.int8_ms:.3f} ms vs {c.fp32_ms:.3f} ms "
+                          f"in FP32) and the layer holds {100 * w / total:.2f}% of the weights: kept in float for "
+                          "speed (objective 'size' overrides)")
+    return chosen
 
 
 def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
@@ -61,6 +93,7 @@ def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
     g = GraphIndex(model)
     sel = Selection()
     wanted = set(config.op_types) if config.op_types is not None else None
+    slow = slow_int8_layers(model, costs) if costs and config.objective == "latency" else {}
     outputs = set(g.graph_outputs)
 
     def decide(node) -> tuple[str, str]:
@@ -76,10 +109,8 @@ def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
             return "fp32", "its inputs are not float32"
         if op == "Gemm" and (g.attr(node, "transA", 0) or g.attr(node, "alpha", 1.0) != 1.0):
             return "fp32", "Gemm with transA or alpha != 1 has no integer kernel"
-        cost = (costs or {}).get(node.name)
-        if cost is not None and config.objective == "latency" and cost.int8_ms > SLOWER_MARGIN * cost.fp32_ms:
-            return "fp32", (f"INT8 kernel measured slower on this machine ({cost.int8_ms:.3f} ms vs "
-                            f"{cost.fp32_ms:.3f} ms in FP32): kept in float for speed (objective 'size' overrides)")
+        if node.name in slow:
+            return "fp32", slow[node.name]
         return "int8", "integer kernel"
 
     for node in g.graph.node:

@@ -16,8 +16,8 @@ def kl_threshold_bins(h: np.ndarray, levels: int) -> int:
     """The number i of histogram bins to keep (levels <= i <= len(h)) minimising KL(P || Q).
 
     P: the first i bins, with everything beyond folded into bin i-1 (the clipped outliers).
-    Q: those i bins (outliers excluded) merged into `levels` chunks of i // levels bins (the last
-    chunk takes the remainder), each chunk's mass spread evenly over its bins where P is nonzero.
+    Q: those i bins (outliers excluded) merged into `levels` near-equal chunks, each chunk's mass
+    spread evenly over its bins where P is nonzero.
     All candidates at once in closed form from prefix sums: O(len(h) * levels).
 
     >>> kl_threshold_bins(np.ones(512), 128)
@@ -32,10 +32,11 @@ def kl_threshold_bins(h: np.ndarray, levels: int) -> int:
     c = np.concatenate([[0.0], np.cumsum(h)])  # prefix sums, (n+1,)
     nz = np.concatenate([[0], np.cumsum(h > 0)])
     g = np.concatenate([[0.0], np.cumsum(np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0))])
-    m = i // levels
-    start = np.arange(levels)[None, :] * m[:, None]  # chunk bounds, (M, levels)
-    stop = start + m[:, None]
-    stop[:, -1] = i
+    # chunk j: bins [ceil(j*i/levels), ceil((j+1)*i/levels)), as NVIDIA's pytorch-quantization
+    # splits them; TensorRT's sample code gives the remainder all to the last chunk, which biases
+    # the threshold to just below multiples of `levels` bins
+    start = -(-(np.arange(levels)[None, :] * i[:, None]) // levels)  # (M, levels)
+    stop = np.concatenate([start[:, 1:], i[:, None]], axis=1)
     tail = total - c[i]  # outliers beyond the threshold, (M,)
     last = h[i - 1] + tail  # P's last bin
     s = c[stop] - c[start]  # Q's chunk masses

@@ -152,7 +152,9 @@ class HistogramObserver(Observer):
             return self.observed_range()
         lo, hi = self.chooser.choose(self, *grid(dtype, symmetric))
         lo, hi = max(float(lo), self.lo), min(float(hi), self.hi)  # never wider than the data
-        return (lo, hi) if lo <= hi else (hi, lo)
+        if lo > hi:  # a threshold inside a one-sided tensor's gap from zero: clip everything to it
+            lo = hi = hi if self.lo >= 0.0 else lo
+        return lo, hi
 
     def observed_range(self) -> tuple[float, float]:
         return (0.0, 0.0) if self._count == 0 else (self.lo, self.hi)

@@ -272,6 +272,18 @@ def _versions(v: dict) -> str:
     return f"<h2>Environment</h2>{_table(['Package', 'Version'], rows)}" if rows else ""
 
 
+def _extra_tables(tables: Any) -> str:
+    """Tables a stage or demo adds: {"title", "header": [...], "rows": [[...]], "caption"}."""
+    out = []
+    for t in _dicts(tables):
+        rows = [[_e(c) for c in r] for r in (t.get("rows") or []) if isinstance(r, (list, tuple))]
+        header = [_e(h) for h in (t.get("header") or [])]
+        if rows and header:
+            cap = f'<p class="muted">{_e(t.get("caption"))}</p>' if t.get("caption") else ""
+            out.append(f"<h2>{_e(t.get('title') or '')}</h2>{_table(header, rows)}{cap}")
+    return "".join(out)
+
+
 def _notes(notes: Any) -> str:
     items = notes if isinstance(notes, (list, tuple)) else [notes] if isinstance(notes, str) else []
     lis = "".join(f"<li>{_e(n)}</li>" for n in items if n not in (None, ""))
@@ -289,6 +301,7 @@ def render_html(report: dict) -> str:
     lowbit_version = _dict(r.get("versions")).get("lowbit")
     parts = [_header(r), _verdicts(variants) if len(variants) > 1 else "",
              _summary(variants) + _charts(variants) if variants else '<p class="muted">No variants measured.</p>',
+             _extra_tables(r.get("tables")),
              _nodes(_dict(r.get("nodes"))), _layers(r.get("layers")),
              f'<div class="grid2"><div>{_quantizer(_dict(r.get("quantizer")))}</div>'
              f'<div>{_versions(_dict(r.get("versions")))}</div></div>', _notes(r.get("notes")),
