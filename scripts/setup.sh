@@ -12,4 +12,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: a later unpinned dependency then finds it satisfied.
 .venv/bin/python -m pip install -q torch==2.13.0
 .venv/bin/python -m pip install -q -e ".[test,data]"
-PYTHON=.venv/bin/python bash scripts/setup_data.sh
+PYTHON=.venv/bin/python bash scripts/setup_data.sh      # MobileNetV2 weights, ImageNet photos
+PYTHON=.venv/bin/python bash scripts/setup_faces.sh     # face descriptor, dlib reference, face photos

@@ -80,3 +80,7 @@ assert {"obama.jpg", "biden.jpg"} <= {p.name for p in labeled}, "face_recognitio
 print(f"setup_faces.sh: ok (dlib {dlib.__version__}; {len(shards)} weight shard(s), {len(samples)} group "
       f"photos, {len(labeled)} labeled photos in {data})")
 PY
+
+# 4. Detect and align every face once (dlib's detector takes about a minute on the group photos),
+#    so the doorbell demo starts from cached 150x150 chips.
+"$PYTHON" -c "from lowbit.demo.doorbell import face_chips; l, _, _, u = face_chips(); print(f'setup_faces.sh: {len(l)} labeled and {len(u)} unlabeled face chips cached')"
