@@ -48,7 +48,7 @@ def train(epochs: int, batch_size: int = 128, lr: float = 3e-3, seed: int = 0, l
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -3,5 +3,9 @@
 never write Q/DQ nodes itself."""
 
 from lowbit.algorithms.base import ALGORITHMS, Algorithm, AlgorithmContext, register_algorithm
+from lowbit.algorithms.bias_correction import BiasCorrection
+from lowbit.algorithms.bn_fold import BatchNormFolding
+from lowbit.algorithms.equalization import CrossLayerEqualization
 
-__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmContext", "register_algorithm"]
+__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmContext", "register_algorithm", "BatchNormFolding",
+           "BiasCorrection", "CrossLayerEqualization"]
