@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from lowbit import __version__
+from lowbit.calibration import weight_range
 from lowbit.config import QuantConfig
 from lowbit.core.dtypes import QDtype, int32
 from lowbit.hardware import target_traits
@@ -30,7 +31,7 @@ BIAS_LIMIT = 2**30
 def activation_plan(name: str, stats: CalibrationStats, config: QuantConfig) -> TensorPlan:
     scheme = config.activations
     obs = stats.observers[name]
-    lo, hi = obs.range()
+    lo, hi = obs.range(scheme.dtype, scheme.symmetric)
     q = QParams.from_range(lo, hi, scheme.dtype, PerTensor(), scheme.symmetric, scheme.narrow)
     return TensorPlan(name, "activation", q, (float(lo), float(hi)), scheme.calibration.registry_name)
 
@@ -40,8 +41,10 @@ def weight_plan(name: str, w: np.ndarray, axis: int, config: QuantConfig, dtype:
     gran = scheme.granularity
     if isinstance(gran, PerChannel):
         gran = PerChannel(axis)
-    q = QParams.for_tensor(w, dtype or scheme.dtype, gran, scheme.symmetric, scheme.narrow)
-    return TensorPlan(name, "weight", q, (float(w.min()), float(w.max())), "minmax")
+    dtype = dtype or scheme.dtype
+    lo, hi = weight_range(scheme.calibration, w, gran, dtype, scheme.symmetric)
+    q = QParams.from_range(lo, hi, dtype, gran, scheme.symmetric, scheme.narrow)
+    return TensorPlan(name, "weight", q, (float(w.min()), float(w.max())), scheme.calibration.registry_name)
 
 
 def bias_plan(name: str, b: np.ndarray, x_scale: np.ndarray, w: TensorPlan) -> TensorPlan:

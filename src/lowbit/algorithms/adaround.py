@@ -41,6 +41,7 @@ ZETA, GAMMA = 1.1, -0.1  # stretch of the rectified sigmoid (paper, section 3.3)
 # Below this many multiply-adds per step a second thread only adds synchronisation (and stalls
 # badly on a busy machine): such layers run on one thread.
 SMALL_STEP = 2**23
+FLOAT_ONCE_MB = 1024  # float inputs of all layers gathered in one pass when their sampled rows fit
 
 
 @register_algorithm("adaround")
@@ -89,8 +90,10 @@ class AdaRound(Algorithm):
         n = max(1, ld.count_samples(ctx.calib))
         per = {k: self._per_sample(layer, n) for k, layer in enumerate(layers)}
         sim = emit_simulation(out, plan) if self.asymmetric else None
-        floats = None if self.asymmetric else ld.gather_rows(
-            model, [(k, lay, lay.input) for k, lay in enumerate(layers)], ctx.calib, per, ctx.seed)
+        # The float inputs never change: one pass gathers them all where they fit in FLOAT_ONCE_MB.
+        once = sum(per[k] * n * _row_bytes(lay) for k, lay in enumerate(layers)) <= FLOAT_ONCE_MB * 2**20
+        floats = ld.gather_rows(model, [(k, lay, lay.input) for k, lay in enumerate(layers)], ctx.calib, per,
+                                ctx.seed) if (once or not self.asymmetric) else None
         t0 = time.perf_counter()
         with _torch_settings(self.threads):
             for k, layer in enumerate(layers):
@@ -98,11 +101,9 @@ class AdaRound(Algorithm):
                     log.warning("adaround: time budget spent; %d of %d layers keep round-to-nearest",
                                 len(layers) - k, len(layers))
                     break
-                if floats is not None:
-                    x = xq = floats.pop(k)
-                else:
-                    x = ld.gather_rows(model, [(k, layer, layer.input)], ctx.calib, per, ctx.seed)[k]
-                    xq = ld.gather_rows(sim, [(k, layer, _sim_input(sim, layer))], ctx.calib, per, ctx.seed)[k]
+                x = floats.pop(k) if floats is not None else \
+                    ld.gather_rows(model, [(k, layer, layer.input)], ctx.calib, per, ctx.seed)[k]
+                xq = x if sim is None else ld.gather_rows(sim, [(k, layer, _sim_input(sim, layer))], ctx.calib, per, ctx.seed)[k]
                 q = plan.tensors[layer.weight].qparams
                 s, z, qmin, qmax = ld.grid(q, layer.w.shape)
                 torch.set_num_threads(self.threads if layer.w.size * self.batch_rows >= SMALL_STEP else 1)
@@ -115,9 +116,13 @@ class AdaRound(Algorithm):
         return out, plan
 
     def _per_sample(self, layer: ld.Layer, samples: int) -> int:
-        row_bytes = 4 * int(np.prod(layer.matrix(torch.from_numpy(layer.w)).shape[::2]))
-        rows = max(1, min(self.rows, int(self.max_layer_mb * 2**20 // max(row_bytes, 1))))
+        rows = max(1, min(self.rows, int(self.max_layer_mb * 2**20 // _row_bytes(layer))))
         return max(1, math.ceil(rows / samples))
+
+
+def _row_bytes(layer: ld.Layer) -> int:
+    g, _, k = layer.matrix(torch.from_numpy(layer.w)).shape
+    return 4 * g * k
 
 
 def _sim_input(sim: onnx.ModelProto, layer: ld.Layer) -> str:

@@ -21,8 +21,9 @@ class Observer(abc.ABC):
     def merge(self, other: "Observer") -> None: ...
 
     @abc.abstractmethod
-    def range(self) -> tuple[float, float]:
-        """The (lo, hi) float range to quantize over."""
+    def range(self, dtype=None, symmetric: bool | None = None) -> tuple[float, float]:
+        """The (lo, hi) float range to quantize over, for the target grid `dtype` (a QDtype;
+        None = uint8) and symmetry (None = asymmetric). Min-max style methods ignore both."""
 
     @property
     @abc.abstractmethod

@@ -27,7 +27,7 @@ class MinMaxObserver(Observer):
         self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
         self._count += other.count
 
-    def range(self) -> tuple[float, float]:
+    def range(self, dtype=None, symmetric=None) -> tuple[float, float]:
         return self.observed_range()
 
     def observed_range(self) -> tuple[float, float]:

@@ -120,4 +120,6 @@ def reintroduce_batchnorm(qat: "QATGraph", calib: Any, freeze_after: int) -> Non
             qat(*[torch.from_numpy(batch.feeds[n]) for n in qat.input_names])
     qat.train(was_training)
     for f in folds:
-        f.finish_collecting(qat.tensor(f.bias_name) if f.bias_name else None)
+        bias = qat.tensor(f.bias_name)
+        f.finish_collecting(bias)
+        bias.requires_grad_(False)  # beta absorbed it; export writes the folded shift in its place
