@@ -115,7 +115,8 @@ def render_markdown(r: dict) -> str:
         "# lowbit benchmark" + (" (QUICK smoke run: numbers not representative)" if s["quick"] else ""), "",
         f"- Machine: {mach['cpu']}, {mach['logical_cores']} logical cores ({mach['usable_cores']} usable), "
         f"ISA: {', '.join(mach['isa']) or 'none detected'}",
-        f"- ONNX Runtime {mach['onnxruntime']} (CPUExecutionProvider), lowbit {ver.get('lowbit')}, "
+        f"- ONNX Runtime {mach['onnxruntime']} (CPUExecutionProvider), lowbit {ver.get('lowbit')} "
+        f"(source {mach.get('lowbit_source', 'unknown')}), "
         f"onnx {ver.get('onnx')}, torch {ver.get('torch')}, nncf {ver.get('nncf') or 'not installed'}, "
         f"Python {ver.get('python')}",
         f"- Date: {mach['date']}; command: `{r['command']}`; took {r.get('elapsed_s', 0):.0f} s",

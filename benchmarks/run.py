@@ -89,10 +89,21 @@ def machine_info() -> dict:
         versions["nncf"] = nncf.__version__
     except ImportError:
         versions["nncf"] = None
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+    return {"cpu": cpu, "lowbit_source": _git_state(), "logical_cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
             "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags],
             "onnxruntime": onnxruntime.__version__, "versions": versions, "platform": platform.platform(),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def _git_state() -> str:
+    """Commit of the lowbit source being measured, '+dirty' when src/ has uncommitted edits."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=HERE.parent, capture_output=True, text=True, timeout=30).stdout
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+        return commit + ("+dirty" if git("status", "--porcelain", "--", "src").strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def export_model(name: str, path: Path) -> dict:

@@ -148,8 +148,8 @@ def weights_on_grid(result: lowbit.api.QuantResult) -> dict[str, np.ndarray]:
 def test_quantize_tiny_convnet_runs_with_parity(alg) -> None:
     model, calib, evaluation = tiny_convnet(), smooth_images(12, 1), smooth_images(8, 2)
     verify = VerifyOptions(threads=(), parity_batches=4)
-    results = [lowbit.quantize(model, QuantConfig(objective="size", algorithms=(alg,)), calib, eval_data=evaluation, verify=verify)
-               for _ in range(2)]
+    cfg = QuantConfig(objective="size", algorithms=(alg,))
+    results = [lowbit.quantize(model, cfg, calib, eval_data=evaluation, verify=verify) for _ in range(2)]
     plain = lowbit.quantize(model, QuantConfig(objective="size"), calib, verify=None)
     assert sum(t.role == "weight" for t in plain.plan.tensors.values()) == 2  # both layers quantized
     for r in results:
@@ -164,7 +164,8 @@ def test_quantize_tiny_convnet_runs_with_parity(alg) -> None:
 
 def test_four_bit_plan_is_respected() -> None:
     model, calib = tiny_convnet(), smooth_images(12, 1)
-    cfg = QuantConfig(objective="size", weights=Scheme(int4, PerChannel(0), symmetric=True), algorithms=(AdaRound(iterations=50, threads=1),))
+    cfg = QuantConfig(objective="size", weights=Scheme(int4, PerChannel(0), symmetric=True),
+                      algorithms=(AdaRound(iterations=50, asymmetric=False, threads=1),))
     r = lowbit.quantize(model, cfg, calib, verify=None)
     assert len(weights_on_grid(r)) == 2
     for w in weights_on_grid(r).values():

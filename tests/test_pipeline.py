@@ -13,6 +13,7 @@ import torch
 
 import lowbit
 from lowbit.emit.metadata import plan_from_model
+from lowbit.emit.qdq import INTEGERS
 from lowbit.hardware import this_cpu
 
 NO_LATENCY = lowbit.VerifyOptions(threads=())
@@ -47,7 +48,7 @@ def test_weights_in_model_are_integers_of_the_plan(small_model_path, calib_array
     for name, t in r.plan.tensors.items():
         if t.role != "weight":
             continue
-        q = inits[f"{name}_quantized"]
+        q = inits[f"{name}{INTEGERS}"]
         assert q.dtype == np.int8
         lo, hi = t.qparams.dtype.bounds(t.qparams.narrow)
         assert q.min() >= lo and q.max() <= hi
@@ -64,7 +65,7 @@ def test_parity_catches_saturating_kernels(small_model_path, calib_arrays, eval_
 
 
 def test_plan_json_round_trip_and_reapply(small_model_path, calib_arrays, tmp_path):
-    r = lowbit.quantize(small_model_path, "int8", calib_arrays, output=tmp_path / "a.onnx", verify=None)
+    r = lowbit.quantize(small_model_path, "int8-fast", calib_arrays, output=tmp_path / "a.onnx", verify=None)
     r.plan.save(tmp_path / "plan.json")
     again = lowbit.QuantPlan.load(tmp_path / "plan.json")
     assert again.to_json() == r.plan.to_json()
@@ -169,3 +170,15 @@ def test_latency_objective_keeps_slow_int8_layers_in_float(small_model_path):
     assert all(fast.nodes[c].precision == "int8" for c in convs)
     small = select(model, lowbit.QuantConfig(objective="size"), costs)
     assert small.nodes[convs[0]].precision == "int8"
+
+
+def test_plan_with_weight_changing_algorithms_reapplies_to_its_float_model(small_model_path, calib_arrays, tmp_path):
+    r = lowbit.quantize(small_model_path, "int8", calib_arrays, output=tmp_path / "a.onnx", verify=None)
+    assert [a["name"] for a in r.plan.config["algorithms"]] == ["cle", "bias_correction"]
+    r.plan.save(tmp_path / "plan.json")
+    with pytest.raises(lowbit.ConfigError, match="save-float-model"):
+        lowbit.quantize(small_model_path, "int8", plan=tmp_path / "plan.json", verify=None)
+    (tmp_path / "float.onnx").write_bytes(r.float_model.SerializeToString())
+    lowbit.quantize(tmp_path / "float.onnx", "int8", plan=tmp_path / "plan.json", output=tmp_path / "b.onnx",
+                    verify=None)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -26,7 +26,7 @@ from lowbit.load import load_model
 from lowbit.observe import collect_stats
 from lowbit.plan import QuantPlan
 from lowbit.planner import build_plan
-from lowbit.prepare import PreparedModel, prepare
+from lowbit.prepare import PreparedModel, fingerprint, prepare
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
 from lowbit.selection import select
@@ -89,7 +89,8 @@ def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
     for alg in config.algorithms:
         if alg.stage == "plan":
             model, plan = alg.apply(model, plan, ctx)
-    plan.model_fingerprint = prepared.fingerprint
+    # the plan describes the float model the algorithms produced: that is what it re-applies to
+    plan.model_fingerprint = fingerprint(model)
     return model, plan
 
 
@@ -134,6 +135,12 @@ def quantize(
             raise ConfigError(f"re-applying a plan works for static int8 plans; this one is '{qplan.precision}'. "
                               f"Quantize again with precision '{qplan.precision}' instead.")
         if qplan.model_fingerprint and qplan.model_fingerprint != prepared.fingerprint:
+            changed = [a["name"] for a in qplan.config.get("algorithms", [])]
+            if changed:
+                raise ConfigError(
+                    f"this plan was made with algorithms that change the float weights ({', '.join(changed)}), "
+                    "so it applies to the float model they produced, not to this one. Re-apply it to the model "
+                    "saved with --save-float-model (API: result.float_model).")
             log.warning("the plan was made for another model (fingerprint %s, this model %s)",
                         qplan.model_fingerprint, prepared.fingerprint)
         _check_plan_fits(qplan, prepared)

@@ -52,7 +52,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from lowbit import __version__
-    from lowbit.config import PRECISIONS
+    from lowbit.config import PRESETS
 
     parser = argparse.ArgumentParser(prog="lowbit", description="Quantize FP32 models to FP16 / INT8 ONNX, with proof.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
@@ -62,12 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a model and report accuracy, size, latency and parity")
     q.add_argument("model", help="an .onnx file")
     q.add_argument("--precision", "--preset", dest="precision", default="int8",
-                   help=f"one of {', '.join(PRECISIONS)} (default int8)")
+                   help=f"a preset: one of {', '.join(PRESETS)} (default int8)")
     q.add_argument("--calib", default=None, help="calibration data: .npy/.npz file or folder, or image folder")
     q.add_argument("--eval", dest="eval_data", default=None, help="held-out evaluation data (same forms)")
     q.add_argument("-o", "--output", required=True, type=Path, help="where to write the quantized .onnx")
     q.add_argument("--plan", type=Path, default=None, help="re-apply a saved plan JSON instead of calibrating")
     q.add_argument("--save-plan", type=Path, default=None, help="also write the plan as JSON")
+    q.add_argument("--save-float-model", type=Path, default=None,
+                   help="also write the float model the plan applies to (after equalization, bias correction, "
+                        "learned rounding): re-apply an edited plan to this file")
     q.add_argument("--calib-limit", type=int, default=None, help="use at most this many calibration samples")
     q.add_argument("--keep-float", action="append", default=[], help="glob of node names to keep in float")
     q.add_argument("--no-verify", action="store_true", help="skip fidelity, parity and latency measurement")
@@ -186,6 +189,10 @@ def _quantize(args, progress):
     )
     if args.save_plan:
         result.plan.save(args.save_plan)
+    if args.save_float_model:
+        from lowbit.io import atomic_write_bytes
+
+        atomic_write_bytes(args.save_float_model, result.float_model.SerializeToString())
     _save_reports(result.report, args)
     return result
 

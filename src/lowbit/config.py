@@ -146,11 +146,25 @@ class QuantConfig:
 
 # --- presets: a name for each common intent ------------------------------------------------------
 
+def _int8_accurate() -> QuantConfig:
+    from lowbit.algorithms import BiasCorrection, CrossLayerEqualization
+    from lowbit.calibration import Percentile
+
+    # Each algorithm acts only where the graph has what it needs (CLE on conv pairs, bias
+    # correction on layers with weights), so one preset serves CNNs and transformers.
+    return QuantConfig(precision="int8",
+                       activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
+                       algorithms=(CrossLayerEqualization(), BiasCorrection()))
+
+
 PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
     "fp16": (lambda: QuantConfig(precision="fp16"),
              "FP16 weights and activations; unsafe ops stay FP32; float32 inputs/outputs. Halves size."),
-    "int8": (lambda: QuantConfig(precision="int8"),
-             "Static INT8 QDQ: int8 per-channel symmetric weights, uint8 per-tensor calibrated activations."),
+    "int8": (_int8_accurate,
+             "Static INT8 QDQ, accuracy first: percentile-calibrated uint8 activations, per-channel weights, "
+             "cross-layer equalization and bias correction; slow INT8 layers of this CPU stay FP32."),
+    "int8-fast": (lambda: QuantConfig(precision="int8"),
+                  "Static INT8 QDQ, quantize fast: min-max calibration, no optimisation."),
     "int8-dynamic": (lambda: QuantConfig(precision="int8-dynamic"),
                      "INT8 MatMul/Gemm weights, activations quantized at run time. For transformer-like models."),
 }

@@ -101,9 +101,12 @@ class AdaRound(Algorithm):
                     log.warning("adaround: time budget spent; %d of %d layers keep round-to-nearest",
                                 len(layers) - k, len(layers))
                     break
-                x = floats.pop(k) if floats is not None else \
-                    ld.gather_rows(model, [(k, layer, layer.input)], ctx.calib, per, ctx.seed)[k]
-                xq = x if sim is None else ld.gather_rows(sim, [(k, layer, _sim_input(sim, layer))], ctx.calib, per, ctx.seed)[k]
+                if floats is not None:
+                    x = floats.pop(k)
+                else:
+                    x = ld.gather_rows(model, [(k, layer, layer.input)], ctx.calib, per, ctx.seed)[k]
+                xq = x if sim is None else \
+                    ld.gather_rows(sim, [(k, layer, _sim_input(sim, layer))], ctx.calib, per, ctx.seed)[k]
                 q = plan.tensors[layer.weight].qparams
                 s, z, qmin, qmax = ld.grid(q, layer.w.shape)
                 torch.set_num_threads(self.threads if layer.w.size * self.batch_rows >= SMALL_STEP else 1)

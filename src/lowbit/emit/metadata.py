@@ -13,6 +13,8 @@ from lowbit import __version__
 from lowbit.errors import ModelError
 from lowbit.plan import QuantPlan
 
+SCALE, ZERO_POINT = "_s", "_z"  # as lowbit.emit.qdq names them (not imported: qdq imports this module)
+
 PLAN_KEY = "lowbit.plan"
 ENCODING = "zlib+base64"
 
@@ -50,11 +52,11 @@ def plan_from_model(model: onnx.ModelProto) -> QuantPlan:
     for name, t in d["tensors"].items():
         if "scale" in t:
             continue
-        scale = inits.get(f"{name}_scale")
+        scale = inits.get(f"{name}{SCALE}")
         if scale is None:
             raise ModelError(f"the model's plan refers to weight '{name}' whose scale initializer is missing.")
         t["scale"] = onnx.numpy_helper.to_array(scale).tolist()
-        zp = inits.get(f"{name}_zero_point")
+        zp = inits.get(f"{name}{ZERO_POINT}")
         t["zero_point"] = (onnx.numpy_helper.to_array(zp).astype(np.int64).tolist() if zp is not None
                            else [0] * len(t["scale"]))
     return QuantPlan.from_dict(d)

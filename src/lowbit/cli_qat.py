@@ -1,0 +1,181 @@
+"""`lowbit qat`: quantization-aware training of an image classifier, from the command line.
+
+    lowbit qat model.onnx --train train.npz --eval test.npz --weights int4 -o model.qat.onnx
+    lowbit qat fp32.pt --arch examples.fashion_mnist.common:SmallCNN --input-shape 1,28,28 \
+        --train /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
+        --eval /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz --normalize 0.2860,0.3530 -o cnn.qat.onnx
+
+Data: a folder with one subfolder of images per class (needs --preprocess), an .npz file with
+images ('x' / 'images') and labels ('y' / 'labels'), or an idx(.gz) images file beside its labels
+file. Parses, calls the API, returns the report: PTQ and QAT side by side against FP32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lowbit.errors import ConfigError, DataError, ModelError
+
+WEIGHT_BITS = {"int8": None, "int4": "int4"}
+
+
+def add_qat_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the `qat` command to the CLI's subparsers."""
+    p = subparsers.add_parser("qat", help="quantization-aware training of an image classifier; ships QDQ ONNX")
+    p.add_argument("model", help="an .onnx file, or a torch checkpoint (.pt state dict) with --arch")
+    p.add_argument("--arch", default=None, help="for checkpoints: the model class as 'package.module:Class'")
+    p.add_argument("--input-shape", default=None, help="for checkpoints: one sample's shape, e.g. 1,28,28")
+    p.add_argument("--train", required=True, help="training data: class folders, .npz, or idx(.gz) images")
+    p.add_argument("--eval", dest="eval_data", required=True, help="held-out labeled data (same forms)")
+    p.add_argument("--preprocess", default=None, help="image preprocessing for image folders (see quantize)")
+    p.add_argument("--normalize", default=None, help="MEAN,STD applied to array / idx data after uint8 -> [0, 1]")
+    p.add_argument("--weights", choices=sorted(WEIGHT_BITS), default="int8", help="weight grid (default int8)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--calib-n", type=int, default=512, help="training samples for the initial PTQ plan")
+    p.add_argument("--no-learn-scales", action="store_true", help="keep the PTQ step sizes (no LSQ)")
+    p.add_argument("--bn", choices=("fold", "batch"), default="fold", help="BatchNorm handling (default fold)")
+    p.add_argument("--freeze-bn-after", type=int, default=None, help="steps of batch statistics (--bn batch)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, type=Path, help="where to write the QAT .onnx")
+    p.add_argument("--save-plan", type=Path, default=None, help="also write the learned plan as JSON")
+    p.add_argument("--threads", default="1,2", help="thread counts for latency (default 1,2; '' skips)")
+    p.add_argument("--latency-runs", type=int, default=30)
+    p.add_argument("--report-html", type=Path, default=None)
+    p.add_argument("--report-json", type=Path, default=None)
+    return p
+
+
+def _scale(x: np.ndarray, normalize: str | None) -> np.ndarray:
+    x = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
+    if normalize:
+        try:
+            mean, std = (np.float32(v) for v in normalize.split(","))
+        except ValueError:
+            raise ConfigError(f"--normalize takes MEAN,STD such as 0.286,0.353; got '{normalize}'") from None
+        x = (x - mean) / std
+    return x
+
+
+def load_labeled(path: str, preprocess: Any, normalize: str | None, specs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs float32 (N, ...), labels int64 (N,)) from a class-folder tree, an .npz or an idx file."""
+    from lowbit.data import ImagePreprocess, as_feeds
+    from lowbit.datasets.fashion_mnist import _MAGIC_IMAGES, _MAGIC_LABELS, read_idx
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"data not found: {p}")
+    if p.is_dir():
+        pre = ImagePreprocess.parse(preprocess) if preprocess else None
+        xs, ys = [], []
+        for b in as_feeds(str(p), specs, preprocess=pre, batch_size=256):
+            if b.labels is None:
+                raise DataError(f"{p}: no labels; give one subfolder per class.")
+            xs.append(next(iter(b.feeds.values())))
+            ys.append(np.asarray(b.labels))
+        return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
+    if p.suffix == ".npz":
+        with np.load(p) as z:
+            xk = next((k for k in ("x", "images", "inputs") if k in z), None)
+            yk = next((k for k in ("y", "labels", "label") if k in z), None)
+            if xk is None or yk is None:
+                raise DataError(f"{p} needs arrays 'x' (or 'images') and 'y' (or 'labels'); it has {list(z)}")
+            x, y = z[xk], z[yk]
+    elif "idx3" in p.name:
+        x = read_idx(p, _MAGIC_IMAGES)[:, None]
+        y = read_idx(p.with_name(p.name.replace("images-idx3", "labels-idx1")), _MAGIC_LABELS)
+    else:
+        raise DataError(f"{p}: give a folder of class subfolders, an .npz file, or an idx images file.")
+    if len(x) != len(y):
+        raise DataError(f"{p}: {len(x)} inputs but {len(y)} labels")
+    return _scale(x, normalize), y.astype(np.int64)
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(model for lowbit: ONNX path or torch module, the FP32 ONNX reference)."""
+    import torch
+
+    from lowbit.load import export_torch, load_model
+
+    if Path(args.model).suffix == ".onnx":
+        return args.model, load_model(args.model).proto
+    if not args.arch or not args.input_shape:
+        raise ConfigError("a torch checkpoint needs --arch package.module:Class and --input-shape C,H,W")
+    mod_name, _, cls_name = args.arch.partition(":")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--arch {args.arch}: cannot import it ({e})") from None
+    try:
+        state = torch.load(args.model, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for non-checkpoints
+        raise ModelError(f"{args.model} is not a torch checkpoint loadable with weights_only=True: {e}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model = cls()
+    model.load_state_dict(state)
+    shape = tuple(int(s) for s in args.input_shape.split(","))
+    return model.eval(), export_torch(model, torch.zeros(1, *shape))
+
+
+def run_qat(args: argparse.Namespace, progress: Any):
+    """PTQ and QAT of the model with the same config; returns the report comparing both with FP32."""
+    import torch
+
+    import lowbit
+    import lowbit.qat as qat_api
+    from lowbit.api import QuantResult, VerifyOptions, compare_variants
+    from lowbit.config import QuantConfig, Scheme
+    from lowbit.core import PerChannel, dtype_by_name
+    from lowbit.prepare import prepare
+    from lowbit.load import load_model
+    from lowbit.report import Report
+
+    torch.manual_seed(args.seed)
+    model, reference = _load_model(args)
+    specs = prepare(load_model(reference)).inputs
+    x_train, y_train = load_labeled(args.train, args.preprocess, args.normalize, specs)
+    x_eval, y_eval = load_labeled(args.eval_data, args.preprocess, args.normalize, specs)
+    config = QuantConfig()
+    if WEIGHT_BITS[args.weights]:
+        config = config.with_(weights=Scheme(dtype_by_name(WEIGHT_BITS[args.weights]), PerChannel(0), symmetric=True))
+    calib = x_train[np.random.default_rng(args.seed).permutation(len(x_train))[:args.calib_n]]
+    ptq = lowbit.quantize(reference, config, calib, verify=None, progress=progress)
+    qat = qat_api.prepare(model, config, calib, learn_scales=not args.no_learn_scales, bn=args.bn,
+                          freeze_bn_after=args.freeze_bn_after, progress=progress)
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x_train),
+                                                                       torch.from_numpy(y_train)),
+                                        batch_size=args.batch_size, shuffle=True,
+                                        generator=torch.Generator().manual_seed(args.seed))
+    fit = qat_api.fit(qat, train, epochs=args.epochs, lr=args.lr, progress=progress)
+    shipped = qat_api.export(qat, torch.from_numpy(x_eval[:512]), args.output)
+    if args.save_plan:
+        shipped.plan.save(args.save_plan)
+    fq_acc = qat_api.evaluate(qat, [(torch.from_numpy(x_eval[i:i + 1000]), torch.from_numpy(y_eval[i:i + 1000]))
+                                    for i in range(0, len(x_eval), 1000)])
+    name = f"qat-w{args.weights[3:]}a8"
+    results = {f"ptq-w{args.weights[3:]}a8": ptq,
+               name: QuantResult(shipped.model, shipped.plan, Report({}), shipped.path, {}, shipped.float_model)}
+    threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+    report = compare_variants(reference, results, x_eval[:512], labeled=(x_eval, y_eval),
+                              verify=VerifyOptions(threads=threads, latency_runs=args.latency_runs),
+                              progress=progress, title=f"lowbit qat: {Path(args.model).stem}")
+    report.data["output_path"] = str(shipped.path)
+    report.data["qat"] = {"history": fit.history, "fake_quant_accuracy": fq_acc, "export_parity": shipped.parity,
+                          "epochs": args.epochs, "lr": args.lr, "learn_scales": not args.no_learn_scales,
+                          "bn": args.bn}
+    report.data["notes"].append(f"QAT: {args.epochs} epoch(s) at lr {args.lr}; fake-quant module accuracy "
+                                f"{fq_acc:.2f}%, exported model's output within "
+                                f"{max((p['max_steps'] for p in shipped.parity.values()), default=0):.2f} "
+                                "output steps of it.")
+    if args.report_html:
+        report.save_html(args.report_html)
+    if args.report_json:
+        report.save_json(args.report_json)
+    return report
