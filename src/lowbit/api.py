@@ -10,6 +10,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from lowbit.algorithms import AlgorithmContext
@@ -106,6 +107,10 @@ def quantize(
     preprocess: Any = None,
     plan: QuantPlan | str | Path | None = None,
     calib_limit: int | None = None,
+    max_drop: float | None = None,
+    min_metric: float | None = None,
+    metric: Any = "top1-agreement",
+    search_evals: int = 40,
     verify: VerifyOptions | None = VerifyOptions(),
     progress: Progress = null_progress,
 ) -> QuantResult:
@@ -113,7 +118,11 @@ def quantize(
 
     `config` is a QuantConfig or a preset name ('int8', 'fp16', 'int8-dynamic'). Static INT8
     needs `calib_data`; `eval_data` (held out) is used for the report, with `labels` for accuracy.
-    A saved `plan` is re-applied as it is, without calibration.
+    A saved `plan` is re-applied as it is, without calibration. With an accuracy budget
+    (`max_drop` below FP32's score on `metric`, or an absolute `min_metric`), a precision search
+    keeps the most sensitive layers in FP16 weights / FP32 until the budget holds on half of
+    `eval_data`, and confirms it on the other half; `metric` is a registry name, a Metric, or
+    any callable(reference_outputs, candidate_outputs, labels) -> float, higher is better.
 
     >>> result = lowbit.quantize("mobilenet_v2.onnx", "int8", "calib/", output="mbv2.int8.onnx",
     ...                          preprocess=ImagePreprocess.imagenet())
@@ -122,6 +131,7 @@ def quantize(
     cfg = as_config(config)
     timings: dict[str, float] = {}
     t = t_start = time.perf_counter()
+    search = None
     if output is not None:
         check_output_path(output)
     loaded = load_model(model, example_inputs)
@@ -152,6 +162,13 @@ def quantize(
         float_model, qplan = make_plan(prepared, cfg, calib, progress)
         prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
         t = _stage(timings, "calibrate+plan", t)
+        search = None
+        if max_drop is not None or min_metric is not None:
+            if eval_data is None:
+                raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
+            qplan, search = _budget_search(prepared, qplan, cfg, eval_data, labels, preprocess, metric, max_drop,
+                                           min_metric, search_evals, verify, progress)
+            t = _stage(timings, "search", t)
 
     if cfg.precision == "fp16" and plan is None:
         qmodel, qplan = emit_fp16(prepared.proto, cfg.keep_io_types)
@@ -177,6 +194,12 @@ def quantize(
         "nodes": nodes_summary(qplan),
         "quantizer": quantizer,
     })
+    if cfg.precision == "int8" and plan is None and search is not None:
+        report.data["search"] = search
+        if not search["met_budget"]:
+            report.data["notes"].append(
+                f"The accuracy budget ({search['metric']} >= {search['floor']:.4f}) was not met within "
+                f"{search['evaluations']} evaluations; the best mix found is returned.")
     if verify is not None:
         data = eval_data if eval_data is not None else calib_data
         if eval_data is None:
@@ -338,3 +361,112 @@ def predict_speed(model: Any, threads: int = 1, progress: Progress = null_progre
                       "fp16_speedup": fp32 / fp16 if fp16 else 0.0},
             "note": "sums of one-layer timings (batch 1) of the weighted layers; activations-only ops and "
                     "layout changes are not included, so totals predict direction more than exact ratios"}
+
+
+def _split(feeds: FeedSource) -> tuple[list, list]:
+    """Deterministic halves of an evaluation set: one to search on, one to confirm on."""
+    batches = list(feeds)
+    return batches[0::2], batches[1::2]
+
+
+def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | str = "int8", *,
+            metric: Any = "top1-agreement", preprocess: Any = None, labels: Any = None, eval_limit: int | None = 64,
+            ways: tuple[str, ...] = ("only", "all_but"), progress: Progress = null_progress) -> Report:
+    """Per-layer sensitivity of `model` under `config`, measured both ways, with statistics, the
+    likely cause of each problem in plain words, and the fix lowbit would apply.
+
+    >>> print(lowbit.analyze("mbv2.onnx", calib, held_out).data["layers"][0])
+    """
+    from lowbit.analysis import PlanEvaluator, analyze_layers
+    from lowbit.calibration import Percentile
+
+    cfg = as_config(config)
+    loaded = load_model(model)
+    prepared = prepare(loaded)
+    calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess)
+    float_model, plan = make_plan(prepared, cfg, calib, progress)
+    acts = [n for n, t in plan.tensors.items() if t.role == "activation"]
+    stats = collect_stats(float_model, acts, calib, lambda name: Percentile(99.99), progress)
+    evaluator = PlanEvaluator(float_model, as_feeds(eval_data, prepared.inputs, labels=labels,
+                                                    preprocess=preprocess, limit=eval_limit), metric)
+    ranking = analyze_layers(float_model, plan, evaluator, stats, ways, progress)
+    full = evaluator.score(plan)
+    report = Report({"title": f"lowbit analyze: {loaded.name}", "model": {"name": loaded.name, "source": loaded.source},
+                     "precision": plan.precision, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "nodes": nodes_summary(plan)})
+    report.data["analysis"] = {
+        "metric": metric if isinstance(metric, str) else getattr(metric, "registry_name", "custom"),
+        "reference_metric": evaluator.reference_score, "all_int8_metric": full.metric, "all_int8_sqnr_db": full.sqnr_db,
+        "samples": int(len(evaluator.reference)), "evaluations": evaluator.evaluations,
+        "layers": [s.to_dict() for s in ranking]}
+    report.data["layers"] = [{"name": s.name, "op": s.op, "precision": "int8", "sqnr_db": s.only_this_sqnr_db}
+                             for s in ranking]
+    report.data["tables"] = [{
+        "title": "Layers ranked by sensitivity (most sensitive first)",
+        "header": ["layer", "op", "metric: only this INT8", "metric: all but this INT8", "SQNR only this (dB)",
+                   "likely cause", "fix lowbit would apply"],
+        "rows": [[s.name, s.op, f"{s.only_this_metric:.4f}", f"{s.all_but_this_metric:.4f}",
+                  f"{s.only_this_sqnr_db:.1f}", "; ".join(s.causes) or "-", "; ".join(s.fixes) or "-"]
+                 for s in ranking]}]
+    report.data["histograms"] = _worst_histograms(stats, plan, ranking[:4], float_model)
+    return report
+
+
+def _worst_histograms(stats, plan: QuantPlan, worst, model) -> list[dict]:
+    """Input-activation histograms of the worst layers, with the plan's clipping range."""
+    from lowbit.graph import GraphIndex
+
+    g = GraphIndex(model)
+    out = []
+    for s in worst:
+        x = g.nodes[s.name].input[0]
+        obs = stats.observers.get(x)
+        t = plan.tensors.get(x)
+        if obs is None or t is None or not hasattr(obs, "counts"):
+            continue
+        counts = np.asarray(obs.counts)
+        edges = np.linspace(-obs.radius, obs.radius, len(counts) + 1)
+        used = np.nonzero(counts)[0]
+        if used.size == 0:
+            continue
+        a, b = used[0], used[-1] + 1
+        factor = max(1, (b - a) // 120)  # ~120 bars are enough to see the tail
+        b = a + ((b - a + factor - 1) // factor) * factor
+        c = np.pad(counts, (0, max(0, b - len(counts))))[a:b].reshape(-1, factor).sum(axis=1)
+        out.append({"layer": s.name, "tensor": x, "counts": c.tolist(),
+                    "edges": np.linspace(edges[a], edges[a] + (b - a) * (edges[1] - edges[0]), len(c) + 1).tolist(),
+                    "clip": list(t.calibrated_range or ()),
+                    "observed": list(obs.observed_range())})
+    return out
+
+
+def _budget_search(prepared: PreparedModel, plan: QuantPlan, cfg: QuantConfig, eval_data: Any, labels: Any,
+                   preprocess: Any, metric: Any, max_drop: float | None, min_metric: float | None,
+                   max_evals: int, verify: VerifyOptions | None, progress: Progress) -> tuple[QuantPlan, dict]:
+    """Rank layers, search precisions on one half of the held-out data, confirm on the other."""
+    from lowbit.analysis import PlanEvaluator, analyze_layers, search_precisions
+
+    limit = verify.eval_limit if verify is not None else None
+    search_half, holdout_half = _split(as_feeds(eval_data, prepared.inputs, labels=labels, preprocess=preprocess,
+                                                limit=limit))
+    evaluator = PlanEvaluator(prepared.proto, search_half, metric)
+    floor = min_metric if min_metric is not None else evaluator.reference_score - max_drop
+    costs = None
+    if cfg.objective == "latency":
+        from lowbit.layer_costs import measure_layer_costs
+
+        costs = measure_layer_costs(prepared.proto, progress=progress)
+    ranking = analyze_layers(prepared.proto, plan, evaluator, ways=("all_but",), progress=progress)
+    result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
+                               progress)
+    confirm = PlanEvaluator(prepared.proto, holdout_half, metric)
+    held = confirm.score(result.plan)
+    for name, why in result.reasons.items():
+        result.plan.nodes[name].reason = why
+    d = result.to_dict()
+    d["metric"] = metric if isinstance(metric, str) else getattr(metric, "registry_name", "custom")
+    d["reference_metric"] = evaluator.reference_score
+    d["ranking_evaluations"] = len(ranking)  # one per layer, then at most max_evals in the search
+    d["holdout"] = {"metric": held.metric, "sqnr_db": held.sqnr_db, "samples": int(len(confirm.reference)),
+                    "meets_floor": held.metric >= floor}
+    return result.plan, d

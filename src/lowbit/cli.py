@@ -23,6 +23,14 @@ def _threads(text: str) -> tuple[int, ...]:
     return vals
 
 
+def _fraction(text: str) -> float:
+    """'1%' -> 0.01, '0.01' -> 0.01."""
+    try:
+        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a percentage such as 1%; got '{text}'")
+
+
 def _labels(spec: str | None):
     """--labels: a .npy/.txt file, or 'filename' to take the last number in each file name."""
     if spec is None:
@@ -74,7 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-limit", type=int, default=None, help="use at most this many calibration samples")
     q.add_argument("--keep-float", action="append", default=[], help="glob of node names to keep in float")
     q.add_argument("--no-verify", action="store_true", help="skip fidelity, parity and latency measurement")
+    q.add_argument("--max-drop", type=_fraction, default=None,
+                   help="accuracy budget: search per-layer precisions so the metric drops at most this much "
+                        "below FP32's (e.g. 1%% on top-1 agreement); needs --eval")
+    q.add_argument("--min-metric", type=float, default=None, help="accuracy budget as an absolute floor (e.g. 0.99)")
+    q.add_argument("--metric", default="top1-agreement", help="metric of the budget (see lowbit list)")
+    q.add_argument("--objective", choices=["latency", "size"], default=None,
+                   help="what the search and the INT8 plan minimise (default latency)")
     _add_data_args(q)
+
+    a = sub.add_parser("analyze", help="per-layer sensitivity: which layers break under quantization, and why")
+    a.add_argument("model", help="an .onnx file")
+    a.add_argument("--calib", required=True, help="calibration data")
+    a.add_argument("--eval", dest="eval_data", required=True, help="held-out evaluation data")
+    a.add_argument("--preset", default="int8", help="the preset whose quantization is analysed")
+    a.add_argument("--metric", default="top1-agreement", help="metric (see lowbit list)")
+    a.add_argument("--one-way", action="store_true", help="only 'quantize just this layer' (half the time)")
+    _add_data_args(a)
 
     e = sub.add_parser("eval", help="compare candidate models with a reference on data")
     e.add_argument("reference", help="the FP32 reference .onnx")
@@ -139,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                 report = result.report
             elif args.command == "eval":
                 report = _eval(args, progress)
+            elif args.command == "analyze":
+                from lowbit.api import analyze
+
+                report = analyze(args.model, args.calib, args.eval_data, args.preset, metric=args.metric,
+                                 preprocess=_preprocess(args), labels=_labels(args.labels),
+                                 eval_limit=args.eval_limit or 64,
+                                 ways=("only",) if args.one_way else ("only", "all_but"), progress=progress)
+                _save_reports(report, args)
             elif args.name == "doorbell":
                 from lowbit.demo.doorbell import run_doorbell
 
@@ -182,9 +214,12 @@ def _quantize(args, progress):
     config = preset(args.precision)
     if args.keep_float:
         config = config.with_(keep_float=tuple(args.keep_float))
+    if args.objective:
+        config = config.with_(objective=args.objective)
     result = lowbit.quantize(
         args.model, config, args.calib, output=args.output, eval_data=args.eval_data, labels=_labels(args.labels),
-        preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit,
+        preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
+        min_metric=args.min_metric, metric=args.metric,
         verify=None if args.no_verify else _verify_opts(args), progress=progress,
     )
     if args.save_plan:

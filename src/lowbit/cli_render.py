@@ -49,6 +49,13 @@ def print_report(report) -> None:
         console.print(t)
     for note in report.data.get("notes", []):
         console.print(f"[dim]note: {note}[/dim]")
+    search = report.data.get("search")
+    if search:
+        chosen = search["chosen"]
+        console.print(f"precision search: {search['metric']} floor {search['floor']:.4f}; chosen mix scores "
+                      f"{chosen['metric']:.4f} on the search half and {search['holdout']['metric']:.4f} on the held-out "
+                      f"half; {len(chosen['promoted'])} layer(s) kept in higher precision; "
+                      f"{search['evaluations']} candidates evaluated, {len(search['pareto'])} on the Pareto front")
     if report.data.get("output_path"):
         console.print(f"wrote {report.data['output_path']}")
 
@@ -68,6 +75,16 @@ def print_list() -> None:
     for name, (_, doc) in PRESETS.items():
         t.add_row(name, doc)
     console.print(t)
+    from lowbit.algorithms import ALGORITHMS
+    from lowbit.metrics import METRICS
+
+    for title, reg in (("algorithms", ALGORITHMS), ("metrics", METRICS)):
+        t2 = Table(title=title)
+        t2.add_column("name")
+        t2.add_column("what it does")
+        for name, cls in reg.items():
+            t2.add_row(name, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+        console.print(t2)
     c = Table(title="calibration methods")
     c.add_column("name")
     c.add_column("what it does")

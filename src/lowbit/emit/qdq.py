@@ -73,6 +73,7 @@ class _Surgery:
         self.m = onnx.ModelProto()
         self.m.CopyFrom(model)
         self.new_inits: list[TensorProto] = []
+        self.fp16_weights: set[str] = set()
 
     # --- helpers -------------------------------------------------------------------------
     def _const(self, name: str, value: np.ndarray, elem_type: int | None = None) -> str:
@@ -118,8 +119,10 @@ class _Surgery:
                 (after.setdefault(producer.name, []) if producer is not None else head).extend(nodes)
                 rewired[name] = dq_out
 
+        head.extend(self._fp16_weights(index, inits))
         keep_inits = [t for t in g.initializer if not (t.name in self.plan.tensors
-                                                       and self.plan.tensors[t.name].role in ("weight", "bias"))]
+                                                       and self.plan.tensors[t.name].role in ("weight", "bias"))
+                      and t.name not in self.fp16_weights]
         del g.initializer[:]
         g.initializer.extend(keep_inits + self.new_inits)
         quantized_weights = {n for n, t in self.plan.tensors.items() if t.role in ("weight", "bias")}
@@ -127,7 +130,7 @@ class _Surgery:
         del g.input[:]
         g.input.extend(inputs)
 
-        int_nodes = {n.name for n in self.plan.quantized_nodes()}
+        int_nodes = {n.name for n in self.plan.nodes.values() if n.precision.startswith("int")}
         new_nodes = list(head)
         for node in g.node:
             for k, name in enumerate(node.input):
@@ -146,6 +149,27 @@ class _Surgery:
         del g.value_info[:]  # shapes of the float graph; ONNX Runtime infers its own
         self._ensure_opset()
         return self.m
+
+    def _fp16_weights(self, index: GraphIndex, inits: dict[str, TensorProto]) -> list[onnx.NodeProto]:
+        """Weights of 'fp16' layers: stored in FP16 (half the bytes), cast back to FP32 for float
+        arithmetic, which ONNX Runtime folds once at load time."""
+        nodes = []
+        for plan_node in self.plan.nodes.values():
+            if plan_node.precision != "fp16" or plan_node.name not in index.nodes:
+                continue
+            for name in index.nodes[plan_node.name].input:
+                t = inits.get(name)
+                if t is None or t.data_type != TensorProto.FLOAT or name in self.plan.tensors or name in self.fp16_weights:
+                    continue
+                self.fp16_weights.add(name)
+                w16 = numpy_helper.to_array(t).astype(np.float16)
+                if self.simulate:
+                    self.new_inits.append(numpy_helper.from_array(w16.astype(np.float32), name))
+                else:
+                    self.new_inits.append(numpy_helper.from_array(w16, f"{name}_f16"))
+                    nodes.append(helper.make_node("Cast", [f"{name}_f16"], [name], name=f"{name}_cast",
+                                                  to=TensorProto.FLOAT))
+        return nodes
 
     def _fold_activations(self) -> None:
         """Drop Relu/Clip nodes the plan folded: their producer now writes their output tensor."""

@@ -1,0 +1,63 @@
+"""Score a plan quickly: lowbit's float simulation of it, run by ONNX Runtime on a small held-out
+set, compared with the FP32 model's outputs (computed once)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from lowbit.data import Batch
+from lowbit.emit import emit_simulation
+from lowbit.metrics import METRICS, Metric
+from lowbit.observe import run_batch, session
+from lowbit.plan import QuantPlan
+
+MetricLike = Metric | str | Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]
+
+
+def as_metric(metric: MetricLike) -> Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]:
+    """A metric by registry name, a Metric, or any callable(reference, candidate, labels) -> float
+    (higher is better)."""
+    if isinstance(metric, str):
+        m = METRICS.create(metric)
+        return m.score
+    if isinstance(metric, Metric):
+        return metric.score
+    if callable(metric):
+        return metric
+    raise TypeError(f"metric must be a name, a lowbit Metric or a callable; got {type(metric).__name__}")
+
+
+@dataclass
+class Score:
+    metric: float
+    sqnr_db: float
+
+
+class PlanEvaluator:
+    """Holds a small evaluation set in memory and the FP32 outputs on it."""
+
+    def __init__(self, model: onnx.ModelProto, data: Iterable[Batch], metric: MetricLike = "top1-agreement") -> None:
+        self.model = model
+        self.batches = list(data)
+        self.score_fn = as_metric(metric)
+        ref = session(model)
+        self.reference = np.concatenate([run_batch(ref, b)[0] for b in self.batches])
+        labels = [b.labels for b in self.batches]
+        self.labels = np.concatenate(labels) if all(l is not None for l in labels) else None
+        self.reference_score = float(self.score_fn(self.reference, self.reference, self.labels))
+        self.evaluations = 0
+
+    def outputs(self, plan: QuantPlan) -> np.ndarray:
+        sim = session(emit_simulation(self.model, plan))
+        return np.concatenate([run_batch(sim, b)[0] for b in self.batches])
+
+    def score(self, plan: QuantPlan) -> Score:
+        self.evaluations += 1
+        out = self.outputs(plan)
+        noise = float(np.sum((self.reference.astype(np.float64) - out) ** 2))
+        sqnr = float("inf") if noise == 0 else float(10 * np.log10(np.sum(self.reference.astype(np.float64) ** 2) / noise))
+        return Score(float(self.score_fn(self.reference, out, self.labels)), sqnr)

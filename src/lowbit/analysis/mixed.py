@@ -1,0 +1,93 @@
+"""Per-layer precision mixes derived from one calibrated INT8 plan.
+
+A layer can be 'int8' (as calibrated), 'fp16' (FP16 weights, float arithmetic: half the size of
+FP32 at FP32's fidelity and speed on CPUs without FP16 arithmetic) or 'fp32'. Activation Q/DQ
+pairs are kept only where an INT8 layer reads or writes them, so a float layer adds no
+quantization noise of its own.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from lowbit.graph import GraphIndex
+from lowbit.ops import PASSTHROUGH_OPS
+from lowbit.plan import NodePlan, QuantPlan
+
+LAYER_PRECISIONS = ("int8", "fp16", "fp32")
+
+
+def layer_nodes(plan: QuantPlan) -> list[str]:
+    """The layers a precision can be chosen for: nodes the INT8 plan runs in integers, except
+    pure data movement (which follows its neighbours)."""
+    return [n.name for n in plan.nodes.values() if n.precision == "int8" and n.op not in PASSTHROUGH_OPS]
+
+
+def mixed_plan(model: onnx.ModelProto, base: QuantPlan, precisions: dict[str, str],
+               g: GraphIndex | None = None, own_outputs: bool = True) -> QuantPlan:
+    """`base` (an INT8 plan of `model`) with each layer in `precisions` moved to that precision.
+
+    With `own_outputs` (deployable mixes) an INT8 layer quantizes its inputs and its output, so
+    ONNX Runtime fuses it into one integer kernel. Without it (sensitivity analysis) a layer owns
+    only its weights and inputs: 'only this layer quantized' then adds no noise that belongs to
+    the next layer's input.
+
+    >>> mixed = mixed_plan(model, plan, {"/features.0/Conv": "fp32"})
+    """
+    g = g or GraphIndex(model)
+    nodes = {k: NodePlan(v.name, v.op, v.precision, v.reason) for k, v in base.nodes.items()}
+    for name, p in precisions.items():
+        if name in nodes and p != "int8" and nodes[name].precision == "int8":
+            nodes[name].precision = p
+            nodes[name].reason = f"{p}: chosen by the precision search"
+    layers = {k for k, v in nodes.items() if v.precision == "int8" and v.op not in PASSTHROUGH_OPS}
+    need: set[str] = set()
+    for name in layers:
+        node = g.nodes[name]
+        need.update(i for i in node.input if i)
+        if own_outputs:
+            for out in node.output:
+                need.add(out)
+                need.update(c.output[0] for c in g.consumers.get(out, []) if c.name in base.folded)
+    # a Relu/Clip stays folded only behind an INT8 producer whose output is quantized
+    folded = {act: prod for act, prod in base.folded.items() if prod in layers and g.nodes[act].output[0] in need}
+    for act in base.folded:
+        if act not in folded:
+            nodes[act].precision, nodes[act].reason = "fp32", "its producer's output runs in float"
+    # data movement stays integer only next to an integer layer
+    for node in reversed(list(g.graph.node)):
+        if nodes.get(node.name) is None or node.op_type not in PASSTHROUGH_OPS or nodes[node.name].precision != "int8":
+            continue
+        if node.output[0] in need:
+            need.add(node.input[0])
+        else:
+            nodes[node.name].precision, nodes[node.name].reason = "fp32", "no integer neighbour"
+    plan = QuantPlan(precision=base.precision, nodes=nodes, folded=folded, config=dict(base.config),
+                     observed=dict(base.observed), model_fingerprint=base.model_fingerprint,
+                     lowbit_version=base.lowbit_version)
+    plan.tensors = {k: t for k, t in base.tensors.items() if k in need}
+    return plan
+
+
+def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | None = None) -> int:
+    """Bytes of weights the mix stores: 1 per INT8 weight, 2 per FP16, 4 per FP32."""
+    import numpy as np
+
+    g = g or GraphIndex(model)
+    per = {"int8": 1, "fp16": 2}
+    total = 0
+    owner: dict[str, str] = {}
+    for node in g.graph.node:
+        for i in node.input:
+            if i in g.initializers:
+                owner.setdefault(i, node.name)
+    for name, t in g.initializers.items():
+        n = int(np.prod(t.dims)) if t.dims else 1
+        node = plan.nodes.get(owner.get(name, ""))
+        if name in plan.tensors and plan.tensors[name].role == "bias":
+            total += 4 * n
+        elif name in plan.tensors:
+            total += n
+        else:
+            total += per.get(node.precision if node else "fp32", 4) * n
+    return total

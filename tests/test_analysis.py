@@ -1,0 +1,93 @@
+"""Amenability: sensitivity analysis finds a deliberately broken layer and names the cause; the
+precision search is deterministic, meets its budget and reports what it found."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import lowbit
+from lowbit.api import analyze
+
+from conftest import image_like
+
+
+class OutlierNet(torch.nn.Module):
+    """conv1's channel 0 fires rarely but hugely: conv2's input range is set by 0.01% of values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Linear(8, 10)
+        with torch.no_grad():
+            for m in (self.conv1, self.conv2, self.conv3, self.head):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
+                m.bias.zero_()
+            self.conv1.weight[0] = 0.0
+            self.conv1.weight[0, 0, 1, 1] = 400.0   # one input pixel, amplified
+            self.conv1.bias[0] = -1400.0            # fires only where that pixel exceeds 3.5
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x))
+        y = torch.relu(self.conv2(y))
+        y = torch.relu(self.conv3(y))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+@pytest.fixture(scope="module")
+def outlier_model(tmp_path_factory):
+    from lowbit.load import export_torch
+
+    path = tmp_path_factory.mktemp("outlier") / "outlier.onnx"
+    path.write_bytes(export_torch(OutlierNet().eval(), torch.zeros(1, 3, 16, 16)).SerializeToString())
+    return path
+
+
+def _data(n, seed):
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(size=(3, 16, 16)).astype(np.float32) for _ in range(n)]
+    for x in xs[::8]:
+        x[0, 5, 5] = 9.0  # the rare spike
+    return xs
+
+
+def test_analysis_ranks_the_outlier_layer_first_and_names_the_cause(outlier_model):
+    config = lowbit.QuantConfig(objective="size")  # min-max: the outliers stretch the range
+    report = analyze(outlier_model, _data(32, 1), _data(32, 2), config, metric="sqnr")
+    layers = report.data["analysis"]["layers"]
+    assert "conv2" in layers[0]["name"]
+    assert any("outliers" in c for c in layers[0]["causes"])
+    assert layers[0]["outlier_ratio"] > 4
+    assert report.data["histograms"] and report.data["histograms"][0]["clip"]
+    html = report.to_html()
+    assert "outliers" in html
+
+
+def test_search_is_deterministic_and_meets_its_budget(small_model_path, calib_arrays):
+    ev = image_like(24, seed=5)
+    kw = dict(eval_data=ev, verify=lowbit.VerifyOptions(threads=()), max_drop=0.001, metric="cosine")
+    a = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays, **kw)
+    b = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays, **kw)
+    sa, sb = a.report.data["search"], b.report.data["search"]
+    assert sa == sb
+    assert a.plan.to_json() == b.plan.to_json()
+    assert sa["met_budget"] and sa["chosen"]["metric"] >= sa["floor"]
+    assert sa["pareto"] and sa["evaluations"] <= 40
+    assert set(sa["reasons"]) and all(r.split(":")[0] in ("int8", "fp16") for r in sa["reasons"].values())
+    assert "holdout" in sa and sa["holdout"]["metric"] > 0
+    json.dumps(a.report.to_dict())
+
+
+def test_impossible_budget_is_reported_not_hidden(small_model_path, calib_arrays):
+    r = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays,
+                        eval_data=image_like(16, seed=6), verify=lowbit.VerifyOptions(threads=()),
+                        max_drop=0.0, metric="sqnr", search_evals=6)
+    s = r.report.data["search"]
+    assert s["evaluations"] <= 6 and s["ranking_evaluations"] == 6  # 3 convs, add, pool, gemm
+    assert any("budget" in n for n in r.report.data["notes"]) or s["met_budget"]
