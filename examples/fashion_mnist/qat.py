@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--calib-n", type=int, default=1000)
     p.add_argument("--bn", choices=("fold", "batch"), default="fold")
+    p.add_argument("--train-n", type=int, default=60000, help="training images QAT sees per epoch")
     args = p.parse_args()
     torch.manual_seed(0)
     model = SmallCNN()
@@ -52,7 +53,8 @@ def main() -> None:
     t0 = time.perf_counter()
     qat = lowbit.qat.prepare(model, W4A8, calib, bn=args.bn, freeze_bn_after=300 if args.bn == "batch" else None)
     test_batches = [(x_test[i:i + 1000], y_test[i:i + 1000]) for i in range(0, len(x_test), 1000)]
-    fit = lowbit.qat.fit(qat, loader(x_train, y_train, 128, shuffle=True), epochs=args.epochs, lr=args.lr,
+    train = loader(x_train[:args.train_n], y_train[:args.train_n], 128, shuffle=True)
+    fit = lowbit.qat.fit(qat, train, epochs=args.epochs, lr=args.lr,
                          eval_data=test_batches, on_epoch=lambda e: print(f"QAT epoch {e['epoch']}: {e}"))
     qat_seconds = time.perf_counter() - t0
     shipped = lowbit.qat.export(qat, x_test[:1000], OUT / "qat_w4a8.onnx")
@@ -61,7 +63,7 @@ def main() -> None:
     print(f"QAT W4A8: fake-quant {fit.accuracy:.2f}%, exported {rows['QAT W4A8 (exported, ONNX Runtime)']:.2f}%, "
           f"parity {shipped.parity}")
     results = {"accuracy_percent": rows, "qat": {"epochs": args.epochs, "lr": args.lr, "bn": args.bn,
-                                                 "seconds": qat_seconds, "history": fit.history,
+                                                 "train_n": args.train_n, "seconds": qat_seconds, "history": fit.history,
                                                  "export_parity": shipped.parity}}
     (OUT / "results.json").write_text(json.dumps(results, indent=1))
     write_table(rows, args)
@@ -73,8 +75,8 @@ def write_table(rows: dict[str, float], args: argparse.Namespace) -> None:
     for k, v in rows.items():
         lines.append(f"| {k} | {v:.2f}% | {v - fp32:+.2f} |")
     lines.append("")
-    lines.append(f"QAT: {args.epochs} epoch(s), Adam lr {args.lr} with cosine decay, LSQ step sizes, BN '{args.bn}'; "
-                 f"calibration: {args.calib_n} training images.")
+    lines.append(f"QAT: {args.epochs} epoch(s) over {args.train_n} training images, Adam lr {args.lr} with cosine "
+                 f"decay, LSQ step sizes, BN '{args.bn}'; calibration: {args.calib_n} training images.")
     readme = HERE / "README.md"
     text = readme.read_text()
     block = "<!-- results -->\n" + "\n".join(lines) + "\n<!-- /results -->"

@@ -30,3 +30,5 @@ __all__ = [
     # errors
     "LowbitError", "ConfigError", "DataError", "ModelError", "OutputError",
 ]
+
+import lowbit.transformers.metrics  # noqa: E402,F401  (registers nn-preserved, worst-cosine)

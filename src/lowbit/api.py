@@ -79,11 +79,16 @@ def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
         if alg.stage == "float":
             model, _ = alg.apply(model, None, ctx)
     costs = None
-    if config.objective == "latency":
+    if config.objective == "latency" and not config.transformer:
         from lowbit.layer_costs import measure_layer_costs
 
         costs = measure_layer_costs(model, threads=1, progress=progress)
-    selection = select(model, config, costs)
+    if config.transformer:
+        from lowbit.transformers.patterns import transformer_selection
+
+        selection = transformer_selection(model, config.keep_float)
+    else:
+        selection = select(model, config, costs)
     method = config.activations.calibration
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
     plan = build_plan(model, selection, stats, config)
@@ -194,6 +199,9 @@ def quantize(
         "nodes": nodes_summary(qplan),
         "quantizer": quantizer,
     })
+    if qplan.precision == "int8":
+        report.data["layer_precisions"] = [{"name": n.name, "precision": n.precision} for n in qplan.nodes.values()
+                                           if n.op not in ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")]
     if cfg.precision == "int8" and plan is None and search is not None:
         report.data["search"] = search
         if not search["met_budget"]:

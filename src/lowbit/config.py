@@ -81,6 +81,9 @@ class QuantConfig:
     # 'latency': layers whose INT8 kernel is measured slower than FP32 on this machine stay FP32;
     # 'size': every layer that can be INT8 is, however slow.
     objective: str = "latency"
+    # transformer-aware placement (lowbit.transformers.patterns): linear layers' inputs and weights
+    # in INT8, layer norm / softmax / GELU / residual adds in float
+    transformer: bool = False
     # CPU the model is for: 'auto' (this machine), 'avx2', 'vnni', 'arm64'. Decides the weight grid.
     target: str = "auto"
     seed: int = 0
@@ -125,6 +128,7 @@ class QuantConfig:
             "keep_io_types": self.keep_io_types,
             "target": self.target,
             "objective": self.objective,
+            "transformer": self.transformer,
             "seed": self.seed,
         }
 
@@ -140,6 +144,7 @@ class QuantConfig:
             keep_io_types=d.get("keep_io_types", True),
             target=d.get("target", "auto"),
             objective=d.get("objective", "latency"),
+            transformer=d.get("transformer", False),
             seed=d.get("seed", 0),
         )
 
@@ -157,12 +162,24 @@ def _int8_accurate() -> QuantConfig:
                        algorithms=(CrossLayerEqualization(), BiasCorrection()))
 
 
+def _int8_transformer() -> QuantConfig:
+    from lowbit.algorithms import GPTQ, SmoothQuant
+    from lowbit.calibration import MSE
+
+    return QuantConfig(precision="int8", transformer=True,
+                       activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=MSE()),
+                       algorithms=(SmoothQuant(0.5, ("qkv", "ffn_up")), GPTQ()))
+
+
 PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
     "fp16": (lambda: QuantConfig(precision="fp16"),
              "FP16 weights and activations; unsafe ops stay FP32; float32 inputs/outputs. Halves size."),
     "int8": (_int8_accurate,
              "Static INT8 QDQ, accuracy first: percentile-calibrated uint8 activations, per-channel weights, "
              "cross-layer equalization and bias correction; slow INT8 layers of this CPU stay FP32."),
+    "int8-transformer": (lambda: _int8_transformer(),
+                         "Transformer INT8: linear layers u8 x s8, layer norm / softmax / GELU / residual adds in "
+                         "float; SmoothQuant on the norm outputs, MSE ranges, GPTQ weights."),
     "int8-fast": (lambda: QuantConfig(precision="int8"),
                   "Static INT8 QDQ, quantize fast: min-max calibration, no optimisation."),
     "int8-dynamic": (lambda: QuantConfig(precision="int8-dynamic"),

@@ -25,6 +25,8 @@ WHY_FLOAT = {
     "LayerNormalization": "layer norm stays in float: its statistics need float precision",
     "Sigmoid": "no fused integer kernel; runs in float",
     "HardSigmoid": "no fused integer kernel; runs in float",
+    "Erf": "GELU (erf form) stays in float",
+    "Gelu": "GELU stays in float",
     "Relu": "standalone Relu (not after a quantized layer) runs in float",
     "Clip": "standalone Clip (not after a quantized layer) runs in float",
 }

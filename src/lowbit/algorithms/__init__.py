@@ -2,10 +2,13 @@
 (model, plan, context) -> (model, plan): it may change the float weights and refine the plan,
 never write Q/DQ nodes itself."""
 
+from lowbit.algorithms.adaround import AdaRound
 from lowbit.algorithms.base import ALGORITHMS, Algorithm, AlgorithmContext, register_algorithm
 from lowbit.algorithms.bias_correction import BiasCorrection
 from lowbit.algorithms.bn_fold import BatchNormFolding
 from lowbit.algorithms.equalization import CrossLayerEqualization
+from lowbit.algorithms.gptq import GPTQ
+from lowbit.algorithms.smoothquant import SmoothQuant
 
-__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmContext", "register_algorithm", "BatchNormFolding",
-           "BiasCorrection", "CrossLayerEqualization"]
+__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmContext", "register_algorithm", "AdaRound", "BatchNormFolding",
+           "BiasCorrection", "CrossLayerEqualization", "GPTQ", "SmoothQuant"]

@@ -225,6 +225,9 @@ def merged(data: Iterable[Batch], merge: bool) -> Iterator[dict[str, np.ndarray]
         if not merge:
             yield batch.feeds
             continue
+        if buf and any(batch.feeds[k].shape[1:] != buf[0][k].shape[1:] for k in buf[0]):
+            yield {k: np.concatenate([f[k] for f in buf]) for k in buf[0]}  # e.g. a new sentence length
+            buf, count = [], 0
         buf.append(batch.feeds)
         count += next(iter(batch.feeds.values())).shape[0]
         if count >= MERGED_BATCH:

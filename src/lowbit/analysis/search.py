@@ -55,6 +55,7 @@ class SearchResult:
     def to_dict(self) -> dict:
         return {"floor": self.floor, "met_budget": self.met_budget, "chosen": self.chosen.to_dict(),
                 "pareto": [c.to_dict() for c in self.pareto], "evaluations": len(self.candidates),
+                "candidates": [{k: v for k, v in c.to_dict().items() if k != "promoted"} for c in self.candidates],
                 "reasons": self.reasons}
 
 

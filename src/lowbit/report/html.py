@@ -284,6 +284,13 @@ def _extra_tables(tables: Any) -> str:
     return "".join(out)
 
 
+def _analysis_charts(r: dict) -> str:
+    from lowbit.report.analysis_plots import all_charts
+
+    figs = "".join(_figure(png, alt, cap) for png, alt, cap in all_charts(r))
+    return f'<h2>Amenability</h2><div class="charts">{figs}</div>' if figs else ""
+
+
 def _notes(notes: Any) -> str:
     items = notes if isinstance(notes, (list, tuple)) else [notes] if isinstance(notes, str) else []
     lis = "".join(f"<li>{_e(n)}</li>" for n in items if n not in (None, ""))
@@ -301,7 +308,7 @@ def render_html(report: dict) -> str:
     lowbit_version = _dict(r.get("versions")).get("lowbit")
     parts = [_header(r), _verdicts(variants) if len(variants) > 1 else "",
              _summary(variants) + _charts(variants) if variants else '<p class="muted">No variants measured.</p>',
-             _extra_tables(r.get("tables")),
+             _analysis_charts(r), _extra_tables(r.get("tables")),
              _nodes(_dict(r.get("nodes"))), _layers(r.get("layers")),
              f'<div class="grid2"><div>{_quantizer(_dict(r.get("quantizer")))}</div>'
              f'<div>{_versions(_dict(r.get("versions")))}</div></div>', _notes(r.get("notes")),

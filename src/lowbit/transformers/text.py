@@ -116,3 +116,17 @@ def embed(session: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 
         hidden = session.run(None, {n: v for n, v in feeds.items() if n in names})[0]
         out.append(mean_pool(hidden, feeds["attention_mask"]))
     return np.concatenate(out)
+
+
+def packed_feeds(tokenizer: Any, texts: Sequence[str], length: int = 128) -> list[dict[str, np.ndarray]]:
+    """Feeds of exactly `length` tokens each, made by concatenating consecutive texts (each with its
+    own [CLS] ... [SEP]) and cutting: equal shapes, no padding. For algorithms that stack
+    calibration batches (GPTQ's Hessians), which cannot stack sentences of different lengths."""
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tokenizer.encode(t).ids)
+    out = []
+    for k in range(0, len(ids) - length + 1, length):
+        chunk = np.asarray(ids[k:k + length], np.int64)[None]
+        out.append({"input_ids": chunk, "attention_mask": np.ones_like(chunk), "token_type_ids": np.zeros_like(chunk)})
+    return out

@@ -1,0 +1,122 @@
+"""QuantPlan -> ONNX with block-wise 4-bit (or 8-bit) weights run by ONNX Runtime's contrib kernels:
+`MatMulNBits` for MatMul layers and `GatherBlockQuantized` for embedding tables (com.microsoft).
+
+lowbit packs the plan's own integers instead of calling `onnxruntime.quantization`'s
+MatMulNBitsQuantizer: that tool computes its own scales and rounding from the float weights
+(RTN / its own GPTQ / HQQ) and cannot take explicit per-block scales and integers, so a plan whose
+weights were placed on their grid by lowbit's GPTQ would be silently re-quantized.
+
+Plan contract, per tensor: dtype int4 (or int8), symmetric (zero point 0), `PerGroup(axis, size)`
+with the group along the reduction axis: axis 0 of a MatMul weight (K, N), axis 1 of an embedding
+table (V, D); `size` a power of two >= 16 that divides K (D). ONNX Runtime stores unsigned values
+with a default zero point of 2**(bits-1), so q + 2**(bits-1) is what is packed (two 4-bit values per
+byte, the even index in the low nibble).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from lowbit.core.granularity import PerGroup
+from lowbit.errors import ConfigError
+from lowbit.graph import GraphIndex
+from lowbit.plan import QuantPlan, TensorPlan
+
+MS_DOMAIN = "com.microsoft"
+
+
+def check_block_plan(t: TensorPlan, length: int) -> int:
+    """Validate one tensor plan for the block-wise kernels; returns its bit width."""
+    q = t.qparams
+    g = q.granularity
+    if not isinstance(g, PerGroup):
+        raise ConfigError(f"{t.name}: block-wise kernels need PerGroup weights; got {g}")
+    size = g.size
+    if size < 16 or size & (size - 1) or length % size:
+        raise ConfigError(f"{t.name}: group size must be a power of two >= 16 dividing {length}; got {size}")
+    if q.dtype.bits not in (4, 8) or not q.dtype.signed or np.any(np.asarray(q.zero_point)):
+        raise ConfigError(f"{t.name}: block-wise weights must be symmetric int4 or int8; got {q.dtype}")
+    return q.dtype.bits
+
+
+def pack_rows(q: np.ndarray, bits: int, size: int) -> np.ndarray:
+    """Signed integers (R, L) -> uint8 (R, L / size, size * bits / 8), offset by 2**(bits-1)."""
+    u = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+    r, length = u.shape
+    u = u.reshape(r, length // size, size)
+    if bits == 8:
+        return u
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
+
+
+def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """The ONNX model of a block-wise weight plan: each planned MatMul weight becomes a MatMulNBits
+    node, each planned Gather table a GatherBlockQuantized node; everything else is unchanged."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = GraphIndex(out)
+    replaced: set[str] = set()
+    nodes = []
+    for node in out.graph.node:
+        t = plan.tensors.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type == "Gather" and t is None:
+            t = plan.tensors.get(node.input[0])
+        if t is None or t.role != "weight" or plan.nodes.get(node.name) is None \
+                or plan.nodes[node.name].precision == "fp32":
+            nodes.append(node)
+            continue
+        w = g.constant(t.name)
+        if node.op_type == "MatMul":
+            k, n = w.shape
+            bits = check_block_plan(t, k)
+            size = t.qparams.granularity.size
+            q = t.qparams.quantize(w).T                                  # (N, K)
+            scales = np.asarray(t.qparams.scale, np.float32).T           # (N, K / size)
+            nodes.append(helper.make_node(
+                "MatMulNBits", [node.input[0], f"{t.name}_nb", f"{t.name}_nbs"], list(node.output),
+                name=node.name, domain=MS_DOMAIN, K=k, N=n, bits=bits, block_size=size))
+        elif node.op_type == "Gather" and int(g.attr(node, "axis", 0)) == 0:
+            v, d = w.shape
+            bits = check_block_plan(t, d)
+            size = t.qparams.granularity.size
+            q = t.qparams.quantize(w)                                    # (V, D)
+            scales = np.asarray(t.qparams.scale, np.float32)             # (V, D / size)
+            nodes.append(helper.make_node(
+                "GatherBlockQuantized", [f"{t.name}_nb", node.input[1], f"{t.name}_nbs"], list(node.output),
+                name=node.name, domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=size, bits=bits))
+        else:
+            raise ConfigError(f"{node.name}: {node.op_type} has no block-wise kernel; keep it in float")
+        packed = pack_rows(q, bits, size)
+        if node.op_type == "Gather":
+            packed = packed.reshape(packed.shape[0], -1)
+        else:
+            scales = scales.reshape(-1)
+        if t.name not in replaced:
+            out.graph.initializer.extend([numpy_helper.from_array(packed, f"{t.name}_nb"),
+                                          numpy_helper.from_array(scales, f"{t.name}_nbs")])
+            replaced.add(t.name)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    still_used = {i for n in out.graph.node for i in n.input}
+    kept = [t for t in out.graph.initializer if t.name not in replaced or t.name in still_used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(kept)
+    if not any(o.domain == MS_DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    del out.graph.value_info[:]
+    return out
+
+
+def emit_int4_simulation(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """A float model whose planned weights are replaced by their fake-quantized values: what the
+    block-wise kernels compute, for parity checks."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for i, init in enumerate(out.graph.initializer):
+        t = plan.tensors.get(init.name)
+        if t is not None and t.role == "weight":
+            w = numpy_helper.to_array(init).astype(np.float32)
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(t.qparams.fake_quantize(w), init.name))
+    return out

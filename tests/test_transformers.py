@@ -1,0 +1,204 @@
+"""Transformer quantization: patterns, INT8 placement, dynamic shapes, SmoothQuant, INT4 weights,
+embedding metrics; real all-MiniLM-L6-v2 bars under @pytest.mark.slow."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from lowbit.algorithms import AlgorithmContext
+from lowbit.algorithms.smoothquant import SmoothQuant, outlier_ratio
+from lowbit.data import as_feeds, specs_from_onnx
+from lowbit.emit import emit_qdq
+from lowbit.emit.int4 import emit_int4, emit_int4_simulation
+from lowbit.load import load_model
+from lowbit.metrics import METRICS
+from lowbit.prepare import prepare
+from lowbit.transformers.metrics import NearestNeighbourPreserved
+from lowbit.transformers.patterns import find_patterns, transformer_selection
+from lowbit.transformers.pipeline import plan_int4, plan_int8
+
+H, FF, HEADS = 32, 64, 4
+
+
+class TinyLayer(nn.Module):
+    """One post-LN BERT encoder layer (no embeddings): attention, residual + LayerNorm, GELU FFN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(H, H) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(H), nn.LayerNorm(H)
+        self.up, self.down = nn.Linear(H, FF), nn.Linear(FF, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        split = lambda y: y.reshape(b, t, HEADS, H // HEADS).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        att = torch.softmax(q @ k.transpose(-1, -2) / (H // HEADS) ** 0.5, dim=-1)
+        ctx = (att @ v).transpose(1, 2).reshape(b, t, H)
+        x = self.ln1(x + self.o(ctx))
+        return self.ln2(x + self.down(nn.functional.gelu(self.up(x))))
+
+
+def tiny_model(outlier: float = 1.0) -> onnx.ModelProto:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.LayerNorm(H), TinyLayer(), TinyLayer()).eval()
+    with torch.no_grad():
+        net[0].weight[3] *= outlier  # an outlier channel in the input of the first Q/K/V
+    buf = io.BytesIO()
+    axes = {"x": {0: "batch", 1: "sequence"}, "y": {0: "batch", 1: "sequence"}}
+    torch.onnx.export(net, (torch.randn(2, 8, H),), buf, input_names=["x"], output_names=["y"],
+                      dynamic_axes=axes, opset_version=17, dynamo=False)
+    return prepare(load_model(onnx.load_from_string(buf.getvalue()))).proto
+
+
+def feeds(n: int = 16, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal((1, int(rng.integers(4, 40)), H)).astype(np.float32)} for _ in range(n)]
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(-1), b.reshape(-1)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> onnx.ModelProto:
+    return tiny_model()
+
+
+def test_patterns_found(tiny):
+    p = find_patterns(tiny)
+    assert p.counts() == {"linear": 12, "attention": 4, "softmax": 2, "layernorm": 5, "gelu": 2, "residual": 4}
+    assert Counter(p.linear_role.values()) == {"qkv": 6, "attn_out": 2, "ffn_up": 2, "ffn_down": 2}
+
+
+def test_int8_placement_keeps_norms_softmax_float(tiny):
+    sel = transformer_selection(tiny)
+    ops = {n.op_type for n in tiny.graph.node}
+    by_op = Counter((p.op, p.precision) for p in sel.nodes.values())
+    assert by_op[("MatMul", "int8")] == 12 and by_op[("MatMul", "fp32")] == 4  # attention MatMuls
+    assert all(p.precision == "fp32" for p in sel.nodes.values() if p.op in {"LayerNormalization", "Softmax"})
+    assert "LayerNormalization" in ops
+    model, plan = plan_int8(tiny, feeds(), gptq=None)
+    q = emit_qdq(model, plan)
+    counts = Counter(n.op_type for n in q.graph.node)
+    assert counts["QuantizeLinear"] == 8  # one shared per linear input: LN out (x2), ctx (x2), LN out (x2), GELU (x2)
+    assert counts["LayerNormalization"] == 5 and counts["Softmax"] == 2
+
+
+@pytest.mark.parametrize("gptq", [False, True])
+def test_one_file_runs_all_shapes(tiny, gptq):
+    from lowbit.algorithms.gptq import GPTQ
+
+    fixed = [{"x": f["x"][:, :4]} for f in feeds()]
+    model, plan = plan_int8(tiny, feeds(), gptq=GPTQ() if gptq else None, gptq_calib=fixed)
+    q = emit_qdq(model, plan)
+    rng = np.random.default_rng(1)
+    for b, t in [(1, 4), (16, 4), (1, 256), (16, 256), (3, 77)]:
+        x = rng.standard_normal((b, t, H)).astype(np.float32)
+        y, yq = run(tiny, x), run(q, x)
+        assert yq.shape == (b, t, H)
+        assert cos(y, yq) > 0.99
+
+
+def test_smoothquant_keeps_function_and_flattens_outliers():
+    model = tiny_model(outlier=30.0)
+    data = as_feeds(feeds(), specs_from_onnx(model))
+    smoothed, _ = SmoothQuant(alpha=0.5).apply(model, None, AlgorithmContext(data, None))
+    x = feeds(1, seed=5)[0]["x"]
+    np.testing.assert_allclose(run(smoothed, x), run(model, x), atol=1e-5, rtol=1e-5)
+    ln_out = next(n.output[0] for n in model.graph.node if n.op_type == "LayerNormalization")
+    probe = lambda m, t: run_output(m, t, x)  # noqa: E731
+    assert outlier_ratio(probe(smoothed, f"{ln_out}_smooth")) < 0.5 * outlier_ratio(probe(model, ln_out))
+
+
+def run_output(model: onnx.ModelProto, tensor: str, x: np.ndarray) -> np.ndarray:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run([tensor], {"x": x})[0]
+
+
+@pytest.mark.parametrize("rounding", ["rtn", "gptq"])
+def test_int4_runs_and_matches_simulation(tiny, rounding):
+    fixed = [{"x": f["x"][:, :8]} for f in feeds() if f["x"].shape[1] >= 8]
+    model, plan = plan_int4(tiny, fixed, group_size=16, rounding=rounding, int8_layers=("role:ffn_down",))
+    q = emit_int4(model, plan)
+    counts = Counter(n.op_type for n in q.graph.node)
+    assert counts["MatMulNBits"] == 12 and counts["LayerNormalization"] == 5
+    assert sorted(t.qparams.dtype.name for t in plan.tensors.values()).count("int8") == 2
+    x = np.random.default_rng(2).standard_normal((2, 33 - 1, H)).astype(np.float32)
+    y_sim, y = run(emit_int4_simulation(model, plan), x), run(q, x)
+    np.testing.assert_allclose(y, y_sim, atol=1e-3, rtol=1e-3)
+    assert cos(run(tiny, x), y) > 0.95
+    assert len(q.SerializeToString()) < 0.5 * len(tiny.SerializeToString())
+
+
+def test_nn_preserved_metric():
+    assert METRICS.get("nn-preserved") is NearestNeighbourPreserved
+    rng = np.random.default_rng(0)
+    e = rng.standard_normal((50, 8))
+    assert NearestNeighbourPreserved().score(e, e) == 1.0
+    assert NearestNeighbourPreserved().score(e, rng.standard_normal((50, 8))) < 0.5
+
+
+# --- real all-MiniLM-L6-v2 (bash scripts/setup_minilm.sh) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("tokenizers")
+    from lowbit.errors import ModelError
+    from lowbit.transformers.text import packed_feeds, real_sentences, text_feeds
+    from lowbit.zoo.minilm import minilm_onnx, minilm_tokenizer
+
+    try:
+        tok = minilm_tokenizer()
+        model = prepare(load_model(str(minilm_onnx()))).proto
+    except ModelError as e:
+        pytest.skip(str(e))
+    cal = real_sentences("calibration", 128)
+    return tok, model, text_feeds(tok, cal), packed_feeds(tok, cal, 128), real_sentences("evaluation", 240)
+
+
+def _embeddings(model_bytes: bytes, tok, texts):
+    from lowbit.observe import session
+    from lowbit.transformers.text import embed
+
+    return embed(session(model_bytes, threads=2), tok, texts)
+
+
+@pytest.mark.slow
+def test_minilm_int8_faithful(minilm):
+    from lowbit.transformers.metrics import cosines
+
+    tok, model, calib, packed, ev = minilm
+    m8, p8 = plan_int8(model, calib, gptq_calib=packed)
+    ref = _embeddings(model.SerializeToString(), tok, ev)
+    e8 = _embeddings(emit_qdq(m8, p8).SerializeToString(), tok, ev)
+    assert cosines(ref, e8).mean() >= 0.995
+    assert NearestNeighbourPreserved().score(ref, e8) >= 0.95
+
+
+@pytest.mark.slow
+def test_minilm_int4_small_and_close(minilm):
+    from lowbit.transformers.metrics import cosines
+
+    tok, model, _, packed, ev = minilm
+    m4, p4 = plan_int4(model, packed, group_size=32, rounding="gptq", int8_layers=("role:ffn_down",))
+    b = emit_int4(m4, p4).SerializeToString()
+    assert len(b) <= 0.20 * len(model.SerializeToString())
+    ref = _embeddings(model.SerializeToString(), tok, ev)
+    assert cosines(ref, _embeddings(b, tok, ev)).mean() >= 0.98
