@@ -14,3 +14,5 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 .venv/bin/python -m pip install -q -e ".[test,data]"
 PYTHON=.venv/bin/python bash scripts/setup_data.sh      # MobileNetV2 weights, ImageNet photos
 PYTHON=.venv/bin/python bash scripts/setup_faces.sh     # face descriptor, dlib reference, face photos
+PYTHON=.venv/bin/python bash scripts/setup_fashion_mnist.sh   # Fashion-MNIST (Debian package) for QAT
+PYTHON=.venv/bin/python bash scripts/setup_minilm.sh    # all-MiniLM-L6-v2 weights and tokenizer

@@ -120,7 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="thread count to measure at (default 1)")
     b.add_argument("--json", type=Path, default=None, help="also write the per-layer table as JSON")
 
-    sub.add_parser("list", help="list presets and calibration methods")
+    from lowbit.cli_qat import add_qat_parser
+
+    add_qat_parser(sub)
+    sub.add_parser("list", help="list presets, algorithms, metrics and calibration methods")
     return parser
 
 
@@ -163,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                 report = result.report
             elif args.command == "eval":
                 report = _eval(args, progress)
+            elif args.command == "qat":
+                from lowbit.cli_qat import run_qat
+
+                report = run_qat(args, progress)
             elif args.command == "analyze":
                 from lowbit.api import analyze
 
