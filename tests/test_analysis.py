@@ -91,3 +91,14 @@ def test_impossible_budget_is_reported_not_hidden(small_model_path, calib_arrays
     s = r.report.data["search"]
     assert s["evaluations"] <= 6 and s["ranking_evaluations"] == 6  # 3 convs, add, pool, gemm
     assert any("budget" in n for n in r.report.data["notes"]) or s["met_budget"]
+
+
+def test_interrupted_search_resumes_from_its_checkpoint(small_model_path, calib_arrays, tmp_path):
+    kw = dict(eval_data=image_like(16, seed=7), verify=lowbit.VerifyOptions(threads=()), max_drop=0.0005,
+              metric="cosine", checkpoint=tmp_path / "search.json")
+    cfg = lowbit.QuantConfig(objective="size")
+    first = lowbit.quantize(small_model_path, cfg, calib_arrays, **kw)
+    assert first.report.data["search"]["computed_evaluations"] > 0
+    again = lowbit.quantize(small_model_path, cfg, calib_arrays, **kw)
+    assert again.report.data["search"]["computed_evaluations"] == 0  # every score came from the checkpoint
+    assert again.plan.to_json() == first.plan.to_json()

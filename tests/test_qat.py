@@ -220,3 +220,27 @@ def test_fashion_mnist_qat_w4a8_beats_ptq_and_ships_exactly():
     assert abs(ort_acc - fq) <= 0.1 + 1e-9, (ort_acc, fq)
     assert fq > ptq + 0.5, (fq, ptq, fp32)
     assert fq > fp32 - 2.0, (fq, fp32)
+
+
+def test_fit_resumes_from_its_checkpoint(tmp_path):
+    from lowbit.qat import fit
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    y = (x[:, 0] > 0).long()
+    data = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+
+    def run(epochs):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 2))
+        return model, fit(model, data, epochs=epochs, lr=1e-2, schedule="constant",
+                          checkpoint=str(tmp_path / "ckpt.pt"))
+
+    m1, r1 = run(1)
+    m2, r2 = run(2)  # resumes after epoch 1: trains only the second
+    assert [h["epoch"] for h in r2.history] == [1, 2]
+    torch.manual_seed(1)
+    ref = torch.nn.Sequential(torch.nn.Linear(8, 2))
+    fit(ref, data, epochs=2, lr=1e-2, schedule="constant")
+    for a, b in zip(m2.state_dict().values(), ref.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)

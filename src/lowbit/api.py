@@ -116,6 +116,7 @@ def quantize(
     min_metric: float | None = None,
     metric: Any = "top1-agreement",
     search_evals: int = 40,
+    checkpoint: str | Path | None = None,
     verify: VerifyOptions | None = VerifyOptions(),
     progress: Progress = null_progress,
 ) -> QuantResult:
@@ -172,7 +173,7 @@ def quantize(
             if eval_data is None:
                 raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
             qplan, search = _budget_search(prepared, qplan, cfg, eval_data, labels, preprocess, metric, max_drop,
-                                           min_metric, search_evals, verify, progress)
+                                           min_metric, search_evals, verify, progress, checkpoint)
             t = _stage(timings, "search", t)
 
     if cfg.precision == "fp16" and plan is None:
@@ -450,14 +451,15 @@ def _worst_histograms(stats, plan: QuantPlan, worst, model) -> list[dict]:
 
 def _budget_search(prepared: PreparedModel, plan: QuantPlan, cfg: QuantConfig, eval_data: Any, labels: Any,
                    preprocess: Any, metric: Any, max_drop: float | None, min_metric: float | None,
-                   max_evals: int, verify: VerifyOptions | None, progress: Progress) -> tuple[QuantPlan, dict]:
+                   max_evals: int, verify: VerifyOptions | None, progress: Progress,
+                   checkpoint: str | Path | None = None) -> tuple[QuantPlan, dict]:
     """Rank layers, search precisions on one half of the held-out data, confirm on the other."""
     from lowbit.analysis import PlanEvaluator, analyze_layers, search_precisions
 
     limit = verify.eval_limit if verify is not None else None
     search_half, holdout_half = _split(as_feeds(eval_data, prepared.inputs, labels=labels, preprocess=preprocess,
                                                 limit=limit))
-    evaluator = PlanEvaluator(prepared.proto, search_half, metric)
+    evaluator = PlanEvaluator(prepared.proto, search_half, metric, checkpoint)
     floor = min_metric if min_metric is not None else evaluator.reference_score - max_drop
     costs = None
     if cfg.objective == "latency":
@@ -475,6 +477,7 @@ def _budget_search(prepared: PreparedModel, plan: QuantPlan, cfg: QuantConfig, e
     d["metric"] = metric if isinstance(metric, str) else getattr(metric, "registry_name", "custom")
     d["reference_metric"] = evaluator.reference_score
     d["ranking_evaluations"] = len(ranking)  # one per layer, then at most max_evals in the search
+    d["computed_evaluations"] = evaluator.evaluations  # the rest came from the checkpoint
     d["holdout"] = {"metric": held.metric, "sqnr_db": held.sqnr_db, "samples": int(len(confirm.reference)),
                     "meets_floor": held.metric >= floor}
     return result.plan, d

@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "below FP32's (e.g. 1%% on top-1 agreement); needs --eval")
     q.add_argument("--min-metric", type=float, default=None, help="accuracy budget as an absolute floor (e.g. 0.99)")
     q.add_argument("--metric", default="top1-agreement", help="metric of the budget (see lowbit list)")
+    q.add_argument("--checkpoint", type=Path, default=None,
+                   help="search checkpoint file: an interrupted search run again with it resumes")
     q.add_argument("--objective", choices=["latency", "size"], default=None,
                    help="what the search and the INT8 plan minimise (default latency)")
     _add_data_args(q)
@@ -226,7 +228,7 @@ def _quantize(args, progress):
     result = lowbit.quantize(
         args.model, config, args.calib, output=args.output, eval_data=args.eval_data, labels=_labels(args.labels),
         preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
-        min_metric=args.min_metric, metric=args.metric,
+        min_metric=args.min_metric, metric=args.metric, checkpoint=args.checkpoint,
         verify=None if args.no_verify else _verify_opts(args), progress=progress,
     )
     if args.save_plan:

@@ -3,14 +3,18 @@ set, compared with the FP32 model's outputs (computed once)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
 
 from lowbit.data import Batch
 from lowbit.emit import emit_simulation
+from lowbit.io import atomic_write_text
 from lowbit.metrics import METRICS, Metric
 from lowbit.observe import run_batch, session
 from lowbit.plan import QuantPlan
@@ -40,8 +44,15 @@ class Score:
 class PlanEvaluator:
     """Holds a small evaluation set in memory and the FP32 outputs on it."""
 
-    def __init__(self, model: onnx.ModelProto, data: Iterable[Batch], metric: MetricLike = "top1-agreement") -> None:
+    def __init__(self, model: onnx.ModelProto, data: Iterable[Batch], metric: MetricLike = "top1-agreement",
+                 checkpoint: str | Path | None = None) -> None:
+        """`checkpoint`: a JSON file of scores by plan hash, written after every evaluation, so an
+        interrupted search started again with the same file resumes where it stopped."""
         self.model = model
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.cache: dict[str, list[float]] = {}
+        if self.checkpoint is not None and self.checkpoint.is_file():
+            self.cache = json.loads(self.checkpoint.read_text())
         self.batches = list(data)
         self.score_fn = as_metric(metric)
         ref = session(model)
@@ -56,8 +67,24 @@ class PlanEvaluator:
         return np.concatenate([run_batch(sim, b)[0] for b in self.batches])
 
     def score(self, plan: QuantPlan) -> Score:
+        key = hashlib.sha256((plan.to_json() + self.model_key).encode()).hexdigest()
+        if key in self.cache:
+            return Score(*self.cache[key])
         self.evaluations += 1
         out = self.outputs(plan)
         noise = float(np.sum((self.reference.astype(np.float64) - out) ** 2))
         sqnr = float("inf") if noise == 0 else float(10 * np.log10(np.sum(self.reference.astype(np.float64) ** 2) / noise))
-        return Score(float(self.score_fn(self.reference, out, self.labels)), sqnr)
+        score = Score(float(self.score_fn(self.reference, out, self.labels)), sqnr)
+        if self.checkpoint is not None:
+            self.cache[key] = [score.metric, score.sqnr_db]
+            atomic_write_text(self.checkpoint, json.dumps(self.cache))
+        return score
+
+    @property
+    def model_key(self) -> str:
+        """Scores depend on the float model and the evaluation data as much as on the plan."""
+        if not hasattr(self, "_model_key"):
+            h = hashlib.sha256(self.model.graph.SerializeToString(deterministic=True))
+            h.update(self.reference.tobytes())
+            self._model_key = h.hexdigest()
+        return self._model_key

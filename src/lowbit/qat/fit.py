@@ -8,6 +8,7 @@ each epoch. It also runs a DistributedDataParallel-wrapped module (see `lowbit.q
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -59,12 +60,14 @@ def fit(model: nn.Module, train_data: Iterable, *, epochs: int = 1, lr: float = 
         optimizer: torch.optim.Optimizer | None = None, schedule: str = "cosine",
         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
         eval_data: Iterable | None = None, progress: Progress = null_progress,
-        on_epoch: Callable[[dict], Any] | None = None) -> FitResult:
+        on_epoch: Callable[[dict], Any] | None = None, checkpoint: str | None = None) -> FitResult:
     """Train `model` (a QATGraph, or any classifier; DDP-wrapped too) on (inputs, labels) batches.
 
     `optimizer` defaults to Adam over all parameters at `lr`; `schedule` 'cosine' (decays to 0
     over all steps) or 'constant'. After each epoch, top-1 accuracy on `eval_data` (if given) goes
-    into the history and `on_epoch(entry)` is called.
+    into the history and `on_epoch(entry)` is called. With `checkpoint` (a file path) the model,
+    optimizer, step and history are saved atomically after every epoch, and a run started again
+    with the same path resumes after the last completed epoch.
 
     >>> result = fit(qat, train_loader, epochs=2, lr=1e-4, eval_data=test_loader)   # doctest: +SKIP
     >>> result.accuracy                                                            # doctest: +SKIP
@@ -82,7 +85,15 @@ def fit(model: nn.Module, train_data: Iterable, *, epochs: int = 1, lr: float = 
     base = [g["lr"] for g in opt.param_groups]
     result = FitResult()
     step = 0
-    for epoch in range(epochs):
+    first = 0
+    if checkpoint is not None and os.path.isfile(checkpoint):
+        state = torch.load(checkpoint, weights_only=True)  # never arbitrary unpickling
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, first = int(state["step"]), int(state["epoch"])
+        result.history = [{k: (None if v != v else v) for k, v in zip(state["history_keys"], row)}
+                          for row in state["history"].tolist()]
+    for epoch in range(first, epochs):
         sampler = getattr(train_data, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # DistributedSampler: a new shuffle each epoch, the same on all ranks
@@ -105,6 +116,26 @@ def fit(model: nn.Module, train_data: Iterable, *, epochs: int = 1, lr: float = 
         if eval_data is not None:
             entry["accuracy"] = evaluate(model, eval_data, progress)
         result.history.append(entry)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, model, opt, step, epoch + 1, result.history)
         if on_epoch is not None:
             on_epoch(entry)
     return result
+
+
+_HISTORY_KEYS = ["epoch", "loss", "accuracy", "seconds"]
+
+
+def _save_checkpoint(path: str, model: nn.Module, opt: torch.optim.Optimizer, step: int, epoch: int,
+                     history: list[dict]) -> None:
+    """Everything needed to resume, as tensors and plain types only (loadable with weights_only)."""
+    import io
+
+    from lowbit.io import atomic_write_bytes
+
+    rows = torch.tensor([[float("nan") if h.get(k) is None else float(h[k]) for k in _HISTORY_KEYS] for h in history],
+                        dtype=torch.float64)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
+                "history": rows, "history_keys": _HISTORY_KEYS}, buf)
+    atomic_write_bytes(path, buf.getvalue())
