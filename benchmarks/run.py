@@ -122,9 +122,14 @@ def export_model(name: str, path: Path) -> dict:
     return {"title": "ResNet-18 (shape only)", "weights": "seeded random weights (seed 0)", "random_weights": True}
 
 
-def variant_specs(with_peers: bool) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+def variant_specs(with_peers: bool, quick: bool = False) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     """[(label, kind, name)] for the worker, and {label: why skipped}."""
-    specs = [(f"lowbit:{p}", "lowbit", p) for p in lowbit.PRESETS]
+    # CNN benchmarks: every preset but the transformer one (which places Q/DQ for attention blocks);
+    # the quick smoke run keeps to the fast presets
+    presets = [p for p in lowbit.PRESETS if p != "int8-transformer"]
+    if quick:
+        presets = [p for p in presets if p in ("fp16", "int8", "int8-fast")]
+    specs = [(f"lowbit:{p}", "lowbit", p) for p in presets]
     skipped: dict[str, str] = {}
     if with_peers:
         for label in peers.PEERS:
@@ -200,7 +205,7 @@ def bench_model(name: str, args: argparse.Namespace, data: dict, work: Path) -> 
     log(f"{name}: exported FP32 ({fp32.stat().st_size / 1e6:.2f} MB)")
     np.save(work / "calib.npy", data["calib"])
     np.save(work / "eval.npy", data["eval"])
-    specs, skipped = variant_specs(args.peers)
+    specs, skipped = variant_specs(args.peers, args.quick)
     quant = {label: run_worker(label, kind, nm, fp32, work, args.parity_n) for label, kind, nm in specs}
     models = {k: Path(q["path"]).read_bytes() for k, q in quant.items() if q["ok"]}
     log(f"{name}: fidelity on {len(data['eval'])} eval crops and {len(data['labels'])} labeled photos")
