@@ -45,7 +45,11 @@ def pareto_chart(candidates: list[dict], pareto: list[dict], chosen: dict, floor
     fig = _figure(5.5, 3.6)
     ax = _axes(fig, "both")
     ax.scatter([p[0] / scale for p in pts], [p[1] for p in pts], s=14, color=PALETTE[0], alpha=0.5, label="tried")
-    front = sorted((c[x] / scale, c["metric"]) for c in pareto if _number(c.get(x)) is not None)
+    # the front in this plane: no other point is both smaller on x and at least as good
+    front = []
+    for px, py in sorted((p[0] / scale, p[1]) for p in pts):
+        if not front or py > front[-1][1]:
+            front.append((px, py))
     if front:
         ax.plot([f[0] for f in front], [f[1] for f in front], "-o", color=PALETTE[1], ms=4, label="Pareto front")
     if _number(chosen.get(x)) is not None:
