@@ -33,7 +33,7 @@ def test_benchmark_quick_writes_results(tmp_path: Path) -> None:
     assert {"cpu", "logical_cores", "onnxruntime", "date"} <= results["machine"].keys()
     assert results["settings"]["quick"] is True
     variants = results["models"]["mobilenet_v2"]["variants"]
-    assert set(variants) >= {"fp32", *(f"lowbit:{p}" for p in lowbit.PRESETS)}
+    assert set(variants) >= {"fp32", "lowbit:fp16", "lowbit:int8", "lowbit:int8-fast"}  # the quick run's presets
     for label, v in variants.items():
         assert v.get("error") is None, f"{label}: {v.get('error')}"
         assert {"size_bytes", "size_pct_fp32", "latency_ms", "speedup"} <= v.keys()
