@@ -169,3 +169,18 @@ def test_atheris_fuzz_of_the_loader_finds_no_crash(small_model_path, tmp_path):
                            "-timeout=20", f"-artifact_prefix={tmp_path}/"], capture_output=True, text=True,
                           timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_skip_bad_counts_skipped_samples_in_the_report(small_model_path, calib_arrays, tmp_path):
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, a in enumerate(calib_arrays[:6]):
+        np.save(folder / f"{i}.npy", a)
+    (folder / "7.npy").write_bytes(b"not an array")
+    bad = calib_arrays[0].copy()
+    bad[0, 0, 0] = np.nan
+    np.save(folder / "8.npy", bad)
+    r = lowbit.quantize(small_model_path, "int8-fast", folder, skip_bad=True, verify=None)
+    skipped = r.report.data["skipped_samples"]["calibration"]
+    assert {Path(s["source"]).name for s in skipped} == {"7.npy", "8.npy"}
+    assert any("Skipped 2 bad calibration" in n for n in r.report.data["notes"])

@@ -117,6 +117,7 @@ def quantize(
     metric: Any = "top1-agreement",
     search_evals: int = 40,
     checkpoint: str | Path | None = None,
+    skip_bad: bool = False,
     verify: VerifyOptions | None = VerifyOptions(),
     progress: Progress = null_progress,
 ) -> QuantResult:
@@ -127,7 +128,8 @@ def quantize(
     A saved `plan` is re-applied as it is, without calibration. With an accuracy budget
     (`max_drop` below FP32's score on `metric`, or an absolute `min_metric`), a precision search
     keeps the most sensitive layers in FP16 weights / FP32 until the budget holds on half of
-    `eval_data`, and confirms it on the other half; `metric` is a registry name, a Metric, or
+    `eval_data`, and confirms it on the other half; with `skip_bad`, corrupt or invalid samples are
+    skipped and counted in the report instead of stopping the run; `metric` is a registry name, a Metric, or
     any callable(reference_outputs, candidate_outputs, labels) -> float, higher is better.
 
     >>> result = lowbit.quantize("mobilenet_v2.onnx", "int8", "calib/", output="mbv2.int8.onnx",
@@ -137,7 +139,7 @@ def quantize(
     cfg = as_config(config)
     timings: dict[str, float] = {}
     t = t_start = time.perf_counter()
-    search = None
+    search = calib = None
     if output is not None:
         check_output_path(output)
     loaded = load_model(model, example_inputs)
@@ -164,7 +166,7 @@ def quantize(
         if calib_data is None:
             raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
                             "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
-        calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess, limit=calib_limit)
+        calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess, limit=calib_limit, skip_bad=skip_bad)
         float_model, qplan = make_plan(prepared, cfg, calib, progress)
         prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
         t = _stage(timings, "calibrate+plan", t)
@@ -203,6 +205,8 @@ def quantize(
     if qplan.precision == "int8":
         report.data["layer_precisions"] = [{"name": n.name, "precision": n.precision} for n in qplan.nodes.values()
                                            if n.op not in ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")]
+    if calib is not None:
+        _note_skipped(report, "calibration", calib)
     if cfg.precision == "int8" and plan is None and search is not None:
         report.data["search"] = search
         if not search["met_budget"]:
@@ -215,10 +219,11 @@ def quantize(
             report.data["notes"].append("No held-out data given: fidelity is measured on the calibration data.")
         if data is not None:
             float_model = prepared.proto
+            eval_feeds = as_feeds(data, prepared.inputs, labels=labels, preprocess=preprocess,
+                                  limit=verify.eval_limit, skip_bad=skip_bad)
             _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, float_model, qplan)},
-                         as_feeds(data, prepared.inputs, labels=labels, preprocess=preprocess,
-                                  limit=verify.eval_limit),
-                         verify, progress)
+                         eval_feeds, verify, progress)
+            _note_skipped(report, "evaluation", eval_feeds)
         else:
             report.data["notes"].append("No data given: fidelity, parity and latency were not measured.")
         timings["verify"] = time.perf_counter() - t
@@ -481,3 +486,12 @@ def _budget_search(prepared: PreparedModel, plan: QuantPlan, cfg: QuantConfig, e
     d["holdout"] = {"metric": held.metric, "sqnr_db": held.sqnr_db, "samples": int(len(confirm.reference)),
                     "meets_floor": held.metric >= floor}
     return result.plan, d
+
+
+def _note_skipped(report: Report, what: str, feeds: FeedSource) -> None:
+    """Bad samples skipped on request: counted and named in the report, never silently."""
+    skipped = list(getattr(feeds, "skipped", []) or [])
+    if skipped:
+        report.data.setdefault("skipped_samples", {})[what] = [{"source": s, "reason": r} for s, r in skipped]
+        report.data["notes"].append(f"Skipped {len(skipped)} bad {what} sample(s) (first: {skipped[0][0]}: "
+                                    f"{skipped[0][1]}).")

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--calib-limit", type=int, default=None, help="use at most this many calibration samples")
     q.add_argument("--keep-float", action="append", default=[], help="glob of node names to keep in float")
     q.add_argument("--no-verify", action="store_true", help="skip fidelity, parity and latency measurement")
+    q.add_argument("--skip-bad", action="store_true",
+                   help="skip corrupt or invalid samples (counted in the report) instead of stopping")
     q.add_argument("--max-drop", type=_fraction, default=None,
                    help="accuracy budget: search per-layer precisions so the metric drops at most this much "
                         "below FP32's (e.g. 1%% on top-1 agreement); needs --eval")
@@ -228,7 +230,7 @@ def _quantize(args, progress):
     result = lowbit.quantize(
         args.model, config, args.calib, output=args.output, eval_data=args.eval_data, labels=_labels(args.labels),
         preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
-        min_metric=args.min_metric, metric=args.metric, checkpoint=args.checkpoint,
+        min_metric=args.min_metric, metric=args.metric, checkpoint=args.checkpoint, skip_bad=args.skip_bad,
         verify=None if args.no_verify else _verify_opts(args), progress=progress,
     )
     if args.save_plan:
