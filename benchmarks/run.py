@@ -261,6 +261,18 @@ def load_data(args: argparse.Namespace) -> dict:
             "labeled": np.stack(labeled_x), "labels": labels}
 
 
+def update_readme(markdown: str) -> None:
+    """Put the latest full results between the README's benchmark markers."""
+    readme = HERE.parent / "README.md"
+    start, end = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+    text = readme.read_text()
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        body = markdown.replace("\n# ", "\n### ").replace("\n## ", "\n#### ")
+        atomic_write_text(readme, f"{head}{start}\n{body.strip()}\n{end}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
@@ -283,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(_finite(results), indent=1, default=str, allow_nan=False)
     atomic_write_text(args.out / "results.json", text + "\n")
     atomic_write_text(args.out / "results.md", markdown)
+    if args.out.resolve() == (HERE / "results").resolve() and not args.quick:
+        update_readme(markdown)
     print(markdown)
     log(f"wrote {args.out / 'results.md'} and results.json in {results['elapsed_s']:.0f} s")
     return 0

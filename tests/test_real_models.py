@@ -42,11 +42,13 @@ def test_doorbell_decisions_match_dlib(tmp_path):
 
     report = run_doorbell(tmp_path, threads=(1,), latency_runs=5)
     s = report.data["doorbell"]
-    for label in ("fp16", "int8"):
+    for label in ("fp16", "int8", "mixed"):
         n = s[label]["decisions_as_dlib"].split("/")
         assert n[0] == n[1], (label, s[label]["decisions_as_dlib"])
         assert s[label]["verification"]["accuracy"] == 1.0
         assert s[label]["mean_cos_to_dlib"] >= 0.99
     int8 = report.variant("int8")
     assert int8["parity"]["passed"]
+    assert int8["size_bytes"] <= 0.27 * report.variant("fp32")["size_bytes"]
+    assert report.variant("mixed")["fidelity"]["cosine"] >= int8["fidelity"]["cosine"]
     assert (tmp_path / "report.html").is_file()

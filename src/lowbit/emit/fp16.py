@@ -41,25 +41,34 @@ EARLY_FP32_WEIGHT_BUDGET = 0.01
 
 
 def early_layers(model: onnx.ModelProto, budget: float = EARLY_FP32_WEIGHT_BUDGET) -> dict[str, str]:
-    """{node: reason} for the weighted layers nearest the input, up to `budget` of all weights."""
+    """{node: reason} for the start of the network, cut where a single tensor carries everything
+    forward (so one Cast is the only boundary), with at most `budget` of all weights."""
     import numpy as np
 
     g = GraphIndex(model)
-    sizes = []
-    for node in g.graph.node:
-        n = sum(int(np.prod(g.initializers[i].dims)) for i in node.input if i in g.initializers
-                and len(g.initializers[i].dims) > 1)
-        if n:
-            sizes.append((node.name, n))
-    total = sum(n for _, n in sizes) or 1
-    out, used = {}, 0
-    for name, n in sizes:
-        if used + n > budget * total:
+    nodes = list(g.graph.node)
+    weights = [sum(int(np.prod(g.initializers[i].dims)) for i in n.input
+                   if i in g.initializers and len(g.initializers[i].dims) > 1) for n in nodes]
+    total = sum(weights) or 1
+    last_use = {}
+    for k, n in enumerate(nodes):
+        for i in n.input:
+            last_use[i] = k
+    outputs = set(g.graph_outputs)
+    live: set[str] = set(g.graph_inputs)
+    used, cut = 0, -1
+    for k, n in enumerate(nodes):
+        used += weights[k]
+        if used > budget * total:
             break
-        used += n
-        out[name] = (f"kept FP32: one of the first layers, where an FP16 rounding error is amplified by every later "
-                     f"layer; together they hold {100 * used / total:.2f}% of the weights")
-    return out
+        live = {t for t in live | set(n.output) if last_use.get(t, -1) > k or t in outputs}
+        float_live = [t for t in live if g.is_float(t) or t not in g.elem_types]
+        if len(float_live) == 1 and any(weights[: k + 1]):
+            cut = k
+    share = sum(weights[: cut + 1]) / total
+    return {n.name: (f"kept FP32: the network's first layers (up to '{nodes[cut].name}'), where an FP16 rounding "
+                     f"error is amplified by every later layer; they hold {100 * share:.2f}% of the weights")
+            for n in nodes[: cut + 1]}
 
 
 def fp16_plan(model: onnx.ModelProto, block: dict[str, str], nodes_fp32: dict[str, str] | None = None) -> QuantPlan:
@@ -84,9 +93,53 @@ def emit_fp16(model: onnx.ModelProto, keep_io_types: bool = True) -> tuple[onnx.
     block.update(UNSAFE_IN_FP16)
     early = early_layers(model)
     plan = fp16_plan(model, block, early)
+    model = _unshare_small_constants(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the converter warns about every clamped constant
         out = float16.convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=sorted(block),
                                                node_block_list=sorted(early), disable_shape_infer=False)
+    if not _loads(out):  # the converter mistyped a boundary: plain FP16 rather than a broken file
+        log.warning("FP16 conversion with the first layers in FP32 failed to load; converting them too")
+        plan = fp16_plan(model, block)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = float16.convert_float_to_float16(model, keep_io_types=keep_io_types, op_block_list=sorted(block))
     record_plan(out, plan)
     return out, plan
+
+
+def _loads(model: onnx.ModelProto) -> bool:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    try:
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return True
+    except Exception:  # any load failure means the converted graph is not usable
+        return False
+
+
+def _unshare_small_constants(model: onnx.ModelProto, max_elements: int = 1024) -> onnx.ModelProto:
+    """Give each node its own copy of small shared initializers (Clip bounds, shapes): the FP16
+    converter types a shared constant once, which breaks it for the nodes kept in FP32."""
+    import numpy as np
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = GraphIndex(m)
+    extra = []
+    for name, users in g.consumers.items():
+        t = g.initializers.get(name)
+        if t is None or len(users) < 2 or int(np.prod(t.dims)) > max_elements:
+            continue
+        for k, node in enumerate(users[1:], start=1):
+            copy = onnx.TensorProto()
+            copy.CopyFrom(t)
+            copy.name = f"{name}__{k}"
+            extra.append(copy)
+            for j, i in enumerate(node.input):
+                if i == name:
+                    node.input[j] = copy.name
+    m.graph.initializer.extend(extra)
+    return m
