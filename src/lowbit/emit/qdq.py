@@ -112,7 +112,8 @@ class _Surgery:
             if t.role in ("weight", "bias"):
                 if name not in inits:
                     continue  # plan from another model version: nothing to replace
-                head.extend(self._quantize_constant(t, inits[name]))
+                ops = {c.op_type for c in index.consumers.get(name, [])}
+                head.extend(self._quantize_constant(t, inits[name], ops))
             else:
                 nodes, dq_out = self._quantize_activation(t)
                 producer = index.producer.get(name)
@@ -186,7 +187,7 @@ class _Surgery:
         del g.node[:]
         g.node.extend(kept)
 
-    def _quantize_constant(self, t: TensorPlan, init: TensorProto) -> list[onnx.NodeProto]:
+    def _quantize_constant(self, t: TensorPlan, init: TensorProto, consumer_ops: set[str]) -> list[onnx.NodeProto]:
         w = numpy_helper.to_array(init).astype(np.float32)
         q = t.qparams
         if self.simulate:
@@ -194,12 +195,14 @@ class _Surgery:
             return []
         qw = q.quantize(w)
         qname = self._const(f"{t.name}{INTEGERS}", qw, q.dtype.onnx_type)
-        # Zero points that are 0 by definition (int32 biases, signed symmetric weights) are left
+        # Zero points that are 0 by definition (int32 biases, signed symmetric Conv weights) are left
         # out: DequantizeLinear then takes 0, and the file is smaller by a byte or four per channel.
-        implicit_zero = t.role == "bias" or (q.dtype.signed and not np.any(np.asarray(q.zero_point)))
+        # Gemm / MatMul weights keep theirs: ONNX Runtime fuses them into QGemm only with one.
+        implicit_zero = t.role == "bias" or (q.dtype.signed and not np.any(np.asarray(q.zero_point))
+                                             and consumer_ops == {"Conv"})
         s, z, attrs = self._qparam_consts(t, with_zero_point=not implicit_zero)
         inputs = [qname, s, z] if z else [qname, s]
-        return [helper.make_node("DequantizeLinear", inputs, [t.name], name=f"{t.name}{DQ_OUT}", **attrs)]
+        return [helper.make_node("DequantizeLinear", inputs, [t.name], **attrs)]
 
     def _quantize_activation(self, t: TensorPlan) -> tuple[list[onnx.NodeProto], str]:
         name = t.name
@@ -208,8 +211,9 @@ class _Surgery:
             s, z, _ = self._qparam_consts(t)
             q_out = f"{name}{Q_OUT}"
             return [
-                helper.make_node("QuantizeLinear", [name, s, z], [q_out], name=q_out),
-                helper.make_node("DequantizeLinear", [q_out, s, z], [dq_out], name=dq_out),
+                # unnamed: names are optional in ONNX, and these would only repeat their outputs'
+                helper.make_node("QuantizeLinear", [name, s, z], [q_out]),
+                helper.make_node("DequantizeLinear", [q_out, s, z], [dq_out]),
             ], dq_out
         # y = (clip(round(x / s) + zp, qmin, qmax) - zp) * s, all float32
         q = t.qparams
