@@ -63,6 +63,20 @@ class GraphIndex:
         t = self.initializers.get(name)
         return numpy_helper.to_array(t) if t is not None else None
 
+    def value(self, name: str) -> np.ndarray | None:
+        """The value of an initializer or of a Constant node's output; None if computed at run time."""
+        v = self.constant(name)
+        if v is not None:
+            return v
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+                if a.name == "value_float":
+                    return np.asarray(a.f, dtype=np.float32)
+        return None
+
     def attr(self, node: onnx.NodeProto, name: str, default=None):
         for a in node.attribute:
             if a.name == name:

@@ -57,15 +57,15 @@ def weight_slots(node: onnx.NodeProto, g: GraphIndex) -> tuple[int | None, int |
 
 
 def clip_bounds(node: onnx.NodeProto, g: GraphIndex) -> tuple[float | None, float | None]:
-    """(min, max) of a Relu or Clip node; None where unbounded or computed at run time."""
+    """(min, max) of a Relu or Clip node (either opset style); None where unbounded or computed at run time."""
     if node.op_type == "Relu":
         return 0.0, None
     lo = hi = None
     if len(node.input) > 1 and node.input[1]:
-        v = g.constant(node.input[1])
+        v = g.value(node.input[1])
         lo = None if v is None else float(v)
     if len(node.input) > 2 and node.input[2]:
-        v = g.constant(node.input[2])
+        v = g.value(node.input[2])
         hi = None if v is None else float(v)
     if g.attr(node, "min") is not None:
         lo = float(g.attr(node, "min"))

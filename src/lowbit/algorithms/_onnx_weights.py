@@ -11,35 +11,7 @@ from lowbit.graph import GraphIndex
 
 def constant_value(g: GraphIndex, name: str) -> np.ndarray | None:
     """The value of an initializer or of a Constant node's output; None if computed at run time."""
-    v = g.constant(name)
-    if v is not None:
-        return v
-    node = g.producer.get(name)
-    if node is not None and node.op_type == "Constant":
-        for a in node.attribute:
-            if a.name == "value":
-                return numpy_helper.to_array(a.t)
-            if a.name == "value_float":
-                return np.asarray(a.f, dtype=np.float32)
-    return None
-
-
-def clip_limits(node: onnx.NodeProto, g: GraphIndex) -> tuple[float | None, float | None]:
-    """(min, max) of a Relu or Clip node (either opset style); None where unbounded."""
-    if node.op_type == "Relu":
-        return 0.0, None
-    lo = hi = None
-    if len(node.input) > 1 and node.input[1]:
-        v = constant_value(g, node.input[1])
-        lo = None if v is None else float(v)
-    if len(node.input) > 2 and node.input[2]:
-        v = constant_value(g, node.input[2])
-        hi = None if v is None else float(v)
-    if g.attr(node, "min") is not None:
-        lo = float(g.attr(node, "min"))
-    if g.attr(node, "max") is not None:
-        hi = float(g.attr(node, "max"))
-    return lo, hi
+    return g.value(name)
 
 
 def uses(g: GraphIndex, name: str) -> int:

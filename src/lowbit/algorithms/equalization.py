@@ -31,11 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lowbit.algorithms._onnx_weights import (bias_value, clip_limits, has_constant_bias, layer_axes, own_weights,
+from lowbit.algorithms._onnx_weights import (bias_value, has_constant_bias, layer_axes, own_weights,
                                              set_bias, set_initializer, single_consumer)
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.graph import GraphIndex
+from lowbit.ops import clip_bounds
 from lowbit.plan import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,8 @@ def find_pairs(g: GraphIndex) -> tuple[list[Pair], list[str]]:
         while nxt is not None and nxt.op_type not in ("Conv", "Gemm"):
             op = nxt.op_type
             if op in ("Relu", "Clip"):
-                lo, _ = clip_limits(nxt, g)
-                ok = lo == 0.0 or (op == "Clip" and lo is None and clip_limits(nxt, g)[1] is None)
+                lo, _ = clip_bounds(nxt, g)
+                ok = lo == 0.0 or (op == "Clip" and lo is None and clip_bounds(nxt, g)[1] is None)
             elif op == "Flatten":
                 ok = bool(between) and between[-1].op_type in ("GlobalAveragePool", "GlobalMaxPool")
             else:
@@ -108,7 +109,7 @@ def find_pairs(g: GraphIndex) -> tuple[list[Pair], list[str]]:
         if _in_channels(nxt, g) != n or (node.op_type, nxt.op_type) == ("Gemm", "Conv") or (
                 (node.op_type, nxt.op_type) == ("Conv", "Gemm") and not flat):
             continue
-        bounded = [b for b in between if b.op_type == "Clip" and clip_limits(b, g)[1] is not None]
+        bounded = [b for b in between if b.op_type == "Clip" and clip_bounds(b, g)[1] is not None]
         pairs.append(Pair(node, nxt, between, bounded))
     return pairs, [p.first.name for p in pairs if p.bounded]
 
