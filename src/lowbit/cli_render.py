@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -9,7 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console(stderr=False)
+# a real terminal sets its own width; piped or redirected output gets room for the wide tables
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
