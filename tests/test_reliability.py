@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import random
 import signal
@@ -159,7 +160,7 @@ def test_mutated_models_fail_cleanly(small_model_path, tmp_path, data):
         pass
 
 
-@pytest.mark.skipif(pytest.importorskip("atheris", reason="atheris not installed") is None, reason="")
+@pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris is not installed (x86_64 test extra)")
 def test_atheris_fuzz_of_the_loader_finds_no_crash(small_model_path, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
