@@ -6,7 +6,6 @@ import logging
 import resource
 import time
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +64,23 @@ def _stage(timings: dict[str, float], name: str, t0: float) -> float:
     return now
 
 
+def _reset_peak_rss() -> None:
+    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM), so the peak
+    reported is this call's, not the process's lifetime maximum."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_rss_mb() -> float:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -139,6 +154,7 @@ def quantize(
     cfg = as_config(config)
     timings: dict[str, float] = {}
     t = t_start = time.perf_counter()
+    _reset_peak_rss()
     search = calib = None
     if output is not None:
         check_output_path(output)

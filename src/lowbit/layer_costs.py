@@ -74,8 +74,6 @@ def _layer_models(node: onnx.NodeProto, g: GraphIndex, x_shape: list[int], y_sha
     w = g.constant(node.input[w_idx])
     b = g.constant(node.input[b_idx]) if b_idx is not None else None
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)
     ins = ["x", "w"] + (["b"] if b is not None else [])
 
     def model(nodes, inits, elem=TensorProto.FLOAT) -> bytes:

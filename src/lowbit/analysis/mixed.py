@@ -14,8 +14,6 @@ from lowbit.graph import GraphIndex
 from lowbit.ops import PASSTHROUGH_OPS
 from lowbit.plan import NodePlan, QuantPlan
 
-LAYER_PRECISIONS = ("int8", "fp16", "fp32")
-
 
 def layer_nodes(plan: QuantPlan) -> list[str]:
     """The layers a precision can be chosen for: nodes the INT8 plan runs in integers, except

@@ -74,7 +74,6 @@ def analyze_layers(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEvalu
     that layer, 'all_but' everything except it (one evaluation per layer and way)."""
     g = GraphIndex(model)
     layers = layer_nodes(plan)
-    everything_float = {n: "fp32" for n in layers}
     out: list[LayerSensitivity] = []
     per_tensor = any(isinstance(t.qparams.granularity, PerTensor) for t in plan.tensors.values() if t.role == "weight")
     for i, name in enumerate(layers):

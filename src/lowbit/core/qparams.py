@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lowbit.core.dtypes import QDtype
-from lowbit.core.granularity import Granularity, PerChannel, PerGroup, PerTensor
+from lowbit.core.granularity import Granularity, PerChannel, PerTensor
 
 # An all-zero or constant channel would give scale 0 and NaN after dequantize.
 MIN_SCALE = np.float32(1e-12)
