@@ -40,6 +40,46 @@ def test_int8_qdq_structure_and_parity(small_model_path, calib_arrays, eval_arra
     assert parity["outputs"]["within_one_step"] >= 0.999
     fid = r.report.variants[1]["fidelity"]
     assert fid["sqnr_db"] > 15 and fid["cosine"] > 0.98
+    kernels = r.report.variants[1]["kernels"]
+    assert kernels["unfused"] == [] and kernels["integer_kernels"] >= 4, kernels
+
+
+def _two_convs_sharing_a_bias() -> onnx.ModelProto:
+    """x -> Conv -> Relu -> Conv -> Relu, both convs reading one zero-bias initializer (as exporters
+    de-duplicate the biases of BN-folded layers)."""
+    rng = np.random.default_rng(0)
+    h = onnx.helper
+    inits = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             onnx.numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, 3, 3)).astype(np.float32), "w2"),
+             onnx.numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    nodes = [h.make_node("Conv", ["x", "w1", "b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             h.make_node("Conv", ["r1", "w2", "b"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+             h.make_node("Relu", ["c2"], ["y"], name="relu2")]
+    graph = h.make_graph(nodes, "shared_bias", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 16, 16])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 16, 16])], inits)
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_shared_biases_still_fuse_into_integer_kernels():
+    calib = [np.random.default_rng(i).random((1, 3, 16, 16), np.float32) for i in range(4)]
+    r = lowbit.quantize(_two_convs_sharing_a_bias(), INT8_ALL, calib, eval_data=calib, verify=NO_LATENCY)
+    kernels = r.report.variants[1]["kernels"]
+    assert kernels["unfused"] == [] and kernels["integer_kernels"] == 2, kernels
+    assert r.report.variants[1]["parity"]["passed"]
+
+
+def test_kernel_check_names_layers_onnx_runtime_left_in_float():
+    calib = [np.random.default_rng(i).random((1, 3, 16, 16), np.float32) for i in range(4)]
+    r = lowbit.quantize(_two_convs_sharing_a_bias(), INT8_ALL, calib, verify=None)
+    # one int32 bias shared by both layers: right for at most one of them, so ONNX Runtime cannot fuse
+    model = onnx.ModelProto()
+    model.CopyFrom(r.model)
+    conv1, conv2 = (next(n for n in model.graph.node if n.name == c) for c in ("conv1", "conv2"))
+    assert conv1.input[2] != conv2.input[2]
+    conv2.input[2] = conv1.input[2]
+    kernels = lowbit.verify.kernel_check(model.SerializeToString(), r.plan)
+    assert [u["node"] for u in kernels["unfused"]] == ["conv2"], kernels
 
 
 def test_weights_in_model_are_integers_of_the_plan(small_model_path, calib_arrays):

@@ -30,7 +30,7 @@ from lowbit.prepare import PreparedModel, fingerprint, prepare
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
 from lowbit.selection import select
-from lowbit.verify import compare_models, measure_latency, check_parity
+from lowbit.verify import check_parity, compare_models, kernel_check, measure_latency
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,7 @@ def _verify_into(report: Report, reference: bytes,
         qbytes, float_model, plan = candidates[v["label"]]
         if float_model is not None and plan is not None and plan.precision == "int8":
             v["parity"] = check_parity(qbytes, float_model, plan, data, opts.parity_batches)
+            v["kernels"] = kernel_check(qbytes, plan)
         if float_model is not None and plan is not None:
             precisions = {n: p.precision for n, p in plan.nodes.items()}
             v["energy_uj"] = estimate_energy(float_model, precisions)["total_uj"]

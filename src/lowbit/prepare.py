@@ -70,10 +70,35 @@ def optimize_basic(proto: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.load(str(out))
 
 
+def own_shared_biases(proto: onnx.ModelProto) -> None:
+    """Give each Conv/Gemm a private copy of a bias initializer it shares with other nodes.
+
+    Exporters de-duplicate equal constants (e.g. the all-zero biases of BN-folded layers); an int32
+    bias lives on its own layer's input x weight grid, so one shared copy cannot serve several layers,
+    and ONNX Runtime then declines to fuse them into integer kernels."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        name = node.input[2]
+        if readers[name] > 1:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[name])
+            copy.name = f"{name}__{node.name}"
+            proto.graph.initializer.append(copy)
+            readers[name] -= 1
+            node.input[2] = copy.name
+
+
 def prepare(loaded: LoadedModel, optimize: bool = True) -> PreparedModel:
     """The prepared float model: optimized, every node named, shapes inferred."""
     proto = optimize_basic(loaded.proto) if optimize else loaded.proto
     name_nodes(proto)
+    own_shared_biases(proto)
     try:
         proto = onnx.shape_inference.infer_shapes(proto)
     except Exception as e:  # shape inference is an aid, not a requirement

@@ -181,7 +181,17 @@ def _summary(variants: list[dict]) -> str:
         detail = _join(within and f"{within} within 1 step", n is not None and f"{int(n):,} elements",
                        steps is not None and f"max error {steps:.3g} step{'' if steps == 1 else 's'}")
         return (head + (f" {within}" if within else "") + _sub(detail)) or None
-    rows += [("Parity (ORT vs simulation)", parity),
+    def kernels(v: dict, is_ref: bool) -> str | None:
+        k = _dict(v.get("kernels"))
+        if not k:
+            return None
+        unfused, kept = k.get("unfused") or [], k.get("kept_float") or []
+        head = _badge(f"{len(unfused)} unfused", "bad") if unfused else _badge("all fused", "ok")
+        detail = _join(f"{int(k.get('integer_kernels', 0))} integer, {int(k.get('float_kernels', 0))} float kernels",
+                       kept and f"{len(kept)} float by plan", unfused and "unfused: " + ", ".join(
+                           _e(str(u.get("node"))) for u in unfused[:3]))
+        return head + _sub(detail)
+    rows += [("Parity (ORT vs simulation)", parity), ("Kernels in ONNX Runtime", kernels),
              ("Energy estimate / inference", lambda v, r: _energy(v.get("energy_uj")))]
 
     head = "".join(f'<th class="num">{_e(v.get("label") or f"variant {i}")}</th>' for i, v in enumerate(variants))

@@ -125,6 +125,11 @@ class Report:
         if skipped:
             lines.append(f"{len(skipped)} node(s) kept in float; first: "
                          + "; ".join(f"{s['name']} ({s['reason']})" for s in skipped[:3]))
+        for v in self.variants:
+            k = v.get("kernels") or {}
+            if k.get("unfused"):
+                lines.append(f"{v['label']}: {len(k['unfused'])} layer(s) planned INT8 run as float islands in ONNX "
+                             "Runtime; first: " + ", ".join(u["node"] for u in k["unfused"][:3]))
         lines += self.data.get("notes", [])
         return "\n".join(lines)
 
