@@ -222,3 +222,15 @@ def test_plan_with_weight_changing_algorithms_reapplies_to_its_float_model(small
     lowbit.quantize(tmp_path / "float.onnx", "int8", plan=tmp_path / "plan.json", output=tmp_path / "b.onnx",
                     verify=None)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_four_bit_weights_stay_four_bit_in_the_file_and_run_on_integer_kernels(small_model_path, calib_arrays,
+                                                                               eval_arrays):
+    cfg = lowbit.QuantConfig(objective="size", weights=lowbit.Scheme(lowbit.int4, lowbit.PerChannel(0),
+                                                                     symmetric=True))
+    r = lowbit.quantize(small_model_path, cfg, calib_arrays, eval_data=eval_arrays, verify=NO_LATENCY)
+    stored = [t for t in r.model.graph.initializer if t.name.endswith(INTEGERS) and len(t.dims) > 1]
+    assert stored and all(t.data_type == onnx.TensorProto.INT4 for t in stored)
+    kernels = r.report.variants[1]["kernels"]
+    assert kernels["unfused"] == [] and kernels["float_kernels"] <= 1, kernels
+    assert r.report.variants[1]["parity"]["passed"]
