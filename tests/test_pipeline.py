@@ -149,6 +149,23 @@ def test_fp16_halves_size_and_keeps_float32_io(small_model_path, eval_arrays):
     assert fp16["fidelity"]["sqnr_db"] > 40
 
 
+def test_fp16_arithmetic_only_where_the_cpu_has_it(small_model_path):
+    """Without FP16 kernels (x86) only the storage is FP16: after load the graph ONNX Runtime runs is
+    the FP32 one. On a target with FP16 arithmetic (arm64) the compute is FP16."""
+    from lowbit.verify.fusion import executed_graph
+
+    stored = lowbit.quantize(small_model_path, lowbit.QuantConfig(precision="fp16", target="avx2"), verify=None)
+    assert {t.data_type for t in stored.model.graph.initializer if len(t.dims) > 1} == {onnx.TensorProto.FLOAT16}
+    executed = executed_graph(stored.model.SerializeToString())
+    assert "Cast" not in op_counts(executed)  # the weight Casts were folded at load
+    assert {t.data_type for t in executed.graph.initializer if len(t.dims) > 1} == {onnx.TensorProto.FLOAT}
+
+    arithmetic = lowbit.quantize(small_model_path, lowbit.QuantConfig(precision="fp16", target="arm64"), verify=None)
+    assert any(n.precision == "fp16" and "arithmetic" in n.reason for n in arithmetic.plan.nodes.values())
+    value_types = {v.type.tensor_type.elem_type for v in arithmetic.model.graph.value_info}
+    assert onnx.TensorProto.FLOAT16 in value_types
+
+
 def test_int8_dynamic_quantizes_linear_layers():
     mlp = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 32)).eval()
     data = [np.random.default_rng(i).normal(size=(1, 64)).astype(np.float32) for i in range(8)]

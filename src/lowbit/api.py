@@ -19,7 +19,8 @@ from lowbit.emit import emit_qdq
 from lowbit.energy import SOURCE as ENERGY_SOURCE
 from lowbit.energy import estimate as estimate_energy
 from lowbit.emit.dynamic import emit_dynamic
-from lowbit.emit.fp16 import emit_fp16
+from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
+from lowbit.hardware import target_traits
 from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_output_path
 from lowbit.load import load_model
@@ -195,7 +196,9 @@ def quantize(
             t = _stage(timings, "search", t)
 
     if cfg.precision == "fp16" and plan is None:
-        qmodel, qplan = emit_fp16(prepared.proto, cfg.keep_io_types)
+        fp16_arithmetic = target_traits(cfg.target).fp16
+        qmodel, qplan = (emit_fp16(prepared.proto, cfg.keep_io_types) if fp16_arithmetic
+                         else emit_fp16_weights(prepared.proto))
     elif cfg.precision == "int8-dynamic" and plan is None:
         qmodel, qplan = emit_dynamic(prepared.proto, target=cfg.target)
     else:

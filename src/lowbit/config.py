@@ -186,7 +186,8 @@ def _int8_transformer() -> QuantConfig:
 
 PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
     "fp16": (lambda: QuantConfig(precision="fp16"),
-             "FP16 weights and activations; unsafe ops stay FP32; float32 inputs/outputs. Halves size."),
+             "Halves size. On CPUs with FP16 arithmetic (arm64 target) FP16 weights and activations, unsafe "
+             "ops in FP32; elsewhere FP16-stored weights with FP32 arithmetic (FP32 speed and accuracy)."),
     "int8": (_int8_accurate,
              "Static INT8 QDQ, accuracy first: percentile-calibrated uint8 activations, per-channel weights, "
              "cross-layer equalization and bias correction; slow INT8 layers of this CPU stay FP32."),

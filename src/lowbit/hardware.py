@@ -19,6 +19,7 @@ class CpuTraits:
     arch: str
     avx2: bool
     vnni: bool
+    fp16: bool = False  # FP16 arithmetic that ONNX Runtime's CPU kernels use (ARM64 asimdhp)
 
     @property
     def u8s8_saturates(self) -> bool:
@@ -37,19 +38,20 @@ def this_cpu() -> CpuTraits:
     flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
+            if line.startswith(("flags", "Features")):  # x86 / ARM spelling
                 flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    return CpuTraits(arch, "avx2" in flags, bool({"avx512_vnni", "avx_vnni"} & flags))
+    fp16 = arch in ("aarch64", "arm64") and "asimdhp" in flags
+    return CpuTraits(arch, "avx2" in flags, bool({"avx512_vnni", "avx_vnni"} & flags), fp16)
 
 
 TARGETS = {
     "auto": None,  # this machine
     "avx2": CpuTraits("x86_64", True, False),
     "vnni": CpuTraits("x86_64", True, True),
-    "arm64": CpuTraits("aarch64", False, False),
+    "arm64": CpuTraits("aarch64", False, False, fp16=True),
 }
 
 
