@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 from onnx import numpy_helper
 
 from lowbit.core.qparams import QParams, _expand
@@ -24,6 +24,9 @@ from lowbit.graph import GraphIndex
 from lowbit.observe import run_batch, session
 from lowbit.ops import weight_slots
 from lowbit.plan import QuantPlan
+
+if TYPE_CHECKING:  # torch is imported where it is used: `import lowbit` stays light
+    import torch
 
 log = logging.getLogger(__name__)
 

@@ -24,16 +24,19 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 
 from lowbit.algorithms import _layer_data as ld
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
 from lowbit.plan import QuantPlan
+
+if TYPE_CHECKING:  # torch is imported where it is used: `import lowbit` stays light
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class AdaRound(Algorithm):
 
     def apply(self, model: onnx.ModelProto, plan: QuantPlan | None,
               ctx: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan | None]:
+        import torch
         if plan is None or ctx.calib is None:
             raise ConfigError("AdaRound runs on a plan with calibration data (stage 'plan').")
         layers, skipped = ld.find_layers(model, plan)
@@ -124,6 +128,7 @@ class AdaRound(Algorithm):
 
 
 def _row_bytes(layer: ld.Layer) -> int:
+    import torch
     g, _, k = layer.matrix(torch.from_numpy(layer.w)).shape
     return 4 * g * k
 
@@ -143,11 +148,13 @@ class _torch_settings:
         self.threads = threads
 
     def __enter__(self) -> None:
+        import torch
         self.saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())
         torch.set_num_threads(self.threads)
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     def __exit__(self, *exc: object) -> None:
+        import torch
         torch.set_num_threads(self.saved[0])
         torch.use_deterministic_algorithms(self.saved[1])
 
@@ -160,6 +167,7 @@ def learn_rounding(w: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qmi
 
     matrix: stored layout -> (G, O/G, K/G). Pure: deterministic for `seed`.
     """
+    import torch
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
     wt = torch.from_numpy(np.asarray(w, np.float32))
     s = torch.from_numpy(np.asarray(scale, np.float32))

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 
 from lowbit.algorithms import _layer_data as ld
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.plan import QuantPlan
+
+if TYPE_CHECKING:  # torch is imported where it is used: `import lowbit` stays light
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Hessian:
 
     def add(self, rows: np.ndarray) -> None:
         """rows: (n, G, K/G)."""
+        import torch
         r = torch.from_numpy(np.ascontiguousarray(rows.transpose(1, 0, 2)))  # (G, n, K/G)
         self.total += torch.bmm(r.transpose(1, 2), r).double().numpy()
         self.count += rows.shape[0]
@@ -79,6 +83,7 @@ class GPTQ(Algorithm):
 
     def apply(self, model: onnx.ModelProto, plan: QuantPlan | None,
               ctx: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan | None]:
+        import torch
         if plan is None or ctx.calib is None:
             raise ConfigError("GPTQ runs on a plan with calibration data (stage 'plan').")
         layers, skipped = ld.find_layers(model, plan)
@@ -110,6 +115,7 @@ class GPTQ(Algorithm):
         return out, plan
 
     def _chunks(self, layers: list[ld.Layer]) -> list[list[ld.Layer]]:
+        import torch
         chunks: list[list[ld.Layer]] = [[]]
         used = 0.0
         for layer in layers:
@@ -125,6 +131,7 @@ class GPTQ(Algorithm):
 
 def _hessians(model: onnx.ModelProto, layers: list[ld.Layer], ctx: AlgorithmContext) -> list[Hessian]:
     """One H per layer from one pass of the float model over the calibration data (all rows)."""
+    import torch
     hs = []
     for layer in layers:
         g, _, k = layer.matrix(torch.from_numpy(layer.w)).shape
@@ -141,6 +148,7 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero_point: np.n
                block_size: int = 128, percdamp: float = 0.01, act_order: bool = False) -> np.ndarray:
     """Integers (G, O, K) for weights w (G, O, K) on the grid (scale, zero_point: shaped like w),
     rounded column by column with GPTQ's error feedback; h: (G, K, K) input second moments."""
+    import torch
     W = torch.from_numpy(np.array(w, dtype=np.float32))
     S = torch.from_numpy(np.array(scale, dtype=np.float32))
     Z = torch.from_numpy(np.array(zero_point, dtype=np.float32))
@@ -176,6 +184,7 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero_point: np.n
 
 def _inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp I)^-1, raising the dampening until it exists."""
+    import torch
     k = H.shape[-1]
     eye = torch.eye(k, dtype=H.dtype)
     mean_diag = torch.diagonal(H, dim1=1, dim2=2).mean(dim=1).view(-1, 1, 1)
