@@ -4,11 +4,14 @@
   weights (the fast combination on AVX2 CPUs), with MinMax, Percentile and Entropy calibration.
   ``quant_pre_process`` (shape inference and optimisation) runs first, as ORT's docs recommend.
 - ONNX Runtime ``quantize_dynamic`` at its defaults.
-- NNCF ``nncf.quantize`` on the ONNX model at its defaults (only where ``nncf`` imports).
+- NNCF ``nncf.quantize`` on the ONNX model at its defaults, with ``model_type=TRANSFORMER`` for
+  transformers as NNCF's docs ask (only where ``nncf`` imports).
 
-Every function takes the FP32 ONNX path, an output path and the calibration array
-(N, C, H, W float32), writes the quantized model and returns notes for the results file.
-These run inside the benchmark's worker subprocess, one call per process.
+Every function takes the FP32 ONNX path, an output path, the calibration data as a list of
+batch-1 feed dicts of equal shapes (an (N, C, H, W) array becomes one feed per row) and the
+model's peer options (``nncf_model_type``: NNCF's ``model_type``, e.g. TRANSFORMER), writes the
+quantized model and returns notes for the results file. These run inside the benchmark's worker
+subprocess, one call per process.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-PeerFn = Callable[[Path, Path, np.ndarray, str], dict]
+Feeds = list[dict[str, np.ndarray]]
+PeerFn = Callable[[Path, Path, Feeds, str, dict], dict]
 
 
 def input_name(model_path: Path) -> str:
@@ -44,24 +48,31 @@ def _preprocess(model_path: Path, tmp: Path) -> tuple[Path, str]:
         return model_path, f"quant_pre_process failed ({type(e).__name__}: {str(e)[:120]}); used the raw model"
 
 
-class _Reader:
-    """onnxruntime.quantization.CalibrationDataReader over the rows of one array, batch 1."""
+def as_feed_list(model_path: Path, calib: np.ndarray | Feeds) -> Feeds:
+    """Batch-1 feed dicts: an array's rows under the model's input name, or the feeds as given."""
+    if isinstance(calib, np.ndarray):
+        name = input_name(model_path)
+        return [{name: np.ascontiguousarray(calib[i:i + 1])} for i in range(len(calib))]
+    return [{k: np.ascontiguousarray(v) for k, v in f.items()} for f in calib]
 
-    def __init__(self, name: str, calib: np.ndarray) -> None:
-        self.name = name
-        self.calib = calib
+
+class _Reader:
+    """onnxruntime.quantization.CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: Feeds) -> None:
+        self.feeds = feeds
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._it is None:
-            self._it = ({self.name: np.ascontiguousarray(self.calib[i:i + 1])} for i in range(len(self.calib)))
+            self._it = iter(self.feeds)
         return next(self._it, None)
 
     def rewind(self) -> None:
         self._it = None
 
 
-def ort_static(model_path: Path, out: Path, calib: np.ndarray, method: str) -> dict:
+def ort_static(model_path: Path, out: Path, feeds: Feeds, method: str, options: dict) -> dict:
     """ORT quantize_static, QDQ, per-channel, QUInt8 activations / QInt8 weights, `method` calibration."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -71,13 +82,14 @@ def ort_static(model_path: Path, out: Path, calib: np.ndarray, method: str) -> d
 
     with tempfile.TemporaryDirectory() as tmp:
         src, note = _preprocess(model_path, Path(tmp))
-        quantize_static(str(src), str(out), Reader(input_name(model_path), calib),
+        quantize_static(str(src), str(out), Reader(feeds),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, method))
-    return {"notes": [note, f"calibrate_method={method}, other options at ORT defaults"]}
+    return {"notes": [note, f"calibrate_method={method}, {len(feeds)} calibration feeds, "
+                            "other options at ORT defaults"]}
 
 
-def ort_dynamic(model_path: Path, out: Path, calib: np.ndarray, option: str) -> dict:
+def ort_dynamic(model_path: Path, out: Path, feeds: Feeds, option: str, options: dict) -> dict:
     """ORT quantize_dynamic at its defaults (no calibration data)."""
     from onnxruntime.quantization import quantize_dynamic
 
@@ -85,17 +97,20 @@ def ort_dynamic(model_path: Path, out: Path, calib: np.ndarray, option: str) -> 
     return {"notes": ["quantize_dynamic defaults"]}
 
 
-def nncf_quantize(model_path: Path, out: Path, calib: np.ndarray, option: str) -> dict:
-    """NNCF post-training quantization of the ONNX model, defaults, all calibration samples used."""
+def nncf_quantize(model_path: Path, out: Path, feeds: Feeds, option: str, options: dict) -> dict:
+    """NNCF post-training quantization of the ONNX model, defaults (but `model_type` where the model
+    has one, as NNCF's docs ask for transformers), all calibration samples used."""
     import nncf
     import onnx
 
     model = onnx.load(str(model_path))
-    name = input_name(model_path)
-    dataset = nncf.Dataset(list(range(len(calib))), lambda i: {name: np.ascontiguousarray(calib[i:i + 1])})
-    quantized = nncf.quantize(model, dataset, subset_size=len(calib))
+    kw = {}
+    if options.get("nncf_model_type"):
+        kw["model_type"] = getattr(nncf.ModelType, options["nncf_model_type"])
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), **kw)
     onnx.save(quantized, str(out))
-    return {"notes": [f"nncf {nncf.__version__}, defaults (preset PERFORMANCE), subset_size={len(calib)}"]}
+    how = f"model_type={options['nncf_model_type']}, otherwise defaults" if kw else "defaults"
+    return {"notes": [f"nncf {nncf.__version__}, {how} (preset PERFORMANCE), subset_size={len(feeds)}"]}
 
 
 # label -> (function, option). The order is the order of the table.
@@ -115,6 +130,6 @@ def unavailable(label: str) -> str | None:
     return None
 
 
-def run_peer(label: str, model_path: Path, out: Path, calib: np.ndarray) -> dict:
+def run_peer(label: str, model_path: Path, out: Path, calib: np.ndarray | Feeds, options: dict | None = None) -> dict:
     fn, option = PEERS[label]
-    return fn(model_path, out, calib, option)
+    return fn(model_path, out, as_feed_list(model_path, calib), option, options or {})

@@ -1,8 +1,11 @@
 """lowbit's benchmark: FP32 vs every lowbit preset (and, with --peers, ONNX Runtime and NNCF)
-on MobileNetV2 (real ImageNet weights) and a ResNet-18-shaped network (seeded random weights).
+on MobileNetV2 (real ImageNet weights), a ResNet-18-shaped network (seeded random weights),
+all-MiniLM-L6-v2 sentence embeddings (real weights) and the doorbell's face descriptor (dlib's
+ResNet, real weights). What is model-specific (data, variants, fidelity metrics) is in suites.py.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--peers] [--models mobilenet_v2,resnet18]
-                                       [--threads 1,2] [--runs N] [--out DIR]
+    .venv/bin/python benchmarks/run.py [--quick] [--peers]
+                                       [--models mobilenet_v2,resnet18,minilm,face_descriptor]
+                                       [--threads 1,2] [--runs N] [--calib N] [--eval N] [--out DIR]
 
 Writes DIR/results.md and DIR/results.json (default DIR: benchmarks/results) and prints the tables.
 Every quantization runs in its own subprocess (benchmarks/worker.py) for honest time / peak RSS;
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -27,18 +31,15 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import lowbit  # noqa: E402
-from lowbit.data import as_feeds  # noqa: E402
 from lowbit.errors import LowbitError  # noqa: E402
-from lowbit.io import atomic_write_bytes, atomic_write_text  # noqa: E402
-from lowbit.load import export_torch, load_model  # noqa: E402
-from lowbit.prepare import prepare  # noqa: E402
-from lowbit.verify import compare_models, measure_latency  # noqa: E402
+from lowbit.io import atomic_write_text  # noqa: E402
+from lowbit.verify import measure_latency  # noqa: E402
 
 import peers  # noqa: E402
 from render import SCHEMA, check_bars, render_markdown  # noqa: E402
+from suites import SUITES, Suite  # noqa: E402
 
-MODELS = ("mobilenet_v2", "resnet18")
-EVAL_BATCH = 10
+MODELS = tuple(SUITES)
 WORKER_TIMEOUT_S = 1800
 
 
@@ -48,13 +49,16 @@ def log(msg: str) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="smoke run: 16 calib, 32 eval, 5 runs, MobileNetV2 only")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 16 calib, 32 eval, 5 runs, fast presets, MobileNetV2 unless --models")
     p.add_argument("--peers", action="store_true", help="also ONNX Runtime quantize_static/_dynamic and NNCF")
     p.add_argument("--models", default=None, help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--threads", default="1,2", help="ONNX Runtime intra-op thread counts to time")
     p.add_argument("--runs", type=int, default=None, help="timed runs per variant and thread count (default 100)")
-    p.add_argument("--calib", type=int, default=None, help="calibration crops (default 128)")
-    p.add_argument("--eval", type=int, default=None, help="evaluation crops (default 300)")
+    p.add_argument("--calib", type=int, default=None,
+                   help="calibration photo crops / sentences (default 128; the face set is fixed)")
+    p.add_argument("--eval", type=int, default=None,
+                   help="evaluation photo crops / sentences (default 300; the face set is fixed)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="folder for results.md / results.json")
     a = p.parse_args(argv)
     a.models = tuple(m for m in (a.models or ("mobilenet_v2" if a.quick else ",".join(MODELS))).split(",") if m)
@@ -106,33 +110,13 @@ def _git_state() -> str:
         return "unknown"
 
 
-def export_model(name: str, path: Path) -> dict:
-    """Write the FP32 ONNX model; return what the table must say about its weights."""
-    if name == "mobilenet_v2":
-        from lowbit.demo.mobilenet import export_mobilenet
-
-        export_mobilenet(path)
-        return {"title": "MobileNetV2", "weights": "real ImageNet weights (torchvision IMAGENET1K_V1)",
-                "random_weights": False}
-    import torch
-
-    from lowbit.zoo import resnet18
-
-    atomic_write_bytes(path, export_torch(resnet18(seed=0), torch.zeros(1, 3, 224, 224)).SerializeToString())
-    return {"title": "ResNet-18 (shape only)", "weights": "seeded random weights (seed 0)", "random_weights": True}
-
-
-def variant_specs(with_peers: bool, quick: bool = False) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+def variant_specs(suite: Suite, with_peers: bool,
+                  quick: bool = False) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
     """[(label, kind, name)] for the worker, and {label: why skipped}."""
-    # CNN benchmarks: every preset but the transformer one (which places Q/DQ for attention blocks);
-    # the quick smoke run keeps to the fast presets
-    presets = [p for p in lowbit.PRESETS if p != "int8-transformer"]
-    if quick:
-        presets = [p for p in presets if p in ("fp16", "int8", "int8-fast")]
-    specs = [(f"lowbit:{p}", "lowbit", p) for p in presets]
+    specs = [(f"lowbit:{p}", "lowbit", p) for p in suite.presets(quick)]
     skipped: dict[str, str] = {}
     if with_peers:
-        for label in peers.PEERS:
+        for label in suite.peer_labels:
             why = peers.unavailable(label)
             if why:
                 skipped[label] = why
@@ -141,83 +125,82 @@ def variant_specs(with_peers: bool, quick: bool = False) -> tuple[list[tuple[str
     return specs, skipped
 
 
-def run_worker(label: str, kind: str, name: str, model: Path, work: Path, parity_n: int) -> dict:
+def _pickle(path: Path, obj: object) -> str | None:
+    if obj is None:
+        return None
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return str(path)
+
+
+def run_worker(label: str, kind: str, name: str, model: Path, work: Path, files: dict, peer_options: dict) -> dict:
     safe = label.replace(":", "_")
-    spec = {"kind": kind, "name": name, "model": str(model), "calib": str(work / "calib.npy"),
-            "eval": str(work / "eval.npy"), "parity_n": parity_n, "out": str(work / f"{safe}.onnx"),
-            "result": str(work / f"{safe}.result.json")}
+    spec = {"kind": kind, "name": name, "model": str(model), **files, "peer_options": peer_options,
+            "out": str(work / f"{safe}.onnx"), "result": str(work / f"{safe}.result.json")}
     spec_path = work / f"{safe}.spec.json"
     spec_path.write_text(json.dumps(spec))
     t0 = time.perf_counter()
     try:
+        # cwd: the temp folder, because ORT's quant_pre_process leaves sym_shape_infer_temp.onnx and a 90 MB
+        # external-data file in the working directory when its shape inference fails (it does on MiniLM)
         proc = subprocess.run([sys.executable, str(HERE / "worker.py"), str(spec_path)], capture_output=True,
-                              text=True, timeout=WORKER_TIMEOUT_S)
+                              text=True, timeout=WORKER_TIMEOUT_S, cwd=work)
     except subprocess.TimeoutExpired:
+        log(f"  {label}: FAILED, timed out after {WORKER_TIMEOUT_S} s")
         return {"ok": False, "error": f"timed out after {WORKER_TIMEOUT_S} s"}
     result_path = Path(spec["result"])
-    if not result_path.exists():
-        return {"ok": False, "error": f"worker died (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"}
+    if not result_path.exists():  # killed (out of memory, a crash in native code): a result, not a crash here
+        err = f"worker died (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
+        log(f"  {label}: FAILED {err[:200]}")
+        return {"ok": False, "error": err}
     out = json.loads(result_path.read_text())
     out["path"] = spec["out"]
     log(f"  {label}: {'ok' if out['ok'] else 'FAILED ' + out['error']} in {time.perf_counter() - t0:.1f} s")
     return out
 
 
-def _compare(ref: bytes, cands: dict[str, bytes], data) -> tuple[dict, dict[str, str]]:
-    """compare_models, isolating a candidate that ONNX Runtime cannot run."""
-    try:
-        return compare_models(ref, cands, data)[0], {}
-    except (LowbitError, RuntimeError) as e:
-        if len(cands) == 1:
-            return {}, {k: str(e)[:300] for k in cands}
-        accs, errors = {}, {}
-        for k, v in cands.items():
-            a, err = _compare(ref, {k: v}, data)
-            accs.update(a)
-            errors.update(err)
-        return accs, errors
+def _input_names(model: bytes) -> list[str]:
+    import onnx
+
+    m = onnx.load_from_string(model)
+    inits = {i.name for i in m.graph.initializer}
+    return [i.name for i in m.graph.input if i.name not in inits]
 
 
-def fidelity(fp32: Path, models: dict[str, bytes], evaluation: np.ndarray, labeled: tuple[np.ndarray, np.ndarray]
-             ) -> tuple[dict[str, dict], float | None, dict[str, str]]:
-    """({label: fidelity + labeled top-1}, FP32 labeled top-1, {label: error})."""
-    specs = prepare(load_model(str(fp32)), optimize=False).inputs
-    ref = fp32.read_bytes()
-    accs, errors = _compare(ref, models, as_feeds(evaluation, specs, batch_size=EVAL_BATCH))
-    if errors:  # a model with a fixed batch dimension: retry those one sample at a time
-        retry, errors = _compare(ref, {k: models[k] for k in errors}, as_feeds(evaluation, specs))
-        accs.update(retry)
-    ok = {k: v for k, v in models.items() if k in accs}
-    lab, lab_errors = _compare(ref, ok, as_feeds(labeled[0], specs, labels=labeled[1]))
-    out, ref_top1 = {}, None
-    for k in ok:
-        out[k] = dict(accs[k].result())
-        if k in lab:
-            ref_acc, acc = lab[k].accuracy()
-            ref_top1, out[k]["labeled_top1"] = ref_acc["top1"], acc["top1"]
-    return out, ref_top1, {**errors, **lab_errors}
-
-
-def bench_model(name: str, args: argparse.Namespace, data: dict, work: Path) -> dict:
+def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
+    suite = SUITES[name]
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / "fp32.onnx"
-    info = export_model(name, fp32)
-    log(f"{name}: exported FP32 ({fp32.stat().st_size / 1e6:.2f} MB)")
-    np.save(work / "calib.npy", data["calib"])
-    np.save(work / "eval.npy", data["eval"])
-    specs, skipped = variant_specs(args.peers, args.quick)
-    quant = {label: run_worker(label, kind, nm, fp32, work, args.parity_n) for label, kind, nm in specs}
+    suite.export(fp32)
+    log(f"{name}: FP32 ONNX ({fp32.stat().st_size / 1e6:.2f} MB); loading data")
+    data = suite.data(args)
+    files = {"calib": _pickle(work / "calib.pkl", data["calib"]),
+             "calib_fixed": _pickle(work / "calib_fixed.pkl", data.get("calib_fixed")),
+             "parity_eval": _pickle(work / "parity_eval.pkl", data["parity_eval"])}
+    specs, skipped = variant_specs(suite, args.peers, args.quick)
+    quant = {label: run_worker(label, kind, nm, fp32, work, files, suite.peer_options) for label, kind, nm in specs}
     models = {k: Path(q["path"]).read_bytes() for k, q in quant.items() if q["ok"]}
-    log(f"{name}: fidelity on {len(data['eval'])} eval crops and {len(data['labels'])} labeled photos")
-    fid, ref_top1, run_errors = fidelity(fp32, models, data["eval"], (data["labeled"], data["labels"]))
-    timed = {"fp32": fp32.read_bytes(), **{k: v for k, v in models.items() if k in fid}}
-    log(f"{name}: latency, {len(timed)} variants interleaved, threads {args.threads}, {args.runs} runs")
+    log(f"{name}: fidelity of {len(models)} variants")
+    fid, fp32_fid, run_errors = suite.fidelity(fp32, models, data)
+    ref = fp32.read_bytes()
+    ref_inputs = _input_names(ref)
+    timed = {"fp32": ref}
+    for k, v in models.items():
+        if k not in fid:
+            continue
+        if sorted(_input_names(v)) != sorted(ref_inputs):  # measure_latency feeds every model the same inputs
+            run_errors[k] = f"inputs {_input_names(v)} differ from FP32's {ref_inputs}: not timed"
+            continue
+        timed[k] = v
+    feeds = data["latency_feeds"](ref_inputs[0])
+    log(f"{name}: latency, {len(timed)} variants interleaved, threads {args.threads}, {args.runs} runs, "
+        f"inputs {', '.join(f'{k} {tuple(v.shape)}' for k, v in feeds.items())}")
     load_before = os.getloadavg()[0]
-    lat = measure_latency(timed, {peers.input_name(fp32): data["eval"][:1]}, args.threads, args.runs)
+    lat = measure_latency(timed, feeds, args.threads, args.runs)
     load = [load_before, os.getloadavg()[0]]
-    fp32_size = len(timed["fp32"])
-    variants: dict[str, dict] = {"fp32": {"kind": "fp32", "size_bytes": fp32_size, "labeled_top1": ref_top1,
-                                          "latency_ms": lat["fp32"], "fidelity": None, "quantize": None}}
+    fp32_size = len(ref)
+    variants: dict[str, dict] = {"fp32": {"kind": "fp32", "size_bytes": fp32_size, "latency_ms": lat["fp32"],
+                                          "fidelity": fp32_fid, "quantize": None}}
     for label, kind, nm in specs:
         q = quant[label]
         v: dict = {"kind": kind, "name": nm, "error": q.get("error") or run_errors.get(label)}
@@ -226,8 +209,8 @@ def bench_model(name: str, args: argparse.Namespace, data: dict, work: Path) -> 
             v["quantize"] = {k: q[k] for k in ("wall_s", "peak_rss_mb", "rss_before_mb")}
             v["parity"], v["notes"] = q.get("parity"), q.get("notes", [])
         if label in fid:
-            v["fidelity"] = {k: fid[label].get(k) for k in ("samples", "top1_agreement", "sqnr_db", "kl", "cosine")}
-            v["labeled_top1"] = fid[label].get("labeled_top1")
+            v["fidelity"] = fid[label]
+        if label in lat:
             v["latency_ms"] = lat[label]
         variants[label] = v
     for v in variants.values():
@@ -238,7 +221,9 @@ def bench_model(name: str, args: argparse.Namespace, data: dict, work: Path) -> 
             v["speedup"] = {t: lat["fp32"][t]["median"] / m["median"] for t, m in v["latency_ms"].items()}
     for label, why in skipped.items():
         variants[label] = {"kind": "peer", "name": label, "error": f"skipped: {why}"}
-    return {**info, "load_avg_1min_during_latency": load, "variants": variants}
+    return {**suite.info(), "data": data["describe"], "samples": data["counts"],
+            "latency_input": {k: list(v.shape) for k, v in feeds.items()},
+            "load_avg_1min_during_latency": load, "variants": variants}
 
 
 def _finite(x: object) -> object:
@@ -250,15 +235,6 @@ def _finite(x: object) -> object:
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
-
-
-def load_data(args: argparse.Namespace) -> dict:
-    from lowbit.demo.mobilenet import labeled_arrays, photo_arrays
-
-    log(f"data: {args.calib} calib crops, {args.eval} eval crops, 20 labeled photos")
-    labeled_x, labels = labeled_arrays()
-    return {"calib": np.stack(photo_arrays("calib", args.calib)), "eval": np.stack(photo_arrays("eval", args.eval)),
-            "labeled": np.stack(labeled_x), "labels": labels}
 
 
 def update_readme(markdown: str) -> None:
@@ -276,18 +252,20 @@ def update_readme(markdown: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    data = load_data(args)
     results = {"schema": SCHEMA, "command": " ".join(["benchmarks/run.py", *(argv or sys.argv[1:])]),
                "machine": machine_info(),
                "settings": {"quick": args.quick, "peers": args.peers, "models": list(args.models),
                             "threads": list(args.threads), "latency_runs": args.runs, "batch": 1,
-                            "calib_samples": len(data["calib"]), "eval_samples": len(data["eval"]),
-                            "labeled_samples": len(data["labels"]), "parity_samples": args.parity_n,
-                            "presets": list(lowbit.PRESETS)},
+                            "calib_samples": args.calib, "eval_samples": args.eval,
+                            "parity_samples": args.parity_n, "presets": list(lowbit.PRESETS)},
                "models": {}}
     with tempfile.TemporaryDirectory(prefix="lowbit-bench-") as tmp:
         for name in args.models:
-            results["models"][name] = bench_model(name, args, data, Path(tmp) / name)
+            try:
+                results["models"][name] = bench_model(name, args, Path(tmp) / name)
+            except LowbitError as e:  # its data or weights are not installed: say so, go on with the others
+                log(f"{name}: NOT RUN: {e}")
+                results["models"][name] = {**SUITES[name].info(), "error": str(e), "variants": {}}
     results["bars"] = check_bars(results["models"])
     results["elapsed_s"] = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Smoke test of the benchmark command: `benchmarks/run.py --quick` writes both result files."""
+"""Smoke test of the benchmark command (`benchmarks/run.py --quick` writes both result files, slow) and a
+fast check that its markdown and bars are rendered from each model's declared columns."""
 
 from __future__ import annotations
 
@@ -45,3 +46,54 @@ def test_benchmark_quick_writes_results(tmp_path: Path) -> None:
     assert {b["status"] for b in results["bars"]} <= {"PASS", "FAIL", "NOT MEASURED"}
     markdown = (out / "results.md").read_text()
     assert "| lowbit:int8 |" in markdown and "Bars" in markdown
+
+
+def _render_module():
+    spec = importlib.util.spec_from_file_location("bench_render", ROOT / "benchmarks" / "render.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _variant(kind: str, ms: float, fid: dict, peak: float | None = 500.0, size: int = 25) -> dict:
+    lat = {t: {"median": ms * f, "p10": ms, "p90": ms} for t, f in (("1", 1.0), ("2", 0.6))}
+    return {"kind": kind, "size_bytes": size, "size_mb": size / 1e6, "size_pct_fp32": float(size),
+            "latency_ms": lat, "speedup": {"1": 40.0 / ms, "2": 40.0 / ms}, "fidelity": fid, "error": None,
+            "quantize": None if peak is None else {"wall_s": 1.0, "peak_rss_mb": peak, "rss_before_mb": 100.0}}
+
+
+def test_benchmark_render_is_generic() -> None:
+    """Fast: the markdown and bars come from each model's declared columns (no model is run)."""
+    render = _render_module()
+    cols = [{"key": "cosine", "header": "mean cos", "fmt": ".4f", "higher_is_better": True},
+            {"key": "nn_preserved", "header": "NN preserved", "fmt": ".3f", "higher_is_better": True}]
+    text = {"title": "Tiny encoder", "weights": "real", "random_weights": False, "columns": cols, "primary": "cosine",
+            "headline": "lowbit:int8-transformer", "data": "some sentences", "metrics": "cosines",
+            "latency_input": {"input_ids": [1, 128]}, "load_avg_1min_during_latency": [0.1, 0.1],
+            "variants": {
+                "fp32": _variant("fp32", 40.0, {"cosine": 1.0, "nn_preserved": 1.0}, peak=None, size=100),
+                "lowbit:fp16": _variant("lowbit", 50.0, {"cosine": 1.0, "nn_preserved": 1.0}),
+                "lowbit:int8-transformer": _variant("lowbit", 20.0, {"cosine": 0.996, "nn_preserved": 0.93}, 400.0),
+                "lowbit:int8": {"kind": "lowbit", "name": "int8", "error": "Fail: boom"},
+                "ort-static-minmax": _variant("peer", 30.0, {"cosine": 0.81, "nn_preserved": 0.5}, 800.0),
+                "ort-dynamic": _variant("peer", 25.0, {"cosine": 0.96, "nn_preserved": 0.8}, 100.0),
+            }}
+    bars = {b["bar"]: b["status"] for b in render.check_bars({"tiny": text})}
+    assert bars["Tiny encoder: lowbit:int8-transformer mean cos ≥ best peer's"] == "PASS"
+    assert bars["Tiny encoder: lowbit:int8-transformer latency ≤ ORT quantize_static's "
+                "(fastest calibration, every thread count)"] == "PASS"
+    assert bars["Tiny encoder: no lowbit preset slower than FP32 at any thread count"] == "FAIL"  # fp16
+    # ort-dynamic reads no data: the memory bar compares with the calibrating peers only
+    assert bars["Tiny encoder: lowbit:int8-transformer quantize peak RSS ≤ every calibrating peer's"] == "PASS"
+    results = {"machine": {"cpu": "cpu", "logical_cores": 2, "usable_cores": 2, "isa": [], "onnxruntime": "1",
+                           "versions": {}, "date": "today"},
+               "settings": {"quick": True, "threads": [1, 2], "latency_runs": 3},
+               "command": "run.py", "models": {"tiny": text}, "bars": render.check_bars({"tiny": text})}
+    missing = {"title": "Faces", "weights": "real", "random_weights": False, "error": "no data", "variants": {}}
+    results["models"]["faces"] = missing
+    assert render.check_bars({"faces": missing})[0]["status"] == "NOT MEASURED"
+    markdown = render.render_markdown(results)
+    assert "**Not run**: no data" in markdown
+    assert "| mean cos | NN preserved | parity |" in markdown
+    assert "| lowbit:int8-transformer | 0.00 | 25.0 | 20.00 | 2.00x |" in markdown
+    assert "`lowbit:int8`: **error**: Fail: boom" in markdown
