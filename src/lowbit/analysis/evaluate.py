@@ -45,8 +45,12 @@ class PlanEvaluator:
     """Holds a small evaluation set in memory and the FP32 outputs on it."""
 
     def __init__(self, model: onnx.ModelProto, data: Iterable[Batch], metric: MetricLike = "top1-agreement",
-                 checkpoint: str | Path | None = None) -> None:
-        """`checkpoint`: a JSON file of scores by plan hash, written after every evaluation, so an
+                 checkpoint: str | Path | None = None, reference: onnx.ModelProto | None = None) -> None:
+        """`model`: the float model the plan applies to; `reference`: the FP32 model whose outputs
+        are the target (default `model`). They differ when algorithms re-weighted the float model
+        (bias correction shifts biases to cancel INT8 error): scoring against that model would
+        reward plans for agreeing with a model nobody ships.
+        `checkpoint`: a JSON file of scores by plan hash, written after every evaluation, so an
         interrupted search started again with the same file resumes where it stopped."""
         self.model = model
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -55,7 +59,7 @@ class PlanEvaluator:
             self.cache = json.loads(self.checkpoint.read_text())
         self.batches = list(data)
         self.score_fn = as_metric(metric)
-        ref = session(model)
+        ref = session(reference if reference is not None else model)
         self.reference = np.concatenate([run_batch(ref, b)[0] for b in self.batches])
         labels = [b.labels for b in self.batches]
         self.labels = np.concatenate(labels) if all(l is not None for l in labels) else None
