@@ -251,3 +251,27 @@ def test_four_bit_weights_stay_four_bit_in_the_file_and_run_on_integer_kernels(s
     kernels = r.report.variants[1]["kernels"]
     assert kernels["unfused"] == [] and kernels["float_kernels"] <= 1, kernels
     assert r.report.variants[1]["parity"]["passed"]
+
+
+def test_four_bit_weights_raise_the_opset_with_the_version_converter():
+    """int4 needs opset 21; ReduceMean's axes moved from attribute to input at 18, so a bare version
+    bump would give a model ONNX Runtime refuses."""
+    class MeanPool(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.head = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    module = MeanPool().eval()
+    data = [np.random.default_rng(i).random((1, 3, 16, 16), np.float32) for i in range(8)]
+    cfg = lowbit.QuantConfig(objective="size", weights=lowbit.Scheme(lowbit.int4, lowbit.PerChannel(0),
+                                                                     symmetric=True))
+    r = lowbit.quantize(module, cfg, data, example_inputs=torch.zeros(1, 3, 16, 16), eval_data=data,
+                        verify=NO_LATENCY)
+    assert "ReduceMean" in op_counts(r.model)
+    assert max(i.version for i in r.model.opset_import if i.domain in ("", "ai.onnx")) == 21
+    assert r.report.variants[1]["parity"]["passed"]

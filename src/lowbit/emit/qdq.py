@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.core.granularity import PerChannel, PerGroup
 from lowbit.emit.metadata import record_plan
+from lowbit.errors import ModelError
 from lowbit.graph import GraphIndex
 from lowbit.plan import QuantPlan, TensorPlan
 
@@ -100,6 +102,7 @@ class _Surgery:
 
     # --- the surgery ---------------------------------------------------------------------
     def run(self) -> onnx.ModelProto:
+        self._convert_opset()
         g = self.m.graph
         self._fold_activations()
         index = GraphIndex(self.m)
@@ -246,11 +249,30 @@ class _Surgery:
         ]
         return nodes, dq_out
 
+    def _needed_opset(self) -> int:
+        if not self.simulate and any(t.qparams.dtype.bits == 4 or isinstance(t.qparams.granularity, PerGroup)
+                                     for t in self.plan.tensors.values()):
+            return 21  # int4 tensors and blocked DequantizeLinear
+        return QDQ_MIN_OPSET
+
+    def _convert_opset(self) -> None:
+        """Raise the float graph to the opset its Q/DQ nodes need with ONNX's version converter: a bare
+        version bump would leave ops whose signature changed in between (ReduceMean's axes moved from
+        attribute to input at 18) invalid."""
+        needed = self._needed_opset()
+        current = next((imp.version for imp in self.m.opset_import if imp.domain in ("", "ai.onnx")), needed)
+        if current >= needed:
+            return
+        try:
+            converted = onnx.version_converter.convert_version(self.m, needed)
+        except Exception as e:  # the converter's errors are C++ messages; name what was being done
+            raise ModelError(f"4-bit weights need ONNX opset {needed}, and ONNX's version converter could not "
+                             f"raise this model from opset {current}: {str(e).strip().splitlines()[0][:200]}. "
+                             f"Export the model at opset {needed} or use 8-bit weights.") from None
+        self.m = converted
+
     def _ensure_opset(self) -> None:
-        needed = QDQ_MIN_OPSET
-        if any(t.qparams.dtype.bits == 4 or isinstance(t.qparams.granularity, PerGroup)
-               for t in self.plan.tensors.values()):
-            needed = 21
+        needed = self._needed_opset()
         for imp in self.m.opset_import:
             if imp.domain in ("", "ai.onnx") and imp.version < needed:
                 imp.version = needed
