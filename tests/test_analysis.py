@@ -105,6 +105,26 @@ def test_search_scores_against_the_original_fp32_model(small_model_path, calib_a
     assert abs(r.report.data["search"]["holdout"]["metric"] - sqnr_db) < 2.5
 
 
+def test_layers_kept_in_float_lose_their_int8_bias_correction(small_model_path, calib_arrays):
+    from lowbit.algorithms import BiasCorrection
+    from lowbit.graph import GraphIndex
+    from lowbit.load import load_model
+    from lowbit.prepare import prepare
+
+    cfg = lowbit.QuantConfig(objective="size", algorithms=(BiasCorrection(),))
+    corrected = lowbit.quantize(small_model_path, cfg, calib_arrays, verify=None)
+    r = lowbit.quantize(small_model_path, cfg, calib_arrays, eval_data=image_like(16, seed=8), verify=None,
+                        max_drop=0.0, metric="sqnr", search_evals=8)
+    before, after, fitted = (GraphIndex(m) for m in (prepare(load_model(small_model_path)).proto, r.float_model,
+                                                     corrected.float_model))
+    floats = [n for n, p in r.plan.nodes.items() if p.precision in ("fp16", "fp32") and p.op in ("Conv", "Gemm")]
+    assert floats, "the impossible budget promotes layers to float"
+    for name in floats:
+        bias = lambda g: g.constant(g.nodes[name].input[2])  # noqa: E731
+        assert not np.array_equal(bias(fitted), bias(before))     # bias correction did move it ...
+        np.testing.assert_array_equal(bias(after), bias(before))  # ... and a float layer gets it back
+
+
 def test_impossible_budget_is_reported_not_hidden(small_model_path, calib_arrays):
     r = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays,
                         eval_data=image_like(16, seed=6), verify=lowbit.VerifyOptions(threads=()),

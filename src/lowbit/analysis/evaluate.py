@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from lowbit.analysis.float_layers import restore_float_layers
 from lowbit.data import Batch
 from lowbit.emit import emit_simulation
 from lowbit.io import atomic_write_text
@@ -45,14 +46,18 @@ class PlanEvaluator:
     """Holds a small evaluation set in memory and the FP32 outputs on it."""
 
     def __init__(self, model: onnx.ModelProto, data: Iterable[Batch], metric: MetricLike = "top1-agreement",
-                 checkpoint: str | Path | None = None, reference: onnx.ModelProto | None = None) -> None:
+                 checkpoint: str | Path | None = None, reference: onnx.ModelProto | None = None,
+                 float_weights: onnx.ModelProto | None = None) -> None:
         """`model`: the float model the plan applies to; `reference`: the FP32 model whose outputs
         are the target (default `model`). They differ when algorithms re-weighted the float model
         (bias correction shifts biases to cancel INT8 error): scoring against that model would
         reward plans for agreeing with a model nobody ships.
+        `float_weights`: the float model before plan-stage algorithms; layers a plan keeps in float
+        take their weights from it (`restore_float_layers`).
         `checkpoint`: a JSON file of scores by plan hash, written after every evaluation, so an
         interrupted search started again with the same file resumes where it stopped."""
         self.model = model
+        self.float_weights = float_weights
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.cache: dict[str, list[float]] = {}
         if self.checkpoint is not None and self.checkpoint.is_file():
@@ -67,8 +72,14 @@ class PlanEvaluator:
         self.evaluations = 0
 
     def outputs(self, plan: QuantPlan) -> np.ndarray:
-        sim = session(emit_simulation(self.model, plan))
+        sim = session(emit_simulation(self.float_model(plan), plan))
         return np.concatenate([run_batch(sim, b)[0] for b in self.batches])
+
+    def float_model(self, plan: QuantPlan) -> onnx.ModelProto:
+        """The float model `plan` applies to: its float layers with their own float weights."""
+        if self.float_weights is None:
+            return self.model
+        return restore_float_layers(self.model, self.float_weights, plan)
 
     def score(self, plan: QuantPlan) -> Score:
         key = hashlib.sha256((plan.to_json() + self.model_key).encode()).hexdigest()
@@ -90,5 +101,7 @@ class PlanEvaluator:
         if not hasattr(self, "_model_key"):
             h = hashlib.sha256(self.model.graph.SerializeToString(deterministic=True))
             h.update(self.reference.tobytes())
+            if self.float_weights is not None:
+                h.update(self.float_weights.graph.SerializeToString(deterministic=True))
             self._model_key = h.hexdigest()
         return self._model_key
