@@ -13,26 +13,32 @@ from __future__ import annotations
 import io
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: `import lowbit` stays light
+    import torch
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
 OPSET = 17
 
 
-class _Encoder(torch.nn.Module):
-    """Wraps a Hugging Face encoder so that it takes positional int64 inputs and returns one tensor."""
+def _encoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face encoder with positional int64 inputs and one output tensor."""
+    import torch
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out[0] if isinstance(out, (tuple, list)) else out.last_hidden_state
+
+    return Encoder()
 
 
 def export_encoder(model: torch.nn.Module, path: str | Path | None = None, seq_len: int = 16,
@@ -41,7 +47,9 @@ def export_encoder(model: torch.nn.Module, path: str | Path | None = None, seq_l
 
     >>> proto = export_encoder(AutoModel.from_pretrained(path), "minilm.onnx")  # doctest: +SKIP
     """
-    wrapped = _Encoder(model).eval()
+    import torch
+
+    wrapped = _encoder(model).eval()
     ids = torch.randint(1, vocab_size, (2, seq_len), generator=torch.Generator().manual_seed(0))
     args = (ids, torch.ones_like(ids), torch.zeros_like(ids))
     axes = {n: {0: "batch", 1: "sequence"} for n in INPUT_NAMES}
