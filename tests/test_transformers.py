@@ -147,6 +147,62 @@ def test_int4_runs_and_matches_simulation(tiny, rounding):
     assert len(q.SerializeToString()) < 0.5 * len(tiny.SerializeToString())
 
 
+def test_outlier_split_keeps_function_and_narrows_range():
+    from lowbit.transformers.outliers import OutlierSplit
+
+    model = tiny_model()
+    g = {n.name: n for n in model.graph.node}
+    down = next(n for n, r in find_patterns(model).linear_role.items() if r == "ffn_down")
+    for t in model.graph.initializer:  # one FFN channel with a 40x larger output: an outlier
+        if t.name == g[next(n for n, r in find_patterns(model).linear_role.items() if r == "ffn_up")].input[1]:
+            w = onnx.numpy_helper.to_array(t).copy()
+            w[:, 5] *= 40.0
+            t.CopyFrom(onnx.numpy_helper.from_array(w, t.name))
+    split, chosen = OutlierSplit().split(model, as_feeds(feeds(), specs_from_onnx(model)))
+    assert [5] in chosen.values()
+    x = feeds(1, seed=7)[0]["x"]
+    np.testing.assert_allclose(run(split, x), run(model, x), atol=1e-4, rtol=1e-4)
+    p = find_patterns(split)
+    assert len(p.outlier) >= 1 and p.linear_role[down] == "ffn_down"
+    sel = transformer_selection(split)
+    assert all(sel.nodes[n].precision == "fp32" for n in p.outlier)
+    inliers = next(i for i in chosen if i in {g[down].input[0]})
+    assert np.abs(run_output(split, inliers + "_inliers", x)).max() < 0.2 * np.abs(run_output(split, inliers, x)).max()
+
+
+def test_int8_preset_picks_transformer_recipe(tiny, small_model_path, calib_arrays):
+    import lowbit
+    from lowbit.config import preset, resolve_transformer
+
+    cfg = resolve_transformer(preset("int8"), tiny)
+    assert cfg.transformer is True and [a.registry_name for a in cfg.algorithms] == \
+        [a.registry_name for a in preset("int8-transformer").algorithms]
+    cnn = prepare(load_model(str(small_model_path))).proto
+    assert resolve_transformer(preset("int8"), cnn) == preset("int8").with_(transformer=False)
+    r = lowbit.quantize(tiny, "int8", feeds(), verify=None)
+    assert r.plan.config["transformer"] is True
+    assert all(p.precision == "fp32" for p in r.plan.nodes.values() if p.op in ("LayerNormalization", "Softmax"))
+    x = feeds(1, seed=3)[0]["x"]
+    assert cos(run(tiny, x), run(r.model, x)) > 0.99
+    r_cnn = lowbit.quantize(str(small_model_path), "int8", calib_arrays[:8], verify=None)
+    assert r_cnn.plan.config["transformer"] is False and "cle" in str(r_cnn.plan.config["algorithms"])
+
+
+def test_search_can_choose_4bit_blocks(tiny):
+    import lowbit
+    from lowbit.config import preset
+
+    fixed = [{"x": f["x"][:, :8]} for f in feeds(24, seed=4) if f["x"].shape[1] >= 8]
+    cfg = preset("int8-transformer").with_(objective="size")
+    r = lowbit.quantize(tiny, cfg, feeds(), eval_data=fixed, max_drop=0.05, metric="cosine", verify=None)
+    s = r.report.data["search"]
+    assert s["met_budget"] and "int4" in s["chosen"]["promoted"].values()
+    counts = Counter(n.op_type for n in r.model.graph.node)
+    assert counts["MatMulNBits"] == list(s["chosen"]["promoted"].values()).count("int4")
+    x = fixed[0]["x"]
+    assert cos(run(tiny, x), run(r.model, x)) >= 0.95
+
+
 def test_nn_preserved_metric():
     assert METRICS.get("nn-preserved") is NearestNeighbourPreserved
     rng = np.random.default_rng(0)
@@ -180,27 +236,62 @@ def _embeddings(model_bytes: bytes, tok, texts):
     return embed(session(model_bytes, threads=2), tok, texts)
 
 
-@pytest.mark.slow
-def test_minilm_int8_faithful(minilm):
-    from lowbit.transformers.metrics import cosines
-
-    tok, model, calib, packed, ev = minilm
+@pytest.fixture(scope="module")
+def minilm_files(minilm):
+    """The real INT8 and INT4 MiniLM files, built once: (fp32, int8, int4) bytes."""
+    tok, model, calib, packed, _ = minilm
     m8, p8 = plan_int8(model, calib, gptq_calib=packed)
-    ref = _embeddings(model.SerializeToString(), tok, ev)
-    e8 = _embeddings(emit_qdq(m8, p8).SerializeToString(), tok, ev)
-    assert cosines(ref, e8).mean() >= 0.995
-    # The issue's bar is >= 0.95; lowbit reaches ~0.89-0.92 on these close-together documentation
-    # sentences (ORT's dynamic INT8: 0.86). This floor guards against regressions, not the bar.
-    assert NearestNeighbourPreserved().score(ref, e8) >= 0.85
+    m4, p4 = plan_int4(model, packed, group_size=32, rounding="gptq")
+    return model.SerializeToString(), emit_qdq(m8, p8).SerializeToString(), emit_int4(m4, p4).SerializeToString()
 
 
 @pytest.mark.slow
-def test_minilm_int4_small_and_close(minilm):
+def test_minilm_int8_faithful(minilm, minilm_files):
     from lowbit.transformers.metrics import cosines
 
-    tok, model, _, packed, ev = minilm
-    m4, p4 = plan_int4(model, packed, group_size=32, rounding="gptq", int8_layers=("role:ffn_down",))
-    b = emit_int4(m4, p4).SerializeToString()
-    assert len(b) <= 0.20 * len(model.SerializeToString())
-    ref = _embeddings(model.SerializeToString(), tok, ev)
-    assert cosines(ref, _embeddings(b, tok, ev)).mean() >= 0.98
+    tok, _, _, _, ev = minilm
+    fp32, int8, _ = minilm_files
+    ref = _embeddings(fp32, tok, ev)
+    e8 = _embeddings(int8, tok, ev)
+    assert cosines(ref, e8).mean() >= 0.998
+    # The issue's bar is >= 0.95; with outlier splitting lowbit measures ~0.93-0.95 on these
+    # close-together documentation sentences (ORT's dynamic INT8: 0.86). A regression floor.
+    assert NearestNeighbourPreserved().score(ref, e8) >= 0.9
+
+
+@pytest.mark.slow
+def test_minilm_int4_small_and_close(minilm, minilm_files):
+    from lowbit.transformers.metrics import cosines
+
+    tok, _, _, _, ev = minilm
+    fp32, _, int4 = minilm_files
+    assert len(int4) <= 0.20 * len(fp32)
+    ref = _embeddings(fp32, tok, ev)
+    assert cosines(ref, _embeddings(int4, tok, ev)).mean() >= 0.98
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["int8", "int4"])
+def test_minilm_one_file_all_lengths_and_batches(minilm, minilm_files, variant):
+    """One quantized file serves 4..256 tokens and batch 1..16: real text windows, pooled embeddings."""
+    from lowbit.observe import session
+    from lowbit.transformers.metrics import cosines
+    from lowbit.transformers.text import mean_pool
+
+    tok, _, _, _, ev = minilm
+    fp32, int8, int4 = minilm_files
+    ids = np.asarray([i for t in ev for i in tok.encode(t).ids], np.int64)
+    ref_s, q_s = session(fp32, threads=2), session(int8 if variant == "int8" else int4, threads=2)
+    # INT4's worst rows are 3-token fragments (measured 0.91 at 4 tokens x 16; mean 0.978)
+    floor, worst = (0.995, 0.975) if variant == "int8" else (0.97, 0.88)
+    for t in (4, 77, 256):
+        for b in (1, 16):
+            x = np.stack([ids[k * t:(k + 1) * t] for k in range(b)])
+            x[:, 0] = ids[0]  # [CLS]
+            mask = np.ones_like(x)
+            mask[1:, t - t // 4:] = 0  # padded rows too
+            feeds = {"input_ids": x, "attention_mask": mask, "token_type_ids": np.zeros_like(x)}
+            y, yq = ref_s.run(None, feeds)[0], q_s.run(None, feeds)[0]
+            assert yq.shape == (b, t, y.shape[-1])
+            c = cosines(mean_pool(y, mask), mean_pool(yq, mask))
+            assert c.mean() >= floor and c.min() >= worst, (t, b, c.mean(), c.min())

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 
 from lowbit.algorithms import AlgorithmContext
-from lowbit.config import QuantConfig, as_config
+from lowbit.analysis.float_layers import restore_float_layers
+from lowbit.config import QuantConfig, as_config, resolve_transformer
 from lowbit.data import FeedSource, as_feeds
 from lowbit.emit import emit_qdq
 from lowbit.energy import SOURCE as ENERGY_SOURCE
@@ -89,6 +90,15 @@ def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
               progress: Progress = null_progress) -> tuple[onnx.ModelProto, QuantPlan]:
     """Calibrate a static INT8 plan: float algorithms, select nodes, observe their tensors, choose
     qparams, then plan algorithms. Returns the (possibly re-weighted) float model and its plan."""
+    model, plan, _ = calibrate_plan(prepared, config, calib, progress)
+    return model, plan
+
+
+def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
+                   progress: Progress = null_progress) -> tuple[onnx.ModelProto, QuantPlan, onnx.ModelProto]:
+    """`make_plan`, also returning the float model before the plan-stage algorithms fitted layers to
+    their INT8 grids (what a layer kept in float should run with)."""
+    config = resolve_transformer(config, prepared.proto)
     ctx = AlgorithmContext(calib, config, progress, config.seed)
     model = prepared.proto
     for alg in config.algorithms:
@@ -108,12 +118,13 @@ def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
     method = config.activations.calibration
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
     plan = build_plan(model, selection, stats, config)
+    before_fit = model
     for alg in config.algorithms:
         if alg.stage == "plan":
             model, plan = alg.apply(model, plan, ctx)
     # the plan describes the float model the algorithms produced: that is what it re-applies to
     plan.model_fingerprint = fingerprint(model)
-    return model, plan
+    return model, plan, before_fit
 
 
 def quantize(
@@ -161,6 +172,8 @@ def quantize(
         check_output_path(output)
     loaded = load_model(model, example_inputs)
     prepared = prepare(loaded)
+    if plan is None:
+        cfg = resolve_transformer(cfg, prepared.proto)
     t = _stage(timings, "load+prepare", t)
 
     if plan is not None:
@@ -184,15 +197,21 @@ def quantize(
             raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
                             "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
         calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess, limit=calib_limit, skip_bad=skip_bad)
-        float_model, qplan = make_plan(prepared, cfg, calib, progress)
+        original = prepared.proto
+        float_model, qplan, before_fit = calibrate_plan(prepared, cfg, calib, progress)
         prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
         t = _stage(timings, "calibrate+plan", t)
         search = None
         if max_drop is not None or min_metric is not None:
             if eval_data is None:
                 raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
-            qplan, search = _budget_search(prepared, qplan, cfg, eval_data, labels, preprocess, metric, max_drop,
-                                           min_metric, search_evals, verify, progress, checkpoint)
+            qplan, search = _budget_search(prepared, original, before_fit, qplan, cfg, eval_data, labels,
+                                           preprocess, metric, max_drop, min_metric, search_evals, verify,
+                                           progress, checkpoint)
+            # the layers the search kept in float run with their float weights, not their INT8 fits
+            float_model = restore_float_layers(float_model, before_fit, qplan)
+            qplan.model_fingerprint = fingerprint(float_model)
+            prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
             t = _stage(timings, "search", t)
 
     if cfg.precision == "fp16" and plan is None:
@@ -202,7 +221,9 @@ def quantize(
     elif cfg.precision == "int8-dynamic" and plan is None:
         qmodel, qplan = emit_dynamic(prepared.proto, target=cfg.target)
     else:
-        qmodel = emit_qdq(prepared.proto, qplan)
+        from lowbit.emit.int4 import emit_mixed
+
+        qmodel = emit_mixed(prepared.proto, qplan)  # emit_qdq, plus block-wise weights the search chose
     qbytes = qmodel.SerializeToString()
     t = _stage(timings, "emit", t)
 
@@ -417,12 +438,14 @@ def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | s
     cfg = as_config(config)
     loaded = load_model(model)
     prepared = prepare(loaded)
+    cfg = resolve_transformer(cfg, prepared.proto)
     calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess)
-    float_model, plan = make_plan(prepared, cfg, calib, progress)
+    float_model, plan, before_fit = calibrate_plan(prepared, cfg, calib, progress)
     acts = [n for n, t in plan.tensors.items() if t.role == "activation"]
     stats = collect_stats(float_model, acts, calib, lambda name: Percentile(99.99), progress)
     evaluator = PlanEvaluator(float_model, as_feeds(eval_data, prepared.inputs, labels=labels,
-                                                    preprocess=preprocess, limit=eval_limit), metric)
+                                                    preprocess=preprocess, limit=eval_limit), metric,
+                              reference=prepared.proto, float_weights=before_fit)
     ranking = analyze_layers(float_model, plan, evaluator, stats, ways, progress)
     full = evaluator.score(plan)
     report = Report({"title": f"lowbit analyze: {loaded.name}", "model": {"name": loaded.name, "source": loaded.source},
@@ -474,7 +497,8 @@ def _worst_histograms(stats, plan: QuantPlan, worst, model) -> list[dict]:
     return out
 
 
-def _budget_search(prepared: PreparedModel, plan: QuantPlan, cfg: QuantConfig, eval_data: Any, labels: Any,
+def _budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit: onnx.ModelProto,
+                   plan: QuantPlan, cfg: QuantConfig, eval_data: Any, labels: Any,
                    preprocess: Any, metric: Any, max_drop: float | None, min_metric: float | None,
                    max_evals: int, verify: VerifyOptions | None, progress: Progress,
                    checkpoint: str | Path | None = None) -> tuple[QuantPlan, dict]:
@@ -484,7 +508,8 @@ def _budget_search(prepared: PreparedModel, plan: QuantPlan, cfg: QuantConfig, e
     limit = verify.eval_limit if verify is not None else None
     search_half, holdout_half = _split(as_feeds(eval_data, prepared.inputs, labels=labels, preprocess=preprocess,
                                                 limit=limit))
-    evaluator = PlanEvaluator(prepared.proto, search_half, metric, checkpoint)
+    evaluator = PlanEvaluator(prepared.proto, search_half, metric, checkpoint, reference=original,
+                              float_weights=before_fit)
     floor = min_metric if min_metric is not None else evaluator.reference_score - max_drop
     costs = None
     if cfg.objective == "latency":
@@ -492,9 +517,14 @@ def _budget_search(prepared: PreparedModel, plan: QuantPlan, cfg: QuantConfig, e
 
         costs = measure_layer_costs(prepared.proto, progress=progress)
     ranking = analyze_layers(prepared.proto, plan, evaluator, ways=("all_but",), progress=progress)
+    choices = None
+    if cfg.transformer is True:  # 4-bit MatMul weights and a block-quantized embedding table
+        from lowbit.transformers.pipeline import block_choices
+
+        choices = block_choices(prepared.proto, plan)
     result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
-                               progress)
-    confirm = PlanEvaluator(prepared.proto, holdout_half, metric)
+                               progress, choices)
+    confirm = PlanEvaluator(prepared.proto, holdout_half, metric, reference=original, float_weights=before_fit)
     held = confirm.score(result.plan)
     for name, why in result.reasons.items():
         result.plan.nodes[name].reason = why

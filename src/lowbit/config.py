@@ -82,8 +82,9 @@ class QuantConfig:
     # 'size': every layer that can be INT8 is, however slow.
     objective: str = "latency"
     # transformer-aware placement (lowbit.transformers.patterns): linear layers' inputs and weights
-    # in INT8, layer norm / softmax / GELU / residual adds in float
-    transformer: bool = False
+    # in INT8, layer norm / softmax / GELU / residual adds in float. 'auto': the int8-transformer
+    # recipe when the graph has attention and layer norms, else False (resolve_transformer).
+    transformer: bool | str = False
     # CPU the model is for: 'auto' (this machine), 'avx2', 'vnni', 'arm64'. Decides the weight grid.
     target: str = "auto"
     seed: int = 0
@@ -101,6 +102,8 @@ class QuantConfig:
         if self.objective not in ("latency", "size"):
             raise ConfigError(f"objective must be 'latency' or 'size'; got '{self.objective}'."
                               + did_you_mean(self.objective, ("latency", "size")))
+        if self.transformer not in (True, False, "auto"):
+            raise ConfigError(f"transformer must be True, False or 'auto'; got {self.transformer!r}")
         if isinstance(self.keep_float, str):
             object.__setattr__(self, "keep_float", (self.keep_float,))
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -156,8 +159,9 @@ def _int8_accurate() -> QuantConfig:
     from lowbit.calibration import Percentile
 
     # Each algorithm acts only where the graph has what it needs (CLE on conv pairs, bias
-    # correction on layers with weights), so one preset serves CNNs and transformers.
-    return QuantConfig(precision="int8",
+    # correction on layers with weights); a graph with attention and layer norms gets the
+    # int8-transformer recipe instead (transformer='auto', resolved by resolve_transformer).
+    return QuantConfig(precision="int8", transformer="auto",
                        activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
                        algorithms=(CrossLayerEqualization(), BiasCorrection()))
 
@@ -176,12 +180,28 @@ def _w4a8() -> QuantConfig:
 
 
 def _int8_transformer() -> QuantConfig:
-    from lowbit.algorithms import GPTQ, SmoothQuant
+    from lowbit.algorithms import SmoothQuant
     from lowbit.calibration import MSE
+    from lowbit.transformers.outliers import OutlierSplit
+    from lowbit.transformers.pipeline import GPTQ_TRANSFORMER
 
     return QuantConfig(precision="int8", transformer=True,
                        activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=MSE()),
-                       algorithms=(SmoothQuant(0.5, ("qkv", "ffn_up")), GPTQ()))
+                       algorithms=(SmoothQuant(0.5, ("qkv", "ffn_up")), OutlierSplit(), GPTQ_TRANSFORMER))
+
+
+def resolve_transformer(config: QuantConfig, model) -> QuantConfig:
+    """`config` with transformer='auto' decided for `model` (an onnx.ModelProto): the int8-transformer
+    recipe (keeping `config`'s keep_float, target, seed) if lowbit.transformers.patterns finds
+    attention and layer norms, else `config` with transformer=False. Other configs pass unchanged."""
+    if config.transformer != "auto":
+        return config
+    from lowbit.transformers.patterns import find_patterns
+
+    if find_patterns(model).is_transformer():
+        return _int8_transformer().with_(keep_float=config.keep_float, target=config.target, seed=config.seed,
+                                         keep_io_types=config.keep_io_types)
+    return config.with_(transformer=False)
 
 
 PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
@@ -190,10 +210,12 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
              "ops in FP32; elsewhere FP16-stored weights with FP32 arithmetic (FP32 speed and accuracy)."),
     "int8": (_int8_accurate,
              "Static INT8 QDQ, accuracy first: percentile-calibrated uint8 activations, per-channel weights, "
-             "cross-layer equalization and bias correction; slow INT8 layers of this CPU stay FP32."),
+             "cross-layer equalization and bias correction; slow INT8 layers of this CPU stay FP32. "
+             "A transformer graph (attention + layer norms) gets the int8-transformer recipe."),
     "int8-transformer": (lambda: _int8_transformer(),
                          "Transformer INT8: linear layers u8 x s8, layer norm / softmax / GELU / residual adds in "
-                         "float; SmoothQuant on the norm outputs, MSE ranges, GPTQ weights."),
+                         "float; SmoothQuant on the norm outputs, outlier channels split off in float, MSE ranges, "
+                         "GPTQ weights."),
     "w4a8": (_w4a8, "4-bit per-channel weights with error-minimising rounding (GPTQ), 8-bit activations: "
                      "the smallest model."),
     "int8-fast": (lambda: QuantConfig(precision="int8"),

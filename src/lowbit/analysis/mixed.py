@@ -3,16 +3,19 @@
 A layer can be 'int8' (as calibrated), 'fp16' (FP16 weights, float arithmetic: half the size of
 FP32 at FP32's fidelity and speed on CPUs without FP16 arithmetic) or 'fp32'. Activation Q/DQ
 pairs are kept only where an INT8 layer reads or writes them, so a float layer adds no
-quantization noise of its own.
+quantization noise of its own. `choices` adds block-wise weight options ({node: {precision:
+TensorPlan}}, e.g. 'int4' MatMulNBits weights or an 'int8' / 'int4' GatherBlockQuantized embedding
+table, `lowbit.transformers.pipeline.block_choices`): weight-only, the layer's input stays float.
 """
 
 from __future__ import annotations
 
 import onnx
 
+from lowbit.core.granularity import PerGroup
 from lowbit.graph import GraphIndex
 from lowbit.ops import PASSTHROUGH_OPS
-from lowbit.plan import NodePlan, QuantPlan
+from lowbit.plan import NodePlan, QuantPlan, TensorPlan
 
 
 def layer_nodes(plan: QuantPlan) -> list[str]:
@@ -22,7 +25,8 @@ def layer_nodes(plan: QuantPlan) -> list[str]:
 
 
 def mixed_plan(model: onnx.ModelProto, base: QuantPlan, precisions: dict[str, str],
-               g: GraphIndex | None = None, own_outputs: bool = True) -> QuantPlan:
+               g: GraphIndex | None = None, own_outputs: bool = True,
+               choices: dict[str, dict[str, TensorPlan]] | None = None) -> QuantPlan:
     """`base` (an INT8 plan of `model`) with each layer in `precisions` moved to that precision.
 
     With `own_outputs` (deployable mixes) an INT8 layer quantizes its inputs and its output, so
@@ -33,12 +37,21 @@ def mixed_plan(model: onnx.ModelProto, base: QuantPlan, precisions: dict[str, st
     >>> mixed = mixed_plan(model, plan, {"/features.0/Conv": "fp32"})
     """
     g = g or GraphIndex(model)
+    choices = choices or {}
     nodes = {k: NodePlan(v.name, v.op, v.precision, v.reason) for k, v in base.nodes.items()}
+    blocks: dict[str, TensorPlan] = {}
+    block_nodes: set[str] = set()
     for name, p in precisions.items():
-        if name in nodes and p != "int8" and nodes[name].precision == "int8":
+        if name in nodes and p in choices.get(name, {}):
+            blocks[choices[name][p].name] = choices[name][p]
+            block_nodes.add(name)
+            nodes[name].precision = p
+            nodes[name].reason = f"{p}: block-wise weights, chosen by the precision search"
+        elif name in nodes and p != "int8" and nodes[name].precision == "int8":
             nodes[name].precision = p
             nodes[name].reason = f"{p}: chosen by the precision search"
-    layers = {k for k, v in nodes.items() if v.precision == "int8" and v.op not in PASSTHROUGH_OPS}
+    layers = {k for k, v in nodes.items() if v.precision == "int8" and v.op not in PASSTHROUGH_OPS
+              and k not in block_nodes}
     need: set[str] = set()
     for name in layers:
         node = g.nodes[name]
@@ -63,12 +76,13 @@ def mixed_plan(model: onnx.ModelProto, base: QuantPlan, precisions: dict[str, st
     plan = QuantPlan(precision=base.precision, nodes=nodes, folded=folded, config=dict(base.config),
                      observed=dict(base.observed), model_fingerprint=base.model_fingerprint,
                      lowbit_version=base.lowbit_version)
-    plan.tensors = {k: t for k, t in base.tensors.items() if k in need}
+    plan.tensors = {k: t for k, t in base.tensors.items() if k in need and k not in blocks} | blocks
     return plan
 
 
 def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | None = None) -> int:
-    """Bytes of weights the mix stores: 1 per INT8 weight, 2 per FP16, 4 per FP32."""
+    """Bytes of weights the mix stores: 1 per INT8 weight, 2 per FP16, 4 per FP32; block-wise
+    weights their bits / 8 per weight plus one FP32 scale per block."""
     import numpy as np
 
     g = g or GraphIndex(model)
@@ -85,7 +99,8 @@ def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | Non
         if name in plan.tensors and plan.tensors[name].role == "bias":
             total += 4 * n
         elif name in plan.tensors:
-            total += n
+            q = plan.tensors[name].qparams
+            total += n * q.dtype.bits // 8 + 4 * int(np.size(q.scale)) if isinstance(q.granularity, PerGroup) else n
         else:
             total += per.get(node.precision if node else "fp32", 4) * n
     return total

@@ -1,16 +1,22 @@
 """Accuracy-budgeted precision search: the smallest (or fastest) per-layer mix of INT8, FP16
-weights and FP32 whose metric stays within the budget on held-out data.
+weights and FP32 -- and, where `choices` offers them, block-wise weights (4-bit MatMulNBits,
+8- or 4-bit GatherBlockQuantized embeddings) -- whose metric stays within the budget on held-out data.
 
-Greedy and deterministic: start from all-INT8; promote layers in order of measured sensitivity,
-in doubling batches, until the budget is met; bisect the last batch; then try each promoted layer
-back in INT8 (least sensitive first) and keep it there if the budget still holds. Every
-evaluated mix is kept, and its non-dominated ones form the Pareto set. Bounded in evaluations.
+Greedy and deterministic: start from all-INT8 (with each choice's 8-bit option, e.g. the embedding
+table in 8-bit blocks); promote layers in order of measured sensitivity, in doubling batches, until
+the budget is met; bisect the last batch; then try each promoted layer back in INT8 (least
+sensitive first) and keep it there if the budget still holds. With `choices`, layers are then
+tried at 4 bits, largest first for the embedding table, least sensitive first for the rest
+(linear layers only with objective 'size': on CPUs the 4-bit MatMul is slower than INT8), each kept
+if the budget holds. Every evaluated mix is kept, and its non-dominated ones form the Pareto set.
+Bounded in evaluations.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from lowbit.analysis.evaluate import PlanEvaluator
@@ -61,8 +67,10 @@ class SearchResult:
 
 def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEvaluator, floor: float,
                       ranking: list[LayerSensitivity], costs: dict | None = None, objective: str = "size",
-                      max_evals: int = 40, progress: Progress = null_progress) -> SearchResult:
-    """Search for the mix meeting `metric >= floor` with the smallest size (or latency)."""
+                      max_evals: int = 40, progress: Progress = null_progress,
+                      choices: dict | None = None) -> SearchResult:
+    """Search for the mix meeting `metric >= floor` with the smallest size (or latency).
+    `choices`: block-wise weight options per node (`mixed_plan`)."""
     g = GraphIndex(model)
     layers = set(layer_nodes(plan))
     # promote first the layers whose float version recovers the most
@@ -78,8 +86,12 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
             return None
         return sum((c.fp32_ms if c.node in promoted else c.int8_ms) for c in costs.values())
 
+    choices = choices or {}
+    base_mix = {n: "int8" for n, c in choices.items() if "int8" in c}
+
     def evaluate(promoted: dict[str, str]) -> Candidate:
-        p = mixed_plan(model, plan, promoted, g)
+        promoted = base_mix | promoted
+        p = mixed_plan(model, plan, promoted, g, choices=choices)
         s = evaluator.score(p)
         c = Candidate(dict(promoted), s.metric, s.sqnr_db, plan_size_bytes(model, p, g), latency(promoted))
         candidates.append(c)
@@ -112,21 +124,37 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
             best = max(candidates, key=lambda c: c.metric)
     met = ok(best)
     if met:  # try the promoted layers back in INT8, least sensitive first
-        for name in reversed(list(best.promoted)):
+        for name in reversed([n for n, v in best.promoted.items() if n not in base_mix or v != base_mix[n]]):
             if len(candidates) >= max_evals:
                 break
             trial = {k2: v for k2, v in best.promoted.items() if k2 != name}
             c = evaluate(trial)
             if ok(c):
                 best = c
+    if met and choices:  # then 4-bit blocks: the embedding table first, then the least sensitive layers
+        sizes = {n: max(int(np.size(g.constant(t.name))), 1) for n, c in choices.items() for t in c.values()}
+        lower = [n for n in sorted(base_mix, key=lambda n: -sizes[n]) if "int4" in choices[n]]
+        if objective == "size":
+            lower += [n for n in reversed(order) if "int4" in choices.get(n, {}) and n not in best.promoted]
+        for name in lower:
+            if len(candidates) >= max_evals:
+                break
+            c = evaluate({**best.promoted, name: "int4"})
+            if ok(c):
+                best = c
     reasons = {}
     by_name = {s.name: s for s in ranking}
     for name in order:
         s = by_name[name]
-        if name in best.promoted:
+        if best.promoted.get(name) == "int4":
+            reasons[name] = "int4: block-wise 4-bit weights, and the budget still holds"
+        elif name in best.promoted:
             reasons[name] = (f"{best.promoted[name]}: among the most sensitive (float here recovers the metric to "
                              f"{s.all_but_this_metric:.4f}; quantized alone it gives {s.only_this_metric:.4f}), and "
                              "the budget is not met with it in INT8")
         else:
             reasons[name] = "int8: the budget holds with this layer in INT8"
-    return SearchResult(mixed_plan(model, plan, best.promoted, g), best, floor, met, candidates, reasons)
+    for name in set(best.promoted) - set(order):
+        reasons[name] = f"{best.promoted[name]}: block-wise weights (embedding table), and the budget holds"
+    return SearchResult(mixed_plan(model, plan, best.promoted, g, choices=choices), best, floor, met, candidates,
+                        reasons)

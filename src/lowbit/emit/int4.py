@@ -120,3 +120,23 @@ def emit_int4_simulation(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelP
             w = numpy_helper.to_array(init).astype(np.float32)
             out.graph.initializer[i].CopyFrom(numpy_helper.from_array(t.qparams.fake_quantize(w), init.name))
     return out
+
+
+def has_blocks(plan: QuantPlan) -> bool:
+    """True if `plan` holds block-wise (PerGroup) weights."""
+    return any(t.role == "weight" and isinstance(t.qparams.granularity, PerGroup) for t in plan.tensors.values())
+
+
+def emit_mixed(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """A static INT8 plan with some block-wise weights (from the precision search): QDQ for the rest
+    (`emit_qdq`, which records the plan), then `MatMulNBits` / `GatherBlockQuantized` for the
+    block-wise weights."""
+    from lowbit.emit.qdq import emit_qdq
+
+    block = {k: t for k, t in plan.tensors.items() if t.role == "weight" and isinstance(t.qparams.granularity, PerGroup)}
+    if not block:
+        return emit_qdq(model, plan)
+    qdq = QuantPlan(plan.precision, plan.nodes, {k: t for k, t in plan.tensors.items() if k not in block},
+                    plan.observed, plan.folded, plan.config, plan.model_fingerprint, plan.lowbit_version)
+    out = emit_qdq(model, qdq)
+    return emit_int4(out, QuantPlan(plan.precision, plan.nodes, block))

@@ -7,11 +7,12 @@ sentence-embedding metrics (`nn-preserved`, `worst-cosine`, registered on import
 
 from lowbit.transformers import metrics as _metrics  # noqa: F401  (registers the metrics)
 from lowbit.transformers.export import export_encoder
+from lowbit.transformers.outliers import OutlierSplit
 from lowbit.transformers.patterns import TransformerPatterns, find_patterns, transformer_selection
 from lowbit.transformers.pipeline import int8_config, layer_sensitivity, plan_int4, plan_int8
 from lowbit.transformers.text import (embed, encode, load_tokenizer, mean_pool, packed_feeds, real_sentences,
                                       text_feeds)
 
-__all__ = ["TransformerPatterns", "embed", "encode", "export_encoder", "find_patterns", "int8_config",
+__all__ = ["OutlierSplit", "TransformerPatterns", "embed", "encode", "export_encoder", "find_patterns", "int8_config",
            "layer_sensitivity", "load_tokenizer", "mean_pool", "packed_feeds", "plan_int4", "plan_int8",
            "real_sentences", "text_feeds", "transformer_selection"]

@@ -6,6 +6,8 @@ Roles are read from the graph's structure, not from node names, so any BERT-like
   and fed to an attention MatMul), `attn_out` (input is the merged attention context), `ffn_up`
   (output feeds the GELU), `ffn_down` (input is the GELU output), `other`;
 - `attention`: MatMul of two activations (QK^T and probabilities x V);
+- `outlier`: the float MatMul of a split linear layer's outlier channels (`transformers.outliers`:
+  its input is a Gather of an activation's last axis);
 - `softmax`, `layernorm` (LayerNormalization), `gelu` (Gelu / FastGelu or the Erf form),
   `residual` (Add of two activations whose output feeds a layer norm).
 
@@ -36,6 +38,8 @@ FLOAT_REASONS = {
     "residual": "residual add stays in float: the residual stream carries the outlier channels",
     "attention": "activation x activation attention MatMul stays in float: small at sentence lengths, "
                  "and quantizing it would put Q/DQ on the softmax path",
+    "outlier": "outlier channels of a split linear layer stay in float: their range would set the "
+               "integer grid of every other channel",
 }
 
 
@@ -50,20 +54,29 @@ class TransformerPatterns:
     layernorm: list[str] = field(default_factory=list)
     gelu: list[str] = field(default_factory=list)
     residual: list[str] = field(default_factory=list)
+    outlier: list[str] = field(default_factory=list)
 
     def role_of(self, node: str) -> str | None:
-        for role in ("attention", "softmax", "layernorm", "gelu", "residual"):
+        for role in ("attention", "softmax", "layernorm", "gelu", "residual", "outlier"):
             if node in getattr(self, role):
                 return role
         return "linear" if node in self.linear_role else None
 
     def counts(self) -> dict[str, int]:
-        return {"linear": len(self.linear), "attention": len(self.attention), "softmax": len(self.softmax),
-                "layernorm": len(self.layernorm), "gelu": len(self.gelu), "residual": len(self.residual)}
+        d = {"linear": len(self.linear), "attention": len(self.attention), "softmax": len(self.softmax),
+             "layernorm": len(self.layernorm), "gelu": len(self.gelu), "residual": len(self.residual)}
+        return d | ({"outlier": len(self.outlier)} if self.outlier else {})
+
+    def is_transformer(self) -> bool:
+        """Attention (two activation x activation MatMuls and a softmax), layer norms and linear
+        layers: an encoder or decoder block, so the transformer INT8 path applies."""
+        return len(self.attention) >= 2 and bool(self.softmax) and bool(self.layernorm) and bool(self.linear)
 
 
-def _follow(g: GraphIndex, tensor: str, down: bool, depth: int = 4) -> list[onnx.NodeProto]:
-    """Nodes reached from `tensor` through shape-only ops (down: consumers, up: producers)."""
+def _follow(g: GraphIndex, tensor: str, down: bool, depth: int = 4,
+            merges: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
+    """Nodes reached from `tensor` through shape-only ops, scalings by a constant and the `merges`
+    Adds (down: consumers, up: producers)."""
     found: list[onnx.NodeProto] = []
     frontier, seen = [tensor], set()
     for _ in range(depth):
@@ -74,7 +87,8 @@ def _follow(g: GraphIndex, tensor: str, down: bool, depth: int = 4) -> list[onnx
                 if n.name in seen:
                     continue
                 seen.add(n.name)
-                if n.op_type in _SHAPE_OPS or (n.op_type == "Add" and down and _has_const_input(g, n)):
+                if n.op_type in _SHAPE_OPS or (n.op_type == "Add" and down and _has_const_input(g, n)) \
+                        or (n.op_type == "Mul" and _has_const_input(g, n)) or n.name in merges:
                     nxt.extend(n.output if down else n.input[:1])
                 else:
                     found.append(n)
@@ -107,6 +121,8 @@ def find_patterns(model: onnx.ModelProto) -> TransformerPatterns:
             p.layernorm.append(node.name)
         elif op in ("Gelu", "FastGelu", "BiasGelu", "Erf"):
             p.gelu.append(node.name)
+        elif op == "MatMul" and _is_outlier_path(node, g):
+            p.outlier.append(node.name)
         elif op == "MatMul" and not _is_linear(node, g) and all(g.constant(i) is None for i in node.input):
             p.attention.append(node.name)
         elif op == "Add" and not _has_const_input(g, node):
@@ -115,11 +131,12 @@ def find_patterns(model: onnx.ModelProto) -> TransformerPatterns:
                 p.residual.append(node.name)
     gelu_nodes = {g.nodes[n].output[0]: n for n in p.gelu}
     attention = set(p.attention)
+    merges = frozenset(c.name for n in p.outlier for c in g.consumers.get(g.nodes[n].output[0], []) if c.op_type == "Add")
     for node in g.graph.node:
-        if not _is_linear(node, g):
+        if not _is_linear(node, g) or node.name in p.outlier:
             continue
         p.linear.append(node.name)
-        below = _follow(g, node.output[0], down=True)
+        below = _follow(g, node.output[0], down=True, merges=merges)
         above = _follow(g, node.input[0], down=False)
         if any(n.name in attention for n in below):
             role = "qkv"
@@ -134,6 +151,14 @@ def find_patterns(model: onnx.ModelProto) -> TransformerPatterns:
             role = "other"
         p.linear_role[node.name] = role
     return p
+
+
+def _is_outlier_path(node: onnx.NodeProto, g: GraphIndex) -> bool:
+    """MatMul(Gather(activation, constant indices, last axis), constant weight)."""
+    src = g.producer.get(node.input[0])
+    return (src is not None and src.op_type == "Gather" and g.constant(src.input[1]) is not None
+            and g.constant(src.input[0]) is None and int(g.attr(src, "axis", 0)) == -1
+            and g.constant(node.input[1]) is not None)
 
 
 def _after_gelu(g: GraphIndex, tensor: str, gelu_outputs: dict[str, str], depth: int = 5) -> bool:
