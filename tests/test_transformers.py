@@ -238,11 +238,14 @@ def _embeddings(model_bytes: bytes, tok, texts):
 
 @pytest.fixture(scope="module")
 def minilm_files(minilm):
-    """The real INT8 and INT4 MiniLM files, built once: (fp32, int8, int4) bytes."""
+    """The real INT8 (the `int8` preset, as users call it) and INT4 MiniLM files, built once:
+    (fp32, int8, int4) bytes."""
+    import lowbit
+
     tok, model, calib, packed, _ = minilm
-    m8, p8 = plan_int8(model, calib, gptq_calib=packed)
+    int8 = lowbit.quantize(model, "int8", calib, verify=None).model
     m4, p4 = plan_int4(model, packed, group_size=32, rounding="gptq")
-    return model.SerializeToString(), emit_qdq(m8, p8).SerializeToString(), emit_int4(m4, p4).SerializeToString()
+    return model.SerializeToString(), int8.SerializeToString(), emit_int4(m4, p4).SerializeToString()
 
 
 @pytest.mark.slow
@@ -253,6 +256,7 @@ def test_minilm_int8_faithful(minilm, minilm_files):
     fp32, int8, _ = minilm_files
     ref = _embeddings(fp32, tok, ev)
     e8 = _embeddings(int8, tok, ev)
+    assert len(int8) <= 0.30 * len(fp32)  # the embedding table in 8-bit blocks, the linear layers INT8
     assert cosines(ref, e8).mean() >= 0.998
     # The issue's bar is >= 0.95; with outlier splitting lowbit measures ~0.93-0.95 on these
     # close-together documentation sentences (ORT's dynamic INT8: 0.86). A regression floor.
