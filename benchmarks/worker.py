@@ -71,8 +71,7 @@ def _int4(model: str, out: str, calib: Any) -> None:
     from lowbit.prepare import prepare
     from lowbit.transformers.pipeline import plan_int4
 
-    m4, p4 = plan_int4(prepare(load_model(model)).proto, calib, group_size=32, rounding="gptq",
-                       int8_layers=("role:ffn_down",))
+    m4, p4 = plan_int4(prepare(load_model(model)).proto, calib, group_size=32, rounding="gptq")
     atomic_write_bytes(out, emit_int4(m4, p4).SerializeToString())
 
 
@@ -85,7 +84,7 @@ def _lowbit(spec: dict, calib: Any, calib_fixed: Any) -> dict:
     if spec["name"] == "int4":
         _, out = _measured(lambda: _int4(spec["model"], spec["out"], calib_fixed))
         out.update(precision="int4", parity=None,
-                   notes=["plan_int4(group_size=32, rounding='gptq', int8_layers=('role:ffn_down',)) + emit_int4"])
+                   notes=["plan_int4(group_size=32, rounding='gptq'; 8-bit layers chosen by sensitivity) + emit_int4"])
         return out
     result, out = _measured(lambda: lowbit.quantize(spec["model"], lowbit.preset(spec["name"]), calib,
                                                     output=spec["out"], verify=None))
