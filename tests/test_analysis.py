@@ -79,7 +79,7 @@ def test_search_is_deterministic_and_meets_its_budget(small_model_path, calib_ar
     assert a.plan.to_json() == b.plan.to_json()
     assert sa["met_budget"] and sa["chosen"]["metric"] >= sa["floor"]
     assert sa["pareto"] and sa["evaluations"] <= 40
-    assert set(sa["reasons"]) and all(r.split(":")[0] in ("int8", "fp16") for r in sa["reasons"].values())
+    assert set(sa["reasons"]) and all(r.split(":")[0] in ("int8", "fp16", "w4") for r in sa["reasons"].values())
     assert "holdout" in sa and sa["holdout"]["metric"] > 0
     json.dumps(a.report.to_dict())
 
@@ -143,3 +143,37 @@ def test_interrupted_search_resumes_from_its_checkpoint(small_model_path, calib_
     again = lowbit.quantize(small_model_path, cfg, calib_arrays, **kw)
     assert again.report.data["search"]["computed_evaluations"] == 0  # every score came from the checkpoint
     assert again.plan.to_json() == first.plan.to_json()
+
+
+def test_search_puts_large_tolerant_layers_on_4bit_weights_without_leaving_integer_kernels():
+    """With budget to spare the search moves the largest layers to 4-bit weights (w4a8): smaller
+    file, same int8 kernels, the int32 bias re-planned on the new weight scale."""
+    from lowbit.analysis.mixed import plan_size_bytes
+
+    class Wide(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(3, 64, 3, padding=1)
+            self.conv2 = torch.nn.Conv2d(64, 64, 3, padding=1)
+            self.head = torch.nn.Linear(64, 10)
+
+        def forward(self, x):
+            y = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+            return self.head(y.mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    data = image_like(24, seed=9, size=16)
+    kw = dict(example_inputs=torch.zeros(1, 3, 16, 16), eval_data=data, verify=lowbit.VerifyOptions(threads=()))
+    int8 = lowbit.quantize(Wide().eval(), lowbit.QuantConfig(objective="size"), data[:12], **kw)
+    r = lowbit.quantize(Wide().eval(), lowbit.QuantConfig(objective="size"), data[:12], max_drop=0.2,
+                        metric="cosine", **kw)
+    s = r.report.data["search"]
+    assert s["met_budget"] and s["chosen"]["promoted"].get("/conv2/Conv") == "w4"
+    conv2 = next(n for n in r.float_model.graph.node if n.name == "/conv2/Conv")
+    x, w, b = (r.plan.tensors[i] for i in conv2.input)
+    assert w.qparams.dtype.name == "int4" and b.qparams.dtype.name == "int32"
+    np.testing.assert_allclose(np.ravel(b.qparams.scale), np.ravel(x.qparams.scale * w.qparams.scale), rtol=1e-6)
+    assert plan_size_bytes(r.float_model, r.plan) < plan_size_bytes(int8.float_model, int8.plan)
+    assert r.report.variants[1]["size_bytes"] < int8.report.variants[1]["size_bytes"]
+    assert r.report.variants[1]["kernels"]["unfused"] == []
+    assert r.report.variants[1]["parity"]["passed"]

@@ -538,6 +538,10 @@ def _budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fi
         from lowbit.transformers.pipeline import block_choices
 
         choices = block_choices(prepared.proto, plan)
+    else:  # 4-bit Conv / Gemm weights on the int8 kernels
+        from lowbit.analysis.mixed import four_bit_weight_choices
+
+        choices = four_bit_weight_choices(prepared.proto, plan)
     result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
                                progress, choices)
     confirm = PlanEvaluator(prepared.proto, holdout_half, metric, reference=original, float_weights=before_fit)

@@ -14,7 +14,7 @@ import onnx
 
 from lowbit.core.granularity import PerGroup
 from lowbit.graph import GraphIndex
-from lowbit.ops import PASSTHROUGH_OPS
+from lowbit.ops import PASSTHROUGH_OPS, weight_slots
 from lowbit.plan import NodePlan, QuantPlan, TensorPlan
 
 
@@ -41,8 +41,13 @@ def mixed_plan(model: onnx.ModelProto, base: QuantPlan, precisions: dict[str, st
     nodes = {k: NodePlan(v.name, v.op, v.precision, v.reason) for k, v in base.nodes.items()}
     blocks: dict[str, TensorPlan] = {}
     block_nodes: set[str] = set()
+    narrower: dict[str, TensorPlan] = {}  # integer layers whose weights take a narrower grid (w4a8)
     for name, p in precisions.items():
-        if name in nodes and p in choices.get(name, {}):
+        if name in nodes and p in choices.get(name, {}) and not isinstance(choices[name][p].qparams.granularity,
+                                                                           PerGroup):
+            narrower[name] = choices[name][p]
+            nodes[name].reason = f"{p}: 4-bit weights, 8-bit activations, chosen by the precision search"
+        elif name in nodes and p in choices.get(name, {}):
             blocks[choices[name][p].name] = choices[name][p]
             block_nodes.add(name)
             nodes[name].precision = p
@@ -77,7 +82,49 @@ def mixed_plan(model: onnx.ModelProto, base: QuantPlan, precisions: dict[str, st
                      observed=dict(base.observed), model_fingerprint=base.model_fingerprint,
                      lowbit_version=base.lowbit_version)
     plan.tensors = {k: t for k, t in base.tensors.items() if k in need and k not in blocks} | blocks
+    for name, w in narrower.items():
+        _narrow_weights(plan, g, name, w)
     return plan
+
+
+def _narrow_weights(plan: QuantPlan, g: GraphIndex, name: str, w: TensorPlan) -> None:
+    """Layer `name` keeps its integer kernel with weights on `w`'s grid; its int32 bias follows the
+    new weight scale (bias scale = input scale x weight scale)."""
+    from lowbit.planner import bias_plan
+
+    node = g.nodes[name]
+    w_idx, b_idx, _ = weight_slots(node, g)
+    x = plan.tensors.get(node.input[0])
+    if w_idx is None or x is None or node.input[w_idx] != w.name:
+        return
+    plan.tensors[w.name] = w
+    if b_idx is not None and node.input[b_idx] in plan.tensors:
+        b_name = node.input[b_idx]
+        plan.tensors[b_name] = bias_plan(b_name, g.constant(b_name), x.qparams.scale, w)
+
+
+def four_bit_weight_choices(model: onnx.ModelProto, plan: QuantPlan, min_weights: int = 4096
+                            ) -> dict[str, dict[str, TensorPlan]]:
+    """{layer: {'w4': TensorPlan}}: 4-bit symmetric per-channel weights for each INT8 Conv / Gemm of
+    `plan` with at least `min_weights` weights. They run on the same int8 kernels (the emitter stores
+    INT4 and Casts, folded at load), so for the search they cost nothing in speed and halve the bytes."""
+    from lowbit.core.dtypes import int4
+    from lowbit.core.granularity import PerChannel
+    from lowbit.core.qparams import QParams
+
+    g = GraphIndex(model)
+    out: dict[str, dict[str, TensorPlan]] = {}
+    for name in layer_nodes(plan):
+        node = g.nodes[name]
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        w_idx, _, axis = weight_slots(node, g)
+        w = g.constant(node.input[w_idx]) if w_idx is not None else None
+        if w is None or w.size < min_weights or node.input[w_idx] not in plan.tensors:
+            continue
+        q = QParams.for_tensor(w, int4, PerChannel(axis), True, True)
+        out[name] = {"w4": TensorPlan(node.input[w_idx], "weight", q, (float(w.min()), float(w.max())), "rtn")}
+    return out
 
 
 def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | None = None) -> int:
@@ -100,7 +147,8 @@ def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | Non
             total += 4 * n
         elif name in plan.tensors:
             q = plan.tensors[name].qparams
-            total += n * q.dtype.bits // 8 + 4 * int(np.size(q.scale)) if isinstance(q.granularity, PerGroup) else n
+            stored = (n + 1) // 2 if q.dtype.bits <= 4 else n  # 4-bit packed in pairs; 5-8 bits in a byte
+            total += stored + (4 * int(np.size(q.scale)) if isinstance(q.granularity, PerGroup) else 0)
         else:
             total += per.get(node.precision if node else "fp32", 4) * n
     return total

@@ -84,7 +84,8 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
     def latency(promoted: dict[str, str]) -> float | None:
         if not costs:
             return None
-        return sum((c.fp32_ms if c.node in promoted else c.int8_ms) for c in costs.values())
+        floats = {n for n, p in promoted.items() if p not in ("int8", "w4")}  # w4 layers run the int8 kernel
+        return sum((c.fp32_ms if c.node in floats else c.int8_ms) for c in costs.values())
 
     choices = choices or {}
     base_mix = {n: "int8" for n, c in choices.items() if "int8" in c}
@@ -123,9 +124,11 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         else:
             best = max(candidates, key=lambda c: c.metric)
     met = ok(best)
+    # evaluations kept for the 4-bit step when there are 4-bit options
+    reserve = max_evals // 4 if any("w4" in c or "int4" in c for c in choices.values()) else 0
     if met:  # try the promoted layers back in INT8, least sensitive first
         for name in reversed([n for n, v in best.promoted.items() if n not in base_mix or v != base_mix[n]]):
-            if len(candidates) >= max_evals:
+            if len(candidates) >= max_evals - reserve:
                 break
             trial = {k2: v for k2, v in best.promoted.items() if k2 != name}
             c = evaluate(trial)
@@ -136,10 +139,12 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         lower = [n for n in sorted(base_mix, key=lambda n: -sizes[n]) if "int4" in choices[n]]
         if objective == "size":
             lower += [n for n in reversed(order) if "int4" in choices.get(n, {}) and n not in best.promoted]
+        # 4-bit weights on the int8 kernels (w4a8 layers) cost no speed: the largest layers first
+        lower += [n for n in sorted(choices, key=lambda n: -sizes[n]) if "w4" in choices[n] and n not in best.promoted]
         for name in lower:
             if len(candidates) >= max_evals:
                 break
-            c = evaluate({**best.promoted, name: "int4"})
+            c = evaluate({**best.promoted, name: "w4" if "w4" in choices[name] else "int4"})
             if ok(c):
                 best = c
     reasons = {}
@@ -148,6 +153,8 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         s = by_name[name]
         if best.promoted.get(name) == "int4":
             reasons[name] = "int4: block-wise 4-bit weights, and the budget still holds"
+        elif best.promoted.get(name) == "w4":
+            reasons[name] = "w4: 4-bit weights on the int8 kernel (8-bit activations), and the budget still holds"
         elif name in best.promoted:
             reasons[name] = (f"{best.promoted[name]}: among the most sensitive (float here recovers the metric to "
                              f"{s.all_but_this_metric:.4f}; quantized alone it gives {s.only_this_metric:.4f}), and "
