@@ -202,3 +202,16 @@ def test_weight_range_per_channel():
     assert lo.shape == (4,) and np.all(hi < np.abs(w).max(axis=1)) and np.all(lo == -hi)
     lo, hi = weight_range(MinMax(), w, PerTensor(), int8, True)
     assert (float(lo), float(hi)) == (float(w.min()), float(w.max()))
+
+
+def test_clipping_level_is_chosen_by_output_error(small_model_path, calib_arrays):
+    """The int8 preset tries each percentile level on the same histograms and keeps the plan whose
+    simulated output is closest to FP32; a full-range plan differs from a clipped one."""
+    import lowbit
+
+    r = lowbit.quantize(small_model_path, "int8", calib_arrays, verify=None)
+    clip = r.plan.config["activation_clipping"]
+    levels = {float(k): v for k, v in clip["levels"].items()}
+    assert set(levels) >= {99.99, 99.999, 100.0} and clip["samples"] == len(calib_arrays)
+    assert levels[clip["chosen"]] == max(levels.values())
+    assert r.plan.config["activations"]["calibration"]["percentile"] == clip["chosen"]

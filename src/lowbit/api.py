@@ -14,6 +14,7 @@ import onnx
 
 from lowbit.algorithms import AlgorithmContext
 from lowbit.analysis.float_layers import restore_float_layers
+from lowbit.clipping import choose_clipping
 from lowbit.config import QuantConfig, as_config, resolve_transformer
 from lowbit.data import FeedSource, as_feeds
 from lowbit.emit import emit_qdq
@@ -117,7 +118,13 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
         selection = select(model, config, costs)
     method = config.activations.calibration
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
-    plan = build_plan(model, selection, stats, config)
+    if config.transformer:
+        plan = build_plan(model, selection, stats, config)
+    else:  # the clipping level whose plan is closest to FP32 at the output (lowbit.clipping)
+        plan, _, clipping = choose_clipping(model, lambda c: build_plan(model, selection, stats, c), stats,
+                                                 config, calib)
+        if clipping:
+            plan.config["activation_clipping"] = clipping
     before_fit = model
     for alg in config.algorithms:
         if alg.stage == "plan":
