@@ -239,7 +239,9 @@ def render_markdown(r: dict) -> str:
         f"- Date: {mach['date']}; command: `{r['command']}`; took {r.get('elapsed_s', 0):.0f} s",
         "- Data and fidelity metrics: per model, below; calibration and evaluation data are always disjoint.",
         f"- Latency: batch 1, median of {s['latency_runs']} runs per thread count (p10/p90 in results.json); "
-        "all variants of a model timed interleaved in one process, one session per variant per thread count; "
+        "all variants of a model timed interleaved in one process, one session per variant per thread count, "
+        "every session (FP32 and peers alike) with `session.intra_op.allow_spinning=0` (on this 2-vCPU machine a "
+        "spin-waiting worker slowed FP32 MobileNetV2 at 2 threads from 7.4 to 18.5 ms); "
         "speed-up = FP32 median / variant median from the same run.",
         "- Quantize time and peak RSS: each quantization ran alone in a fresh subprocess; peak RSS is the "
         "child's VmHWM over the call (window reset just before it; includes Python, imports and the calibration "

@@ -13,7 +13,8 @@ from lowbit.progress import Progress, null_progress
 
 def measure_latency(models: dict[str, bytes], feeds: dict[str, np.ndarray], threads: tuple[int, ...] = (1, 2),
                     runs: int = 50, warmup: int = 5, progress: Progress = null_progress) -> dict[str, dict]:
-    """{label: {str(threads): {median, p10, p90, runs}}} in milliseconds, batch as given in `feeds`."""
+    """{label: {str(threads): {median, p10, p90, runs}}} in milliseconds, batch as given in `feeds`.
+    Sessions as `lowbit.observe.session` makes them: worker threads do not spin-wait."""
     result: dict[str, dict] = {k: {} for k in models}
     total = len(threads) * runs
     done = 0
