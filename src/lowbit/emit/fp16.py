@@ -102,6 +102,7 @@ def emit_fp16_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPla
     out = onnx.ModelProto()
     out.CopyFrom(model)
     outputs = set(GraphIndex(out).graph_outputs)
+    early = early_layers(model)  # an FP16 rounding of the first weights is amplified by every later layer
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in out.graph.node:
         for name in set(node.input):
@@ -112,7 +113,7 @@ def emit_fp16_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPla
     for t in out.graph.initializer:
         w = numpy_helper.to_array(t) if t.data_type == TensorProto.FLOAT else None
         if w is None or (w.ndim < 2 and w.size < MIN_STORED_ELEMENTS) or t.name in outputs or not readers.get(t.name) \
-                or not np.all(np.abs(w) <= np.finfo(np.float16).max):
+                or any(n.name in early for n in readers[t.name]) or not np.all(np.abs(w) <= np.finfo(np.float16).max):
             kept.append(t)
             continue
         kept.append(numpy_helper.from_array(w.astype(np.float16), f"{t.name}_f16"))
@@ -126,6 +127,9 @@ def emit_fp16_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPla
     nodes = casts + list(out.graph.node)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    for name, why in early.items():
+        plan.nodes[name] = NodePlan(name, ops[name], "fp32", why)
     record_plan(out, plan)
     return out, plan
 
