@@ -228,9 +228,12 @@ def quantize(
         if max_drop is not None or min_metric is not None:
             if eval_data is None:
                 raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
-            qplan, search = _budget_search(prepared, original, before_fit, qplan, cfg, eval_data, labels,
-                                           preprocess, metric, max_drop, min_metric, search_evals, verify,
-                                           progress, checkpoint)
+            from lowbit.analysis.budget import budget_search
+
+            qplan, search = budget_search(prepared, original, before_fit, qplan, cfg, eval_data, labels,
+                                          preprocess, metric, max_drop, min_metric, search_evals,
+                                          verify.eval_limit if verify is not None else None, progress,
+                                          checkpoint)
             # the layers the search kept in float run with their float weights, not their INT8 fits
             float_model = restore_float_layers(float_model, before_fit, qplan)
             qplan.model_fingerprint = fingerprint(float_model)
@@ -441,12 +444,6 @@ def predict_speed(model: Any, threads: int = 1, progress: Progress = null_progre
                     "layout changes are not included, so totals predict direction more than exact ratios"}
 
 
-def _split(feeds: FeedSource) -> tuple[list, list]:
-    """Deterministic halves of an evaluation set: one to search on, one to confirm on."""
-    batches = list(feeds)
-    return batches[0::2], batches[1::2]
-
-
 def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | str = "int8", *,
             metric: Any = "top1-agreement", preprocess: Any = None, labels: Any = None, eval_limit: int | None = 64,
             ways: tuple[str, ...] = ("only", "all_but"), progress: Progress = null_progress) -> Report:
@@ -518,51 +515,6 @@ def _worst_histograms(stats, plan: QuantPlan, worst, model) -> list[dict]:
                     "clip": list(t.calibrated_range or ()),
                     "observed": list(obs.observed_range())})
     return out
-
-
-def _budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit: onnx.ModelProto,
-                   plan: QuantPlan, cfg: QuantConfig, eval_data: Any, labels: Any,
-                   preprocess: Any, metric: Any, max_drop: float | None, min_metric: float | None,
-                   max_evals: int, verify: VerifyOptions | None, progress: Progress,
-                   checkpoint: str | Path | None = None) -> tuple[QuantPlan, dict]:
-    """Rank layers, search precisions on one half of the held-out data, confirm on the other."""
-    from lowbit.analysis import PlanEvaluator, analyze_layers, search_precisions
-
-    limit = verify.eval_limit if verify is not None else None
-    search_half, holdout_half = _split(as_feeds(eval_data, prepared.inputs, labels=labels, preprocess=preprocess,
-                                                limit=limit))
-    evaluator = PlanEvaluator(prepared.proto, search_half, metric, checkpoint, reference=original,
-                              float_weights=before_fit)
-    floor = min_metric if min_metric is not None else evaluator.reference_score - max_drop
-    costs = None
-    if cfg.objective == "latency":
-        from lowbit.layer_costs import measure_layer_costs
-
-        costs = measure_layer_costs(prepared.proto, progress=progress)
-    ranking = analyze_layers(prepared.proto, plan, evaluator, ways=("all_but",), progress=progress)
-    choices = None
-    if cfg.transformer is True:  # 4-bit MatMul weights and a block-quantized embedding table
-        from lowbit.transformers.pipeline import block_choices
-
-        choices = block_choices(prepared.proto, plan)
-    else:  # 4-bit Conv / Gemm weights on the int8 kernels
-        from lowbit.analysis.mixed import four_bit_weight_choices
-
-        choices = four_bit_weight_choices(prepared.proto, plan)
-    result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
-                               progress, choices)
-    confirm = PlanEvaluator(prepared.proto, holdout_half, metric, reference=original, float_weights=before_fit)
-    held = confirm.score(result.plan)
-    for name, why in result.reasons.items():
-        result.plan.nodes[name].reason = why
-    d = result.to_dict()
-    d["metric"] = metric if isinstance(metric, str) else getattr(metric, "registry_name", "custom")
-    d["reference_metric"] = evaluator.reference_score
-    d["ranking_evaluations"] = len(ranking)  # one per layer, then at most max_evals in the search
-    d["computed_evaluations"] = evaluator.evaluations  # the rest came from the checkpoint
-    d["holdout"] = {"metric": held.metric, "sqnr_db": held.sqnr_db, "samples": int(len(confirm.reference)),
-                    "meets_floor": held.metric >= floor}
-    return result.plan, d
 
 
 def _note_skipped(report: Report, what: str, feeds: FeedSource) -> None:

@@ -1,0 +1,65 @@
+"""The accuracy budget of `lowbit.quantize(..., max_drop= / min_metric=)`: rank layers, search
+precisions on one half of the held-out data, confirm the result on the other half."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from lowbit.analysis.evaluate import PlanEvaluator
+from lowbit.analysis.mixed import four_bit_weight_choices
+from lowbit.analysis.search import search_precisions
+from lowbit.analysis.sensitivity import analyze_layers
+from lowbit.config import QuantConfig
+from lowbit.data import FeedSource, as_feeds
+from lowbit.plan import QuantPlan
+from lowbit.prepare import PreparedModel
+from lowbit.progress import Progress
+
+
+def split_halves(feeds: FeedSource) -> tuple[list, list]:
+    """Deterministic halves of an evaluation set: one to search on, one to confirm on."""
+    batches = list(feeds)
+    return batches[0::2], batches[1::2]
+
+
+def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit: onnx.ModelProto,
+                  plan: QuantPlan, cfg: QuantConfig, eval_data: Any, labels: Any, preprocess: Any, metric: Any,
+                  max_drop: float | None, min_metric: float | None, max_evals: int, limit: int | None,
+                  progress: Progress, checkpoint: str | Path | None = None) -> tuple[QuantPlan, dict]:
+    """(plan, search record). `original`: the user's FP32 model, the reference; `before_fit`: the float
+    model before plan-stage algorithms, whose weights the layers kept in float run with."""
+    search_half, holdout_half = split_halves(as_feeds(eval_data, prepared.inputs, labels=labels,
+                                                      preprocess=preprocess, limit=limit))
+    evaluator = PlanEvaluator(prepared.proto, search_half, metric, checkpoint, reference=original,
+                              float_weights=before_fit)
+    floor = min_metric if min_metric is not None else evaluator.reference_score - max_drop
+    costs = None
+    if cfg.objective == "latency":
+        from lowbit.layer_costs import measure_layer_costs
+
+        costs = measure_layer_costs(prepared.proto, progress=progress)
+    ranking = analyze_layers(prepared.proto, plan, evaluator, ways=("all_but",), progress=progress)
+    choices = None
+    if cfg.transformer is True:  # 4-bit MatMul weights and a block-quantized embedding table
+        from lowbit.transformers.pipeline import block_choices
+
+        choices = block_choices(prepared.proto, plan)
+    else:  # 4-bit Conv / Gemm weights on the int8 kernels
+        choices = four_bit_weight_choices(prepared.proto, plan)
+    result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
+                               progress, choices)
+    confirm = PlanEvaluator(prepared.proto, holdout_half, metric, reference=original, float_weights=before_fit)
+    held = confirm.score(result.plan)
+    for name, why in result.reasons.items():
+        result.plan.nodes[name].reason = why
+    d = result.to_dict()
+    d["metric"] = metric if isinstance(metric, str) else getattr(metric, "registry_name", "custom")
+    d["reference_metric"] = evaluator.reference_score
+    d["ranking_evaluations"] = len(ranking)  # one per layer, then at most max_evals in the search
+    d["computed_evaluations"] = evaluator.evaluations  # the rest came from the checkpoint
+    d["holdout"] = {"metric": held.metric, "sqnr_db": held.sqnr_db, "samples": int(len(confirm.reference)),
+                    "meets_floor": held.metric >= floor}
+    return result.plan, d
