@@ -20,14 +20,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import onnx  # noqa: E402
 
-from lowbit.emit import emit_qdq  # noqa: E402
+import lowbit  # noqa: E402
 from lowbit.emit.dynamic import emit_dynamic  # noqa: E402
 from lowbit.emit.int4 import emit_int4  # noqa: E402
 from lowbit.load import load_model  # noqa: E402
 from lowbit.observe import session  # noqa: E402
 from lowbit.prepare import prepare  # noqa: E402
 from lowbit.transformers.metrics import cosines, nearest_neighbours  # noqa: E402
-from lowbit.transformers.pipeline import plan_int4, plan_int8  # noqa: E402
+from lowbit.transformers.pipeline import plan_int4  # noqa: E402
 from lowbit.transformers.text import embed, encode, packed_feeds, real_sentences, text_feeds  # noqa: E402
 from lowbit.verify import measure_latency  # noqa: E402
 from lowbit.zoo.minilm import minilm_onnx, minilm_tokenizer  # noqa: E402
@@ -49,16 +49,16 @@ def main() -> None:
     calib, packed = text_feeds(tok, cal), packed_feeds(tok, cal, 128)
 
     models: dict[str, bytes] = {"fp32": prepared.SerializeToString()}
-    t = time.perf_counter()
     models["ort-dynamic"] = emit_dynamic(prepared)[0].SerializeToString()
-    m8, p8 = plan_int8(prepared, calib, gptq_calib=packed)
-    models["lowbit-int8"] = emit_qdq(m8, p8).SerializeToString()
+    t = time.perf_counter()
+    int8 = lowbit.quantize(prepared, "int8", calib, verify=None)  # the preset resolves to the transformer recipe
+    models["lowbit-int8"] = int8.model.SerializeToString()
     t8 = time.perf_counter() - t
     m4, p4 = plan_int4(prepared, packed, group_size=32, rounding="gptq")  # int8 blocks: measured sensitivity
     models["lowbit-int4"] = emit_int4(m4, p4).SerializeToString()
     for k, b in models.items():
         (out / f"minilm.{k}.onnx").write_bytes(b)
-    p8.save(out / "int8.plan.json")
+    int8.plan.save(out / "int8.plan.json")
 
     ref = embed(session(models["fp32"], threads=1), tok, ev)
     nn_ref = nearest_neighbours(ref)
