@@ -130,24 +130,12 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
         if alg.stage == "plan":
             model, plan = alg.apply(model, plan, ctx)
     if config.transformer:
-        plan = _embedding_table_in_blocks(model, plan)
+        from lowbit.transformers.pipeline import embedding_in_blocks
+
+        plan = embedding_in_blocks(model, plan)
     # the plan describes the float model the algorithms produced: that is what it re-applies to
     plan.model_fingerprint = fingerprint(model)
     return model, plan, before_fit
-
-
-def _embedding_table_in_blocks(model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
-    """The word-embedding table (half of a small encoder's weights) in 8-bit blocks, read by
-    GatherBlockQuantized, which dequantizes only the rows an input uses: half the file at no
-    measurable cost in accuracy or time."""
-    from lowbit.analysis.mixed import mixed_plan
-    from lowbit.transformers.pipeline import block_choices, embedding_table
-
-    table = embedding_table(model)
-    options = block_choices(model, plan).get(table.name, {}) if table is not None else {}
-    if "int8" not in options:
-        return plan
-    return mixed_plan(model, plan, {table.name: "int8"}, choices={table.name: options})
 
 
 def quantize(

@@ -47,7 +47,8 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
     if not isinstance(method, Percentile):
         return plan_for(config), config, {}
     batches = list(itertools.islice(iter(calib), SAMPLES))
-    reference = [run_batch(session(model), b)[0] for b in batches]
+    fp32 = session(model)
+    reference = [run_batch(fp32, b)[0] for b in batches]
     levels = sorted({method.percentile, *LEVELS})
     histograms = [o for o in stats.observers.values() if isinstance(o, HistogramObserver)]
     saved = [o.chooser for o in histograms]
