@@ -47,8 +47,11 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
     if not isinstance(method, Percentile):
         return plan_for(config), config, {}
     batches = list(itertools.islice(iter(calib), SAMPLES))
-    fp32 = session(model)
+    # sessions without ONNX Runtime's memory arena, each freed before the next is built: only one
+    # model's buffers are alive at a time, and only while it runs
+    fp32 = session(model, arena=False)
     reference = [run_batch(fp32, b)[0] for b in batches]
+    del fp32
     levels = sorted({method.percentile, *LEVELS})
     histograms = [o for o in stats.observers.values() if isinstance(o, HistogramObserver)]
     saved = [o.chooser for o in histograms]
@@ -60,8 +63,9 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
             for o in histograms:
                 o.chooser = chooser
             plan = plan_for(cfg)
-            sim = session(emit_simulation(model, plan))
+            sim = session(emit_simulation(model, plan), arena=False)
             results[level] = output_sqnr(reference, [run_batch(sim, b)[0] for b in batches])
+            del sim
             plans[level] = (plan, cfg)
     finally:
         for o, c in zip(histograms, saved):

@@ -39,10 +39,14 @@ class CalibrationStats:
         return self
 
 
-def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
-    """A copy of `model` that also outputs the tensors `names`."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
+def with_outputs(model: onnx.ModelProto, names: Iterable[str], copy: bool = True) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names` (`copy=False`: `model` itself, changed:
+    for a model built only to be run, whose second copy would only cost memory)."""
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    else:
+        m = model
     present = {o.name for o in m.graph.output}
     for name in names:
         if name not in present:
@@ -52,13 +56,21 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
 
 
 def session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = True,
-            spinning: bool = False) -> ort.InferenceSession:
+            spinning: bool = False, arena: bool = True) -> ort.InferenceSession:
     """A CPU InferenceSession; `threads` 0 lets ONNX Runtime choose.
 
     Worker threads do not spin-wait by default (`session.intra_op.allow_spinning=0`): on the 2-vCPU
     machines lowbit is measured on, a spinning worker slowed the computing thread 2.5x (MobileNetV2
-    FP32 at 2 threads: 18.5 ms spinning, 7.4 ms not; 1 thread 10.7 ms)."""
+    FP32 at 2 threads: 18.5 ms spinning, 7.4 ms not; 1 thread 10.7 ms).
+
+    `arena=False` turns off ONNX Runtime's CPU memory arena: the arena keeps the largest memory a run
+    ever needed (intermediates, and the outputs before Python copies them) for the session's life.
+    The short-lived sessions of calibration and simulation, which expose many intermediates, use
+    it off so that their memory goes back as each run ends (same results; the run's planned
+    buffer is allocated per run instead)."""
     so = ort.SessionOptions()
+    if not arena:
+        so.enable_cpu_mem_arena = False
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     if not spinning:
@@ -87,12 +99,13 @@ def collect_stats(
     total: int | None = None,
 ) -> CalibrationStats:
     """Run every calibration batch once and feed the chosen tensors to their observers."""
-    sess = session(with_outputs(model, tensors), optimize=False)
+    sess = session(with_outputs(model, tensors), optimize=False, arena=False)
     stats = CalibrationStats({name: method_for(name).observer() for name in tensors})
     for batch in data:
         values = run_batch(sess, batch, tensors)
         for name, v in zip(tensors, values):
             stats.observers[name].update(np.asarray(v, dtype=np.float32))
+        values = v = None  # freed before the next batch's are computed
         stats.samples += _batch_size(batch)
         progress("calibrate", stats.samples, total)
     if stats.samples == 0:

@@ -70,19 +70,23 @@ def _channel_sums(v: np.ndarray) -> tuple[np.ndarray, int]:
     return flat.sum(axis=1), flat.shape[1]
 
 
-def channel_means(model: onnx.ModelProto, names: list[str], calib) -> list[np.ndarray]:
-    """Mean per channel (axis 1) of the tensors `names` over all calibration batches, streaming."""
+def channel_means(model: onnx.ModelProto | bytes, names: list[str], calib) -> list[np.ndarray]:
+    """Mean per channel (axis 1) of the tensors `names` over all calibration batches, streaming.
+    `model` may be a serialized model that already outputs `names`."""
     from lowbit.observe import run_batch, session, with_outputs
 
-    sess = session(with_outputs(model, names))
+    sess = session(model if isinstance(model, bytes) else with_outputs(model, names), arena=False)
+    del model
     sums: list[np.ndarray | None] = [None] * len(names)
     counts = [0] * len(names)
     batch: Batch
     for batch in calib:
-        for k, v in enumerate(run_batch(sess, batch, names)):
+        values = run_batch(sess, batch, names)
+        for k, v in enumerate(values):
             s, n = _channel_sums(v)
             sums[k] = s if sums[k] is None else sums[k] + s
             counts[k] += n
+        values = v = None  # freed before the next batch's are computed
     if not counts or counts[0] == 0:
         raise DataError("bias correction needs calibration data; the calibration source gave no samples")
     return [s / n for s, n in zip(sums, counts)]
@@ -120,9 +124,14 @@ def mean_errors(model: onnx.ModelProto, plan: QuantPlan, calib, layers: list[Lay
     computed from the same quantized input (the simulation's): each layer's own error. The float
     layers are those of `reference` (default: `model`), the model before any correction."""
     from lowbit.emit.qdq import emit_simulation
+    from lowbit.observe import with_outputs
 
     sim, diffs = _with_reference_layers(emit_simulation(model, plan), reference or model, layers)
-    return channel_means(sim, diffs, calib)
+    # serialized once, without a second ModelProto copy, and dropped before the session runs: the
+    # simulation holds every weight twice (quantized and float reference)
+    data = with_outputs(sim, diffs, copy=False).SerializeToString()
+    del sim
+    return channel_means(data, diffs, calib)
 
 
 def correct_biases(model: onnx.ModelProto, plan: QuantPlan, layers: list[Layer],

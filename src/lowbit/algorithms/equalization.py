@@ -214,7 +214,7 @@ def absorb_high_bias(model: onnx.ModelProto, pairs: list[Pair], calib) -> onnx.M
     if not todo:
         return model
     names = [nodes[p.first.name].output[0] for p in todo]
-    sess = session(with_outputs(model, names), optimize=False)
+    sess = session(with_outputs(model, names), optimize=False, arena=False)
     lows: dict[str, np.ndarray] = {}
     for batch in calib:
         for name, v in zip(names, run_batch(sess, batch, names)):

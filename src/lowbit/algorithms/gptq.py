@@ -49,7 +49,9 @@ class Hessian:
         """rows: (n, G, K/G)."""
         import torch
         r = torch.from_numpy(np.ascontiguousarray(rows.transpose(1, 0, 2)))  # (G, n, K/G)
-        self.total += torch.bmm(r.transpose(1, 2), r).double().numpy()
+        # float32 products summed into the float64 total (numpy widens each value exactly, as
+        # .double() would, without a float64 temporary of the total's size)
+        np.add(self.total, torch.bmm(r.transpose(1, 2), r).numpy(), out=self.total)
         self.count += rows.shape[0]
 
     def merge(self, other: "Hessian") -> "Hessian":
@@ -58,7 +60,9 @@ class Hessian:
         return self
 
     def value(self) -> np.ndarray:
-        return 2.0 * self.total / max(self.count, 1)
+        h = self.total * 2.0
+        h /= max(self.count, 1)
+        return h
 
 
 @register_algorithm("gptq")
@@ -72,6 +76,7 @@ class GPTQ(Algorithm):
     act_order: bool = False
     max_hessian_mb: float = 512.0
     threads: int = 2
+
     op_types: tuple[str, ...] = field(default=("Conv", "Gemm", "MatMul"))
 
     stage = "plan"
@@ -97,15 +102,17 @@ class GPTQ(Algorithm):
         torch.set_num_threads(self.threads)
         try:
             for chunk in self._chunks(layers):
-                hessians = _hessians(model, chunk, ctx)
-                for layer, hess in zip(chunk, hessians):
+                hessians: list[Hessian | None] = list(_hessians(model, chunk, ctx))
+                for j, layer in enumerate(chunk):
+                    h = [hessians[j].value()]  # handed over to _gptq_round, which frees it
+                    hessians[j] = None  # each running sum is freed once its layer is rounded
                     q = plan.tensors[layer.weight].qparams
                     s, z, qmin, qmax = ld.grid(q, layer.w.shape)
                     m = layer.matrix
                     torch.set_num_threads(self.threads if layer.w.size >= SMALL_LAYER else 1)
-                    ints = gptq_round(m(torch.from_numpy(layer.w)).numpy(), hess.value(),
-                                      m(torch.from_numpy(s)).numpy(), m(torch.from_numpy(z)).numpy(),
-                                      qmin, qmax, self.block_size, self.percdamp, self.act_order)
+                    ints = _gptq_round(m(torch.from_numpy(layer.w)).numpy(), h,
+                                       m(torch.from_numpy(s)).numpy(), m(torch.from_numpy(z)).numpy(),
+                                       qmin, qmax, self.block_size, self.percdamp, self.act_order)
                     ints = layer.unmatrix(torch.from_numpy(ints)).numpy()
                     ld.set_initializer(out, layer.weight, ld.on_grid(q, ints))
                     done += 1
@@ -141,6 +148,7 @@ def _hessians(model: onnx.ModelProto, layers: list[ld.Layer], ctx: AlgorithmCont
             n = x.shape[1] if (layer.op == "Gemm" and layer.trans_a) else x.shape[0]
             for i in range(n):
                 hess.add(layer.rows(x, i, None))
+        values = x = None  # this batch's activations go before the next batch's are computed
     return hs
 
 
@@ -148,11 +156,20 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero_point: np.n
                block_size: int = 128, percdamp: float = 0.01, act_order: bool = False) -> np.ndarray:
     """Integers (G, O, K) for weights w (G, O, K) on the grid (scale, zero_point: shaped like w),
     rounded column by column with GPTQ's error feedback; h: (G, K, K) input second moments."""
+    return _gptq_round(w, [np.array(h, dtype=np.float64)], scale, zero_point, qmin, qmax, block_size, percdamp,
+                       act_order)
+
+
+def _gptq_round(w: np.ndarray, h_owned: list[np.ndarray], scale: np.ndarray, zero_point: np.ndarray, qmin: int,
+                qmax: int, block_size: int, percdamp: float, act_order: bool) -> np.ndarray:
+    """`gptq_round`, taking over the float64 array in the one-element list `h_owned` (emptied): it is
+    changed in place, not copied, and freed once H^-1's factor exists, so at most three (G, K, K)
+    float64 arrays are alive at once (they grow as K^2: 170 MB each for a 512-channel 3x3 conv)."""
     import torch
     W = torch.from_numpy(np.array(w, dtype=np.float32))
     S = torch.from_numpy(np.array(scale, dtype=np.float32))
     Z = torch.from_numpy(np.array(zero_point, dtype=np.float32))
-    H = torch.from_numpy(np.array(h, dtype=np.float64))
+    H = torch.from_numpy(np.asarray(h_owned.pop(), dtype=np.float64))
     k = W.shape[2]
     dead = torch.diagonal(H, dim1=1, dim2=2) == 0                     # (G, K): inputs always zero
     H[dead.unsqueeze(2) & torch.eye(k, dtype=torch.bool)] = 1.0
@@ -163,6 +180,7 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero_point: np.n
         W, S, Z = (t.gather(2, perm.unsqueeze(1).expand_as(t)) for t in (W, S, Z))
         H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
     hinv = _inverse_cholesky(H, percdamp).float()                     # (G, K, K), upper
+    del H
     Q = torch.zeros_like(W)
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
@@ -183,17 +201,23 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero_point: np.n
 
 
 def _inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1, raising the dampening until it exists."""
+    """Upper Cholesky factor of (H + damp I)^-1, raising the dampening until it exists. Each
+    intermediate is freed as soon as the next exists: with H, at most three (G, K, K) arrays."""
     import torch
-    k = H.shape[-1]
-    eye = torch.eye(k, dtype=H.dtype)
     mean_diag = torch.diagonal(H, dim1=1, dim2=2).mean(dim=1).view(-1, 1, 1)
     damp = percdamp
     for _ in range(6):
-        L, info = torch.linalg.cholesky_ex(H + damp * mean_diag * eye)
+        # H + damp * mean(diag) * I without a (G, K, K) identity: H + 0.0 off the diagonal, each
+        # diagonal value + damp * mean * 1.0 -- the same floats
+        A = H + 0.0
+        torch.diagonal(A, dim1=1, dim2=2).add_((damp * mean_diag).view(-1, 1) * 1.0)
+        L, info = torch.linalg.cholesky_ex(A)
+        del A
         if not bool(info.any()):
             inv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(inv, upper=True)
+            del inv
             if not bool(info.any()):
                 return U
         log.warning("gptq: H + %.3g mean(diag) I is not positive definite; dampening more", damp)

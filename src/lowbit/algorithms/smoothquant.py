@@ -87,7 +87,7 @@ def channel_absmax(model: onnx.ModelProto, tensors: list[str], data) -> dict[str
     """Per-channel (last axis) max |x| of each tensor over the calibration data, streaming."""
     out: dict[str, np.ndarray] = {}
     # batch by batch, unmerged: text batches differ in sequence length
-    sess = session(ld.prefix_model(model, tensors), optimize=False)
+    sess = session(ld.prefix_model(model, tensors), optimize=False, arena=False)
     for batch in data:
         for name, x in zip(tensors, run_batch(sess, batch, tensors)):
             m = np.abs(x.reshape(-1, x.shape[-1])).max(axis=0)
