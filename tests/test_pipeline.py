@@ -234,7 +234,7 @@ def test_latency_objective_keeps_slow_int8_layers_in_float(small_model_path):
 
 def test_plan_with_weight_changing_algorithms_reapplies_to_its_float_model(small_model_path, calib_arrays, tmp_path):
     r = lowbit.quantize(small_model_path, "int8", calib_arrays, output=tmp_path / "a.onnx", verify=None)
-    assert [a["name"] for a in r.plan.config["algorithms"]] == ["cle", "bias_correction"]
+    assert [a["name"] for a in r.plan.config["algorithms"]] == ["cle", "keep-if-better"]
     r.plan.save(tmp_path / "plan.json")
     with pytest.raises(lowbit.ConfigError, match="save-float-model"):
         lowbit.quantize(small_model_path, "int8", plan=tmp_path / "plan.json", verify=None)

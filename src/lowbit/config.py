@@ -155,15 +155,17 @@ class QuantConfig:
 # --- presets: a name for each common intent ------------------------------------------------------
 
 def _int8_accurate() -> QuantConfig:
-    from lowbit.algorithms import BiasCorrection, CrossLayerEqualization
+    from lowbit.algorithms import GPTQ, BiasCorrection, CrossLayerEqualization, KeepIfBetter
     from lowbit.calibration import Percentile
 
     # Each algorithm acts only where the graph has what it needs (CLE on conv pairs, bias
-    # correction on layers with weights); a graph with attention and layer norms gets the
-    # int8-transformer recipe instead (transformer='auto', resolved by resolve_transformer).
+    # correction on layers with weights); GPTQ rounding is kept only if the model's output gets
+    # closer to FP32 (it helps some networks and hurts others: algorithms/keep_if_better.py). A
+    # graph with attention and layer norms gets the int8-transformer recipe instead
+    # (transformer='auto', resolved by resolve_transformer).
     return QuantConfig(precision="int8", transformer="auto",
                        activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
-                       algorithms=(CrossLayerEqualization(), BiasCorrection()))
+                       algorithms=(CrossLayerEqualization(), KeepIfBetter(GPTQ(percdamp=0.1, act_order=True), then=(BiasCorrection(),))))
 
 
 def _w4a8() -> QuantConfig:
@@ -210,7 +212,7 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
              "ops in FP32; elsewhere FP16-stored weights with FP32 arithmetic (FP32 speed and accuracy)."),
     "int8": (_int8_accurate,
              "Static INT8 QDQ, accuracy first: percentile-calibrated uint8 activations, per-channel weights, "
-             "cross-layer equalization and bias correction; slow INT8 layers of this CPU stay FP32. "
+             "cross-layer equalization, GPTQ rounding where it clearly helps, bias correction; slow INT8 layers of this CPU stay FP32. "
              "A transformer graph (attention + layer norms) gets the int8-transformer recipe."),
     "int8-transformer": (lambda: _int8_transformer(),
                          "Transformer INT8: linear layers u8 x s8, layer norm / softmax / GELU / residual adds in "

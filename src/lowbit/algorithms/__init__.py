@@ -8,7 +8,8 @@ from lowbit.algorithms.bias_correction import BiasCorrection
 from lowbit.algorithms.bn_fold import BatchNormFolding
 from lowbit.algorithms.equalization import CrossLayerEqualization
 from lowbit.algorithms.gptq import GPTQ
+from lowbit.algorithms.keep_if_better import KeepIfBetter
 from lowbit.algorithms.smoothquant import SmoothQuant
 
 __all__ = ["ALGORITHMS", "Algorithm", "AlgorithmContext", "register_algorithm", "AdaRound", "BatchNormFolding",
-           "BiasCorrection", "CrossLayerEqualization", "GPTQ", "SmoothQuant"]
+           "BiasCorrection", "CrossLayerEqualization", "GPTQ", "KeepIfBetter", "SmoothQuant"]
