@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -79,7 +80,7 @@ def test_search_is_deterministic_and_meets_its_budget(small_model_path, calib_ar
     assert a.plan.to_json() == b.plan.to_json()
     assert sa["met_budget"] and sa["chosen"]["metric"] >= sa["floor"]
     assert sa["pareto"] and sa["evaluations"] <= 40
-    assert set(sa["reasons"]) and all(r.split(":")[0] in ("int8", "fp16", "w4") for r in sa["reasons"].values())
+    assert set(sa["reasons"]) and all(r.split(":")[0] in ("int8", "w8", "w4") for r in sa["reasons"].values())
     assert "holdout" in sa and sa["holdout"]["metric"] > 0
     json.dumps(a.report.to_dict())
 
@@ -117,7 +118,7 @@ def test_layers_kept_in_float_lose_their_int8_bias_correction(small_model_path, 
                         max_drop=0.0, metric="sqnr", search_evals=8)
     before, after, fitted = (GraphIndex(m) for m in (prepare(load_model(small_model_path)).proto, r.float_model,
                                                      corrected.float_model))
-    floats = [n for n, p in r.plan.nodes.items() if p.precision in ("fp16", "fp32") and p.op in ("Conv", "Gemm")]
+    floats = [n for n, p in r.plan.nodes.items() if p.precision in ("w8", "fp16", "fp32") and p.op in ("Conv", "Gemm")]
     assert floats, "the impossible budget promotes layers to float"
     for name in floats:
         bias = lambda g: g.constant(g.nodes[name].input[2])  # noqa: E731
@@ -177,3 +178,30 @@ def test_search_puts_large_tolerant_layers_on_4bit_weights_without_leaving_integ
     assert r.report.variants[1]["size_bytes"] < int8.report.variants[1]["size_bytes"]
     assert r.report.variants[1]["kernels"]["unfused"] == []
     assert r.report.variants[1]["parity"]["passed"]
+
+
+def test_weight_only_int8_layer_runs_float_on_folded_int8_storage(small_model_path, calib_arrays):
+    """A 'w8' layer (what the search makes of a CNN layer it takes out of INT8) stores its weight as
+    INT8 and scales, a quarter of FP32's bytes; ONNX Runtime computes exactly the simulation (the
+    Cast and Mul fold at load), and its error is the weight grid's only."""
+    from lowbit.analysis.mixed import layer_nodes, mixed_plan, plan_size_bytes
+    from lowbit.emit.qdq import emit_qdq, emit_simulation
+    from lowbit.observe import session
+
+    r = lowbit.quantize(small_model_path, lowbit.QuantConfig(), calib_arrays, verify=None)
+    conv = next(n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv")
+    w8, f32 = (mixed_plan(r.float_model, r.plan, {conv: p}) for p in ("w8", "fp32"))
+    deployed, simulated = emit_qdq(r.float_model, w8), emit_simulation(r.float_model, w8)
+    ops = [n.op_type for n in deployed.graph.node]
+    assert "Cast" in ops and "Mul" in ops
+    stored = {i.name: i for i in deployed.graph.initializer}
+    weight = next(n for n in deployed.graph.node if n.name == conv).input[1]
+    assert any(k.startswith(weight) and v.data_type == onnx.TensorProto.INT8 for k, v in stored.items())
+    x = {session(deployed).get_inputs()[0].name: np.stack(calib_arrays[:4])}
+    ort_out, sim_out = session(deployed).run(None, x)[0], session(simulated).run(None, x)[0]
+    np.testing.assert_allclose(ort_out, sim_out, rtol=1e-5, atol=1e-5)
+    floats = session(emit_qdq(r.float_model, f32)).run(None, x)[0]
+    int8 = session(emit_qdq(r.float_model, r.plan)).run(None, x)[0]
+    assert np.abs(ort_out - floats).mean() < np.abs(int8 - floats).mean()  # weights' share of the error only
+    assert plan_size_bytes(r.float_model, r.plan) < plan_size_bytes(r.float_model, w8) < plan_size_bytes(
+        r.float_model, f32)

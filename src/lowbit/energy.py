@@ -26,7 +26,7 @@ MULT_PJ = {"int8": 0.2, "fp16": 1.1, "fp32": 3.7}
 ADD_PJ = {"int8": 0.1, "fp16": 0.4, "fp32": 0.9}       # int8 MACs accumulate in int32: 0.1 pJ
 SRAM_PJ_PER_BYTE = 20.0 / 8                              # 32 KB SRAM, 64-bit read: 20 pJ
 DRAM_PJ_PER_BYTE = 1300.0 / 8                            # DRAM, 64-bit access: 1.3-2.6 nJ (low end)
-BYTES = {"int8": 1, "int4": 0.5, "fp16": 2, "fp32": 4}
+BYTES = {"int8": 1, "w8": 1, "int4": 0.5, "fp16": 2, "fp32": 4}  # w8: INT8-stored weights, float arithmetic
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """Per-layer precision mixes derived from one calibrated INT8 plan.
 
 A layer can be 'int8' (as calibrated), 'fp16' (FP16 weights, float arithmetic: half the size of
-FP32 at FP32's fidelity and speed on CPUs without FP16 arithmetic) or 'fp32'. Activation Q/DQ
+FP32 at FP32's fidelity and speed on CPUs without FP16 arithmetic), 'w8' (weight-only INT8: the
+weight stored on a symmetric per-channel INT8 grid, float arithmetic; a quarter of FP32's size,
+FP32's speed, and of INT8's error only the weights' share, which on CNNs is the small one) or
+'fp32'. Activation Q/DQ
 pairs are kept only where an INT8 layer reads or writes them, so a float layer adds no
 quantization noise of its own. `choices` adds block-wise weight options ({node: {precision:
 TensorPlan}}, e.g. 'int4' MatMulNBits weights or an 'int8' / 'int4' GatherBlockQuantized embedding
@@ -129,7 +132,8 @@ def four_bit_weight_choices(model: onnx.ModelProto, plan: QuantPlan, min_weights
 
 def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | None = None) -> int:
     """Bytes of weights the mix stores: 1 per INT8 weight, 2 per FP16, 4 per FP32; block-wise
-    weights their bits / 8 per weight plus one FP32 scale per block."""
+    weights their bits / 8 per weight plus one FP32 scale per block; a 'w8' layer 1 per weight plus
+    a scale per channel, its other constants FP32."""
     import numpy as np
 
     g = g or GraphIndex(model)
@@ -149,6 +153,14 @@ def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | Non
             q = plan.tensors[name].qparams
             stored = (n + 1) // 2 if q.dtype.bits <= 4 else n  # 4-bit packed in pairs; 5-8 bits in a byte
             total += stored + (4 * int(np.size(q.scale)) if isinstance(q.granularity, PerGroup) else 0)
+        elif node is not None and node.precision == "w8" and name == _weight_of(g, node.name):
+            total += n + 4 * int(t.dims[weight_slots(g.nodes[node.name], g)[2]])
         else:
             total += per.get(node.precision if node else "fp32", 4) * n
     return total
+
+
+def _weight_of(g: GraphIndex, node_name: str) -> str | None:
+    node = g.nodes[node_name]
+    w_idx = weight_slots(node, g)[0]
+    return node.input[w_idx] if w_idx is not None else None

@@ -1,5 +1,5 @@
-"""Accuracy-budgeted precision search: the smallest (or fastest) per-layer mix of INT8, FP16
-weights and FP32 -- and, where `choices` offers them, block-wise weights (4-bit MatMulNBits,
+"""Accuracy-budgeted precision search: the smallest (or fastest) per-layer mix of INT8, float
+layers (FP16 or INT8-stored weights) and FP32 -- and, where `choices` offers them, block-wise weights (4-bit MatMulNBits,
 8- or 4-bit GatherBlockQuantized embeddings) -- whose metric stays within the budget on held-out data.
 
 Greedy and deterministic: start from all-INT8 (with each choice's 8-bit option, e.g. the embedding
@@ -68,17 +68,17 @@ class SearchResult:
 def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEvaluator, floor: float,
                       ranking: list[LayerSensitivity], costs: dict | None = None, objective: str = "size",
                       max_evals: int = 40, progress: Progress = null_progress,
-                      choices: dict | None = None) -> SearchResult:
+                      choices: dict | None = None, float_precision: str = "fp16") -> SearchResult:
     """Search for the mix meeting `metric >= floor` with the smallest size (or latency).
-    `choices`: block-wise weight options per node (`mixed_plan`)."""
+    `choices`: block-wise weight options per node (`mixed_plan`). `float_precision`: what a layer
+    taken out of INT8 becomes, 'fp16' (FP16 weights) or 'w8' (INT8-stored weights); both compute
+    in float."""
     g = GraphIndex(model)
     layers = set(layer_nodes(plan))
     # promote first the layers whose float version recovers the most
     order = [s.name for s in sorted(ranking, key=lambda s: (-s.all_but_this_metric, s.only_this_metric))
              if s.name in layers]
-    # a float layer keeps FP16 weights: FP32 fidelity at half the size, same speed on CPUs
-    # without FP16 arithmetic
-    up = "fp16"
+    up = float_precision
     candidates: list[Candidate] = []
 
     def latency(promoted: dict[str, str]) -> float | None:
@@ -156,7 +156,8 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         elif best.promoted.get(name) == "w4":
             reasons[name] = "w4: 4-bit weights on the int8 kernel (8-bit activations), and the budget still holds"
         elif name in best.promoted:
-            reasons[name] = (f"{best.promoted[name]}: among the most sensitive (float here recovers the metric to "
+            how = {"w8": "w8: float arithmetic on INT8-stored weights", "fp16": "fp16: float arithmetic on FP16 weights"}
+            reasons[name] = (f"{how.get(best.promoted[name], best.promoted[name])}: among the most sensitive (float here recovers the metric to "
                              f"{s.all_but_this_metric:.4f}; quantized alone it gives {s.only_this_metric:.4f}), and "
                              "the budget is not met with it in INT8")
         else:

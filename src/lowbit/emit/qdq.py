@@ -21,6 +21,7 @@ from lowbit.core.granularity import PerChannel, PerGroup
 from lowbit.emit.metadata import record_plan
 from lowbit.errors import ModelError
 from lowbit.graph import GraphIndex
+from lowbit.ops import weight_slots
 from lowbit.plan import QuantPlan, TensorPlan
 
 QDQ_MIN_OPSET = 13
@@ -28,6 +29,15 @@ QDQ_MIN_OPSET = 13
 # MobileNetV2 long suffixes cost ~1% of the INT8 file.
 SCALE, ZERO_POINT, INTEGERS = "_s", "_z", "_w8"
 Q_OUT, DQ_OUT = "_q", "_dq"
+
+
+def weight_only_int8(w: np.ndarray, axis: int):
+    """The grid of a 'w8' layer's weight: symmetric INT8 per output channel, the full [-127, 127]
+    (no integer kernel reads it, so the 7-bit limit of u8 x s8 kernels does not apply)."""
+    from lowbit.core.dtypes import int8
+    from lowbit.core.qparams import QParams
+
+    return QParams.for_tensor(w.astype(np.float32), int8, PerChannel(axis), symmetric=True, narrow=True)
 
 
 def emit_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -155,24 +165,45 @@ class _Surgery:
         return self.m
 
     def _fp16_weights(self, index: GraphIndex, inits: dict[str, TensorProto]) -> list[onnx.NodeProto]:
-        """Weights of 'fp16' layers: stored in FP16 (half the bytes), cast back to FP32 for float
-        arithmetic, which ONNX Runtime folds once at load time."""
+        """Weights of float layers stored narrower, computed in FP32 after a Cast (and Mul) that ONNX
+        Runtime folds once at load time: 'fp16' layers store all their float constants in FP16 (half
+        the bytes); 'w8' layers store their weight as symmetric per-channel INT8 (a quarter), the
+        bias stays FP32. Not DequantizeLinear: ORT does not fold DQ, which would then run per call."""
         nodes = []
         for plan_node in self.plan.nodes.values():
-            if plan_node.precision != "fp16" or plan_node.name not in index.nodes:
+            if plan_node.precision not in ("fp16", "w8") or plan_node.name not in index.nodes:
                 continue
-            for name in index.nodes[plan_node.name].input:
+            node = index.nodes[plan_node.name]
+            slots = range(len(node.input))
+            axis = 0
+            if plan_node.precision == "w8":
+                w_idx, _, axis = weight_slots(node, index)
+                slots = [] if w_idx is None else [w_idx]
+            for k in slots:
+                name = node.input[k]
                 t = inits.get(name)
                 if t is None or t.data_type != TensorProto.FLOAT or name in self.plan.tensors or name in self.fp16_weights:
                     continue
                 self.fp16_weights.add(name)
-                w16 = numpy_helper.to_array(t).astype(np.float16)
-                if self.simulate:
-                    self.new_inits.append(numpy_helper.from_array(w16.astype(np.float32), name))
+                w = numpy_helper.to_array(t)
+                if plan_node.precision == "fp16":
+                    stored, scale = w.astype(np.float16), None
                 else:
-                    self.new_inits.append(numpy_helper.from_array(w16, f"{name}_f16"))
-                    nodes.append(helper.make_node("Cast", [f"{name}_f16"], [name], name=f"{name}_cast",
-                                                  to=TensorProto.FLOAT))
+                    q = weight_only_int8(w, axis)
+                    stored, scale = q.quantize(w), np.asarray(q.scale, np.float32).reshape(
+                        [-1 if d == axis else 1 for d in range(w.ndim)])
+                if self.simulate:
+                    exact = stored.astype(np.float32) if scale is None else stored.astype(np.float32) * scale
+                    self.new_inits.append(numpy_helper.from_array(exact.astype(np.float32), name))
+                    continue
+                tag = "_f16" if scale is None else INTEGERS
+                self.new_inits.append(numpy_helper.from_array(stored, f"{name}{tag}"))
+                cast_out = name if scale is None else f"{name}_f"
+                nodes.append(helper.make_node("Cast", [f"{name}{tag}"], [cast_out], name=f"{name}_cast",
+                                              to=TensorProto.FLOAT))
+                if scale is not None:
+                    self.new_inits.append(numpy_helper.from_array(scale, f"{name}{SCALE}"))
+                    nodes.append(helper.make_node("Mul", [cast_out, f"{name}{SCALE}"], [name], name=f"{name}_scale"))
         return nodes
 
     def _fold_activations(self) -> None:
