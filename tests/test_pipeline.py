@@ -278,3 +278,16 @@ def test_four_bit_weights_raise_the_opset_with_the_version_converter():
     assert "ReduceMean" in op_counts(r.model)
     assert max(i.version for i in r.model.opset_import if i.domain in ("", "ai.onnx")) == 21
     assert r.report.variants[1]["parity"]["passed"]
+
+
+def test_int8_dynamic_stores_conv_weights_in_int8(small_model_path, eval_arrays):
+    """Convs keep FP32 arithmetic (ORT's dynamic Conv is slow) on INT8-stored weights: a CNN gets
+    INT8's size without calibration data, at float fidelity."""
+    r = lowbit.quantize(small_model_path, "int8-dynamic", eval_data=eval_arrays, verify=NO_LATENCY)
+    convs = [n for n in r.plan.nodes.values() if n.op == "Conv"]
+    assert convs and all(n.precision == "w8" and "float arithmetic" in n.reason for n in convs)
+    def weight_bytes(m: onnx.ModelProto) -> int:  # the tiny model's file is mostly the plan record
+        return sum(len(t.raw_data) for t in m.graph.initializer)
+
+    assert weight_bytes(r.model) < 0.4 * weight_bytes(onnx.load(str(small_model_path)))
+    assert r.report.variants[1]["fidelity"]["sqnr_db"] > 30

@@ -1,7 +1,9 @@
 """Dynamic INT8 through ONNX Runtime's quantize_dynamic: int8 weights, activations quantized at
-run time. Only MatMul is quantized: ONNX Runtime's dynamic Conv kernels are several times slower
-than FP32 on CPU. Gemm layers with constant weights are first rewritten as MatMul + Add so that
-torch Linear layers (exported as Gemm) are covered too."""
+run time. Only MatMul is quantized that way: ONNX Runtime's dynamic Conv kernels are several times
+slower than FP32 on CPU. Conv weights are stored as INT8 instead ('w8': per-channel INT8 and a
+scale, turned back into FP32 once at load), so a CNN still gets INT8's size, at FP32's speed. Gemm
+layers with constant weights are first rewritten as MatMul + Add so that torch Linear layers
+(exported as Gemm) are covered too."""
 
 from __future__ import annotations
 
@@ -67,9 +69,43 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
                          reduce_range=reduce_range, weight_type=QuantType.QInt8)
         out = onnx.load(str(outp))
     plan = _plan_from_output(src, out, reduce_range)
+    out = _conv_weights_in_int8(out, plan)
     plan.config["reduce_range"] = reduce_range
     record_plan(out, plan)
     return out, plan
+
+
+def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
+    """Each Conv's own constant FP32 weight stored as per-channel INT8 + scale (lowbit.emit.qdq)."""
+    from lowbit.emit.qdq import stored_int8_weight, weight_only_int8
+
+    g = GraphIndex(model)
+    head: list[onnx.NodeProto] = []
+    replaced: set[str] = set()
+    for node in model.graph.node:
+        w_name = node.input[1] if node.op_type == "Conv" else ""
+        init = g.initializers.get(w_name)
+        if init is None or init.data_type != onnx.TensorProto.FLOAT or len(g.consumers.get(w_name, [])) != 1:
+            continue
+        w = numpy_helper.to_array(init)
+        q = weight_only_int8(w, 0)
+        inits, nodes = stored_int8_weight(w_name, q.quantize(w), np.asarray(q.scale, np.float32).reshape(
+            [-1] + [1] * (w.ndim - 1)))
+        model.graph.initializer.extend(inits)
+        head.extend(nodes)
+        replaced.add(w_name)
+        if node.name in plan.nodes:
+            plan.nodes[node.name].precision = "w8"
+            plan.nodes[node.name].reason = ("INT8-stored weights (per channel), float arithmetic: ONNX Runtime's "
+                                            "dynamic Conv kernels are slower than FP32 on CPU")
+    if replaced:
+        kept = [t for t in model.graph.initializer if t.name not in replaced]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        nodes = head + list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+    return model
 
 
 def _plan_from_output(src: onnx.ModelProto, out: onnx.ModelProto, reduce_range: bool = False) -> QuantPlan:

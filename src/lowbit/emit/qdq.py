@@ -40,6 +40,18 @@ def weight_only_int8(w: np.ndarray, axis: int):
     return QParams.for_tensor(w.astype(np.float32), int8, PerChannel(axis), symmetric=True, narrow=True)
 
 
+def stored_int8_weight(name: str, ints: np.ndarray, scale: np.ndarray
+                       ) -> tuple[list[TensorProto], list[onnx.NodeProto]]:
+    """Initializers and nodes that compute float tensor `name` = Cast(ints) * scale (scale shaped to
+    broadcast along the channel axis). Every input is constant, so ONNX Runtime folds both nodes
+    once at load time; DequantizeLinear would not be folded and would run on every call."""
+    inits = [numpy_helper.from_array(ints.astype(np.int8), f"{name}{INTEGERS}"),
+             numpy_helper.from_array(scale.astype(np.float32), f"{name}{SCALE}")]
+    nodes = [helper.make_node("Cast", [f"{name}{INTEGERS}"], [f"{name}_f"], name=f"{name}_cast", to=TensorProto.FLOAT),
+             helper.make_node("Mul", [f"{name}_f", f"{name}{SCALE}"], [name], name=f"{name}_scale")]
+    return inits, nodes
+
+
 def emit_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """The deployable QDQ model of `plan` applied to the prepared float `model`."""
     out = _Surgery(model, plan, simulate=False).run()
@@ -196,14 +208,14 @@ class _Surgery:
                     exact = stored.astype(np.float32) if scale is None else stored.astype(np.float32) * scale
                     self.new_inits.append(numpy_helper.from_array(exact.astype(np.float32), name))
                     continue
-                tag = "_f16" if scale is None else INTEGERS
-                self.new_inits.append(numpy_helper.from_array(stored, f"{name}{tag}"))
-                cast_out = name if scale is None else f"{name}_f"
-                nodes.append(helper.make_node("Cast", [f"{name}{tag}"], [cast_out], name=f"{name}_cast",
-                                              to=TensorProto.FLOAT))
-                if scale is not None:
-                    self.new_inits.append(numpy_helper.from_array(scale, f"{name}{SCALE}"))
-                    nodes.append(helper.make_node("Mul", [cast_out, f"{name}{SCALE}"], [name], name=f"{name}_scale"))
+                if scale is None:
+                    self.new_inits.append(numpy_helper.from_array(stored, f"{name}_f16"))
+                    nodes.append(helper.make_node("Cast", [f"{name}_f16"], [name], name=f"{name}_cast",
+                                                  to=TensorProto.FLOAT))
+                else:
+                    inits, new = stored_int8_weight(name, stored, scale)
+                    self.new_inits.extend(inits)
+                    nodes.extend(new)
         return nodes
 
     def _fold_activations(self) -> None:
