@@ -49,11 +49,9 @@ def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit
         choices = block_choices(prepared.proto, plan)
     else:  # 4-bit Conv / Gemm weights on the int8 kernels
         choices = four_bit_weight_choices(prepared.proto, plan)
-    # a CNN layer taken out of INT8 keeps INT8-stored weights (its error is the activations'), a
-    # transformer layer FP16 weights
-    float_precision = "fp16" if cfg.transformer is True else "w8"
+    # CNN layers kept in float are then tried on INT8-stored weights (transformers: 4-bit blocks)
     result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
-                               progress, choices, float_precision)
+                               progress, choices, weight_only=cfg.transformer is not True)
     confirm = PlanEvaluator(prepared.proto, holdout_half, metric, reference=original, float_weights=before_fit)
     held = confirm.score(result.plan)
     for name, why in result.reasons.items():

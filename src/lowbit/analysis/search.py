@@ -1,11 +1,14 @@
 """Accuracy-budgeted precision search: the smallest (or fastest) per-layer mix of INT8, float
-layers (FP16 or INT8-stored weights) and FP32 -- and, where `choices` offers them, block-wise weights (4-bit MatMulNBits,
-8- or 4-bit GatherBlockQuantized embeddings) -- whose metric stays within the budget on held-out data.
+layers (FP16 or INT8-stored weights) and FP32 -- and, where `choices` offers them, block-wise
+weights (4-bit MatMulNBits, 8- or 4-bit GatherBlockQuantized embeddings) -- whose metric stays
+within the budget on held-out data.
 
 Greedy and deterministic: start from all-INT8 (with each choice's 8-bit option, e.g. the embedding
-table in 8-bit blocks); promote layers in order of measured sensitivity, in doubling batches, until
-the budget is met; bisect the last batch; then try each promoted layer back in INT8 (least
-sensitive first) and keep it there if the budget still holds. With `choices`, layers are then
+table in 8-bit blocks); promote layers to FP16 weights in order of measured sensitivity, in
+doubling batches, until the budget is met; bisect the last batch; then try each promoted layer back
+in INT8 (least sensitive first) and keep it there if the budget still holds. With `weight_only`,
+the layers still in float are then tried on INT8-stored weights ('w8'), the largest first. With
+`choices`, layers are then
 tried at 4 bits, largest first for the embedding table, least sensitive first for the rest
 (linear layers only with objective 'size': on CPUs the 4-bit MatMul is slower than INT8), each kept
 if the budget holds. Every evaluated mix is kept, and its non-dominated ones form the Pareto set.
@@ -68,17 +71,18 @@ class SearchResult:
 def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEvaluator, floor: float,
                       ranking: list[LayerSensitivity], costs: dict | None = None, objective: str = "size",
                       max_evals: int = 40, progress: Progress = null_progress,
-                      choices: dict | None = None, float_precision: str = "fp16") -> SearchResult:
+                      choices: dict | None = None, weight_only: bool = False) -> SearchResult:
     """Search for the mix meeting `metric >= floor` with the smallest size (or latency).
-    `choices`: block-wise weight options per node (`mixed_plan`). `float_precision`: what a layer
-    taken out of INT8 becomes, 'fp16' (FP16 weights) or 'w8' (INT8-stored weights); both compute
-    in float."""
+    `choices`: block-wise weight options per node (`mixed_plan`). `weight_only`: layers kept in
+    float are then tried with INT8-stored weights ('w8': float arithmetic, half of FP16's bytes)."""
     g = GraphIndex(model)
     layers = set(layer_nodes(plan))
     # promote first the layers whose float version recovers the most
     order = [s.name for s in sorted(ranking, key=lambda s: (-s.all_but_this_metric, s.only_this_metric))
              if s.name in layers]
-    up = float_precision
+    # a float layer keeps FP16 weights: FP32 fidelity at half the size, same speed on CPUs
+    # without FP16 arithmetic
+    up = "fp16"
     candidates: list[Candidate] = []
 
     def latency(promoted: dict[str, str]) -> float | None:
@@ -124,14 +128,24 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         else:
             best = max(candidates, key=lambda c: c.metric)
     met = ok(best)
-    # evaluations kept for the 4-bit step when there are 4-bit options
-    reserve = max_evals // 4 if any("w4" in c or "int4" in c for c in choices.values()) else 0
+    # evaluations kept for the steps after the INT8 one: weight-only INT8, 4-bit options
+    later = [weight_only, any("w4" in c or "int4" in c for c in choices.values())]
+    reserve = sum(max_evals // 4 for flag in later if flag)
     if met:  # try the promoted layers back in INT8, least sensitive first
         for name in reversed([n for n, v in best.promoted.items() if n not in base_mix or v != base_mix[n]]):
             if len(candidates) >= max_evals - reserve:
                 break
             trial = {k2: v for k2, v in best.promoted.items() if k2 != name}
             c = evaluate(trial)
+            if ok(c):
+                best = c
+    sizes = {n: int(np.size(g.constant(g.nodes[n].input[1]))) if len(g.nodes[n].input) > 1
+             and g.constant(g.nodes[n].input[1]) is not None else 0 for n in layers}
+    if met and weight_only:  # float layers on INT8-stored weights, the largest first
+        for name in sorted((n for n, v in best.promoted.items() if v == up and sizes.get(n)), key=lambda n: -sizes[n]):
+            if len(candidates) >= max_evals - (max_evals // 4 if later[1] else 0):
+                break
+            c = evaluate({**best.promoted, name: "w8"})
             if ok(c):
                 best = c
     if met and choices:  # then 4-bit blocks: the embedding table first, then the least sensitive layers
