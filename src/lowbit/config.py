@@ -223,7 +223,8 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
     "int8-fast": (lambda: QuantConfig(precision="int8"),
                   "Static INT8 QDQ, quantize fast: min-max calibration, no optimisation."),
     "int8-dynamic": (lambda: QuantConfig(precision="int8-dynamic"),
-                     "INT8 MatMul/Gemm weights, activations quantized at run time. For transformer-like models."),
+                     "No calibration data: INT8 MatMul/Gemm weights with activations quantized at run time; "
+                     "Conv weights stored INT8 and computed in FP32 (ONNX Runtime's dynamic Conv is slow)."),
 }
 
 
