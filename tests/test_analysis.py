@@ -189,8 +189,9 @@ def test_weight_only_int8_layer_runs_float_on_folded_int8_storage(small_model_pa
     from lowbit.observe import session
 
     r = lowbit.quantize(small_model_path, lowbit.QuantConfig(), calib_arrays, verify=None)
-    conv = next(n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv")
-    w8, f32 = (mixed_plan(r.float_model, r.plan, {conv: p}) for p in ("w8", "fp32"))
+    convs = [n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv"][:2]
+    conv = convs[0]
+    w8, f32 = (mixed_plan(r.float_model, r.plan, {c: p for c in convs}) for p in ("w8", "fp32"))
     deployed, simulated = emit_qdq(r.float_model, w8), emit_simulation(r.float_model, w8)
     ops = [n.op_type for n in deployed.graph.node]
     assert "Cast" in ops and "Mul" in ops

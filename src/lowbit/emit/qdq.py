@@ -213,9 +213,9 @@ class _Surgery:
                     nodes.append(helper.make_node("Cast", [f"{name}_f16"], [name], name=f"{name}_cast",
                                                   to=TensorProto.FLOAT))
                 else:
-                    inits, new = stored_int8_weight(name, stored, scale)
-                    self.new_inits.extend(inits)
-                    nodes.extend(new)
+                    stored_inits, stored_nodes = stored_int8_weight(name, stored, scale)
+                    self.new_inits.extend(stored_inits)
+                    nodes.extend(stored_nodes)
         return nodes
 
     def _fold_activations(self) -> None:
