@@ -6,7 +6,8 @@ within the budget on held-out data.
 Greedy and deterministic: start from all-INT8 (with each choice's 8-bit option, e.g. the embedding
 table in 8-bit blocks); promote layers to FP16 weights in order of measured sensitivity, in
 doubling batches, until the budget is met; bisect the last batch; then try each promoted layer back
-in INT8 (least sensitive first) and keep it there if the budget still holds. With `weight_only`,
+in INT8 (least sensitive first; with objective 'latency' and measured costs, the layer whose INT8
+kernel saves the most time first) and keep it there if the budget still holds. With `weight_only`,
 the layers still in float are then tried on INT8-stored weights ('w8'), the largest first. With
 `choices`, layers are then
 tried at 4 bits, largest first for the embedding table, least sensitive first for the rest
@@ -131,8 +132,12 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
     # evaluations kept for the steps after the INT8 one: weight-only INT8, 4-bit options
     later = [weight_only, any("w4" in c or "int4" in c for c in choices.values())]
     reserve = sum(max_evals // 4 for flag in later if flag)
-    if met:  # try the promoted layers back in INT8, least sensitive first
-        for name in reversed([n for n, v in best.promoted.items() if n not in base_mix or v != base_mix[n]]):
+    if met:  # try the promoted layers back in INT8, least sensitive first (latency: the largest saving first)
+        back = list(reversed([n for n, v in best.promoted.items() if n not in base_mix or v != base_mix[n]]))
+        if costs and objective == "latency":
+            saving = {n: costs[n].fp32_ms - costs[n].int8_ms if n in costs else 0.0 for n in back}
+            back.sort(key=lambda n: -saving[n])  # stable: equal savings keep the sensitivity order
+        for name in back:
             if len(candidates) >= max_evals - reserve:
                 break
             trial = {k2: v for k2, v in best.promoted.items() if k2 != name}
