@@ -136,3 +136,17 @@ def test_failed_run_keeps_previous_output(small_model_path, calib_arrays, tmp_pa
         _quantize(small_model_path, [np.full((1, 3, 32, 32), np.nan, np.float32)], out)
     assert out.read_bytes() == b"previous"
     assert_no_output(tmp_path, name="nothing-else")
+
+
+def test_corrupt_name_bytes_are_a_model_error(small_model_path, tmp_path):
+    """A bit flip inside a node name leaves bytes that are not UTF-8: named as corruption, not a
+    UnicodeDecodeError from protobuf later (found by the loader fuzz test)."""
+    raw = bytearray(small_model_path.read_bytes())
+    name = onnx.load(str(small_model_path)).graph.node[0].name.encode()
+    raw[raw.index(name)] ^= 0x80
+    path = tmp_path / "bad_name.onnx"
+    path.write_bytes(bytes(raw))
+    from lowbit.load import load_model
+
+    with pytest.raises(lowbit.ModelError, match="not valid UTF-8"):
+        load_model(path)

@@ -73,8 +73,9 @@ def _load_path(path: Path) -> LoadedModel:
     if not proto.graph.node and not proto.graph.input:
         raise ModelError(f"{path} is not an ONNX model: it holds no graph (is it another kind of file?).")
     from lowbit.external_data import load_external_data_safely
-    from lowbit.model_checks import check_tensor_sizes
+    from lowbit.model_checks import check_tensor_sizes, check_text
 
+    check_text(proto, str(path))
     check_tensor_sizes(proto.graph, str(path))  # before reading external data or allocating
     load_external_data_safely(proto, path.parent)
     _check(proto, str(path))
@@ -89,8 +90,9 @@ def opset_of(proto: onnx.ModelProto) -> int:
 
 
 def _check(proto: onnx.ModelProto, where: str) -> None:
-    from lowbit.model_checks import check_graph, check_tensor_sizes
+    from lowbit.model_checks import check_graph, check_tensor_sizes, check_text
 
+    check_text(proto, where)
     check_tensor_sizes(proto.graph, where)
     check_graph(proto.graph, {imp.domain for imp in proto.opset_import}, where)
     opset = opset_of(proto)

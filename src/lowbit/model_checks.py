@@ -87,3 +87,19 @@ def check_graph(graph: onnx.GraphProto, opset_domains: set[str], where: str) -> 
         kind = "a cycle" if all(m in outputs for m in missing) else "an input nothing produces"
         raise ModelError(f"{where}: node '{node.name or node.op_type}' needs {missing[:3]}, {kind} "
                          f"({len(pending)} node(s) can never run).")
+
+
+def check_text(proto: onnx.ModelProto, where: str) -> None:
+    """Every name in the graph must be valid UTF-8. Protobuf hands an invalid string field back as
+    bytes (and refuses it when written back), which would surface as an error deep inside lowbit."""
+    g = proto.graph
+    texts: list = [proto.producer_name, g.name]
+    for n in g.node:
+        texts += [n.name, n.op_type, n.domain, *n.input, *n.output, *(a.name for a in n.attribute)]
+    for v in list(g.input) + list(g.output) + list(g.value_info) + list(g.initializer):
+        texts.append(v.name)
+    texts += [o.domain for o in proto.opset_import] + [p.key for p in proto.metadata_props]
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ModelError(f"{where}: the model holds a name that is not valid UTF-8 ({bytes(bad)[:40]!r}): the file "
+                         "is corrupt. Re-export it or check the download.")
