@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from lowbit.algorithms import _layer_data as ld
 from lowbit.algorithms.gptq import Hessian, _inverse_cholesky, gptq_round
@@ -14,14 +13,6 @@ from lowbit.data import as_feeds
 from lowbit.observe import session
 from lowbit.prepare import prepare
 from lowbit.load import load_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 def _rows(seed: int, n: int = 300, g: int = 2, k: int = 24) -> np.ndarray:
@@ -38,24 +29,28 @@ def test_hessian_sum_matches_float64_widening() -> None:
     for seed in range(3):
         rows = _rows(seed)
         h.add(rows)
-        r = torch.from_numpy(np.ascontiguousarray(rows.transpose(1, 0, 2)))
-        ref += torch.bmm(r.transpose(1, 2), r).double().numpy()
+        r = np.ascontiguousarray(rows.transpose(1, 0, 2))
+        ref += np.matmul(r.transpose(0, 2, 1), r).astype(np.float64)
     assert np.array_equal(h.total, ref)
     assert np.array_equal(h.value(), 2.0 * ref / h.count)
+    value = h.value()
+    assert np.array_equal(h.take(), value)  # in place, the same floats
+    assert h.total.size == 0
 
 
 def test_inverse_cholesky_matches_identity_formula() -> None:
     h = Hessian(np.zeros((2, 24, 24)))
     h.add(_rows(0))
-    H = torch.from_numpy(h.value())
-    eye = torch.eye(24, dtype=H.dtype)
-    Hd = H + 0.5 * eye  # positive definite despite the dead input
+    eye = np.eye(24)
+    Hd = h.value() + 0.5 * eye  # positive definite despite the dead input
     for percdamp in (0.01, 0.1):
-        mean_diag = torch.diagonal(Hd, dim1=1, dim2=2).mean(dim=1).view(-1, 1, 1)
-        L, _ = torch.linalg.cholesky_ex(Hd + percdamp * mean_diag * eye)
-        ref, _ = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-        got = _inverse_cholesky(Hd.clone(), percdamp)
-        assert torch.equal(got, ref)
+        mean_diag = np.einsum("gii->gi", Hd).mean(axis=1)[:, None, None]
+        ref = np.linalg.inv(Hd + percdamp * mean_diag * eye)
+        owned = [Hd.copy()]
+        got = _inverse_cholesky(owned, percdamp)
+        assert owned == []  # taken over
+        assert np.allclose(np.tril(got, -1), 0.0)  # upper triangular
+        np.testing.assert_allclose(np.matmul(got.transpose(0, 2, 1), got), ref, rtol=1e-9, atol=1e-12)
 
 
 def test_gptq_round_leaves_the_callers_hessian_alone() -> None:
@@ -104,3 +99,60 @@ def test_session_without_arena_computes_the_same(small_model_path, calib_arrays)
     a = session(model).run(None, {name: x})[0]
     b = session(model, arena=False).run(None, {name: x})[0]
     assert np.array_equal(a, b)
+
+
+def test_gptq_keeps_its_model_copy_until_the_hessians_are_gone(small_model_path, calib_arrays) -> None:
+    """GPTQ rounds in chunks of layers (max_hessian_mb) without changing the result, and does not
+    import torch."""
+    import subprocess
+    import sys
+    code = f"""
+import sys, numpy as np
+import lowbit
+from lowbit.algorithms import GPTQ
+from lowbit.algorithms.base import AlgorithmContext
+from lowbit.api import calibrate_plan
+from lowbit.config import preset
+from lowbit.data import as_feeds
+from lowbit.load import load_model
+from lowbit.prepare import prepare
+from onnx import numpy_helper
+prepared = prepare(load_model({str(small_model_path)!r}))
+rng = np.random.default_rng(0)
+shape = [d if isinstance(d, int) and d > 0 else 1 for d in prepared.inputs[0].shape]
+calib = as_feeds([rng.normal(size=shape).astype(np.float32) for _ in range(8)], prepared.inputs)
+cfg = preset("int8").with_(algorithms=())
+model, plan, _ = calibrate_plan(prepared, cfg, calib)
+ctx = AlgorithmContext(calib, cfg, lambda *a: None, 0)
+one, _ = GPTQ().apply(model, plan, ctx)
+many, _ = GPTQ(max_hessian_mb=1e-9).apply(model, plan, ctx)
+a = {{t.name: numpy_helper.to_array(t) for t in one.graph.initializer}}
+b = {{t.name: numpy_helper.to_array(t) for t in many.graph.initializer}}
+assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+assert "torch" not in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_in_place_permutation_and_inverse_factor_match_the_copying_forms() -> None:
+    from lowbit.algorithms import gptq
+    rng = np.random.default_rng(3)
+    for k in (1, 5, 64):
+        a = rng.normal(size=(k, k))
+        p = rng.permutation(k)
+        ref = a[np.ix_(p, p)]
+        gptq._permute(a, p)
+        assert np.array_equal(a, ref)
+    saved = gptq.BLOCK
+    gptq.BLOCK = 16  # several blocks, and a retry with more dampening after a failed factorisation
+    try:
+        for k in (40, 48):
+            x = rng.normal(size=(k // 2, k))
+            h = x.T @ x / k
+            h -= 0.05 * np.diag(h).mean() * np.eye(k)  # indefinite until dampened by 10% of its mean diagonal
+            ref = np.linalg.inv(h + 0.1 * np.diag(h).mean() * np.eye(k))
+            u = gptq._inverse_cholesky([h[None].copy()], 0.01)[0]
+            assert np.allclose(np.tril(u, -1), 0.0)
+            np.testing.assert_allclose(u.T @ u, ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
+    finally:
+        gptq.BLOCK = saved

@@ -25,7 +25,7 @@ from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
 from lowbit.hardware import target_traits
 from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_output_path
-from lowbit.load import load_model
+from lowbit.load import LoadedModel, load_model
 from lowbit.observe import collect_stats
 from lowbit.plan import QuantPlan
 from lowbit.planner import build_plan
@@ -102,6 +102,9 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     config = resolve_transformer(config, prepared.proto)
     ctx = AlgorithmContext(calib, config, progress, config.seed)
     model = prepared.proto
+    # not kept past this point: where the caller handed over its only reference (quantize does),
+    # the unfitted model is freed as soon as a float algorithm has made its own
+    del prepared
     for alg in config.algorithms:
         if alg.stage == "float":
             model, _ = alg.apply(model, None, ctx)
@@ -183,6 +186,8 @@ def quantize(
         check_output_path(output)
     loaded = load_model(model, example_inputs)
     prepared = prepare(loaded)
+    if verify is None:  # the loaded model is only verification's reference: not kept without it
+        loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
     if plan is None:
         cfg = resolve_transformer(cfg, prepared.proto)
     t = _stage(timings, "load+prepare", t)
@@ -208,12 +213,19 @@ def quantize(
             raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
                             "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
         calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess, limit=calib_limit, skip_bad=skip_bad)
-        original = prepared.proto
-        float_model, qplan, before_fit = calibrate_plan(prepared, cfg, calib, progress)
+        budget = max_drop is not None or min_metric is not None
+        original = prepared.proto if budget else None
+        # calibrate_plan gets the only reference to the prepared model (popped from a list: no local
+        # here keeps it), so the copies the algorithms make replace it instead of adding to it
+        handed = [prepared]
+        prepared = PreparedModel(onnx.ModelProto(), prepared.name, prepared.source, prepared.inputs)
+        float_model, qplan, before_fit = calibrate_plan(handed.pop(), cfg, calib, progress)
         prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
+        if not budget:
+            before_fit = None  # only the search's float layers need the unfitted weights
         t = _stage(timings, "calibrate+plan", t)
         search = None
-        if max_drop is not None or min_metric is not None:
+        if budget:
             if eval_data is None:
                 raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
             from lowbit.analysis.budget import budget_search

@@ -200,16 +200,30 @@ def prefix_model(model: onnx.ModelProto, targets: list[str]) -> onnx.ModelProto:
             need.add(k)
             stack.extend(i for i in g.node[k].input if i)
     m = onnx.ModelProto()
-    m.CopyFrom(model)
-    if not has_subgraphs:
+    if has_subgraphs:
+        m.CopyFrom(model)
+    else:  # everything but the graph's nodes and initializers, then only the needed ones are copied
+        _copy_fields(model, m, skip=("graph",))
+        _copy_fields(g, m.graph, skip=("node", "initializer"))
         used = {i for k in need for i in g.node[k].input}
-        del m.graph.node[:]
         m.graph.node.extend(g.node[k] for k in sorted(need))
-        del m.graph.initializer[:]
         m.graph.initializer.extend(t for t in g.initializer if t.name in used)
     del m.graph.output[:]
     m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in targets)
     return m
+
+
+def _copy_fields(src, dst, skip: tuple[str, ...]) -> None:
+    """Copy the set fields of protobuf message `src` into `dst`, except those named in `skip`."""
+    for fd, value in src.ListFields():
+        if fd.name in skip:
+            continue
+        if getattr(fd, "is_repeated", None) or (not hasattr(fd, "is_repeated") and fd.label == fd.LABEL_REPEATED):
+            getattr(dst, fd.name).extend(value)
+        elif fd.message_type is not None:
+            getattr(dst, fd.name).CopyFrom(value)
+        else:
+            setattr(dst, fd.name, value)
 
 
 def _mergeable(model: onnx.ModelProto) -> bool:
@@ -253,7 +267,8 @@ def stream(model: onnx.ModelProto, targets: list[str], data: Iterable[Batch],
     targets' values of one call within STREAM_MB (a CNN's every layer input is ~25 MB per
     MobileNetV2 sample: 32 merged samples held 0.8 GB, twice while ONNX Runtime handed them over).
     The list of values is emptied when the consumer asks for the next batch: copy what you keep."""
-    sess = session(prefix_model(model, targets), threads=threads, optimize=False, arena=False)
+    # serialized first: the prefix model's proto is gone before ONNX Runtime parses its own copy
+    sess = session(prefix_model(model, targets).SerializeToString(), threads=threads, optimize=False, arena=False)
     per_sample = [0.0]  # bytes of the targets' values per sample, known after the first call
 
     def limit() -> int:

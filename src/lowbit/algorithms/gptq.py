@@ -7,8 +7,9 @@ one by one, in blocks of `block_size`; each column's rounding error, scaled by t
 of H^-1, is fed back onto the columns not yet quantized (OBS update). Scales and zero points are
 the plan's (per tensor, per output channel or per group), so the result lies exactly on its grid.
 
-H is taken from the float model's inputs in one pass over the data (layers in chunks of at most
-`max_hessian_mb`). The knob that matters: `percdamp`, the dampening added to H's diagonal as a
+H is taken from the float model's inputs, one pass over the data per chunk of layers whose float64
+running sums fit in `max_hessian_mb`. Plain numpy, no torch: importing torch alone costs ~150 MB of
+resident memory, more than a quantization of a small CNN otherwise needs. The knob that matters: `percdamp`, the dampening added to H's diagonal as a
 fraction of its mean (raise it if a Cholesky fails); `block_size` only trades speed.
 
 >>> config = QuantConfig(algorithms=(GPTQ(percdamp=0.01),))  # doctest: +SKIP
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx
 
@@ -28,14 +27,11 @@ from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorit
 from lowbit.errors import ConfigError
 from lowbit.plan import QuantPlan
 
-if TYPE_CHECKING:  # torch is imported where it is used: `import lowbit` stays light
-    import torch
-
 log = logging.getLogger(__name__)
 
-# GPTQ's column loop is many small steps: below this many weights a second thread only adds
-# synchronisation (and stalls badly on a busy machine), so such layers run on one thread.
-SMALL_LAYER = 2**21
+
+
+ADD_MB = 16.0  # float32 products per step of Hessian.add (K <= 2048: all columns at once)
 
 
 @dataclass
@@ -47,11 +43,14 @@ class Hessian:
 
     def add(self, rows: np.ndarray) -> None:
         """rows: (n, G, K/G)."""
-        import torch
-        r = torch.from_numpy(np.ascontiguousarray(rows.transpose(1, 0, 2)))  # (G, n, K/G)
-        # float32 products summed into the float64 total (numpy widens each value exactly, as
-        # .double() would, without a float64 temporary of the total's size)
-        np.add(self.total, torch.bmm(r.transpose(1, 2), r).numpy(), out=self.total)
+        r = np.ascontiguousarray(rows.transpose(1, 0, 2), dtype=np.float32)  # (G, n, K/G)
+        # float32 products summed into the float64 total (numpy widens each value exactly), a block
+        # of at most ADD_MB of columns at a time: no temporary of the total's size
+        g, k = self.total.shape[0], self.total.shape[2]
+        step = max(1, int(ADD_MB * 2**20) // (4 * g * k))
+        rt = r.transpose(0, 2, 1)
+        for j in range(0, k, step):
+            np.add(self.total[:, :, j:j + step], np.matmul(rt, r[:, :, j:j + step]), out=self.total[:, :, j:j + step])
         self.count += rows.shape[0]
 
     def merge(self, other: "Hessian") -> "Hessian":
@@ -64,17 +63,42 @@ class Hessian:
         h /= max(self.count, 1)
         return h
 
+    def take(self) -> np.ndarray:
+        """`value()` computed in the running sum's own memory (the same floats): the sum is used up."""
+        h, self.total = self.total, np.empty((0, 0, 0))
+        h *= 2.0
+        h /= max(self.count, 1)
+        return h
+
+
+def _matrix(layer: ld.Layer, w: np.ndarray) -> np.ndarray:
+    """numpy form of `Layer.matrix`: stored layout -> (G, O/G, K/G)."""
+    if layer.op == "Conv":
+        return w.reshape(layer.groups, w.shape[0] // layer.groups, -1)
+    if layer.op == "Gemm" and layer.trans_b:
+        return w[None]
+    return w.T[None]
+
+
+def _unmatrix(layer: ld.Layer, m: np.ndarray) -> np.ndarray:
+    """numpy form of `Layer.unmatrix`: (G, O/G, K/G) -> stored layout."""
+    if layer.op == "Conv":
+        return m.reshape(layer.w.shape)
+    return m[0] if (layer.op == "Gemm" and layer.trans_b) else m[0].T
+
 
 @register_algorithm("gptq")
 @dataclass(frozen=True)
 class GPTQ(Algorithm):
     """GPTQ rounding (Frantar et al. 2022). Knob: `percdamp` (dampening); `block_size` for speed;
-    `act_order` quantizes columns in order of decreasing H diagonal."""
+    `act_order` quantizes columns in order of decreasing H diagonal. `max_hessian_mb` bounds the
+    float64 running sums alive at once (more passes over the data when lower); `threads` is kept
+    for saved configs (the BLAS library's own thread count applies)."""
 
     percdamp: float = 0.01
     block_size: int = 128
     act_order: bool = False
-    max_hessian_mb: float = 512.0
+    max_hessian_mb: float = 64.0
     threads: int = 2
 
     op_types: tuple[str, ...] = field(default=("Conv", "Gemm", "MatMul"))
@@ -88,45 +112,40 @@ class GPTQ(Algorithm):
 
     def apply(self, model: onnx.ModelProto, plan: QuantPlan | None,
               ctx: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan | None]:
-        import torch
         if plan is None or ctx.calib is None:
             raise ConfigError("GPTQ runs on a plan with calibration data (stage 'plan').")
         layers, skipped = ld.find_layers(model, plan)
         layers = [lay for lay in layers if lay.op in self.op_types]
         for name, why in skipped.items():
             log.info("gptq: %s keeps round-to-nearest: %s", name, why)
+        rounded: dict[str, np.ndarray] = {}  # weight -> integers, compact until the copy is made
+        done = 0
+        for chunk in self._chunks(layers):
+            hessians: list[Hessian | None] = list(_hessians(model, chunk, ctx))
+            for j, layer in enumerate(chunk):
+                h = [hessians[j].take()]  # handed over to _gptq_round, which frees it
+                hessians[j] = None  # each running sum is freed once its layer is rounded
+                q = plan.tensors[layer.weight].qparams
+                s, z, qmin, qmax = ld.grid(q, layer.w.shape)
+                ints = _gptq_round(_matrix(layer, layer.w), h, _matrix(layer, s), _matrix(layer, z),
+                                   qmin, qmax, self.block_size, self.percdamp, self.act_order)
+                small = np.int8 if qmin >= -128 and qmax <= 127 else np.int32
+                rounded[layer.weight] = np.ascontiguousarray(_unmatrix(layer, ints)).astype(small)
+                layer.w = np.empty(0, np.float32)  # the layer's float weight is no longer needed
+                done += 1
+                ctx.progress("gptq", done, len(layers))
+        # the model copy is made once the Hessians are gone
         out = onnx.ModelProto()
         out.CopyFrom(model)
-        done = 0
-        saved = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            for chunk in self._chunks(layers):
-                hessians: list[Hessian | None] = list(_hessians(model, chunk, ctx))
-                for j, layer in enumerate(chunk):
-                    h = [hessians[j].value()]  # handed over to _gptq_round, which frees it
-                    hessians[j] = None  # each running sum is freed once its layer is rounded
-                    q = plan.tensors[layer.weight].qparams
-                    s, z, qmin, qmax = ld.grid(q, layer.w.shape)
-                    m = layer.matrix
-                    torch.set_num_threads(self.threads if layer.w.size >= SMALL_LAYER else 1)
-                    ints = _gptq_round(m(torch.from_numpy(layer.w)).numpy(), h,
-                                       m(torch.from_numpy(s)).numpy(), m(torch.from_numpy(z)).numpy(),
-                                       qmin, qmax, self.block_size, self.percdamp, self.act_order)
-                    ints = layer.unmatrix(torch.from_numpy(ints)).numpy()
-                    ld.set_initializer(out, layer.weight, ld.on_grid(q, ints))
-                    done += 1
-                    ctx.progress("gptq", done, len(layers))
-        finally:
-            torch.set_num_threads(saved)
+        for name, ints in rounded.items():
+            ld.set_initializer(out, name, ld.on_grid(plan.tensors[name].qparams, ints.astype(np.int64)))
         return out, plan
 
     def _chunks(self, layers: list[ld.Layer]) -> list[list[ld.Layer]]:
-        import torch
         chunks: list[list[ld.Layer]] = [[]]
         used = 0.0
         for layer in layers:
-            g, _, k = layer.matrix(torch.from_numpy(layer.w)).shape
+            g, _, k = _matrix(layer, layer.w).shape
             mb = 8 * g * k * k / 2**20
             if chunks[-1] and used + mb > self.max_hessian_mb:
                 chunks.append([])
@@ -138,10 +157,9 @@ class GPTQ(Algorithm):
 
 def _hessians(model: onnx.ModelProto, layers: list[ld.Layer], ctx: AlgorithmContext) -> list[Hessian]:
     """One H per layer from one pass of the float model over the calibration data (all rows)."""
-    import torch
     hs = []
     for layer in layers:
-        g, _, k = layer.matrix(torch.from_numpy(layer.w)).shape
+        g, _, k = _matrix(layer, layer.w).shape
         hs.append(Hessian(np.zeros((g, k, k), dtype=np.float64)))
     for _, values in ld.stream(model, [lay.input for lay in layers], ctx.calib):
         for layer, hess, x in zip(layers, hs, values):
@@ -163,63 +181,174 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero_point: np.n
 def _gptq_round(w: np.ndarray, h_owned: list[np.ndarray], scale: np.ndarray, zero_point: np.ndarray, qmin: int,
                 qmax: int, block_size: int, percdamp: float, act_order: bool) -> np.ndarray:
     """`gptq_round`, taking over the float64 array in the one-element list `h_owned` (emptied): it is
-    changed in place, not copied, and freed once H^-1's factor exists, so at most three (G, K, K)
-    float64 arrays are alive at once (they grow as K^2: 170 MB each for a 512-channel 3x3 conv)."""
-    import torch
-    W = torch.from_numpy(np.array(w, dtype=np.float32))
-    S = torch.from_numpy(np.array(scale, dtype=np.float32))
-    Z = torch.from_numpy(np.array(zero_point, dtype=np.float32))
-    H = torch.from_numpy(np.asarray(h_owned.pop(), dtype=np.float64))
-    k = W.shape[2]
-    dead = torch.diagonal(H, dim1=1, dim2=2) == 0                     # (G, K): inputs always zero
-    H[dead.unsqueeze(2) & torch.eye(k, dtype=torch.bool)] = 1.0
-    W = W.masked_fill(dead.unsqueeze(1), 0.0)
+    permuted, factorised and inverted in place, so one (G, K, K) float64 array is alive (it grows as
+    K^2: 162 MB for a 512-channel 3x3 conv), plus temporaries of K x BLOCK."""
+    W = np.array(w, dtype=np.float32)
+    S = np.array(scale, dtype=np.float32)
+    Z = np.array(zero_point, dtype=np.float32)
+    H = np.asarray(h_owned.pop(), dtype=np.float64)
+    g, k = H.shape[0], H.shape[2]
+    diag = np.einsum("gii->gi", H)                                    # a writable view of H's diagonal
+    dead = diag == 0                                                  # (G, K): inputs always zero
+    diag[dead] = 1.0
+    W[np.broadcast_to(dead[:, None, :], W.shape)] = 0.0
     perm = None
     if act_order:
-        perm = torch.argsort(torch.diagonal(H, dim1=1, dim2=2), dim=1, descending=True)  # (G, K)
-        W, S, Z = (t.gather(2, perm.unsqueeze(1).expand_as(t)) for t in (W, S, Z))
-        H = H.gather(1, perm.unsqueeze(2).expand_as(H)).gather(2, perm.unsqueeze(1).expand_as(H))
-    hinv = _inverse_cholesky(H, percdamp).float()                     # (G, K, K), upper
+        perm = np.argsort(-diag, axis=1, kind="stable")               # (G, K): decreasing H diagonal
+        W, S, Z = (np.take_along_axis(t, perm[:, None, :], axis=2) for t in (W, S, Z))
+        for j in range(g):                                            # H[j][perm][:, perm], in place
+            _permute(H[j], perm[j])
+        diag = np.einsum("gii->gi", H)
+    del diag
+    h_owned.append(H)
     del H
-    Q = torch.zeros_like(W)
+    # (G, K, K) upper, float64; each block's rows are taken to float32 as the block needs them
+    # (the same floats as one float32 copy, without that copy next to the float64 factor)
+    hinv64 = _inverse_cholesky(h_owned, percdamp)
+    Q = np.zeros_like(W)
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        W1 = W[:, :, i1:i2].clone()
-        E1 = torch.zeros_like(W1)
-        Hb = hinv[:, i1:i2, i1:i2]
+        rows = hinv64[:, i1:i2, i1:].astype(np.float32)                # (G, b, K - i1)
+        W1 = W[:, :, i1:i2].copy()
+        E1 = np.zeros_like(W1)
+        Hb = rows[:, :, :i2 - i1]
         for i in range(i2 - i1):
             col, s, z = W1[:, :, i], S[:, :, i1 + i], Z[:, :, i1 + i]   # (G, O)
-            q = torch.clamp(torch.round(col / s) + z, qmin, qmax)
+            q = np.clip(np.round(col / s) + z, qmin, qmax)
             Q[:, :, i1 + i] = q
-            err = (col - s * (q - z)) / Hb[:, i, i].unsqueeze(1)       # (G, O)
-            W1[:, :, i:] -= err.unsqueeze(2) * Hb[:, i, i:].unsqueeze(1)
+            err = (col - s * (q - z)) / Hb[:, i, i][:, None]            # (G, O)
+            W1[:, :, i:] -= err[:, :, None] * Hb[:, i, i:][:, None, :]
             E1[:, :, i] = err
-        W[:, :, i2:] -= torch.bmm(E1, hinv[:, i1:i2, i2:])
+        W[:, :, i2:] -= np.matmul(E1, rows[:, :, i2 - i1:])
     if perm is not None:
-        Q = Q.scatter(2, perm.unsqueeze(1).expand_as(Q), Q.clone())
-    return Q.to(torch.int64).numpy()
+        out = np.empty_like(Q)
+        np.put_along_axis(out, np.broadcast_to(perm[:, None, :], Q.shape), Q, axis=2)
+        Q = out
+    return Q.astype(np.int64)
 
 
-def _inverse_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1, raising the dampening until it exists. Each
-    intermediate is freed as soon as the next exists: with H, at most three (G, K, K) arrays."""
-    import torch
-    mean_diag = torch.diagonal(H, dim1=1, dim2=2).mean(dim=1).view(-1, 1, 1)
+def _permute(a: np.ndarray, perm: np.ndarray) -> None:
+    """a <- a[perm][:, perm] in place (the same values), following the permutation's cycles with one
+    row or column of temporary memory instead of a copy of a."""
+    for axis in (0, 1):
+        view = a if axis == 0 else a.T
+        done = np.zeros(len(perm), dtype=bool)
+        for start in range(len(perm)):
+            if done[start]:
+                continue
+            done[start] = True
+            if perm[start] == start:
+                continue
+            first = view[start].copy()
+            i = start
+            while perm[i] != start:                                   # new[i] = old[perm[i]]
+                view[i] = view[perm[i]]
+                i = perm[i]
+                done[i] = True
+            view[i] = first
+
+
+def _inverse_cholesky(h_owned: list[np.ndarray], percdamp: float) -> np.ndarray:
+    """Upper Cholesky factor U of (H + damp I)^-1 (U^T U = (H + damp I)^-1), raising the dampening
+    until it exists; H (G, K, K) float64 is taken over from the one-element list `h_owned` and its
+    diagonal dampened in place.
+
+    With J the order-reversing permutation: if J (H + damp I) J = L L^T (L lower), then
+    H + damp I = V V^T with V = J L J upper, so (H + damp I)^-1 = V^-T V^-1 and U = V^-1 = J L^-1 J:
+    one Cholesky factorisation and one triangular inverse. One matrix (G = 1: a layer's whole H, up
+    to 170 MB) is factorised and inverted in its own memory, block by block; grouped layers (small
+    K) go through numpy.linalg."""
+    H = h_owned.pop()
+    diag = np.einsum("gii->gi", H)
+    base = diag.copy()
+    mean_diag = base.mean(axis=1, keepdims=True)                      # (G, 1)
+    one = H.shape[0] == 1 and H.flags.c_contiguous
+    saved = _diagonal_blocks(H[0]) if one else None
     damp = percdamp
     for _ in range(6):
-        # H + damp * mean(diag) * I without a (G, K, K) identity: H + 0.0 off the diagonal, each
-        # diagonal value + damp * mean * 1.0 -- the same floats
-        A = H + 0.0
-        torch.diagonal(A, dim1=1, dim2=2).add_((damp * mean_diag).view(-1, 1) * 1.0)
-        L, info = torch.linalg.cholesky_ex(A)
-        del A
-        if not bool(info.any()):
-            inv = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(inv, upper=True)
-            del inv
-            if not bool(info.any()):
-                return U
+        diag[...] = base + damp * mean_diag
+        if one:
+            a = H[0]
+            _flip(a)                                                  # J H J (the dampened diagonal too)
+            if _cholesky_lower(a):
+                del diag
+                _invert_lower(a)
+                return H[:, ::-1, ::-1]                               # J L^-1 J
+            _restore(a, saved)                                        # back to H (undamped diagonal below)
+            _flip(a)
+        else:
+            try:
+                L = np.linalg.cholesky(H[:, ::-1, ::-1])              # J H J = L L^T
+            except np.linalg.LinAlgError:
+                L = None
+            if L is not None:
+                del H, diag
+                return np.linalg.inv(L[:, ::-1, ::-1])                # V = J L J upper; U = V^-1 upper
         log.warning("gptq: H + %.3g mean(diag) I is not positive definite; dampening more", damp)
         damp *= 10.0
     raise ConfigError("GPTQ: the Hessian stays singular even with heavy dampening; raise percdamp.")
+
+
+BLOCK = 512  # rows and columns per step of the in-place factorisation (temporaries: K x BLOCK)
+
+
+def _blocks(k: int) -> list[tuple[int, int]]:
+    return [(j, min(j + BLOCK, k)) for j in range(0, k, BLOCK)]
+
+
+def _flip(a: np.ndarray) -> None:
+    """a <- J a J in place (rows and columns reversed), one block of rows at a time."""
+    k = a.shape[0]
+    half = (k + 1) // 2
+    for j in range(0, half, BLOCK):
+        e = min(j + BLOCK, half)
+        top = a[j:e, ::-1].copy()
+        a[j:e] = a[k - e:k - j][::-1, ::-1]
+        a[k - e:k - j] = top[::-1]
+
+
+def _diagonal_blocks(a: np.ndarray) -> list[np.ndarray]:
+    """Copies of the diagonal blocks of J a J (what `_cholesky_lower` may overwrite above the diagonal)."""
+    k = a.shape[0]
+    return [a[k - e:k - j, k - e:k - j][::-1, ::-1].copy() for j, e in _blocks(k)]
+
+
+def _restore(a: np.ndarray, saved: list[np.ndarray]) -> None:
+    """Undo a failed `_cholesky_lower`: the strict upper triangle off the diagonal blocks is untouched,
+    the diagonal blocks were saved."""
+    for (j, e), block in zip(_blocks(a.shape[0]), saved):
+        a[j:e, j:e] = block
+        a[e:, j:e] = a[j:e, e:].T
+
+
+def _cholesky_lower(a: np.ndarray) -> bool:
+    """a (K, K) symmetric, C-contiguous -> its lower Cholesky factor in place, strict upper triangle
+    zeroed (right-looking blocked algorithm; only the lower triangle is read). False if a is not
+    positive definite: its lower triangle is then partly overwritten (see `_restore`)."""
+    k = a.shape[0]
+    for j, e in _blocks(k):
+        try:
+            l11 = np.linalg.cholesky(a[j:e, j:e])
+        except np.linalg.LinAlgError:
+            return False
+        a[j:e, j:e] = l11
+        if e < k:
+            panel = a[e:, j:e]
+            panel[...] = panel @ np.linalg.inv(l11).T                 # L21 = A21 L11^-T
+            for c, ce in _blocks(k - e):                              # trailing A22 -= L21 L21^T, lower part
+                a[e + c:, e + c:e + ce] -= panel[c:] @ panel[c:ce].T
+    for j, e in _blocks(k):
+        a[j:e, e:] = 0.0
+        a[j:e, j:e] = np.tril(a[j:e, j:e])
+    return True
+
+
+def _invert_lower(a: np.ndarray) -> None:
+    """a (K, K) lower triangular (zeros above) -> its inverse in place, last block column first:
+    X11 = L11^-1, X21 = -X22 L21 X11."""
+    k = a.shape[0]
+    for j, e in reversed(_blocks(k)):
+        x11 = np.tril(np.linalg.inv(a[j:e, j:e]))
+        if e < k:
+            a[e:, j:e] = -(a[e:, e:] @ a[e:, j:e]) @ x11
+        a[j:e, j:e] = x11

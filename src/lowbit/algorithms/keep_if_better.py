@@ -128,10 +128,18 @@ class KeepIfBetter(Algorithm):
                      for r, b in zip(reference, batches)]
             return m, p, np.array(noise)
 
-        old_model, old_plan, noise_without = finish(model, copy.deepcopy(plan))
+        # the algorithm's arm first: its peak (GPTQ's Hessians) comes before the other arm's model
+        # exists; the arm that loses is freed as soon as the comparison is made
+        plain_plan = copy.deepcopy(plan)
         new_model, new_plan, noise_with = finish(*self.algorithm.apply(model, plan, fit_ctx))
+        old_model, old_plan, noise_without = finish(model, plain_plan)
+        del plain_plan
         gain, low = _gain_db(noise_without, noise_with, 1.0 - self.confidence, ctx.seed)
         kept = low > self.min_gain_db
+        if kept:
+            old_model = None
+        else:
+            new_model = None
         name = self.algorithm.registry_name
         log.info("%s: output SQNR gain %.2f dB (%.0f%% lower bound %.2f dB): %s", name, gain,
                  100 * self.confidence, low, "kept" if kept else "dropped")
