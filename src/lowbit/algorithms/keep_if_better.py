@@ -120,30 +120,35 @@ class KeepIfBetter(Algorithm):
 
         signal = np.array([float(np.sum(np.square(r, dtype=np.float64))) for r in reference])
 
-        def finish(m: onnx.ModelProto, p: QuantPlan) -> tuple[onnx.ModelProto, QuantPlan, np.ndarray]:
+        def then(m: onnx.ModelProto, p: QuantPlan, c: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan]:
             for alg in self.then:
-                m, p = alg.apply(m, p, fit_ctx)
+                m, p = alg.apply(m, p, c)
+            return m, p
+
+        def noise(m: onnx.ModelProto, p: QuantPlan) -> np.ndarray:
+            m, p = then(m, copy.deepcopy(p), fit_ctx)
             sim = session(emit_simulation(m, p), arena=False)
-            noise = [float(np.sum(np.square(r - run_batch(sim, b)[0], dtype=np.float64)))
-                     for r, b in zip(reference, batches)]
-            return m, p, np.array(noise)
+            return np.array([float(np.sum(np.square(r - run_batch(sim, b)[0], dtype=np.float64)))
+                             for r, b in zip(reference, batches)])
 
         # the algorithm's arm first: its peak (GPTQ's Hessians) comes before the other arm's model
         # exists; the arm that loses is freed as soon as the comparison is made
         plain_plan = copy.deepcopy(plan)
-        new_model, new_plan, noise_with = finish(*self.algorithm.apply(model, plan, fit_ctx))
-        old_model, old_plan, noise_without = finish(model, plain_plan)
-        del plain_plan
+        fitted_model, fitted_plan = self.algorithm.apply(model, plan, fit_ctx)
+        noise_with = noise(fitted_model, fitted_plan)
+        noise_without = noise(model, plain_plan)
         gain, low = _gain_db(noise_without, noise_with, 1.0 - self.confidence, ctx.seed)
         kept = low > self.min_gain_db
         if kept:
-            old_model = None
+            base_model, base_plan = fitted_model, fitted_plan
         else:
-            new_model = None
+            base_model, base_plan = model, plain_plan
+        del fitted_model, fitted_plan, plain_plan
+        # the comparison held batches out; what ships fits `then` on all of them
+        chosen_model, chosen_plan = then(base_model, base_plan, ctx)
         name = self.algorithm.registry_name
         log.info("%s: output SQNR gain %.2f dB (%.0f%% lower bound %.2f dB): %s", name, gain,
                  100 * self.confidence, low, "kept" if kept else "dropped")
-        chosen_plan = new_plan if kept else old_plan
         choices = dict(chosen_plan.config.get("algorithm_choices", {}))
         choices[name] = {"kept": kept, "sqnr_with_db": _db(signal.sum(), noise_with.sum()),
                          "sqnr_without_db": _db(signal.sum(), noise_without.sum()),
@@ -153,4 +158,4 @@ class KeepIfBetter(Algorithm):
                          "criterion": "output SQNR of the simulated plan vs FP32 on calibration batches "
                                       + ("the algorithm also fitted" if in_sample else "it did not fit")}
         chosen_plan.config["algorithm_choices"] = choices
-        return (new_model, new_plan) if kept else (old_model, old_plan)
+        return chosen_model, chosen_plan
