@@ -206,3 +206,32 @@ def test_weight_only_int8_layer_runs_float_on_folded_int8_storage(small_model_pa
     assert np.abs(ort_out - floats).mean() < np.abs(int8 - floats).mean()  # weights' share of the error only
     assert plan_size_bytes(r.float_model, r.plan) < plan_size_bytes(r.float_model, w8) < plan_size_bytes(
         r.float_model, f32)
+
+
+def test_search_stores_a_float_layer_on_int8_weights_where_the_budget_allows(small_model_path, calib_arrays):
+    """The w8 step, on a scripted metric: the fragile layer cannot be INT8 (0.5) but tolerates
+    INT8-stored weights (0.95 >= floor 0.9), so it ends as 'w8', not FP16; a layer that needs FP16
+    (0.85 on w8) keeps it."""
+    from lowbit.analysis.evaluate import Score
+    from lowbit.analysis.mixed import layer_nodes
+    from lowbit.analysis.search import search_precisions
+    from lowbit.analysis.sensitivity import LayerSensitivity
+
+    r = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays, verify=None)
+    convs = [n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv"]
+    tolerant, strict = convs[0], convs[1]
+    penalty = {tolerant: {"int8": 0.5, "w8": 0.05}, strict: {"int8": 0.5, "w8": 0.15}}
+
+    class Scripted:
+        def score(self, plan):
+            return Score(1.0 - sum(p.get(plan.nodes[n].precision, 0.0) for n, p in penalty.items()), 30.0)
+
+    ranking = [LayerSensitivity(n, r.plan.nodes[n].op, 0.5, 10.0, 0.9 if n in penalty else 0.5, 20.0)
+               for n in layer_nodes(r.plan)]
+    result = search_precisions(r.float_model, r.plan, Scripted(), 0.9, ranking, weight_only=True, max_evals=40)
+    assert result.met_budget
+    assert result.chosen.promoted == {tolerant: "w8", strict: "fp16"}
+    assert result.reasons[tolerant].startswith("w8") and result.reasons[strict].startswith("fp16")
+    without = search_precisions(r.float_model, r.plan, Scripted(), 0.9, ranking, max_evals=40)
+    assert without.chosen.promoted == {tolerant: "fp16", strict: "fp16"}
+    assert result.chosen.size_bytes < without.chosen.size_bytes
