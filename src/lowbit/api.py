@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,14 @@ from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_output_path
 from lowbit.load import LoadedModel, load_model
 from lowbit.observe import collect_stats
+from lowbit.peak_memory import peak_rss_mb, reset_peak_rss
 from lowbit.plan import QuantPlan
 from lowbit.planner import build_plan
 from lowbit.prepare import PreparedModel, fingerprint, prepare
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
 from lowbit.selection import select
+from lowbit.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
 from lowbit.verify import check_parity, compare_models, kernel_check, measure_latency
 
 log = logging.getLogger(__name__)
@@ -65,26 +66,6 @@ def _stage(timings: dict[str, float], name: str, t0: float) -> float:
     now = time.perf_counter()
     timings[name] = timings.get(name, 0.0) + now - t0
     return now
-
-
-def _reset_peak_rss() -> None:
-    """Start a new peak-memory window (Linux: writing 5 to clear_refs resets VmHWM), so the peak
-    reported is this call's, not the process's lifetime maximum."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_mb() -> float:
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
@@ -180,7 +161,7 @@ def quantize(
     cfg = as_config(config)
     timings: dict[str, float] = {}
     t = t_start = time.perf_counter()
-    _reset_peak_rss()
+    reset_peak_rss()
     search = calib = None
     if output is not None:
         check_output_path(output)
@@ -256,7 +237,7 @@ def quantize(
     out_path = atomic_write_bytes(output, qbytes) if output is not None else None
     t = _stage(timings, "write", t)
     timings["total_quantize"] = time.perf_counter() - t_start
-    quantizer = {"wall_s": timings["total_quantize"], "peak_rss_mb": _peak_rss_mb(),
+    quantizer = {"wall_s": timings["total_quantize"], "peak_rss_mb": peak_rss_mb(),
                  "stages": dict(timings)}
 
     report = Report({
@@ -404,44 +385,13 @@ def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data:
     if first is not None:
         report.data["nodes"] = nodes_summary(first.plan if "int8" not in results else results["int8"].plan)
         report.data["quantizer"] = {"wall_s": sum(r.timings.get("total_quantize", 0.0) for r in results.values()),
-                                    "peak_rss_mb": _peak_rss_mb(),
+                                    "peak_rss_mb": peak_rss_mb(),
                                     "stages": {f"{k}:{s}": v for k, r in results.items() for s, v in r.timings.items()}}
     feeds = as_feeds(eval_data, specs, preprocess=preprocess, limit=verify.eval_limit)
     lab = as_feeds(labeled[0], specs, labels=labeled[1], preprocess=preprocess) if labeled else None
     cands = {k: (r.model.SerializeToString(), r.float_model, r.plan) for k, r in results.items()}
     _verify_into(report, ref.proto.SerializeToString(), cands, feeds, verify, progress, lab)
     return report
-
-
-def predict_speed(model: Any, threads: int = 1, progress: Progress = null_progress) -> dict:
-    """Before any calibration: each weighted layer's measured FP32 / INT8 / FP16 time on this
-    machine, the precision lowbit would pick for speed, and the predicted totals.
-
-    >>> lowbit.api.predict_speed("mobilenet_v2.onnx")["total"]["int8_speedup"]
-    """
-    from lowbit.layer_costs import measure_layer_costs
-
-    prepared = prepare(load_model(model))
-    costs = measure_layer_costs(prepared.proto, threads=threads, progress=progress)
-    from lowbit.selection import slow_int8_layers
-
-    slow = slow_int8_layers(prepared.proto, costs)
-    layers = []
-    for c in costs.values():
-        pick = "fp32" if c.node in slow else "int8"
-        layers.append({"node": c.node, "op": c.op, "fp32_ms": c.fp32_ms, "int8_ms": c.int8_ms, "fp16_ms": c.fp16_ms,
-                       "int8_speedup": c.int8_speedup, "choice": pick})
-    fp32 = sum(c.fp32_ms for c in costs.values())
-    mixed = sum(l["fp32_ms"] if l["choice"] == "fp32" else l["int8_ms"] for l in layers)
-    all_int8 = sum(c.int8_ms for c in costs.values())
-    fp16 = sum(c.fp16_ms for c in costs.values())
-    return {"model": prepared.name, "threads": threads, "layers": layers,
-            "total": {"fp32_ms": fp32, "int8_ms": all_int8, "int8_latency_plan_ms": mixed, "fp16_ms": fp16,
-                      "int8_speedup": fp32 / all_int8 if all_int8 else 0.0,
-                      "int8_latency_plan_speedup": fp32 / mixed if mixed else 0.0,
-                      "fp16_speedup": fp32 / fp16 if fp16 else 0.0},
-            "note": "sums of one-layer timings (batch 1) of the weighted layers; activations-only ops and "
-                    "layout changes are not included, so totals predict direction more than exact ratios"}
 
 
 def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | str = "int8", *,

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             render.print_list()
             return 0
         if args.command == "bench":
-            from lowbit.api import predict_speed
+            from lowbit.speed_prediction import predict_speed
 
             with render.progress_bar() as progress:
                 prediction = predict_speed(args.model, threads=args.threads, progress=progress)
