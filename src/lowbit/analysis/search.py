@@ -144,10 +144,11 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
             c = evaluate(trial)
             if ok(c):
                 best = c
-    sizes = {n: int(np.size(g.constant(g.nodes[n].input[1]))) if len(g.nodes[n].input) > 1
-             and g.constant(g.nodes[n].input[1]) is not None else 0 for n in layers}
     if met and weight_only:  # float layers on INT8-stored weights, the largest first
-        for name in sorted((n for n, v in best.promoted.items() if v == up and sizes.get(n)), key=lambda n: -sizes[n]):
+        weights = {n: int(np.size(g.constant(g.nodes[n].input[1]))) if len(g.nodes[n].input) > 1
+                   and g.constant(g.nodes[n].input[1]) is not None else 0 for n in layers}
+        for name in sorted((n for n, v in best.promoted.items() if v == up and weights.get(n)),
+                           key=lambda n: -weights[n]):
             if len(candidates) >= max_evals - (max_evals // 4 if later[1] else 0):
                 break
             c = evaluate({**best.promoted, name: "w8"})

@@ -97,7 +97,7 @@ class _Surgery:
         self.m = onnx.ModelProto()
         self.m.CopyFrom(model)
         self.new_inits: list[TensorProto] = []
-        self.fp16_weights: set[str] = set()
+        self.narrowed_weights: set[str] = set()
 
     # --- helpers -------------------------------------------------------------------------
     def _const(self, name: str, value: np.ndarray, elem_type: int | None = None) -> str:
@@ -145,10 +145,10 @@ class _Surgery:
                 (after.setdefault(producer.name, []) if producer is not None else head).extend(nodes)
                 rewired[name] = dq_out
 
-        head.extend(self._fp16_weights(index, inits))
+        head.extend(self._narrow_float_weights(index, inits))
         keep_inits = [t for t in g.initializer if not (t.name in self.plan.tensors
                                                        and self.plan.tensors[t.name].role in ("weight", "bias"))
-                      and t.name not in self.fp16_weights]
+                      and t.name not in self.narrowed_weights]
         del g.initializer[:]
         g.initializer.extend(keep_inits + self.new_inits)
         quantized_weights = {n for n, t in self.plan.tensors.items() if t.role in ("weight", "bias")}
@@ -176,7 +176,7 @@ class _Surgery:
         self._ensure_opset()
         return self.m
 
-    def _fp16_weights(self, index: GraphIndex, inits: dict[str, TensorProto]) -> list[onnx.NodeProto]:
+    def _narrow_float_weights(self, index: GraphIndex, inits: dict[str, TensorProto]) -> list[onnx.NodeProto]:
         """Weights of float layers stored narrower, computed in FP32 after a Cast (and Mul) that ONNX
         Runtime folds once at load time: 'fp16' layers store all their float constants in FP16 (half
         the bytes); 'w8' layers store their weight as symmetric per-channel INT8 (a quarter), the
@@ -194,9 +194,9 @@ class _Surgery:
             for k in slots:
                 name = node.input[k]
                 t = inits.get(name)
-                if t is None or t.data_type != TensorProto.FLOAT or name in self.plan.tensors or name in self.fp16_weights:
+                if t is None or t.data_type != TensorProto.FLOAT or name in self.plan.tensors or name in self.narrowed_weights:
                     continue
-                self.fp16_weights.add(name)
+                self.narrowed_weights.add(name)
                 w = numpy_helper.to_array(t)
                 if plan_node.precision == "fp16":
                     stored, scale = w.astype(np.float16), None
