@@ -94,6 +94,14 @@ def own_shared_biases(proto: onnx.ModelProto) -> None:
             node.input[2] = copy.name
 
 
+def drop_inferred_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove the value_info that `prepare` inferred, before a model ships. ONNX Runtime infers shapes
+    itself; given ours it fuses differently (all-MiniLM's Add + LayerNormalization into
+    SkipLayerNormalization, 4% slower on AVX2), so a graph meant to run FP32's kernels would not."""
+    del model.graph.value_info[:]
+    return model
+
+
 def prepare(loaded: LoadedModel, optimize: bool = True) -> PreparedModel:
     """The prepared float model: optimized, every node named, shapes inferred."""
     proto = optimize_basic(loaded.proto) if optimize else loaded.proto

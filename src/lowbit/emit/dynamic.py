@@ -24,7 +24,7 @@ from lowbit.graph import GraphIndex
 from lowbit.hardware import target_traits
 from lowbit.ops import why_float
 from lowbit.plan import NodePlan, QuantPlan, TensorPlan
-from lowbit.prepare import fingerprint
+from lowbit.prepare import drop_inferred_shapes, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
                          reduce_range=reduce_range, weight_type=QuantType.QInt8)
         out = onnx.load(str(outp))
     plan = _plan_from_output(src, out, reduce_range)
-    out = _conv_weights_in_int8(out, plan)
+    out = drop_inferred_shapes(_conv_weights_in_int8(out, plan))
     plan.config["reduce_range"] = reduce_range
     record_plan(out, plan)
     return out, plan

@@ -12,7 +12,7 @@ from lowbit import __version__
 from lowbit.emit.metadata import record_plan
 from lowbit.graph import GraphIndex
 from lowbit.plan import NodePlan, QuantPlan
-from lowbit.prepare import fingerprint
+from lowbit.prepare import drop_inferred_shapes, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ def emit_fp16_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPla
 
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    drop_inferred_shapes(out)  # FP32's kernels, FP32's fusions
     outputs = set(GraphIndex(out).graph_outputs)
     early = early_layers(model)  # an FP16 rounding of the first weights is amplified by every later layer
     readers: dict[str, list[onnx.NodeProto]] = {}
