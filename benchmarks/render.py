@@ -27,6 +27,22 @@ def _lat_ms(var: dict, t: str) -> float | None:
     return var.get("latency_ms", {}).get(t, {}).get("median")
 
 
+def _faster_by(a: dict, b: dict, t: str) -> tuple[float, float, float] | None:
+    """How many times faster `a` ran than `b` at `t` threads (median ratio) and its 95% interval,
+    from the rounds both were timed in; None where the run kept no samples."""
+    sa = a.get("latency_ms", {}).get(t, {}).get("samples")
+    sb = b.get("latency_ms", {}).get(t, {}).get("samples")
+    if not sa or not sb or len(sa) != len(sb):
+        return None
+    from lowbit.verify import speedup_interval
+
+    return speedup_interval(sb, sa)
+
+
+def _same_kernels(a: dict, b: dict) -> bool:
+    return bool(a.get("kernels")) and a.get("kernels") == b.get("kernels")
+
+
 def mobilenet_bars(v: dict) -> list[dict]:
     """The size / speed / FP16 bars the project set on MobileNetV2 (lowbit's 'int8' and 'fp16')."""
     fp32, i8, f16 = v["fp32"], v.get("lowbit:int8", {}), v.get("lowbit:fp16", {})
@@ -95,16 +111,20 @@ def model_bars(m: dict) -> list[dict]:
         why = "no ORT quantize_static model timed" if not ort else f"{head} not timed"
         bars.append({"bar": name, "value": None, "status": "NOT MEASURED", "shown": why})
     else:
-        ratios, parts = [], []
+        slower, parts = [], []
         for t in hv["latency_ms"]:
             k = min(ort, key=lambda k, t=t: _lat_ms(ort[k], t) or float("inf"))
             mine, theirs = _lat_ms(hv, t), _lat_ms(ort[k], t)
             if mine is None or theirs is None:
                 continue
-            ratios.append(mine / theirs)
-            parts.append(f"{t}T {mine:.2f} vs {theirs:.2f} ms ({k})")
-        value = max(ratios) if ratios else None
-        bars.append(_bar(name, value, lambda x: x <= 1.0, "; ".join(parts) or "—"))
+            ci = _faster_by(hv, ort[k], t)
+            # slower means slower beyond the run's noise: the whole 95% interval below 1
+            slower.append(ci[2] < 1.0 if ci else mine > theirs)
+            same = ", same kernels" if _same_kernels(hv, ort[k]) else ""
+            parts.append(f"{t}T {mine:.2f} vs {theirs:.2f} ms ({k}{same}"
+                         + (f"; lowbit {ci[0]:.3f}x as fast, 95% CI {ci[1]:.3f}–{ci[2]:.3f})" if ci else ")"))
+        value = float(sum(slower)) if parts else None
+        bars.append(_bar(name + ", not slower beyond noise", value, lambda x: x == 0, "; ".join(parts) or "—"))
 
     mine_v = {k: x for k, x in v.items() if k.startswith("lowbit:") and "speedup" in x}
     untimed = [k for k in v if k.startswith("lowbit:") and k not in mine_v]
@@ -112,13 +132,25 @@ def model_bars(m: dict) -> list[dict]:
     if not mine_v:
         bars.append({"bar": name, "value": None, "status": "NOT MEASURED", "shown": "no lowbit variant timed"})
     else:
+        fp32 = v["fp32"]
         worst = min(s for x in mine_v.values() for s in x["speedup"].values())
-        slow = [f"{k} " + ", ".join(f"{t}T {s:.2f}x" for t, s in x["speedup"].items() if s < 1.0)
-                for k, x in mine_v.items() if min(x["speedup"].values()) < 1.0]
-        shown = f"slowest {worst:.2f}x" + (f"; slower than FP32: {'; '.join(slow)}" if slow else "")
+        below, slower = [], []
+        for k, x in mine_v.items():
+            for t, sp in x["speedup"].items():
+                if sp >= 1.0:
+                    continue
+                ci = _faster_by(x, fp32, t)
+                same = ", same kernels as FP32" if _same_kernels(x, fp32) else ""
+                below.append(f"{k} {t}T {sp:.2f}x" + (f" (95% CI {ci[1]:.2f}–{ci[2]:.2f}{same})" if ci else ""))
+                if ci is None or ci[2] < 1.0:
+                    slower.append(f"{k} {t}T")
+        shown = f"slowest {worst:.2f}x"
+        if below:
+            shown += f"; below 1.00x: {'; '.join(below)}"
+        shown += f"; slower beyond noise: {', '.join(slower) if slower else 'none'}"
         if untimed:
             shown += f" ({len(untimed)} preset(s) not timed: {', '.join(untimed)})"
-        bars.append(_bar(name, worst, lambda x: x >= 1.0, shown))
+        bars.append(_bar(name + " (beyond noise: 95% CI below 1.00x)", float(len(slower)), lambda x: x == 0, shown))
 
     calibrating = {k: x for k, x in ran_peers.items() if k != "ort-dynamic" and x.get("quantize")}
     name = f"{title}: {head} quantize peak RSS ≤ every calibrating peer's"
@@ -239,10 +271,14 @@ def render_markdown(r: dict) -> str:
         f"- Date: {mach['date']}; command: `{r['command']}`; took {r.get('elapsed_s', 0):.0f} s",
         "- Data and fidelity metrics: per model, below; calibration and evaluation data are always disjoint.",
         f"- Latency: batch 1, median of {s['latency_runs']} runs per thread count (p10/p90 in results.json); "
-        "all variants of a model timed interleaved in one process, one session per variant per thread count, "
+        "all variants of a model timed interleaved in one process (a shuffled order each round), one session per "
+        "variant per thread count, "
         "every session (FP32 and peers alike) with `session.intra_op.allow_spinning=0` (on this 2-vCPU machine a "
         "spin-waiting worker slowed FP32 MobileNetV2 at 2 threads from 7.4 to 18.5 ms); "
-        "speed-up = FP32 median / variant median from the same run.",
+        "speed-up = FP32 median / variant median from the same run. 'Not slower' bars count a variant slower only "
+        "when the 95% bootstrap interval of that ratio (resampling whole rounds, every round's times in "
+        "results.json) lies below 1; 'same kernels' means ONNX Runtime runs the same op counts after its graph "
+        "optimizations (`kernels` in results.json), where only noise can separate two variants.",
         "- Quantize time and peak RSS: each quantization ran alone in a fresh subprocess; peak RSS is the "
         "child's VmHWM over the call (window reset just before it; includes Python, imports and the calibration "
         "data already resident), +Δ is the rise over its RSS just before the call.",

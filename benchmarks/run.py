@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,8 @@ sys.path.insert(0, str(HERE))
 import lowbit  # noqa: E402
 from lowbit.errors import LowbitError  # noqa: E402
 from lowbit.io import atomic_write_text  # noqa: E402
-from lowbit.verify import measure_latency  # noqa: E402
+from lowbit.verify import measure_latency, speedup_interval  # noqa: E402
+from lowbit.verify.fusion import executed_graph  # noqa: E402
 
 import peers  # noqa: E402
 from render import SCHEMA, check_bars, render_markdown  # noqa: E402
@@ -167,6 +169,12 @@ def _input_names(model: bytes) -> list[str]:
     return [i.name for i in m.graph.input if i.name not in inits]
 
 
+def kernel_counts(model: bytes) -> dict[str, int]:
+    """How many nodes of each op type ONNX Runtime runs after its own graph optimizations: two
+    variants with equal counts run the same kernels, so their latency can differ only by noise."""
+    return dict(sorted(Counter(n.op_type for n in executed_graph(model).graph.node).items()))
+
+
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     suite = SUITES[name]
     work.mkdir(parents=True, exist_ok=True)
@@ -196,11 +204,12 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     log(f"{name}: latency, {len(timed)} variants interleaved, threads {args.threads}, {args.runs} runs, "
         f"inputs {', '.join(f'{k} {tuple(v.shape)}' for k, v in feeds.items())}")
     load_before = os.getloadavg()[0]
-    lat = measure_latency(timed, feeds, args.threads, args.runs)
+    lat = measure_latency(timed, feeds, args.threads, args.runs, keep_samples=True)
     load = [load_before, os.getloadavg()[0]]
     fp32_size = len(ref)
+    kernels = {k: kernel_counts(m) for k, m in timed.items()}
     variants: dict[str, dict] = {"fp32": {"kind": "fp32", "size_bytes": fp32_size, "latency_ms": lat["fp32"],
-                                          "fidelity": fp32_fid, "quantize": None}}
+                                          "kernels": kernels["fp32"], "fidelity": fp32_fid, "quantize": None}}
     for label, kind, nm in specs:
         q = quant[label]
         v: dict = {"kind": kind, "name": nm, "error": q.get("error") or run_errors.get(label)}
@@ -212,6 +221,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
             v["fidelity"] = fid[label]
         if label in lat:
             v["latency_ms"] = lat[label]
+            v["kernels"] = kernels[label]
         variants[label] = v
     for v in variants.values():
         if "size_bytes" in v:
@@ -219,6 +229,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
             v["size_pct_fp32"] = 100.0 * v["size_bytes"] / fp32_size
         if "latency_ms" in v:
             v["speedup"] = {t: lat["fp32"][t]["median"] / m["median"] for t, m in v["latency_ms"].items()}
+            v["speedup_ci95"] = {t: list(speedup_interval(lat["fp32"][t]["samples"], m["samples"])[1:])
+                                 for t, m in v["latency_ms"].items()}
     for label, why in skipped.items():
         variants[label] = {"kind": "peer", "name": label, "error": f"skipped: {why}"}
     return {**suite.info(), "data": data["describe"], "samples": data["counts"],

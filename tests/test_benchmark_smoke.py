@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import lowbit
@@ -56,7 +57,11 @@ def _render_module():
 
 
 def _variant(kind: str, ms: float, fid: dict, peak: float | None = 500.0, size: int = 25) -> dict:
-    lat = {t: {"median": ms * f, "p10": ms, "p90": ms} for t, f in (("1", 1.0), ("2", 0.6))}
+    """Timed over 40 rounds with the same +-3% noise per round for every variant, plus its own +-1%."""
+    rounds, own = np.random.default_rng(0).normal(1, 0.03, 40), np.random.default_rng(int(ms * 100)).normal(1, 0.01, 40)
+    noise = rounds * own / np.median(rounds * own)  # median exactly `ms`
+    lat = {t: {"median": ms * f, "p10": ms, "p90": ms, "samples": list(ms * f * noise)}
+           for t, f in (("1", 1.0), ("2", 0.6))}
     return {"kind": kind, "size_bytes": size, "size_mb": size / 1e6, "size_pct_fp32": float(size),
             "latency_ms": lat, "speedup": {"1": 40.0 / ms, "2": 40.0 / ms}, "fidelity": fid, "error": None,
             "quantize": None if peak is None else {"wall_s": 1.0, "peak_rss_mb": peak, "rss_before_mb": 100.0}}
@@ -75,14 +80,18 @@ def test_benchmark_render_is_generic() -> None:
                 "lowbit:fp16": _variant("lowbit", 50.0, {"cosine": 1.0, "nn_preserved": 1.0}),
                 "lowbit:int8-transformer": _variant("lowbit", 20.0, {"cosine": 0.996, "nn_preserved": 0.93}, 400.0),
                 "lowbit:int8": {"kind": "lowbit", "name": "int8", "error": "Fail: boom"},
+                "lowbit:int8-dynamic": _variant("lowbit", 40.2, {"cosine": 0.99, "nn_preserved": 0.9}),
                 "ort-static-minmax": _variant("peer", 30.0, {"cosine": 0.81, "nn_preserved": 0.5}, 800.0),
                 "ort-dynamic": _variant("peer", 25.0, {"cosine": 0.96, "nn_preserved": 0.8}, 100.0),
             }}
     bars = {b["bar"]: b["status"] for b in render.check_bars({"tiny": text})}
     assert bars["Tiny encoder: lowbit:int8-transformer mean cos ≥ best peer's"] == "PASS"
     assert bars["Tiny encoder: lowbit:int8-transformer latency ≤ ORT quantize_static's "
-                "(fastest calibration, every thread count)"] == "PASS"
-    assert bars["Tiny encoder: no lowbit preset slower than FP32 at any thread count"] == "FAIL"  # fp16
+                "(fastest calibration, every thread count), not slower beyond noise"] == "PASS"
+    slow = next(b for b in render.check_bars({"tiny": text}) if "no lowbit preset slower" in b["bar"])
+    assert slow["status"] == "FAIL"  # fp16 at 0.8x; int8-dynamic's 0.995x is within the noise
+    assert "slower beyond noise: lowbit:fp16 1T, lowbit:fp16 2T" in slow["shown"]
+    assert "lowbit:int8-dynamic 1T" in slow["shown"] and "int8-dynamic 1T" not in slow["shown"].split("beyond noise")[1]
     # ort-dynamic reads no data: the memory bar compares with the calibrating peers only
     assert bars["Tiny encoder: lowbit:int8-transformer quantize peak RSS ≤ every calibrating peer's"] == "PASS"
     results = {"machine": {"cpu": "cpu", "logical_cores": 2, "usable_cores": 2, "isa": [], "onnxruntime": "1",
