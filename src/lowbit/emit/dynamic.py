@@ -77,7 +77,7 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
 
 def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """Each Conv's own constant FP32 weight stored as per-channel INT8 + scale (lowbit.emit.qdq)."""
-    from lowbit.emit.qdq import stored_int8_weight, weight_only_int8
+    from lowbit.emit.weight_storage import stored_int8_nodes, weight_only_int8
 
     g = GraphIndex(model)
     head: list[onnx.NodeProto] = []
@@ -88,9 +88,7 @@ def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Model
         if init is None or init.data_type != onnx.TensorProto.FLOAT or len(g.consumers.get(w_name, [])) != 1:
             continue
         w = numpy_helper.to_array(init)
-        q = weight_only_int8(w, 0)
-        inits, nodes = stored_int8_weight(w_name, q.quantize(w), np.asarray(q.scale, np.float32).reshape(
-            [-1] + [1] * (w.ndim - 1)))
+        inits, nodes = stored_int8_nodes(w_name, weight_only_int8(w, 0))
         model.graph.initializer.extend(inits)
         head.extend(nodes)
         replaced.add(w_name)

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.core.granularity import PerChannel, PerGroup
 from lowbit.emit.metadata import record_plan
+from lowbit.emit.weight_storage import StoredInt8, stored_int8_nodes, weight_only_int8
 from lowbit.errors import ModelError
 from lowbit.graph import GraphIndex
 from lowbit.ops import weight_slots
@@ -29,27 +30,6 @@ QDQ_MIN_OPSET = 13
 # MobileNetV2 long suffixes cost ~1% of the INT8 file.
 SCALE, ZERO_POINT, INTEGERS = "_s", "_z", "_w8"
 Q_OUT, DQ_OUT = "_q", "_dq"
-
-
-def weight_only_int8(w: np.ndarray, axis: int):
-    """The grid of a 'w8' layer's weight: symmetric INT8 per output channel, the full [-127, 127]
-    (no integer kernel reads it, so the 7-bit limit of u8 x s8 kernels does not apply)."""
-    from lowbit.core.dtypes import int8
-    from lowbit.core.qparams import QParams
-
-    return QParams.for_tensor(w.astype(np.float32), int8, PerChannel(axis), symmetric=True, narrow=True)
-
-
-def stored_int8_weight(name: str, ints: np.ndarray, scale: np.ndarray
-                       ) -> tuple[list[TensorProto], list[onnx.NodeProto]]:
-    """Initializers and nodes that compute float tensor `name` = Cast(ints) * scale (scale shaped to
-    broadcast along the channel axis). Every input is constant, so ONNX Runtime folds both nodes
-    once at load time; DequantizeLinear would not be folded and would run on every call."""
-    inits = [numpy_helper.from_array(ints.astype(np.int8), f"{name}{INTEGERS}"),
-             numpy_helper.from_array(scale.astype(np.float32), f"{name}{SCALE}")]
-    nodes = [helper.make_node("Cast", [f"{name}{INTEGERS}"], [f"{name}_f"], name=f"{name}_cast", to=TensorProto.FLOAT),
-             helper.make_node("Mul", [f"{name}_f", f"{name}{SCALE}"], [name], name=f"{name}_scale")]
-    return inits, nodes
 
 
 def emit_qdq(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -157,8 +137,13 @@ class _Surgery:
         g.input.extend(inputs)
 
         int_nodes = {n.name for n in self.plan.nodes.values() if n.precision.startswith("int")}
+        block8 = self._int8_block_layers(index) if self.simulate else {}
+        committed = len(self.new_inits)  # constants made from here on are added after the loop
         new_nodes = list(head)
         for node in g.node:
+            if node.name in block8:
+                quantize_input, node.input[0] = self._block_input_fake_quant(node, block8[node.name])
+                new_nodes.extend(quantize_input)
             for k, name in enumerate(node.input):
                 if name not in rewired:
                     continue
@@ -172,6 +157,7 @@ class _Surgery:
             new_nodes.extend(after.get(node.name, []))
         del g.node[:]
         g.node.extend(new_nodes)
+        g.initializer.extend(self.new_inits[committed:])
         del g.value_info[:]  # shapes of the float graph; ONNX Runtime infers its own
         self._ensure_opset()
         return self.m
@@ -179,8 +165,8 @@ class _Surgery:
     def _narrow_float_weights(self, index: GraphIndex, inits: dict[str, TensorProto]) -> list[onnx.NodeProto]:
         """Weights of float layers stored narrower, computed in FP32 after a Cast (and Mul) that ONNX
         Runtime folds once at load time: 'fp16' layers store all their float constants in FP16 (half
-        the bytes); 'w8' layers store their weight as symmetric per-channel INT8 (a quarter), the
-        bias stays FP32. Not DequantizeLinear: ORT does not fold DQ, which would then run per call."""
+        the bytes); 'w8' layers store their weight as symmetric INT8 with a scale per group
+        (lowbit.emit.weight_storage; about a quarter), the bias stays FP32. Not DequantizeLinear: ORT does not fold DQ, which would then run per call."""
         nodes = []
         for plan_node in self.plan.nodes.values():
             if plan_node.precision not in ("fp16", "w8") or plan_node.name not in index.nodes:
@@ -198,25 +184,42 @@ class _Surgery:
                     continue
                 self.narrowed_weights.add(name)
                 w = numpy_helper.to_array(t)
-                if plan_node.precision == "fp16":
-                    stored, scale = w.astype(np.float16), None
-                else:
-                    q = weight_only_int8(w, axis)
-                    stored, scale = q.quantize(w), np.asarray(q.scale, np.float32).reshape(
-                        [-1 if d == axis else 1 for d in range(w.ndim)])
+                stored = w.astype(np.float16) if plan_node.precision == "fp16" else weight_only_int8(w, axis)
                 if self.simulate:
-                    exact = stored.astype(np.float32) if scale is None else stored.astype(np.float32) * scale
+                    exact = stored.values() if isinstance(stored, StoredInt8) else stored.astype(np.float32)
                     self.new_inits.append(numpy_helper.from_array(exact.astype(np.float32), name))
                     continue
-                if scale is None:
+                if not isinstance(stored, StoredInt8):
                     self.new_inits.append(numpy_helper.from_array(stored, f"{name}_f16"))
                     nodes.append(helper.make_node("Cast", [f"{name}_f16"], [name], name=f"{name}_cast",
                                                   to=TensorProto.FLOAT))
                 else:
-                    stored_inits, stored_nodes = stored_int8_weight(name, stored, scale)
+                    stored_inits, stored_nodes = stored_int8_nodes(name, stored)
                     self.new_inits.extend(stored_inits)
                     nodes.extend(stored_nodes)
         return nodes
+
+    def _int8_block_layers(self, index: GraphIndex) -> dict[str, int]:
+        """{layer: K} for MatMul / Gemm layers on 8-bit block weights: MatMulNBits runs them in int8,
+        quantizing its input per block at run time (lowbit.emit.int4.matmul_nbits)."""
+        out = {}
+        for t in self.plan.tensors.values():
+            q = t.qparams
+            if t.role == "weight" and isinstance(q.granularity, PerGroup) and q.dtype.bits == 8:
+                shape = np.shape(index.constant(t.name))
+                for c in index.consumers.get(t.name, []):
+                    if c.op_type in ("MatMul", "Gemm"):
+                        out[c.name] = int(shape[1] if c.op_type == "Gemm" else shape[0])
+        return out
+
+    def _block_input_fake_quant(self, node: onnx.NodeProto, k: int) -> tuple[list[onnx.NodeProto], str]:
+        from lowbit.emit.int4 import block_input_fake_quant
+
+        opset = next((i.version for i in self.m.opset_import if i.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
+        size = self.plan.tensors[node.input[1]].qparams.granularity.size
+        inits, nodes, out = block_input_fake_quant(node.input[0], f"{node.name}_blockq", k, size, opset)
+        self.new_inits.extend(inits)
+        return nodes, out
 
     def _fold_activations(self) -> None:
         """Drop Relu/Clip nodes the plan folded: their producer now writes their output tensor."""
