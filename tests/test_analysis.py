@@ -80,7 +80,7 @@ def test_search_is_deterministic_and_meets_its_budget(small_model_path, calib_ar
     assert a.plan.to_json() == b.plan.to_json()
     assert sa["met_budget"] and sa["chosen"]["metric"] >= sa["floor"]
     assert sa["pareto"] and sa["evaluations"] <= 40
-    assert set(sa["reasons"]) and all(r.split(":")[0] in ("int8", "fp16", "w8", "w4") for r in sa["reasons"].values())
+    assert set(sa["reasons"]) and all(r.split(":")[0] in ("int8", "fp16", "fp32", "w8", "w4", "int8-block") for r in sa["reasons"].values())
     assert "holdout" in sa and sa["holdout"]["metric"] > 0
     json.dumps(a.report.to_dict())
 

@@ -26,7 +26,7 @@ MULT_PJ = {"int8": 0.2, "fp16": 1.1, "fp32": 3.7}
 ADD_PJ = {"int8": 0.1, "fp16": 0.4, "fp32": 0.9}       # int8 MACs accumulate in int32: 0.1 pJ
 SRAM_PJ_PER_BYTE = 20.0 / 8                              # 32 KB SRAM, 64-bit read: 20 pJ
 DRAM_PJ_PER_BYTE = 1300.0 / 8                            # DRAM, 64-bit access: 1.3-2.6 nJ (low end)
-BYTES = {"int8": 1, "w8": 1, "int4": 0.5, "fp16": 2, "fp32": 4}  # w8: INT8-stored weights, float arithmetic
+BYTES = {"int8": 1, "w8": 1, "int8-block": 1, "w4": 0.5, "int4": 0.5, "fp16": 2, "fp32": 4}  # w8: float arithmetic
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ class LayerEnergy:
 
     @property
     def compute_pj(self) -> float:
-        p = "int8" if self.precision in ("int8", "int4", "int8-dynamic") else self.precision
+        # integer arithmetic: INT8 kernels, 4-bit weights on them (w4), MatMulNBits' int8 path
+        p = "int8" if self.precision in ("int8", "int4", "int8-dynamic", "int8-block", "w4") else self.precision
         p = p if p in MULT_PJ else "fp32"
         return self.macs * (MULT_PJ[p] + ADD_PJ[p])
 

@@ -9,7 +9,7 @@ from typing import Any
 import onnx
 
 from lowbit.analysis.evaluate import PlanEvaluator
-from lowbit.analysis.mixed import four_bit_weight_choices
+from lowbit.analysis.mixed import four_bit_weight_choices, linear_block_choices
 from lowbit.analysis.search import search_precisions
 from lowbit.analysis.sensitivity import analyze_layers
 from lowbit.config import QuantConfig
@@ -47,8 +47,10 @@ def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit
         from lowbit.transformers.pipeline import block_choices
 
         choices = block_choices(prepared.proto, plan)
-    else:  # 4-bit Conv / Gemm weights on the int8 kernels
+    else:  # 4-bit Conv / Gemm weights on the int8 kernels; 8-bit blocks for linear layers
         choices = four_bit_weight_choices(prepared.proto, plan)
+        for name, options in linear_block_choices(prepared.proto, plan).items():
+            choices.setdefault(name, {}).update(options)
     # CNN layers kept in float are then tried on INT8-stored weights (transformers: 4-bit blocks)
     result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
                                progress, choices, weight_only=cfg.transformer is not True)

