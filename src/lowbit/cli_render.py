@@ -57,7 +57,9 @@ def print_report(report) -> None:
         console.print(f"precision search: {search['metric']} floor {search['floor']:.4f}; chosen mix scores "
                       f"{chosen['metric']:.4f} on the search half and {search['holdout']['metric']:.4f} on the held-out "
                       f"half; {len(chosen['promoted'])} layer(s) kept in higher precision; "
-                      f"{search['evaluations']} candidates evaluated, {len(search['pareto'])} on the Pareto front")
+                      f"{search['evaluations']} candidates evaluated, {len(search['pareto'])} on the Pareto front"
+                      + (f"; {search['backed_off']} refinement(s) undone where the held-out half failed the budget"
+                         if search.get("backed_off") else ""))
     if report.data.get("output_path"):
         console.print(f"wrote {report.data['output_path']}")
 

@@ -51,10 +51,12 @@ def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit
         choices = four_bit_weight_choices(prepared.proto, plan)
         for name, options in linear_block_choices(prepared.proto, plan).items():
             choices.setdefault(name, {}).update(options)
-    # CNN layers kept in float are then tried on INT8-stored weights (transformers: 4-bit blocks)
-    result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
-                               progress, choices, weight_only=cfg.transformer is not True)
     confirm = PlanEvaluator(prepared.proto, holdout_half, metric, reference=original, float_weights=before_fit)
+    # CNN layers kept in float are then tried on INT8-stored weights (transformers: 4-bit blocks);
+    # a choice that fails the budget on the held-out half backs off its last refinements
+    result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
+                               progress, choices, weight_only=cfg.transformer is not True,
+                               holds_elsewhere=lambda p: confirm.score(p).metric >= floor)
     held = confirm.score(result.plan)
     for name, why in result.reasons.items():
         result.plan.nodes[name].reason = why
@@ -64,5 +66,5 @@ def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit
     d["ranking_evaluations"] = len(ranking)  # one per layer, then at most max_evals in the search
     d["computed_evaluations"] = evaluator.evaluations  # the rest came from the checkpoint
     d["holdout"] = {"metric": held.metric, "sqnr_db": held.sqnr_db, "samples": int(len(confirm.reference)),
-                    "meets_floor": held.metric >= floor}
+                    "meets_floor": held.metric >= floor, "used_to_back_off": True}
     return result.plan, d

@@ -19,6 +19,7 @@ evaluations.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +54,7 @@ class SearchResult:
     met_budget: bool
     candidates: list[Candidate] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
+    backed_off: int = 0  # refinement moves undone because the budget failed on other held-out data
 
     @property
     def pareto(self) -> list[Candidate]:
@@ -65,6 +67,7 @@ class SearchResult:
 
     def to_dict(self) -> dict:
         return {"floor": self.floor, "met_budget": self.met_budget, "chosen": self.chosen.to_dict(),
+                "backed_off": self.backed_off,
                 "pareto": [c.to_dict() for c in self.pareto], "evaluations": len(self.candidates),
                 "candidates": [{k: v for k, v in c.to_dict().items() if k != "promoted"} for c in self.candidates],
                 "reasons": self.reasons}
@@ -73,10 +76,14 @@ class SearchResult:
 def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEvaluator, floor: float,
                       ranking: list[LayerSensitivity], costs: dict | None = None, objective: str = "size",
                       max_evals: int = 40, progress: Progress = null_progress,
-                      choices: dict | None = None, weight_only: bool = False) -> SearchResult:
+                      choices: dict | None = None, weight_only: bool = False,
+                      holds_elsewhere: Callable[[QuantPlan], bool] | None = None) -> SearchResult:
     """Search for the mix meeting `metric >= floor` with the smallest size (or latency).
     `choices`: block-wise weight options per node (`mixed_plan`). `weight_only`: layers kept in
-    float are then tried with INT8-stored weights ('w8': float arithmetic, half of FP16's bytes)."""
+    float are then tried with INT8-stored weights ('w8': float arithmetic, half of FP16's bytes).
+    `holds_elsewhere(plan)`: the budget on other held-out data; where the chosen mix fails it, the
+    refinement moves are undone, the latest first, until it holds (each move accepted at the edge
+    of the budget on the search data is where the choice overfits that data)."""
     g = GraphIndex(model)
     layers = set(layer_nodes(plan))
     # promote first the layers whose float version recovers the most
@@ -138,6 +145,7 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
         else:
             best = max(candidates, key=lambda c: c.metric)
     met = ok(best)
+    accepted = [best]  # the mix that met the budget, then each refinement kept
     if met:
         ctx = _Context(g, order, base_mix, costs, choices, objective)
         steps = _refinement_steps(objective, weight_only, choices)
@@ -155,6 +163,12 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
                 c = evaluate(trial)
                 if ok(c):
                     best = c
+                    accepted.append(c)
+    backed_off = 0
+    if met and holds_elsewhere is not None:
+        while len(accepted) > 1 and not holds_elsewhere(mixed_plan(model, plan, best.promoted, g, choices=choices)):
+            accepted.pop()
+            best, backed_off = accepted[-1], backed_off + 1
     reasons = {}
     by_name = {s.name: s for s in ranking}
     for name in order:
@@ -177,7 +191,7 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
     for name in set(best.promoted) - set(order):
         reasons[name] = f"{best.promoted[name]}: block-wise weights (embedding table), and the budget holds"
     return SearchResult(mixed_plan(model, plan, best.promoted, g, choices=choices), best, floor, met, candidates,
-                        reasons)
+                        reasons, backed_off)
 
 
 
