@@ -266,3 +266,14 @@ def test_search_backs_off_refinements_the_held_out_half_rejects(small_model_path
     assert checked.backed_off == 1 and checked.met_budget
     assert checked.chosen.promoted[last] == "fp16" and checked.plan.nodes[last].precision == "fp16"
     assert checked.to_dict()["backed_off"] == 1
+
+
+def test_a_budget_of_too_few_samples_is_flagged():
+    """1% of 150 top-1 samples is 1.5 samples: the search cannot tell that from noise, and says so."""
+    from lowbit.analysis.budget import too_few_samples
+
+    warning = too_few_samples("top1-agreement", 0.01, 150)
+    assert warning and "1.5 of the 150 search samples" in warning and "2000 evaluation samples" in warning
+    assert too_few_samples("top1-agreement", 0.01, 1000) is None
+    assert too_few_samples("cosine", 0.001, 150) is None  # a continuous score: every sample moves it
+    assert too_few_samples(lambda r, c, l: 1.0, 0.01, 150) is None

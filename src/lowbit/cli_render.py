@@ -60,6 +60,8 @@ def print_report(report) -> None:
                       f"{search['evaluations']} candidates evaluated, {len(search['pareto'])} on the Pareto front"
                       + (f"; {search['backed_off']} refinement(s) undone where the held-out half failed the budget"
                          if search.get("backed_off") else ""))
+        if search.get("warning"):
+            console.print(f"[yellow]warning: {search['warning']}[/yellow]")
     if report.data.get("output_path"):
         console.print(f"wrote {report.data['output_path']}")
 

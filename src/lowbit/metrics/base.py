@@ -18,6 +18,8 @@ class Metric(abc.ABC):
 
     registry_name: ClassVar[str] = "?"
     higher_is_better: ClassVar[bool] = True
+    # the score is the fraction of samples that pass (top-1 agreement): a budget is a sample count
+    counts_samples: ClassVar[bool] = False
 
     @abc.abstractmethod
     def score(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -13,6 +14,8 @@ from lowbit.metrics.base import Metric, register_metric
 @dataclass(frozen=True)
 class Top1Agreement(Metric):
     """Fraction of samples whose arg-max class is the reference's."""
+
+    counts_samples: ClassVar[bool] = True
 
     def score(self, reference, candidate, labels=None) -> float:
         return float(np.mean(reference.argmax(axis=-1) == candidate.argmax(axis=-1)))

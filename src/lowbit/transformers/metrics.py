@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -41,6 +42,8 @@ class NearestNeighbourPreserved(Metric):
     >>> NearestNeighbourPreserved().score(ref_embeddings, int8_embeddings)  # doctest: +SKIP
     0.96
     """
+
+    counts_samples: ClassVar[bool] = True
 
     def score(self, reference, candidate, labels=None) -> float:
         if len(reference) < 2:
