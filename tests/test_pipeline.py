@@ -291,3 +291,24 @@ def test_int8_dynamic_stores_conv_weights_in_int8(small_model_path, eval_arrays)
 
     assert weight_bytes(r.model) < 0.4 * weight_bytes(onnx.load(str(small_model_path)))
     assert r.report.variants[1]["fidelity"]["sqnr_db"] > 30
+
+
+def test_int8_dynamic_keeps_the_first_layers_fp32():
+    """As the fp16 preset does: INT8-stored weights in a network's first layers (here 0.3% of its
+    weights) cost MobileNetV2 9 points of top-1 agreement (0.907 -> 0.990 without them)."""
+
+    class TinyStem(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.body = torch.nn.Conv2d(4, 64, 3, padding=1)
+            self.head = torch.nn.Linear(64, 512)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.body(torch.relu(self.stem(x)))).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    r = lowbit.quantize(TinyStem().eval(), "int8-dynamic", example_inputs=torch.zeros(1, 3, 16, 16), verify=None)
+    stem, body = (next(n for n in r.plan.nodes.values() if n.name.startswith(f"/{k}/")) for k in ("stem", "body"))
+    assert stem.precision == "fp32" and "first layers" in stem.reason
+    assert body.precision == "w8"

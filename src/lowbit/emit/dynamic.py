@@ -79,11 +79,14 @@ def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Model
     """Each Conv's own constant FP32 weight stored as per-channel INT8 + scale (lowbit.emit.qdq)."""
     from lowbit.emit.weight_storage import stored_int8_nodes, weight_only_int8
 
+    from lowbit.emit.fp16 import early_layers
+
     g = GraphIndex(model)
+    early = early_layers(model)  # FP32, as the fp16 preset keeps them: rounding there is amplified most
     head: list[onnx.NodeProto] = []
     replaced: set[str] = set()
     for node in model.graph.node:
-        w_name = node.input[1] if node.op_type == "Conv" else ""
+        w_name = node.input[1] if node.op_type == "Conv" and node.name not in early else ""
         init = g.initializers.get(w_name)
         if init is None or init.data_type != onnx.TensorProto.FLOAT or len(g.consumers.get(w_name, [])) != 1:
             continue
@@ -96,6 +99,9 @@ def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Model
             plan.nodes[node.name].precision = "w8"
             plan.nodes[node.name].reason = ("INT8-stored weights (per channel), float arithmetic: ONNX Runtime's "
                                             "dynamic Conv kernels are slower than FP32 on CPU")
+    for name, why in early.items():
+        if name in plan.nodes and plan.nodes[name].op == "Conv":
+            plan.nodes[name].reason = why
     if replaced:
         kept = [t for t in model.graph.initializer if t.name not in replaced]
         del model.graph.initializer[:]
