@@ -199,3 +199,42 @@ def test_bias_correction_removes_the_mean_shift():
     mse_before = np.mean((_run(emit_simulation(float_model, plan), x) - y) ** 2)
     mse_after = np.mean((_run(emit_simulation(out, plan2), x) - y) ** 2)
     assert mse_after < mse_before
+
+
+def test_reference_layers_read_weights_the_simulation_already_holds():
+    """Weights already on the plan's grid (GPTQ's) are not copied for the float reference layers;
+    the measured errors are those of separate copies."""
+    from lowbit.algorithms import bias_correction as bc
+    from lowbit.emit.qdq import emit_simulation
+
+    m = _model(head=False)
+    x = (np.abs(_x(32)) + 0.5).astype(np.float32)
+    calib = as_feeds(x, _specs(m), batch_size=8)
+    float_model, plan = make_plan(PreparedModel(m, "t", "t", _specs(m)), QuantConfig(), calib)
+    layers = corrected_layers(float_model, plan)
+    on_grid = onnx.ModelProto()
+    on_grid.CopyFrom(float_model)
+    g = GraphIndex(on_grid)
+    for layer in layers:
+        w = g.nodes[layer.node].input[1]
+        grid = plan.tensors[w].qparams.fake_quantize(g.constant(w)).astype(np.float32)
+        for i, t in enumerate(on_grid.graph.initializer):
+            if t.name == w:
+                on_grid.graph.initializer[i].CopyFrom(numpy_helper.from_array(grid, w))
+
+    def copies(model):
+        sim, _ = bc._with_reference_layers(emit_simulation(model, plan), model, layers)
+        return {t.name for t in sim.graph.initializer if t.name.endswith("__float_ref")}
+
+    weights = {f"{g.nodes[layer.node].input[1]}__float_ref" for layer in layers}
+    assert weights <= copies(float_model)  # rounded in the simulation: the reference needs its own
+    assert not weights & copies(on_grid)
+    shared = mean_errors(on_grid, plan, calib, layers)
+    saved = bc._same
+    bc._same = lambda t, value: False
+    try:
+        copied = mean_errors(on_grid, plan, calib, layers)
+    finally:
+        bc._same = saved
+    for a, b in zip(shared, copied):
+        assert np.array_equal(a, b)

@@ -92,6 +92,38 @@ def test_stream_keeps_each_call_within_budget(small_model_path, calib_arrays, mo
     assert sizes == [1] * len(calib_arrays)
 
 
+def test_stream_merges_fewer_samples_where_the_models_values_are_large(small_model_path, calib_arrays,
+                                                                       monkeypatch) -> None:
+    prepared = prepare(load_model(str(small_model_path)))
+    model = prepared.proto
+    targets = [n.output[0] for n in model.graph.node if n.op_type == "Conv"][:1]
+    feeds = as_feeds(calib_arrays, prepared.inputs)
+    largest = ld.largest_value_bytes(ld.prefix_model(model, targets))
+    assert largest > 1  # the prepared model's inferred shapes are known
+
+    def run(work_mb: float) -> tuple[list[int], np.ndarray]:
+        monkeypatch.setattr(ld, "WORK_MB", work_mb)
+        sizes, parts = [], []
+        for _, values in ld.stream(model, targets, feeds):
+            sizes.append(values[0].shape[0])
+            parts.append(values[0].copy())
+        return sizes, np.concatenate(parts)
+
+    _, merged_all = run(1e9)
+    sizes, values = run(2.5 * largest / 2**20)  # two samples' largest value fit
+    assert sizes[0] == 1 and max(sizes) == 2 and sum(sizes) == len(calib_arrays)
+    assert np.array_equal(values, merged_all)
+
+
+def test_release_free_memory_is_harmless() -> None:
+    from lowbit.peak_memory import release_free_memory
+
+    x = np.ones(1 << 20)
+    del x
+    release_free_memory()  # glibc: pages handed back; elsewhere nothing
+    release_free_memory()
+
+
 def test_session_without_arena_computes_the_same(small_model_path, calib_arrays) -> None:
     model = onnx.load(str(small_model_path))
     x = np.stack(calib_arrays[:4])

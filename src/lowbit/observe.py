@@ -17,6 +17,7 @@ import onnxruntime as ort
 from lowbit.calibration import CalibrationMethod, Observer
 from lowbit.data import Batch
 from lowbit.errors import DataError
+from lowbit.peak_memory import release_free_memory
 from lowbit.progress import Progress, null_progress
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,10 @@ def session(model: onnx.ModelProto | bytes, threads: int = 0, optimize: bool = T
     ever needed (intermediates, and the outputs before Python copies them) for the session's life.
     The short-lived sessions of calibration and simulation, which expose many intermediates, use
     it off so that their memory goes back as each run ends (same results; the run's planned
-    buffer is allocated per run instead)."""
+    buffer is allocated per run instead).
+
+    A new session starts a new stage: what the previous ones freed goes back to the OS first."""
+    release_free_memory()
     so = ort.SessionOptions()
     if not arena:
         so.enable_cpu_mem_arena = False

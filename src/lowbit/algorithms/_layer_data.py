@@ -34,6 +34,9 @@ MERGED_BATCH = 32  # samples per ONNX Runtime call when the model's batch axis i
 # at most this many MB of streamed values per call (but at least one batch): merging saves per-call
 # overhead on small tensors, large ones (a CNN's every layer input) gain nothing from it
 STREAM_MB = 64.0
+# and at most this many MB in the largest intermediate value of the model run (where shapes are
+# known): ONNX Runtime holds a few of them per call, ResNet-18's first conv output is 3 MB per sample
+WORK_MB = 16.0
 
 
 @dataclass
@@ -164,11 +167,15 @@ def _conv_geometry(layer: Layer, node: onnx.NodeProto, g: GraphIndex) -> str:
     return ""
 
 
-def grid(q: QParams, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """Scale and zero point expanded to the weight's `shape` (any granularity), and (qmin, qmax)."""
+def grid(q: QParams, shape: tuple[int, ...], copy: bool = True) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Scale and zero point expanded to the weight's `shape` (any granularity), and (qmin, qmax).
+    `copy=False`: read-only broadcast views (no memory of the weight's size) for a reader that
+    makes its own arrays."""
     s = np.broadcast_to(_expand(np.asarray(q.scale, np.float32), shape, q.granularity), shape)
     z = np.broadcast_to(_expand(np.asarray(q.zero_point, np.int64), shape, q.granularity), shape)
     qmin, qmax = q.dtype.bounds(q.narrow)
+    if not copy:
+        return s, z, qmin, qmax
     return np.array(s, dtype=np.float32), np.array(z, dtype=np.int64), qmin, qmax
 
 
@@ -226,6 +233,21 @@ def _copy_fields(src, dst, skip: tuple[str, ...]) -> None:
             setattr(dst, fd.name, value)
 
 
+def largest_value_bytes(model: onnx.ModelProto) -> int:
+    """Bytes per sample of the largest value a node of `model` computes, among those whose inferred
+    shape is known but for the batch axis (1 where none is: no limit from it)."""
+    computed = {o for n in model.graph.node for o in n.output}
+    largest = 1
+    for v in model.graph.value_info:
+        dims = v.type.tensor_type.shape.dim
+        if (v.name not in computed or len(dims) < 2 or not v.type.tensor_type.elem_type
+                or not all(d.HasField("dim_value") for d in dims[1:])):
+            continue
+        size = onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).itemsize
+        largest = max(largest, size * int(np.prod([d.dim_value for d in dims[1:]])))
+    return largest
+
+
 def _mergeable(model: onnx.ModelProto) -> bool:
     inits = {t.name for t in model.graph.initializer}
     for i in model.graph.input:
@@ -268,11 +290,16 @@ def stream(model: onnx.ModelProto, targets: list[str], data: Iterable[Batch],
     MobileNetV2 sample: 32 merged samples held 0.8 GB, twice while ONNX Runtime handed them over).
     The list of values is emptied when the consumer asks for the next batch: copy what you keep."""
     # serialized first: the prefix model's proto is gone before ONNX Runtime parses its own copy
-    sess = session(prefix_model(model, targets).SerializeToString(), threads=threads, optimize=False, arena=False)
+    prefix = prefix_model(model, targets)
+    work = int(WORK_MB * 2**20 // largest_value_bytes(prefix))
+    serialized = prefix.SerializeToString()
+    del prefix
+    sess = session(serialized, threads=threads, optimize=False, arena=False)
+    del serialized
     per_sample = [0.0]  # bytes of the targets' values per sample, known after the first call
 
     def limit() -> int:
-        return 1 if not per_sample[0] else int(STREAM_MB * 2**20 // per_sample[0])
+        return 1 if not per_sample[0] else min(work, int(STREAM_MB * 2**20 // per_sample[0]))
 
     start = 0
     for feeds in merged(data, _mergeable(model), limit):

@@ -31,6 +31,7 @@ from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorit
 from lowbit.data import Batch
 from lowbit.errors import ConfigError, DataError
 from lowbit.graph import GraphIndex
+from lowbit.peak_memory import release_free_memory
 from lowbit.plan import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,17 @@ def _channel_sums(v: np.ndarray) -> tuple[np.ndarray, int]:
 def channel_means(model: onnx.ModelProto | bytes, names: list[str], calib) -> list[np.ndarray]:
     """Mean per channel (axis 1) of the tensors `names` over all calibration batches, streaming.
     `model` may be a serialized model that already outputs `names`."""
-    from lowbit.observe import run_batch, session, with_outputs
+    from lowbit.observe import session, with_outputs
 
     sess = session(model if isinstance(model, bytes) else with_outputs(model, names), arena=False)
     del model
+    return _session_means(sess, names, calib)
+
+
+def _session_means(sess, names: list[str], calib) -> list[np.ndarray]:
+    """`channel_means` on a session that outputs `names`."""
+    from lowbit.observe import run_batch
+
     sums: list[np.ndarray | None] = [None] * len(names)
     counts = [0] * len(names)
     batch: Batch
@@ -86,7 +94,8 @@ def channel_means(model: onnx.ModelProto | bytes, names: list[str], calib) -> li
             s, n = _channel_sums(v)
             sums[k] = s if sums[k] is None else sums[k] + s
             counts[k] += n
-        values = v = None  # freed before the next batch's are computed
+        values = v = None  # freed before the next batch's are computed, and given back: the C
+        release_free_memory()  # heap would grow over the pass (ResNet-18: ~200 MB)
     if not counts or counts[0] == 0:
         raise DataError("bias correction needs calibration data; the calibration source gave no samples")
     return [s / n for s, n in zip(sums, counts)]
@@ -98,15 +107,18 @@ def _with_reference_layers(sim: onnx.ModelProto, reference: onnx.ModelProto,
     quantized input, and the difference of the two outputs: (quantized - float) on identical inputs."""
     g = GraphIndex(reference)
     by_name = {n.name: n for n in sim.graph.node}
+    sim_inits = {t.name: t for t in sim.graph.initializer}
     diffs = []
     for layer in layers:
         node, src = by_name[layer.node], g.nodes[layer.node]
         inputs = [node.input[0]]
         for slot in (1, 2):
             if len(src.input) > slot and src.input[slot]:
-                ref = f"{src.input[slot]}__float_ref"
-                sim.graph.initializer.append(numpy_helper.from_array(g.constant(src.input[slot]), ref))
-                inputs.append(ref)
+                name, value = src.input[slot], g.constant(src.input[slot])
+                if not _same(sim_inits.get(name), value):  # else the reference reads the sim's own
+                    name = f"{name}__float_ref"
+                    sim.graph.initializer.append(numpy_helper.from_array(value, name))
+                inputs.append(name)
         out = f"{layer.node}__float_ref"
         diff = f"{layer.node}__quant_error"
         sim.graph.node.extend([
@@ -118,20 +130,32 @@ def _with_reference_layers(sim: onnx.ModelProto, reference: onnx.ModelProto,
     return sim, diffs
 
 
+def _same(t: onnx.TensorProto | None, value: np.ndarray) -> bool:
+    """Whether initializer `t` holds exactly `value`, bit for bit: weights already on the plan's grid
+    (GPTQ's) are simulated as they are, and a second float copy would only cost memory."""
+    if t is None:
+        return False
+    a = numpy_helper.to_array(t)
+    return a.dtype == value.dtype and a.shape == value.shape and a.tobytes() == value.tobytes()
+
+
 def mean_errors(model: onnx.ModelProto, plan: QuantPlan, calib, layers: list[Layer],
                 reference: onnx.ModelProto | None = None) -> list[np.ndarray]:
     """Per layer, the per-channel mean of (quantized layer output - float layer output), both
     computed from the same quantized input (the simulation's): each layer's own error. The float
     layers are those of `reference` (default: `model`), the model before any correction."""
     from lowbit.emit.qdq import emit_simulation
-    from lowbit.observe import with_outputs
+    from lowbit.observe import session, with_outputs
 
     sim, diffs = _with_reference_layers(emit_simulation(model, plan), reference or model, layers)
-    # serialized once, without a second ModelProto copy, and dropped before the session runs: the
-    # simulation holds every weight twice (quantized and float reference)
+    release_free_memory()  # building the simulation's proto freed ~2x its size: gone before it is serialized
+    # serialized once, without a second ModelProto copy, and both dropped before the session runs:
+    # the simulation holds every weight twice (quantized and float reference)
     data = with_outputs(sim, diffs, copy=False).SerializeToString()
     del sim
-    return channel_means(data, diffs, calib)
+    sess = session(data, arena=False)
+    del data
+    return _session_means(sess, diffs, calib)
 
 
 def correct_biases(model: onnx.ModelProto, plan: QuantPlan, layers: list[Layer],
@@ -180,12 +204,14 @@ class BiasCorrection(Algorithm):
         layers = corrected_layers(model, plan)
         if not layers:
             return model, plan
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
+        m = model
         for k in range(self.passes):
             errors = mean_errors(m, plan, ctx.calib, layers, reference=model)
             log.info("bias correction pass %d: largest mean shift %.3g", k + 1,
                      max(float(np.abs(e).max()) for e in errors))
+            if m is model:  # the copy is made once the first pass's simulation is gone
+                m = onnx.ModelProto()
+                m.CopyFrom(model)
             m = correct_biases(m, plan, layers, errors)
             ctx.progress("bias correction", k + 1, self.passes)
         return m, plan

@@ -27,6 +27,7 @@ import onnx
 
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, algorithm_from_dict, register_algorithm
 from lowbit.errors import ConfigError
+from lowbit.peak_memory import release_free_memory
 from lowbit.plan import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,14 @@ def _gain_db(without: np.ndarray, with_it: np.ndarray, alpha: float, seed: int,
     a, b = without[idx].sum(axis=1), with_it[idx].sum(axis=1)
     gains = 10.0 * np.log10(np.maximum(a, 1e-300) / np.maximum(b, 1e-300))
     return gain, float(np.quantile(gains, alpha))
+
+
+def _squared_error(reference: np.ndarray, sim, batch) -> float:
+    from lowbit.observe import run_batch
+
+    err = float(np.sum(np.square(reference - run_batch(sim, batch)[0], dtype=np.float64)))
+    release_free_memory()  # the run's buffers: the C heap would grow over the batches
+    return err
 
 
 class _Split:
@@ -126,17 +135,26 @@ class KeepIfBetter(Algorithm):
             return m, p
 
         def noise(m: onnx.ModelProto, p: QuantPlan) -> np.ndarray:
-            m, p = then(m, copy.deepcopy(p), fit_ctx)
-            sim = session(emit_simulation(m, p), arena=False)
-            return np.array([float(np.sum(np.square(r - run_batch(sim, b)[0], dtype=np.float64)))
-                             for r, b in zip(reference, batches)])
+            sim = session(simulation(m, p), arena=False)
+            return np.array([_squared_error(r, sim, b) for r, b in zip(reference, batches)])
 
-        # the algorithm's arm first: its peak (GPTQ's Hessians) comes before the other arm's model
-        # exists; the arm that loses is freed as soon as the comparison is made
+        def simulation(m: onnx.ModelProto, p: QuantPlan) -> bytes:
+            """The arm's simulation after `then`, serialized; the model `then` made, the simulation's
+            proto and the heap they leave are freed before ONNX Runtime parses its own copy."""
+            m, p = then(m, copy.deepcopy(p), fit_ctx)
+            sim = emit_simulation(m, p)
+            del m
+            release_free_memory()
+            data = sim.SerializeToString()
+            del sim
+            return data
+
+        # the plain arm first: its simulations run before the fitted model exists, and only its
+        # per-input errors outlive them; the arm that loses is freed as soon as the comparison is made
         plain_plan = copy.deepcopy(plan)
+        noise_without = noise(model, plain_plan)
         fitted_model, fitted_plan = self.algorithm.apply(model, plan, fit_ctx)
         noise_with = noise(fitted_model, fitted_plan)
-        noise_without = noise(model, plain_plan)
         gain, low = _gain_db(noise_without, noise_with, 1.0 - self.confidence, ctx.seed)
         kept = low > self.min_gain_db
         if kept:
