@@ -74,3 +74,32 @@ def calib_arrays() -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def eval_arrays() -> list[np.ndarray]:
     return image_like(16, seed=2)
+
+
+class TinyStem(torch.nn.Module):
+    """A first convolution with 0.3% of the weights, as in real CNNs (early-layer rules)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.body = torch.nn.Conv2d(4, 64, 3, padding=1)
+        self.head = torch.nn.Linear(64, 512)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(torch.relu(self.stem(x)))).mean(dim=(2, 3)))
+
+
+def scripted_search(plan, penalty: dict[str, dict[str, float]]):
+    """(evaluator, ranking) for search tests: the metric is 1 minus each penalised layer's penalty
+    for its precision; the ranking puts the penalised layers first."""
+    from lowbit.analysis.evaluate import Score
+    from lowbit.analysis.mixed import layer_nodes
+    from lowbit.analysis.sensitivity import LayerSensitivity
+
+    class Scripted:
+        def score(self, p):
+            return Score(1.0 - sum(v.get(p.nodes[n].precision, 0.0) for n, v in penalty.items()), 30.0)
+
+    ranking = [LayerSensitivity(n, plan.nodes[n].op, 0.5, 10.0, 0.9 if n in penalty else 0.5, 20.0)
+               for n in layer_nodes(plan)]
+    return Scripted(), ranking

@@ -13,7 +13,7 @@ import torch
 import lowbit
 from lowbit.api import analyze
 
-from conftest import image_like
+from conftest import image_like, scripted_search
 
 
 class OutlierNet(torch.nn.Module):
@@ -212,27 +212,20 @@ def test_search_stores_a_float_layer_on_int8_weights_where_the_budget_allows(sma
     """The w8 step, on a scripted metric: the fragile layer cannot be INT8 (0.5) but tolerates
     INT8-stored weights (0.95 >= floor 0.9), so it ends as 'w8', not FP16; a layer that needs FP16
     (0.85 on w8) keeps it."""
-    from lowbit.analysis.evaluate import Score
     from lowbit.analysis.mixed import layer_nodes
     from lowbit.analysis.search import search_precisions
-    from lowbit.analysis.sensitivity import LayerSensitivity
 
     r = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays, verify=None)
     convs = [n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv"]
     tolerant, strict = convs[0], convs[1]
     penalty = {tolerant: {"int8": 0.5, "w8": 0.05}, strict: {"int8": 0.5, "w8": 0.15}}
 
-    class Scripted:
-        def score(self, plan):
-            return Score(1.0 - sum(p.get(plan.nodes[n].precision, 0.0) for n, p in penalty.items()), 30.0)
-
-    ranking = [LayerSensitivity(n, r.plan.nodes[n].op, 0.5, 10.0, 0.9 if n in penalty else 0.5, 20.0)
-               for n in layer_nodes(r.plan)]
-    result = search_precisions(r.float_model, r.plan, Scripted(), 0.9, ranking, weight_only=True, max_evals=40)
+    scripted, ranking = scripted_search(r.plan, penalty)
+    result = search_precisions(r.float_model, r.plan, scripted, 0.9, ranking, weight_only=True, max_evals=40)
     assert result.met_budget
     assert result.chosen.promoted == {tolerant: "w8", strict: "fp16"}
     assert result.reasons[tolerant].startswith("w8") and result.reasons[strict].startswith("fp16")
-    without = search_precisions(r.float_model, r.plan, Scripted(), 0.9, ranking, max_evals=40)
+    without = search_precisions(r.float_model, r.plan, scripted, 0.9, ranking, max_evals=40)
     assert without.chosen.promoted == {tolerant: "fp16", strict: "fp16"}
     assert result.chosen.size_bytes < without.chosen.size_bytes
 
@@ -240,28 +233,21 @@ def test_search_stores_a_float_layer_on_int8_weights_where_the_budget_allows(sma
 def test_search_backs_off_refinements_the_held_out_half_rejects(small_model_path, calib_arrays):
     """Both convs tolerate INT8-stored weights on the search data, but the held-out check fails
     while the second one stays 'w8': that last move is undone, the first kept, and the record says so."""
-    from lowbit.analysis.evaluate import Score
     from lowbit.analysis.mixed import layer_nodes
     from lowbit.analysis.search import search_precisions
-    from lowbit.analysis.sensitivity import LayerSensitivity
 
     r = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays, verify=None)
     convs = [n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv"][1:3]
     penalty = {c: {"int8": 0.5, "w8": 0.02} for c in convs}
 
-    class Scripted:
-        def score(self, plan):
-            return Score(1.0 - sum(p.get(plan.nodes[n].precision, 0.0) for n, p in penalty.items()), 30.0)
-
-    ranking = [LayerSensitivity(n, r.plan.nodes[n].op, 0.5, 10.0, 0.9 if n in penalty else 0.5, 20.0)
-               for n in layer_nodes(r.plan)]
-    plain = search_precisions(r.float_model, r.plan, Scripted(), 0.9, ranking, weight_only=True, max_evals=40)
+    scripted, ranking = scripted_search(r.plan, penalty)
+    plain = search_precisions(r.float_model, r.plan, scripted, 0.9, ranking, weight_only=True, max_evals=40)
     assert set(plain.chosen.promoted.values()) == {"w8"} and plain.backed_off == 0
     from lowbit.graph import GraphIndex
 
     g = GraphIndex(r.float_model)
     last = min(convs, key=lambda n: g.constant(g.nodes[n].input[1]).size)  # the w8 step goes largest first
-    checked = search_precisions(r.float_model, r.plan, Scripted(), 0.9, ranking, weight_only=True, max_evals=40,
+    checked = search_precisions(r.float_model, r.plan, scripted, 0.9, ranking, weight_only=True, max_evals=40,
                                 holds_elsewhere=lambda p: p.nodes[last].precision != "w8")
     assert checked.backed_off == 1 and checked.met_budget
     assert checked.chosen.promoted[last] == "fp16" and checked.plan.nodes[last].precision == "fp16"

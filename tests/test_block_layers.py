@@ -18,7 +18,7 @@ from lowbit.emit.weight_storage import stored_int8_nodes, w8_layout, weight_only
 from lowbit.observe import session
 from lowbit.verify.fusion import executed_graph
 
-from conftest import image_like
+from conftest import TinyStem, image_like, scripted_search
 
 
 def _sqnr(ref: np.ndarray, x: np.ndarray) -> float:
@@ -135,23 +135,15 @@ def test_simulation_quantizes_the_input_per_block_as_matmulnbits_does():
 def test_search_moves_a_float_classifier_onto_int8_blocks(wide_head):
     """Scripted metric: the head fails the budget in per-tensor INT8 but holds on 8-bit blocks; the
     search takes it there (smaller and faster than FP16)."""
-    from lowbit.analysis.evaluate import Score
     from lowbit.analysis.search import search_precisions
-    from lowbit.analysis.sensitivity import LayerSensitivity
 
     r, _ = wide_head
     conv = next(n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv")
     head = next(n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Gemm")
-    penalty = {head: {"int8": 0.5, "int8-block": 0.02}, conv: {"int8": 0.5, "w8": 0.5}}
-
-    class Scripted:
-        def score(self, plan):
-            return Score(1.0 - sum(p.get(plan.nodes[n].precision, 0.0) for n, p in penalty.items()), 30.0)
-
-    ranking = [LayerSensitivity(n, r.plan.nodes[n].op, 0.5, 10.0, 0.9 if n in penalty else 0.5, 20.0)
-               for n in layer_nodes(r.plan)]
+    scripted, ranking = scripted_search(r.plan, {head: {"int8": 0.5, "int8-block": 0.02},
+                                                 conv: {"int8": 0.5, "w8": 0.5}})
     choices = linear_block_choices(r.float_model, r.plan)
-    result = search_precisions(r.float_model, r.plan, Scripted(), 0.95, ranking, weight_only=True, max_evals=20,
+    result = search_precisions(r.float_model, r.plan, scripted, 0.95, ranking, weight_only=True, max_evals=20,
                                choices=choices)
     assert result.met_budget
     assert result.chosen.promoted == {head: "int8-block", conv: "fp16"}
@@ -159,39 +151,18 @@ def test_search_moves_a_float_classifier_onto_int8_blocks(wide_head):
     assert result.plan.nodes[head].precision == "int8-block"
 
 
-class TinyStem(torch.nn.Module):
-    """A first convolution with 0.3% of the weights, as in real CNNs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.body = torch.nn.Conv2d(4, 64, 3, padding=1)
-        self.head = torch.nn.Linear(64, 512)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.body(torch.relu(self.stem(x)))).mean(dim=(2, 3)))
-
-
 def test_search_keeps_promoted_first_layers_in_fp32():
     """A layer promoted at the very start of the network gets FP32, not FP16 weights, as the fp16
     preset keeps them: there an FP16 rounding is amplified by every later layer (MobileNetV2: 1% of
     top-1 agreement), for a fraction of a percent of the bytes."""
-    from lowbit.analysis.evaluate import Score
     from lowbit.analysis.search import search_precisions
-    from lowbit.analysis.sensitivity import LayerSensitivity
 
     torch.manual_seed(0)
     data = image_like(8, seed=4, size=16)
     r = lowbit.quantize(TinyStem().eval(), "int8-fast", data, example_inputs=torch.zeros(1, 3, 16, 16), verify=None)
     stem, body = (next(n for n in layer_nodes(r.plan) if n.startswith(f"/{k}/")) for k in ("stem", "body"))
-
-    class Scripted:
-        def score(self, plan):
-            return Score(1.0 - 0.5 * sum(plan.nodes[n].precision in ("int8", "w8") for n in (stem, body)), 30.0)
-
-    ranking = [LayerSensitivity(n, r.plan.nodes[n].op, 0.5, 10.0, 0.9 if n in (stem, body) else 0.5, 20.0)
-               for n in layer_nodes(r.plan)]
-    result = search_precisions(r.float_model, r.plan, Scripted(), 0.95, ranking, weight_only=True, max_evals=20)
+    scripted, ranking = scripted_search(r.plan, {n: {"int8": 0.5, "w8": 0.5} for n in (stem, body)})
+    result = search_precisions(r.float_model, r.plan, scripted, 0.95, ranking, weight_only=True, max_evals=20)
     assert result.met_budget
     assert result.chosen.promoted == {stem: "fp32", body: "fp16"}
     assert result.reasons[stem].startswith("fp32")

@@ -297,15 +297,7 @@ def test_int8_dynamic_keeps_the_first_layers_fp32():
     """As the fp16 preset does: INT8-stored weights in a network's first layers (here 0.3% of its
     weights) cost MobileNetV2 9 points of top-1 agreement (0.907 -> 0.990 without them)."""
 
-    class TinyStem(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = torch.nn.Conv2d(3, 4, 3, padding=1)
-            self.body = torch.nn.Conv2d(4, 64, 3, padding=1)
-            self.head = torch.nn.Linear(64, 512)
-
-        def forward(self, x):
-            return self.head(torch.relu(self.body(torch.relu(self.stem(x)))).mean(dim=(2, 3)))
+    from conftest import TinyStem
 
     torch.manual_seed(0)
     r = lowbit.quantize(TinyStem().eval(), "int8-dynamic", example_inputs=torch.zeros(1, 3, 16, 16), verify=None)
