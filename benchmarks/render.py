@@ -36,7 +36,7 @@ def _faster_by(a: dict, b: dict, t: str) -> tuple[float, float, float] | None:
         return None
     from lowbit.verify import speedup_interval
 
-    return speedup_interval(sb, sa)
+    return speedup_interval(sb, sa, blocks=int(a["latency_ms"][t].get("blocks", 1)))
 
 
 def _same_kernels(a: dict, b: dict) -> bool:
@@ -284,8 +284,8 @@ def render_markdown(r: dict) -> str:
         "every session (FP32 and peers alike) with `session.intra_op.allow_spinning=0` (on this 2-vCPU machine a "
         "spin-waiting worker slowed FP32 MobileNetV2 at 2 threads from 7.4 to 18.5 ms); "
         "speed-up = FP32 median / variant median from the same run. 'Not slower' bars count a variant slower only "
-        "when the 95% bootstrap interval of that ratio (resampling whole rounds, every round's times in "
-        "results.json) lies below 1; 'same kernels' means ONNX Runtime runs the same op counts after its graph "
+        "when the 95% bootstrap interval of that ratio (resampling blocks of rounds, each block timed "
+        "with new sessions, then rounds within them; every round's time in results.json) lies below 1; 'same kernels' means ONNX Runtime runs the same op counts after its graph "
         "optimizations (`kernels` in results.json), where only noise can separate two variants.",
         "- Quantize time and peak RSS: each quantization ran alone in a fresh subprocess; peak RSS is the "
         "child's VmHWM over the call (window reset just before it; includes Python, imports and the calibration "

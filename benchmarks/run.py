@@ -169,6 +169,11 @@ def _input_names(model: bytes) -> list[str]:
     return [i.name for i in m.graph.input if i.name not in inits]
 
 
+# rounds in this many groups, each with new sessions: a session's thread placement moves its time
+# for its whole life (lowbit's int8 and int8-fast ResNet-18, one kernel graph: 13.07 vs 12.18 ms at 2T)
+LATENCY_BLOCKS = 4
+
+
 def kernel_counts(model: bytes) -> dict[str, int]:
     """How many nodes of each op type ONNX Runtime runs after its own graph optimizations: two
     variants with equal counts run the same kernels, so their latency can differ only by noise."""
@@ -204,7 +209,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     log(f"{name}: latency, {len(timed)} variants interleaved, threads {args.threads}, {args.runs} runs, "
         f"inputs {', '.join(f'{k} {tuple(v.shape)}' for k, v in feeds.items())}")
     load_before = os.getloadavg()[0]
-    lat = measure_latency(timed, feeds, args.threads, args.runs, keep_samples=True)
+    lat = measure_latency(timed, feeds, args.threads, args.runs, keep_samples=True, blocks=LATENCY_BLOCKS)
     load = [load_before, os.getloadavg()[0]]
     fp32_size = len(ref)
     kernels = {k: kernel_counts(m) for k, m in timed.items()}
@@ -229,7 +234,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict:
             v["size_pct_fp32"] = 100.0 * v["size_bytes"] / fp32_size
         if "latency_ms" in v:
             v["speedup"] = {t: lat["fp32"][t]["median"] / m["median"] for t, m in v["latency_ms"].items()}
-            v["speedup_ci95"] = {t: list(speedup_interval(lat["fp32"][t]["samples"], m["samples"])[1:])
+            v["speedup_ci95"] = {t: list(speedup_interval(lat["fp32"][t]["samples"], m["samples"],
+                                                          blocks=m["blocks"])[1:])
                                  for t, m in v["latency_ms"].items()}
     for label, why in skipped.items():
         variants[label] = {"kind": "peer", "name": label, "error": f"skipped: {why}"}

@@ -50,3 +50,22 @@ def tiny_model_bytes() -> bytes:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny", [x], [y])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_blocks_of_new_sessions_carry_their_placement_into_the_interval() -> None:
+    """One graph, four session pairs: each variant session is placed 2-8% worse or 3% better for its
+    whole life. Resampling rounds alone calls that a real difference; resampling blocks does not."""
+    rounds = _rounds(80)
+    placement = np.repeat([1.06, 1.05, 0.97, 1.02], 20)
+    _, lo1, hi1 = speedup_interval(list(rounds), list(rounds * placement))
+    _, lo4, hi4 = speedup_interval(list(rounds), list(rounds * placement), blocks=4)
+    assert hi1 < 1.0 or lo1 > 1.0  # rounds only: "significant"
+    assert lo4 < 1.0 < hi4
+
+
+def test_measure_latency_in_blocks_keeps_every_round(tiny_model_bytes: bytes) -> None:
+    from lowbit.verify import measure_latency
+
+    lat = measure_latency({"a": tiny_model_bytes, "b": tiny_model_bytes}, {"x": np.zeros((1, 4), np.float32)},
+                          threads=(1,), runs=9, warmup=1, keep_samples=True, blocks=3)
+    assert len(lat["a"]["1"]["samples"]) == 9 and lat["a"]["1"]["blocks"] == 3

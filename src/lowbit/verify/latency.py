@@ -1,6 +1,9 @@
 """ONNX Runtime latency: every variant timed interleaved in one process, in a shuffled order each
 round, so that the machine's noise and any order effect hit all of them alike and their ratios are
-fair. Medians, with p10/p90; optionally every round's time, for paired confidence intervals."""
+fair. The rounds run in blocks, each with freshly made sessions: where a session's threads land on
+the CPU moves its time by several percent for its whole life (two sessions of one graph differed
+by 7% at 2 threads here), and only new sessions sample that. Medians, with p10/p90; optionally
+every round's time, for paired confidence intervals over blocks and rounds."""
 
 from __future__ import annotations
 
@@ -14,48 +17,61 @@ from lowbit.progress import Progress, null_progress
 
 def measure_latency(models: dict[str, bytes], feeds: dict[str, np.ndarray], threads: tuple[int, ...] = (1, 2),
                     runs: int = 50, warmup: int = 5, progress: Progress = null_progress,
-                    keep_samples: bool = False, seed: int = 0) -> dict[str, dict]:
-    """{label: {str(threads): {median, p10, p90, runs[, samples]}}} in milliseconds, batch as given in
-    `feeds`. Round r's samples of all variants were taken back to back (see `speedup_interval`).
-    Sessions as `lowbit.observe.session` makes them: worker threads do not spin-wait."""
+                    keep_samples: bool = False, seed: int = 0, blocks: int = 1) -> dict[str, dict]:
+    """{label: {str(threads): {median, p10, p90, runs[, samples, blocks]}}} in milliseconds, batch as
+    given in `feeds`. Round r's samples of all variants were taken back to back; `blocks` groups of
+    rounds each use new sessions (see `speedup_interval`). Sessions as `lowbit.observe.session`
+    makes them: worker threads do not spin-wait."""
     result: dict[str, dict] = {k: {} for k in models}
     labels = list(models)
-    order_rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)
+    blocks = max(1, min(blocks, runs))
     total = len(threads) * runs
     done = 0
     for t in threads:
-        sessions = {k: session(v, threads=t) for k, v in models.items()}
-        for s in sessions.values():
-            for _ in range(warmup):
-                s.run(None, feeds)
         times: dict[str, list[float]] = {k: [] for k in models}
-        for _ in range(runs):
-            for i in order_rng.permutation(len(labels)):
-                k = labels[i]
-                t0 = time.perf_counter()
-                sessions[k].run(None, feeds)
-                times[k].append((time.perf_counter() - t0) * 1e3)
-            done += 1
-            progress("latency", done, total)
+        for b in range(blocks):
+            sessions = {labels[i]: session(models[labels[i]], threads=t) for i in rng.permutation(len(labels))}
+            for s in sessions.values():
+                for _ in range(warmup):
+                    s.run(None, feeds)
+            for _ in range(runs * (b + 1) // blocks - runs * b // blocks):
+                for i in rng.permutation(len(labels)):
+                    k = labels[i]
+                    t0 = time.perf_counter()
+                    sessions[k].run(None, feeds)
+                    times[k].append((time.perf_counter() - t0) * 1e3)
+                done += 1
+                progress("latency", done, total)
+            del sessions
         for k, ts in times.items():
             a = np.asarray(ts)
             result[k][str(t)] = {"median": float(np.median(a)), "p10": float(np.percentile(a, 10)),
                                  "p90": float(np.percentile(a, 90)), "runs": len(ts)}
             if keep_samples:
                 result[k][str(t)]["samples"] = [round(float(x), 4) for x in a]
-        del sessions
+                result[k][str(t)]["blocks"] = blocks
     return result
 
 
 def speedup_interval(reference: list[float], variant: list[float], confidence: float = 0.95,
-                     resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """median(reference) / median(variant) and its bootstrap interval, resampling whole rounds (the
-    two were timed in the same rounds, so a noisy round moves both)."""
+                     resamples: int = 2000, seed: int = 0, blocks: int = 1) -> tuple[float, float, float]:
+    """median(reference) / median(variant) and its bootstrap interval. The two were timed in the
+    same rounds, so whole rounds are resampled (a noisy round moves both); with `blocks` (rounds
+    split evenly into groups that each had their own sessions) blocks are resampled first, then
+    rounds within them, so the interval includes how much a session's placement moves its time."""
     ref, var = np.asarray(reference, np.float64), np.asarray(variant, np.float64)
     if ref.shape != var.shape or ref.size == 0:
         raise ValueError(f"paired samples needed: {ref.size} reference rounds vs {var.size} variant rounds")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, ref.size, size=(resamples, ref.size))
+    n = ref.size
+    blocks = max(1, min(blocks, n))
+    edges = [n * b // blocks for b in range(blocks + 1)]
+    chosen = rng.integers(0, blocks, size=(resamples, blocks))
+    starts, sizes = np.asarray(edges[:-1])[chosen], np.diff(edges)[chosen]          # (R, B)
+    per = n // blocks
+    offsets = (rng.random((resamples, blocks, per)) * sizes[..., None]).astype(np.int64)
+    idx = (starts[..., None] + offsets).reshape(resamples, -1)
     ratios = np.median(ref[idx], axis=1) / np.median(var[idx], axis=1)
     tail = 100 * (1 - confidence) / 2
     lo, hi = np.percentile(ratios, [tail, 100 - tail])
