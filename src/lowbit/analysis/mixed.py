@@ -2,9 +2,9 @@
 
 A layer can be 'int8' (as calibrated), 'fp16' (FP16 weights, float arithmetic: half the size of
 FP32 at FP32's fidelity and speed on CPUs without FP16 arithmetic), 'w8' (weight-only INT8: the
-weight stored on a symmetric per-channel INT8 grid, float arithmetic; a quarter of FP32's size,
+weight stored on a symmetric INT8 grid with a scale per group of 32, float arithmetic; about a quarter of FP32's size,
 FP32's speed, and of INT8's error only the weights' share, which on CNNs is the small one) or
-'fp32'. Activation Q/DQ
+'fp32'; 'int8-block' for linear layers offered in `choices` (MatMulNBits, 8-bit blocks). Activation Q/DQ
 pairs are kept only where an INT8 layer reads or writes them, so a float layer adds no
 quantization noise of its own. `choices` adds block-wise weight options ({node: {precision:
 TensorPlan}}, e.g. 'int4' MatMulNBits weights or an 'int8' / 'int4' GatherBlockQuantized embedding

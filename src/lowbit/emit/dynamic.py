@@ -1,7 +1,8 @@
 """Dynamic INT8 through ONNX Runtime's quantize_dynamic: int8 weights, activations quantized at
 run time. Only MatMul is quantized that way: ONNX Runtime's dynamic Conv kernels are several times
-slower than FP32 on CPU. Conv weights are stored as INT8 instead ('w8': per-channel INT8 and a
-scale, turned back into FP32 once at load), so a CNN still gets INT8's size, at FP32's speed. Gemm
+slower than FP32 on CPU. Conv weights are stored as INT8 instead ('w8': INT8 with a scale per group,
+turned back into FP32 once at load; the first layers stay FP32), so a CNN still gets INT8's size,
+at FP32's speed. Gemm
 layers with constant weights are first rewritten as MatMul + Add so that torch Linear layers
 (exported as Gemm) are covered too."""
 
@@ -76,7 +77,8 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
 
 
 def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """Each Conv's own constant FP32 weight stored as per-channel INT8 + scale (lowbit.emit.qdq)."""
+    """Each Conv's own constant FP32 weight stored as INT8 + scales (lowbit.emit.weight_storage),
+    except in the network's first layers."""
     from lowbit.emit.weight_storage import stored_int8_nodes, weight_only_int8
 
     from lowbit.emit.fp16 import early_layers
@@ -97,7 +99,7 @@ def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Model
         replaced.add(w_name)
         if node.name in plan.nodes:
             plan.nodes[node.name].precision = "w8"
-            plan.nodes[node.name].reason = ("INT8-stored weights (per channel), float arithmetic: ONNX Runtime's "
+            plan.nodes[node.name].reason = ("INT8-stored weights (scale per group), float arithmetic: ONNX Runtime's "
                                             "dynamic Conv kernels are slower than FP32 on CPU")
     for name, why in early.items():
         if name in plan.nodes and plan.nodes[name].op == "Conv":
