@@ -149,22 +149,32 @@ def emit_int4_simulation(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelP
         if t is not None and t.role == "weight":
             w = numpy_helper.to_array(init).astype(np.float32)
             out.graph.initializer[i].CopyFrom(numpy_helper.from_array(t.qparams.fake_quantize(w), init.name))
-    g = GraphIndex(out)
     opset = next((i.version for i in out.opset_import if i.domain in ("", "ai.onnx")), 13)
-    nodes = []
-    for node in out.graph.node:
-        t = plan.tensors.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
-        if t is not None and t.role == "weight" and isinstance(t.qparams.granularity, PerGroup) and t.qparams.dtype.bits == 8:
-            shape = g.constant(t.name).shape
-            k = int(shape[1] if node.op_type == "Gemm" else shape[0])
-            inits, pre, node.input[0] = block_input_fake_quant(node.input[0], f"{node.name}_blockq", k,
-                                                               t.qparams.granularity.size, opset)
-            out.graph.initializer.extend(inits)
-            nodes.extend(pre)
-        nodes.append(node)
+    inits, nodes = quantize_block_inputs(list(out.graph.node), GraphIndex(model), plan, opset)
+    out.graph.initializer.extend(inits)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
     return out
+
+
+def quantize_block_inputs(nodes: list[onnx.NodeProto], g: GraphIndex, plan: QuantPlan, opset: int
+                          ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """(new initializers, `nodes`) with, before each MatMul / Gemm on 8-bit block weights, what
+    MatMulNBits' int8 path does to its input (`block_input_fake_quant`), for simulations. `g`
+    indexes a model holding the weights (for K)."""
+    inits, out = [], []
+    for node in nodes:
+        t = plan.tensors.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
+        q = t.qparams if t is not None and t.role == "weight" else None
+        if q is not None and isinstance(q.granularity, PerGroup) and q.dtype.bits == 8:
+            shape = g.constant(t.name).shape
+            k = int(shape[1] if node.op_type == "Gemm" else shape[0])
+            made, pre, node.input[0] = block_input_fake_quant(node.input[0], f"{node.name}_blockq", k,
+                                                              q.granularity.size, opset)
+            inits += made
+            out += pre
+        out.append(node)
+    return inits, out
 
 
 def block_input_fake_quant(x: str, prefix: str, k: int, size: int, opset: int

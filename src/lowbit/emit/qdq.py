@@ -137,13 +137,8 @@ class _Surgery:
         g.input.extend(inputs)
 
         int_nodes = {n.name for n in self.plan.nodes.values() if n.precision.startswith("int")}
-        block8 = self._int8_block_layers(index) if self.simulate else {}
-        committed = len(self.new_inits)  # constants made from here on are added after the loop
         new_nodes = list(head)
         for node in g.node:
-            if node.name in block8:
-                quantize_input, node.input[0] = self._block_input_fake_quant(node, block8[node.name])
-                new_nodes.extend(quantize_input)
             for k, name in enumerate(node.input):
                 if name not in rewired:
                     continue
@@ -155,9 +150,14 @@ class _Surgery:
                     node.input[k] = rewired[name]
             new_nodes.append(node)
             new_nodes.extend(after.get(node.name, []))
+        if self.simulate:  # after the rewiring: a block layer's input may be a dequantized activation
+            from lowbit.emit.int4 import quantize_block_inputs
+
+            opset = next((i.version for i in self.m.opset_import if i.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
+            block_inits, new_nodes = quantize_block_inputs(new_nodes, index, self.plan, opset)
+            g.initializer.extend(block_inits)
         del g.node[:]
         g.node.extend(new_nodes)
-        g.initializer.extend(self.new_inits[committed:])
         del g.value_info[:]  # shapes of the float graph; ONNX Runtime infers its own
         self._ensure_opset()
         return self.m
@@ -198,28 +198,6 @@ class _Surgery:
                     self.new_inits.extend(stored_inits)
                     nodes.extend(stored_nodes)
         return nodes
-
-    def _int8_block_layers(self, index: GraphIndex) -> dict[str, int]:
-        """{layer: K} for MatMul / Gemm layers on 8-bit block weights: MatMulNBits runs them in int8,
-        quantizing its input per block at run time (lowbit.emit.int4.matmul_nbits)."""
-        out = {}
-        for t in self.plan.tensors.values():
-            q = t.qparams
-            if t.role == "weight" and isinstance(q.granularity, PerGroup) and q.dtype.bits == 8:
-                shape = np.shape(index.constant(t.name))
-                for c in index.consumers.get(t.name, []):
-                    if c.op_type in ("MatMul", "Gemm"):
-                        out[c.name] = int(shape[1] if c.op_type == "Gemm" else shape[0])
-        return out
-
-    def _block_input_fake_quant(self, node: onnx.NodeProto, k: int) -> tuple[list[onnx.NodeProto], str]:
-        from lowbit.emit.int4 import block_input_fake_quant
-
-        opset = next((i.version for i in self.m.opset_import if i.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
-        size = self.plan.tensors[node.input[1]].qparams.granularity.size
-        inits, nodes, out = block_input_fake_quant(node.input[0], f"{node.name}_blockq", k, size, opset)
-        self.new_inits.extend(inits)
-        return nodes, out
 
     def _fold_activations(self) -> None:
         """Drop Relu/Clip nodes the plan folded: their producer now writes their output tensor."""
