@@ -1,0 +1,93 @@
+"""Shared checks for the red-team tests: run the real `lowbit` command as a user would, then prove
+that nothing was lost (inputs and earlier outputs byte-identical, modes kept), no traceback was
+printed, no temp file was left, and memory stayed bounded."""
+
+from __future__ import annotations
+
+import os
+import resource
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+TRACEBACK = "Traceback (most recent call last)"
+
+
+@dataclass
+class CliRun:
+    rc: int
+    stdout: str
+    stderr: str
+    peak_rss_mb: float
+
+    @property
+    def text(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> CliRun:
+    """`python -m lowbit.cli ARGS` in a fresh process; peak RSS is the child's max RSS."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    e = dict(os.environ, COLUMNS="200", **(env or {}))
+    p = subprocess.run([sys.executable, "-m", "lowbit.cli", *map(str, args)], cwd=cwd, env=e,
+                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the max over all waited-for children: exact when this child is the largest
+    return CliRun(p.returncode, p.stdout, p.stderr, max(after, before) / 1024)
+
+
+def assert_clean_failure(run: CliRun, pattern: str | None = None, rc: int = 2) -> None:
+    """Exit code `rc`, one clear message (matching `pattern` when given), never a traceback."""
+    import re
+
+    assert TRACEBACK not in run.text, run.text[-3000:]
+    assert run.rc == rc, f"exit {run.rc}, wanted {rc}:\n{run.text[-3000:]}"
+    if pattern is not None:
+        assert re.search(pattern, run.text, re.I | re.S), f"no /{pattern}/ in:\n{run.text[-3000:]}"
+
+
+@dataclass(frozen=True)
+class FileState:
+    kind: str  # 'file', 'link', 'char', 'block', 'fifo', 'dir', 'missing'
+    mode: int | None
+    content: bytes | str | None  # bytes of a regular file, target of a link
+
+
+def file_state(p: Path) -> FileState:
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return FileState("missing", None, None)
+    m = st.st_mode
+    if stat.S_ISLNK(m):
+        return FileState("link", stat.S_IMODE(m), os.readlink(p))
+    if stat.S_ISREG(m):
+        return FileState("file", stat.S_IMODE(m), p.read_bytes())
+    kind = "char" if stat.S_ISCHR(m) else "block" if stat.S_ISBLK(m) else "fifo" if stat.S_ISFIFO(m) else "dir"
+    return FileState(kind, stat.S_IMODE(m), None)
+
+
+def snapshot(*paths: Path) -> dict[Path, FileState]:
+    """The state of every path given (folders: every entry below them, links not followed)."""
+    out: dict[Path, FileState] = {}
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            for q in sorted(p.rglob("*")):
+                out[q] = file_state(q)
+        else:
+            out[p] = file_state(p)
+    return out
+
+
+def assert_unchanged(before: dict[Path, FileState]) -> None:
+    for p, s in before.items():
+        now = file_state(p)
+        assert now == s, f"{p} changed: {s.kind}/{s.mode} -> {now.kind}/{now.mode}"
+
+
+def temp_files(folder: Path) -> list[Path]:
+    """What an interrupted or failed lowbit would leave: its `.NAME.lowbit-PID.*.tmp` files."""
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or ".lowbit-" in p.name]
