@@ -55,6 +55,16 @@ class GraphIndex:
                 table[v.name] = v.type.tensor_type.elem_type
         return table
 
+    @cached_property
+    def shaped_values(self) -> dict[str, onnx.ValueInfoProto]:
+        """The first value_info / input / output entry with a tensor shape, by name (one pass:
+        looking a name up by scanning the graph per layer was quadratic in the node count)."""
+        table: dict[str, onnx.ValueInfoProto] = {}
+        for v in list(self.graph.value_info) + list(self.graph.input) + list(self.graph.output):
+            if v.name not in table and v.type.tensor_type.HasField("shape"):
+                table[v.name] = v
+        return table
+
     def is_float(self, name: str) -> bool:
         return self.elem_types.get(name) == onnx.TensorProto.FLOAT
 

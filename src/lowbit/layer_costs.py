@@ -60,11 +60,11 @@ def _cpu_name() -> str:
 
 
 def _shape(g: GraphIndex, name: str) -> list[int] | None:
-    for v in list(g.graph.value_info) + list(g.graph.input) + list(g.graph.output):
-        if v.name == name and v.type.tensor_type.HasField("shape"):
-            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
-            return dims
-    return None
+    """The shape of `name` with unknown dims as 1; None where no shape is recorded."""
+    v = g.shaped_values.get(name)
+    if v is None:
+        return None
+    return [d.dim_value if d.HasField("dim_value") else 1 for d in v.type.tensor_type.shape.dim]
 
 
 def _layer_models(node: onnx.NodeProto, g: GraphIndex, x_shape: list[int], y_shape: list[int], w_bits: int
