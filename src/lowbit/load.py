@@ -31,6 +31,8 @@ class LoadedModel:
     name: str
     source: str
     path: Path | None = None
+    # every file the model was read from (the .onnx and its external data): inputs no output may replace
+    files: tuple[Path, ...] = ()
 
 
 def load_model(model: Any, example_inputs: Any = None, input_names: list[str] | None = None) -> LoadedModel:
@@ -60,16 +62,22 @@ def load_model(model: Any, example_inputs: Any = None, input_names: list[str] | 
                      "onnx.ModelProto, or a torch.nn.Module with example_inputs.")
 
 
+# protobuf cannot parse a message of 2 GiB or more: larger models keep their weights as external data
+MAX_MODEL_FILE_BYTES = 2**31 - 1
+
+
 def _load_path(path: Path) -> LoadedModel:
-    if not path.exists():
-        raise ModelError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelError(f"{path} is a folder; give the path of an .onnx file.")
+    from lowbit.io import read_regular_file
+
+    # refuses devices, FIFOs and symlinks to them (/dev/zero would be read until memory runs out)
+    # and over-large files, before reading a byte
+    data = read_regular_file(path, "model file", ModelError, MAX_MODEL_FILE_BYTES)
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_model_from_string(data)
     except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as e:
         raise ModelError(f"{path} is not an ONNX model, or it is truncated or corrupt ({type(e).__name__}). "
                          "Re-export it or check the download.") from None
+    del data
     if not proto.graph.node and not proto.graph.input:
         raise ModelError(f"{path} is not an ONNX model: it holds no graph (is it another kind of file?).")
     from lowbit.external_data import load_external_data_safely
@@ -77,9 +85,9 @@ def _load_path(path: Path) -> LoadedModel:
 
     check_text(proto, str(path))
     check_tensor_sizes(proto.graph, str(path))  # before reading external data or allocating
-    load_external_data_safely(proto, path.parent)
+    files = load_external_data_safely(proto, path.parent)
     _check(proto, str(path))
-    return LoadedModel(proto, path.stem, str(path), path)
+    return LoadedModel(proto, path.stem, str(path), path, (path, *files))
 
 
 def opset_of(proto: onnx.ModelProto) -> int:
