@@ -67,23 +67,27 @@ def check_graph(graph: onnx.GraphProto, opset_domains: set[str], where: str) -> 
             if o and o in outputs:
                 raise ModelError(f"{where}: tensor '{o}' is produced by two nodes (last: '{node.name}').")
             outputs.add(o)
-    available = set(produced)
-    pending = list(graph.node)
-    # Kahn-style pass: a node runs once all its inputs exist; what never runs is a cycle or dangles.
-    progressed = True
-    while pending and progressed:
-        progressed = False
-        rest = []
-        for node in pending:
-            if all((not i) or i in available for i in node.input):
-                available.update(o for o in node.output if o)
-                progressed = True
-            else:
-                rest.append(node)
-        pending = rest
+    # Kahn's algorithm, linear in the graph: a node runs once all its inputs exist; what never
+    # runs is a cycle or dangles. (Sweeping the node list until nothing changes was quadratic: a
+    # 10,000-node chain stored in reverse order took minutes.)
+    waiting: dict[str, list[int]] = {}  # tensor -> nodes still waiting for it
+    missing_count = []
+    for k, node in enumerate(graph.node):
+        needs = {i for i in node.input if i and i not in produced}
+        missing_count.append(len(needs))
+        for i in needs:
+            waiting.setdefault(i, []).append(k)
+    ready = [k for k, c in enumerate(missing_count) if c == 0]
+    while ready:
+        for o in graph.node[ready.pop()].output:
+            for k in waiting.pop(o, []) if o else []:
+                missing_count[k] -= 1
+                if missing_count[k] == 0:
+                    ready.append(k)
+    pending = [node for k, node in enumerate(graph.node) if missing_count[k]]
     if pending:
         node = pending[0]
-        missing = [i for i in node.input if i and i not in available]
+        missing = [i for i in node.input if i and i in waiting]
         kind = "a cycle" if all(m in outputs for m in missing) else "an input nothing produces"
         raise ModelError(f"{where}: node '{node.name or node.op_type}' needs {missing[:3]}, {kind} "
                          f"({len(pending)} node(s) can never run).")
