@@ -23,7 +23,7 @@ from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
 from lowbit.hardware import target_traits
 from lowbit.errors import ConfigError, DataError, ModelError
-from lowbit.io import atomic_write_bytes, check_output_path
+from lowbit.io import atomic_write_bytes, check_outputs
 from lowbit.load import LoadedModel, load_model
 from lowbit.observe import collect_stats
 from lowbit.peak_memory import peak_rss_mb, reset_peak_rss
@@ -109,6 +109,10 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
                                                  config, calib)
         if clipping:
             plan.config["activation_clipping"] = clipping
+    if selection.layer_costs:  # the timings behind the layers kept in float for speed
+        from lowbit.latency_choice import PLAN_KEY
+
+        plan.config[PLAN_KEY] = selection.layer_costs
     before_fit = model
     for alg in config.algorithms:
         if alg.stage == "plan":
@@ -163,9 +167,13 @@ def quantize(
     t = t_start = time.perf_counter()
     reset_peak_rss()
     search = calib = None
-    if output is not None:
-        check_output_path(output)
+    # the output is checked before any work and written only after everything that can fail has run
+    # (verification included): a failed run leaves an earlier output as it was
+    inputs = {"model": model, "calib_data": calib_data, "eval_data": eval_data, "plan": plan, "labels": labels}
+    out_target = check_outputs({"output": output}, inputs).get("output") if output is not None else None
     loaded = load_model(model, example_inputs)
+    if out_target is not None:
+        check_outputs({"output": out_target}, {"model file": list(loaded.files)})
     prepared = prepare(loaded)
     if verify is None:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
@@ -234,8 +242,6 @@ def quantize(
     qbytes = qmodel.SerializeToString()
     t = _stage(timings, "emit", t)
 
-    out_path = atomic_write_bytes(output, qbytes) if output is not None else None
-    t = _stage(timings, "write", t)
     timings["total_quantize"] = time.perf_counter() - t_start
     quantizer = {"wall_s": timings["total_quantize"], "peak_rss_mb": peak_rss_mb(),
                  "stages": dict(timings)}
@@ -244,7 +250,7 @@ def quantize(
         "title": f"lowbit: {loaded.name} -> {qplan.precision}",
         "model": {"name": loaded.name, "source": loaded.source},
         "precision": qplan.precision,
-        "output_path": str(out_path) if out_path else None,
+        "output_path": str(output) if output is not None else None,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "nodes": nodes_summary(qplan),
         "quantizer": quantizer,
@@ -274,6 +280,10 @@ def quantize(
         else:
             report.data["notes"].append("No data given: fidelity, parity and latency were not measured.")
         timings["verify"] = time.perf_counter() - t
+    out_path = None
+    if out_target is not None:
+        atomic_write_bytes(out_target, qbytes)
+        out_path = Path(output)
     return QuantResult(qmodel, qplan, report, out_path, timings, prepared.proto)
 
 
@@ -364,9 +374,32 @@ def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, 
     report = Report({"title": f"lowbit eval: {ref.name}", "model": {"name": ref.name, "source": ref.source},
                      "precision": ", ".join(loaded), "created": time.strftime("%Y-%m-%d %H:%M:%S")})
     feeds = as_feeds(data, specs, labels=labels, preprocess=preprocess, limit=verify.eval_limit)
-    _verify_into(report, ref.proto.SerializeToString(),
-                 {k: (m.proto.SerializeToString(), None, None) for k, m in loaded.items()}, feeds, verify, progress)
+    ref_bytes = ref.proto.SerializeToString()
+    cand_bytes = {k: m.proto.SerializeToString() for k, m in loaded.items()}
+    _check_comparable(ref_bytes, cand_bytes, feeds)
+    _verify_into(report, ref_bytes, {k: (b, None, None) for k, b in cand_bytes.items()}, feeds, verify, progress)
     return report
+
+
+def _check_comparable(reference: bytes, candidates: dict[str, bytes], data: FeedSource) -> None:
+    """Every candidate loads in ONNX Runtime and, on the first sample, gives as many outputs as the
+    reference, each of the same shape (on the first batch): otherwise no metric can compare them."""
+    from lowbit.observe import run_batch, session
+
+    batch = next(iter(data), None)
+    if batch is None:
+        raise DataError("the evaluation data holds no samples.")
+    ref = [np.shape(o) for o in run_batch(session(reference, threads=1), batch)]
+    for label, b in candidates.items():
+        try:
+            sess = session(b, threads=1)
+        except Exception as e:  # ONNX Runtime raises its own untyped errors
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"candidate {label} cannot be loaded by ONNX Runtime: {first}") from None
+        got = [np.shape(o) for o in run_batch(sess, batch)]
+        if got != ref:
+            raise ModelError(f"candidate {label} gives outputs of shapes {got}, the reference {ref}: they cannot "
+                             "be compared. Give a candidate quantized from this reference.")
 
 
 def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data: Any, *,
