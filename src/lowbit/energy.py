@@ -51,11 +51,10 @@ class LayerEnergy:
 
 
 def _dims(g: GraphIndex, name: str) -> list[int] | None:
-    for v in list(g.graph.value_info) + list(g.graph.input) + list(g.graph.output):
-        if v.name == name and v.type.tensor_type.HasField("shape"):
-            return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1
-                    for d in v.type.tensor_type.shape.dim]
-    return None
+    v = g.shaped_values.get(name)  # a table: scanning the graph per tensor was quadratic
+    if v is None:
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in v.type.tensor_type.shape.dim]
 
 
 def count_macs(node: onnx.NodeProto, g: GraphIndex) -> int:
