@@ -188,7 +188,9 @@ def test_weight_only_int8_layer_runs_float_on_folded_int8_storage(small_model_pa
     from lowbit.emit.qdq import emit_qdq, emit_simulation
     from lowbit.observe import session
 
-    r = lowbit.quantize(small_model_path, lowbit.QuantConfig(), calib_arrays, verify=None)
+    # pinned: on the AVX2 grid (7-bit weights per channel) INT8's weight error is clearly above w8's
+    # (8-bit groups of 32); on VNNI's full 8-bit grid the two are within noise of each other
+    r = lowbit.quantize(small_model_path, lowbit.QuantConfig(target="avx2"), calib_arrays, verify=None)
     convs = [n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv"][:2]
     conv = convs[0]
     w8, f32 = (mixed_plan(r.float_model, r.plan, {c: p for c in convs}) for p in ("w8", "fp32"))

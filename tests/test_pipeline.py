@@ -94,7 +94,9 @@ def test_weights_in_model_are_integers_of_the_plan(small_model_path, calib_array
         assert q.min() >= lo and q.max() <= hi
 
 
-@pytest.mark.skipif(not this_cpu().u8s8_saturates, reason="only AVX2 CPUs without VNNI saturate")
+@pytest.mark.skipif(not this_cpu().u8s8_saturates,
+                    reason="real saturation needs an AVX2 CPU without VNNI; test_parity_on_emulated_avx2_kernels "
+                           "checks the same contract on every CPU")
 def test_parity_catches_saturating_kernels(small_model_path, calib_arrays, eval_arrays):
     """Full 8-bit weights on an AVX2-without-VNNI CPU overflow ORT's int16 pair sums: the parity
     check must see it (this is why lowbit targets 7-bit weights there)."""
@@ -102,6 +104,53 @@ def test_parity_catches_saturating_kernels(small_model_path, calib_arrays, eval_
     big = [x * 4 for x in calib_arrays]
     r = lowbit.quantize(small_model_path, cfg, big, eval_data=[x * 4 for x in eval_arrays], verify=NO_LATENCY)
     assert r.report.variants[1]["parity"]["layers"]["max_steps"] > 1
+
+
+def _emulate_avx2_kernels(monkeypatch):
+    """Parity's ONNX Runtime session computes its 1x1 INT8 convolutions as an AVX2 CPU without
+    VNNI does (tests/isa_emulation.py), whatever CPU runs the test."""
+    import lowbit.api
+    import lowbit.verify.parity as parity
+    from isa_emulation import SaturatingSession
+
+    real_check, real_session = parity.check_parity, parity.session
+
+    def check(deployed, float_model, plan, data, max_batches=16):
+        calls = []
+
+        def session(model, **kw):  # the first session parity opens is the deployed model's
+            sess = real_session(model, **kw)
+            calls.append(model)
+            return SaturatingSession(sess, float_model, plan) if len(calls) == 1 else sess
+
+        monkeypatch.setattr(parity, "session", session)
+        try:
+            return real_check(deployed, float_model, plan, data, max_batches)
+        finally:
+            monkeypatch.setattr(parity, "session", real_session)
+
+    monkeypatch.setattr(lowbit.api, "check_parity", check)
+
+
+@pytest.mark.parametrize("target,saturates", [("vnni", True), ("avx2", False)])
+def test_parity_on_emulated_avx2_kernels(small_model_path, calib_arrays, eval_arrays, monkeypatch, target,
+                                         saturates):
+    """The same contract on every CPU, with AVX2's pair-saturating arithmetic emulated: full 8-bit
+    weights (the VNNI grid) overflow it and the parity check sees it at the layer; lowbit's 7-bit
+    AVX2 grid computes exactly and passes."""
+    from isa_emulation import saturating_pair_dot
+
+    assert saturating_pair_dot(np.array([[255, 255]], np.uint8), np.array([[127, 127]], np.int8))[0, 0] == 32767
+    assert saturating_pair_dot(np.array([[255, 255]], np.uint8), np.array([[63, 63]], np.int8))[0, 0] == 32130
+    _emulate_avx2_kernels(monkeypatch)
+    cfg = lowbit.QuantConfig(target=target, objective="size")
+    big = [x * 4 for x in calib_arrays]
+    r = lowbit.quantize(small_model_path, cfg, big, eval_data=[x * 4 for x in eval_arrays], verify=NO_LATENCY)
+    parity = r.report.variants[1]["parity"]
+    if saturates:
+        assert parity["layers"]["max_steps"] > 1, parity
+    else:
+        assert parity["passed"] and parity["layers"]["max_steps"] <= 1, parity
 
 
 def test_plan_json_round_trip_and_reapply(small_model_path, calib_arrays, tmp_path):
