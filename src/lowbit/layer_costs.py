@@ -2,8 +2,9 @@
 
 Each quantizable layer is cut out into a one-node model with its real shapes (batch 1), in three
 forms — float, fused integer (DQ -> op -> Q, which ONNX Runtime turns into QLinearConv / QGemm),
-and FP16 — and the three are timed interleaved. Results are cached per machine and runtime, so the
-measurement is paid once. On AVX2 CPUs, for example, a 3-channel first convolution runs ~2.5x
+and FP16 — and the three are timed interleaved. The per-run times are kept (their spread decides
+whether a difference is noise: lowbit.latency_choice) and cached per machine and runtime
+(lowbit.layer_cost_cache), so the measurement is paid once. On AVX2 CPUs, for example, a 3-channel first convolution runs ~2.5x
 slower in INT8 than in FP32, while 1x1 convolutions run ~2x faster.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -24,7 +24,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.graph import GraphIndex
-from lowbit.io import atomic_write_text
+from lowbit.latency_choice import RatioEstimate, estimate_ratio
+from lowbit.layer_cost_cache import cache_path, load_cache, save_cache
 from lowbit.ops import WEIGHTED_OPS, weight_slots
 from lowbit.progress import Progress, null_progress
 
@@ -33,20 +34,31 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LayerCost:
+    """One layer's times in ms: medians, and the per-run times they come from (run i of each form
+    measured back to back); runs may be empty where only medians are known."""
+
     node: str
     op: str
     fp32_ms: float
     int8_ms: float
     fp16_ms: float
+    fp32_runs: tuple[float, ...] = ()
+    int8_runs: tuple[float, ...] = ()
+    fp16_runs: tuple[float, ...] = ()
 
     @property
     def int8_speedup(self) -> float:
         return self.fp32_ms / self.int8_ms if self.int8_ms > 0 else 0.0
 
+    def int8_ratio(self) -> RatioEstimate:
+        """INT8/FP32 time ratio with its spread over the runs."""
+        return estimate_ratio(self.fp32_runs, self.int8_runs, self.fp32_ms, self.int8_ms)
 
-def cache_path() -> Path:
-    root = Path(os.environ.get("LOWBIT_CACHE", Path.home() / ".cache" / "lowbit"))
-    return root / "layer_costs.json"
+    @classmethod
+    def from_runs(cls, node: str, op: str, runs: dict[str, list[float]]) -> "LayerCost":
+        med = {k: float(np.median(v)) for k, v in runs.items()}
+        return cls(node, op, med["fp32"], med["int8"], med["fp16"],
+                   tuple(runs["fp32"]), tuple(runs["int8"]), tuple(runs["fp16"]))
 
 
 def _cpu_name() -> str:
@@ -110,7 +122,8 @@ def _layer_models(node: onnx.NodeProto, g: GraphIndex, x_shape: list[int], y_sha
     return {"fp32": fp32, "int8": int8, "fp16": fp16}
 
 
-def _time(models: dict[str, bytes], x: np.ndarray, threads: int, runs: int) -> dict[str, float]:
+def _time(models: dict[str, bytes], x: np.ndarray, threads: int, runs: int) -> dict[str, list[float]]:
+    """Per-run times in ms of each model, the models taking turns in every run."""
     sessions = {}
     for k, m in models.items():
         so = ort.SessionOptions()
@@ -128,8 +141,9 @@ def _time(models: dict[str, bytes], x: np.ndarray, threads: int, runs: int) -> d
         for k, s in sessions.items():
             t0 = time.perf_counter()
             s.run(None, feeds[k])
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+            # floored: a time is positive (the cache rejects 0), even below the clock's resolution
+            times[k].append(max((time.perf_counter() - t0) * 1e3, 1e-6))
+    return times
 
 
 def _key(node: onnx.NodeProto, g: GraphIndex, x_shape, threads: int, w_bits: int) -> str:
@@ -142,15 +156,14 @@ def _key(node: onnx.NodeProto, g: GraphIndex, x_shape, threads: int, w_bits: int
 
 def measure_layer_costs(model: onnx.ModelProto, threads: int = 1, runs: int = 15, w_bits: int = 7,
                         progress: Progress = null_progress, use_cache: bool = True) -> dict[str, LayerCost]:
-    """{node name: LayerCost} for every Conv/Gemm/MatMul with a constant weight and known shapes."""
+    """{node name: LayerCost} for every Conv/Gemm/MatMul with a constant weight and known shapes.
+
+    Cached per layer signature, machine and runtime (`LOWBIT_CACHE`); a cache that cannot be trusted
+    is ignored with a warning and rebuilt.
+    """
     g = GraphIndex(model)
     path = cache_path()
-    cache: dict[str, list[float]] = {}
-    if use_cache and path.is_file():
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            cache = {}
+    cache, rejected = load_cache(path) if use_cache else ({}, False)
     nodes = [n for n in g.graph.node if n.op_type in WEIGHTED_OPS and weight_slots(n, g)[0] is not None]
     costs: dict[str, LayerCost] = {}
     dirty = False
@@ -168,14 +181,10 @@ def measure_layer_costs(model: onnx.ModelProto, threads: int = 1, runs: int = 15
             except Exception as e:  # a layer that cannot be cut out alone (shapes only known in context)
                 log.info("layer cost of %s not measured: %s", node.name, str(e).splitlines()[0][:200])
                 continue
-            cache[key] = [t["fp32"], t["int8"], t["fp16"]]
+            cache[key] = t
             dirty = True
-        costs[node.name] = LayerCost(node.name, node.op_type, *cache[key])
+        costs[node.name] = LayerCost.from_runs(node.name, node.op_type, cache[key])
         progress("layer costs", i + 1, len(nodes))
-    if dirty and use_cache:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(cache))
-        except Exception as e:  # a cache that cannot be written is not an error
-            log.info("could not write the layer-cost cache %s: %s", path, e)
+    if use_cache and (dirty or rejected):
+        save_cache(path, cache)
     return costs

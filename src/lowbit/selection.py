@@ -13,6 +13,7 @@ import numpy as np
 
 from lowbit.config import QuantConfig
 from lowbit.graph import GraphIndex
+from lowbit.latency_choice import MARGIN
 from lowbit.ops import (ACTIVATION_OPS, FOLDABLE_ACTIVATIONS, PASSTHROUGH_OPS, WEIGHTED_OPS, clip_bounds,
                         weight_slots, why_float)
 from lowbit.plan import NodePlan
@@ -31,6 +32,8 @@ class Selection:
     folded: dict[str, str] = field(default_factory=dict)
     # float graph outputs observed for the parity tolerance
     observed: list[str] = field(default_factory=list)
+    # layers kept in float for speed -> the timings that decided it (plan.config["layer_costs"])
+    layer_costs: dict[str, dict] = field(default_factory=dict)
 
     @property
     def to_observe(self) -> list[str]:
@@ -49,18 +52,24 @@ def _float_inputs_ok(node, g: GraphIndex) -> bool:
     return all(g.is_float(i) or g.constant(i) is not None for i in node.input if i)
 
 
-# INT8 must be this much slower than FP32 (and by this many ms) before a layer is kept in float:
-# below that the difference is within measurement noise and the size win decides.
-SLOWER_MARGIN = 1.1
-MIN_SAVING_MS = 0.02
 # Layers kept in float for speed may hold at most this share of the weights: the latency objective
 # buys speed where it costs almost no size (a 3-channel first convolution), never 4x on a big layer.
 FLOAT_WEIGHT_BUDGET = 0.01
 
 
 def slow_int8_layers(model, costs: dict, budget: float = FLOAT_WEIGHT_BUDGET) -> dict[str, str]:
-    """{node: reason} for the layers to keep in float for speed: measured slower in INT8, chosen
-    greedily by time saved per weight until `budget` of all weights is used."""
+    """{node: reason} for the layers to keep in float for speed (see `keep_float_for_speed`)."""
+    return keep_float_for_speed(model, costs, budget)[0]
+
+
+def keep_float_for_speed(model, costs: dict, budget: float = FLOAT_WEIGHT_BUDGET
+                         ) -> tuple[dict[str, str], dict[str, dict]]:
+    """({node: reason}, {node: timings}) for the layers to keep in float for speed: INT8 slower
+    than FP32 beyond measurement noise (lowbit.latency_choice), chosen greedily by time saved per
+    weight until `budget` of all weights is used. Layers within noise go the default way (INT8).
+
+    The reasons hold no measured numbers (they are recorded in the model file, which must not vary
+    with timing noise); the timings are returned apart for plan.config["layer_costs"]."""
     g = GraphIndex(model)
 
     def n_weights(name: str) -> int:
@@ -69,19 +78,22 @@ def slow_int8_layers(model, costs: dict, budget: float = FLOAT_WEIGHT_BUDGET) ->
         return int(np.prod(g.initializers[node.input[w_idx]].dims)) if w_idx is not None else 0
 
     total = sum(n_weights(n) for n in costs if n in g.nodes) or 1
-    slow = [c for c in costs.values() if c.node in g.nodes and c.int8_ms > SLOWER_MARGIN * c.fp32_ms
-            and c.int8_ms - c.fp32_ms > MIN_SAVING_MS]
-    slow.sort(key=lambda c: -(c.int8_ms - c.fp32_ms) / max(n_weights(c.node), 1))
-    chosen, used = {}, 0
+    ratios = {c.node: c.int8_ratio() for c in costs.values() if c.node in g.nodes}
+    slow = [costs[n] for n, r in ratios.items() if r.clearly_slower]
+    # ties broken by name: the same timings give the same choice whatever the dict order
+    slow.sort(key=lambda c: (-(c.int8_ms - c.fp32_ms) / max(n_weights(c.node), 1), c.node))
+    chosen, evidence, used = {}, {}, 0
     for c in slow:
         w = n_weights(c.node)
         if used + w > budget * total:
             continue
         used += w
-        chosen[c.node] = (f"INT8 kernel measured slower on this machine ({c.int8_ms:.3f} ms vs {c.fp32_ms:.3f} ms "
-                          f"in FP32) and the layer holds {100 * w / total:.2f}% of the weights: kept in float for "
-                          "speed (objective 'size' overrides)")
-    return chosen
+        chosen[c.node] = (f"INT8 kernel slower than FP32 on this machine beyond measurement noise and a "
+                          f"{100 * MARGIN:.0f}% margin (timings in plan config 'layer_costs'), and the layer holds "
+                          f"{100 * w / total:.2f}% of the weights: kept in float for speed (objective 'size' "
+                          "overrides)")
+        evidence[c.node] = {**ratios[c.node].to_dict(), "weight_share": round(w / total, 6)}
+    return chosen, evidence
 
 
 def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
@@ -93,7 +105,8 @@ def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
     g = GraphIndex(model)
     sel = Selection()
     wanted = set(config.op_types) if config.op_types is not None else None
-    slow = slow_int8_layers(model, costs) if costs and config.objective == "latency" else {}
+    slow, sel.layer_costs = (keep_float_for_speed(model, costs) if costs and config.objective == "latency"
+                             else ({}, {}))
     outputs = set(g.graph_outputs)
 
     def decide(node) -> tuple[str, str]:

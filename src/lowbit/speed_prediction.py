@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from lowbit.latency_choice import MARGIN
 from lowbit.layer_costs import measure_layer_costs
 from lowbit.load import load_model
 from lowbit.prepare import prepare
@@ -24,8 +25,10 @@ def predict_speed(model: Any, threads: int = 1, progress: Progress = null_progre
     layers = []
     for c in costs.values():
         pick = "fp32" if c.node in slow else "int8"
+        r = c.int8_ratio()  # the choice weighs the spread of the runs, not only the medians
         layers.append({"node": c.node, "op": c.op, "fp32_ms": c.fp32_ms, "int8_ms": c.int8_ms, "fp16_ms": c.fp16_ms,
-                       "int8_speedup": c.int8_speedup, "choice": pick})
+                       "int8_speedup": c.int8_speedup, "int8_fp32_ratio": r.ratio, "ratio_iqr": [r.low, r.high],
+                       "int8_slower_beyond_noise": r.clearly_slower, "runs": r.runs, "choice": pick})
     fp32 = sum(c.fp32_ms for c in costs.values())
     mixed = sum(l["fp32_ms"] if l["choice"] == "fp32" else l["int8_ms"] for l in layers)
     all_int8 = sum(c.int8_ms for c in costs.values())
@@ -36,4 +39,6 @@ def predict_speed(model: Any, threads: int = 1, progress: Progress = null_progre
                       "int8_latency_plan_speedup": fp32 / mixed if mixed else 0.0,
                       "fp16_speedup": fp32 / fp16 if fp16 else 0.0},
             "note": "sums of one-layer timings (batch 1) of the weighted layers; activations-only ops and "
-                    "layout changes are not included, so totals predict direction more than exact ratios"}
+                    "layout changes are not included, so totals predict direction more than exact ratios. A layer "
+                    "stays FP32 only when INT8 is slower beyond the runs' spread plus a "
+                    f"{100 * MARGIN:.0f}% margin and it holds little of the weights"}

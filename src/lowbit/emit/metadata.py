@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import zlib
 
@@ -11,6 +12,7 @@ import onnx
 
 from lowbit import __version__
 from lowbit.errors import ModelError
+from lowbit.latency_choice import PLAN_KEY as TIMINGS_KEY
 from lowbit.plan import QuantPlan
 
 SCALE, ZERO_POINT = "_s", "_z"  # as lowbit.emit.qdq names them (not imported: qdq imports this module)
@@ -21,7 +23,11 @@ ENCODING = "zlib+base64"
 
 def record_plan(model: onnx.ModelProto, plan: QuantPlan) -> None:
     """Store the plan, compressed and without per-channel weight scales (they are the model's own
-    initializers), plus a hash of the full plan: the file says how it was made at ~1% of its size."""
+    initializers), plus a hash of the full plan: the file says how it was made at ~1% of its size.
+    The timings behind latency choices (plan.config["layer_costs"]) stay out: they are one run's
+    noise, and two runs that make the same choices must write the same bytes."""
+    if TIMINGS_KEY in plan.config:
+        plan = dataclasses.replace(plan, config={k: v for k, v in plan.config.items() if k != TIMINGS_KEY})
     full = plan.to_json(include_weight_params=True)
     compact = plan.to_json(include_weight_params=False).encode()
     entries = {
