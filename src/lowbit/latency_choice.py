@@ -10,6 +10,7 @@ so the same runs always give the same verdict.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,3 +61,27 @@ def estimate_ratio(fp32_runs, int8_runs, fp32_ms: float | None = None, int8_ms: 
         raise ValueError("estimate_ratio needs paired runs of equal length, or both medians")
     ratio = int8_ms / fp32_ms if fp32_ms > 0 else 1.0  # no FP32 time: no evidence, the default way
     return RatioEstimate(float(fp32_ms), float(int8_ms), ratio, ratio, ratio, 0)
+
+
+def check_plan_timings(value) -> str | None:
+    """Why plan.config["layer_costs"] (as read from a plan file) is malformed, or None. The timings
+    are evidence for a reader, never re-used: re-applying a plan does not measure or re-decide."""
+    if not isinstance(value, dict):
+        return "must be an object {node name: timings}"
+    numbers = ("fp32_ms", "int8_ms", "int8_fp32_ratio", "margin", "weight_share")
+    for node, t in value.items():
+        if not isinstance(t, dict):
+            return f"entry {str(node)[:60]!r} must be an object"
+        for k, v in t.items():
+            if k in numbers:
+                ok = type(v) in (int, float) and math.isfinite(v) and v >= 0
+            elif k == "ratio_iqr":
+                ok = (isinstance(v, list) and len(v) == 2
+                      and all(type(x) in (int, float) and math.isfinite(x) and x >= 0 for x in v))
+            elif k == "runs":
+                ok = type(v) is int and v >= 0
+            else:
+                return f"entry {str(node)[:60]!r} has an unknown field {str(k)[:40]!r}"
+            if not ok:
+                return f"entry {str(node)[:60]!r}: {k} is {str(v)[:40]}, not a finite non-negative number"
+    return None

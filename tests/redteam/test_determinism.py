@@ -247,3 +247,17 @@ def test_corrupt_cache_does_not_stop_a_quantize_run(small_model_path, calib_arra
         r = lowbit.quantize(small_model_path, LATENCY, calib_arrays, verify=None)
     assert isinstance(r.model, onnx.ModelProto)
     assert any("ignoring the layer-cost cache" in rec.getMessage() for rec in caplog.records)
+
+
+def test_plan_timings_check_accepts_what_selection_writes_and_names_bad_fields(prepared_small):
+    from lowbit.latency_choice import check_plan_timings
+
+    convs = [n.name for n in prepared_small.graph.node if n.op_type == "Conv"]
+    slow = LayerCost.from_runs(convs[0], "Conv", {"fp32": _runs(0.3, 0.05, seed=1), "int8": _runs(0.6, 0.05, seed=2),
+                                                  "fp16": _runs(0.5, 0.05, seed=3)})
+    _, timings = keep_float_for_speed(prepared_small, {convs[0]: slow}, budget=1.0)
+    assert timings and check_plan_timings(json.loads(json.dumps(timings))) is None
+    assert "object" in check_plan_timings([1, 2])
+    assert "int8_ms" in check_plan_timings({"a": {"int8_ms": float("nan")}})
+    assert "unknown field" in check_plan_timings({"a": {"rm -rf": 1}})
+    assert "ratio_iqr" in check_plan_timings({"a": {"ratio_iqr": [1.0]}})
