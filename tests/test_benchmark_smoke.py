@@ -42,8 +42,16 @@ def test_benchmark_quick_writes_results(tmp_path: Path) -> None:
         assert {"median", "p10", "p90"} <= v["latency_ms"]["1"].keys()
         if label != "fp32":
             assert {"wall_s", "peak_rss_mb"} <= v["quantize"].keys()
-            assert 0.0 <= v["fidelity"]["top1_agreement"] <= 1.0
-    assert variants["lowbit:int8"]["parity"]["within_one_step"] > 0.0
+            assert v["quantize"]["wall_s"] > 0 and v["quantize"]["peak_rss_mb"] > 0
+    # the README's bars, on the quick run's 32 crops of real photos (measured: fp16 1.000, int8 0.969,
+    # int8-fast 0.906; SQNR 55 / 18.1 / 13.4 dB)
+    fid = {k: v["fidelity"] for k, v in variants.items()}
+    assert fid["lowbit:fp16"]["top1_agreement"] >= 0.995, fid
+    assert fid["lowbit:int8"]["top1_agreement"] >= 0.85, fid
+    assert fid["lowbit:int8"]["sqnr_db"] > fid["lowbit:int8-fast"]["sqnr_db"], fid  # accuracy-first beats min-max
+    for label in ("lowbit:int8", "lowbit:int8-fast"):
+        parity = variants[label]["parity"]
+        assert parity["passed"] and parity["within_one_step"] >= 0.999, (label, parity)
     assert {b["status"] for b in results["bars"]} <= {"PASS", "FAIL", "NOT MEASURED"}
     markdown = (out / "results.md").read_text()
     assert "| lowbit:int8 |" in markdown and "Bars" in markdown

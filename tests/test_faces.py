@@ -77,14 +77,19 @@ def test_missing_data_gives_setup_hint(monkeypatch, tmp_path):
 
 
 def test_state_dict_names_match_the_tfjs_tensors():
-    """Every tensor of face-api's manifest has a place in the port, and every parameter a tensor."""
-    names = [f"{b}/{c}/{k}/{leaf}" for b, _, _ in fd._BLOCKS for c in ("conv1", "conv2")
-             for k, leaf in (("conv", "filters"), ("conv", "bias"), ("scale", "weights"), ("scale", "biases"))]
-    names += [f"conv32_down/{k}/{leaf}" for k, leaf in (("conv", "filters"), ("conv", "bias"),
-                                                         ("scale", "weights"), ("scale", "biases"))] + ["fc"]
-    assert len(names) == 117
-    keys = {fd._torch_name(n)[0] for n in names}
-    assert keys == set(fd.FaceDescriptor().state_dict())
+    """Every tensor of face-api's real manifest has a place in the port, with the port's shape,
+    and every parameter of the port comes from exactly one tensor."""
+    try:
+        manifest = json.loads(fd.face_api_manifest().read_text())
+    except ModelError as e:
+        pytest.skip(str(e))
+    entries = [w for group in manifest for w in group["weights"]]
+    assert len(entries) == 117
+    params = fd.FaceDescriptor().state_dict()
+    keys = [fd._torch_name(w["name"])[0] for w in entries]
+    assert sorted(keys) == sorted(params)  # one tensor per parameter, none left over
+    for w, key in zip(entries, keys):
+        assert int(np.prod(w["shape"])) == params[key].numel(), (w["name"], w["shape"], tuple(params[key].shape))
     assert sum(p.numel() for p in fd.FaceDescriptor().parameters()) == 5_614_592
 
 
