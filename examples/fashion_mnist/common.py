@@ -45,8 +45,9 @@ def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, see
                                        shuffle=shuffle, generator=gen)
 
 
-def onnx_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy (%) of an ONNX model (path, bytes or ModelProto) in ONNX Runtime."""
+def onnx_correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+    """Per test image, whether an ONNX model (path, bytes or ModelProto) classifies it right in ONNX
+    Runtime: bool (N,). Kept per image so two models can be compared pairwise (McNemar)."""
     import onnx
     import onnxruntime as ort
 
@@ -58,8 +59,11 @@ def onnx_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 100
     so.log_severity_level = 3
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        logits = sess.run(None, {name: x[i:i + batch_size].numpy()})[0]
-        correct += int((logits.argmax(1) == y[i:i + batch_size].numpy()).sum())
-    return 100.0 * correct / len(x)
+    hits = [sess.run(None, {name: x[i:i + batch_size].numpy()})[0].argmax(1) == y[i:i + batch_size].numpy()
+            for i in range(0, len(x), batch_size)]
+    return np.concatenate(hits)
+
+
+def onnx_accuracy(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy (%) of an ONNX model (path, bytes or ModelProto) in ONNX Runtime."""
+    return 100.0 * float(onnx_correct(model, x, y, batch_size).mean())
