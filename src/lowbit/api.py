@@ -28,6 +28,7 @@ from lowbit.load import LoadedModel, load_model
 from lowbit.observe import collect_stats
 from lowbit.peak_memory import peak_rss_mb, reset_peak_rss
 from lowbit.plan import QuantPlan
+from lowbit.plan_fit import check_plan_fits, plan_to_apply
 from lowbit.planner import build_plan
 from lowbit.prepare import PreparedModel, fingerprint, prepare
 from lowbit.progress import Progress, null_progress
@@ -182,8 +183,9 @@ def quantize(
     t = _stage(timings, "load+prepare", t)
 
     if plan is not None:
-        qplan = plan if isinstance(plan, QuantPlan) else QuantPlan.load(plan)
-        cfg = QuantConfig.from_dict(qplan.config) if qplan.config.get("weights") else cfg
+        qplan = plan_to_apply(plan, prepared.proto)  # checked like user input (lowbit.plan_schema)
+        if qplan.config.get("weights"):  # a transformer plan records its recipe under 'transformer'
+            cfg = QuantConfig.from_dict({**qplan.config, "transformer": bool(qplan.config.get("transformer"))})
         if qplan.precision != "int8":
             raise ConfigError(f"re-applying a plan works for static int8 plans; this one is '{qplan.precision}'. "
                               f"Quantize again with precision '{qplan.precision}' instead.")
@@ -288,12 +290,8 @@ def quantize(
 
 
 def _check_plan_fits(plan: QuantPlan, prepared: PreparedModel) -> None:
-    names = {o for n in prepared.proto.graph.node for o in list(n.output) + list(n.input)}
-    names |= {i.name for i in prepared.proto.graph.input}
-    missing = [t for t in plan.tensors if t not in names]
-    if missing:
-        raise ConfigError(f"the plan does not fit this model: {len(missing)} of its tensors are not in the graph "
-                          f"(first: {missing[:3]}). Make a plan for this model instead.")
+    """Every node and tensor the plan names is in the model, with the op, type and shape it assumes."""
+    check_plan_fits(plan, prepared.proto)
 
 
 def nodes_summary(plan: QuantPlan) -> dict:

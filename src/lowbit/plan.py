@@ -16,8 +16,11 @@ from lowbit.core.dtypes import dtype_by_name
 from lowbit.core.granularity import PerGroup, PerTensor, granularity_from_dict
 from lowbit.core.qparams import QParams
 from lowbit.errors import ConfigError
+from lowbit.plan_schema import PLAN_SCHEMA, check_plan_dict
 
-PLAN_SCHEMA = "lowbit.plan/1"
+# A plan file is read whole into memory: refuse anything larger before reading it. The full plan of
+# MobileNetV2 is ~0.4 MB; lowbit.quantize passes a limit relative to the model (plan_fit).
+MAX_PLAN_BYTES = 256 << 20
 
 
 @dataclass
@@ -57,7 +60,7 @@ class TensorPlan:
         q = QParams(dtype_by_name(d["dtype"]), granularity_from_dict(d["granularity"]),
                     np.asarray(d["scale"], dtype=np.float32), np.asarray(d["zero_point"], dtype=np.int64),
                     bool(d.get("narrow", False)))
-        rng = tuple(d["range"]) if "range" in d else None
+        rng = tuple(d["range"]) if d.get("range") is not None else None
         return cls(name, d["role"], q, rng, d.get("method"))
 
 
@@ -126,28 +129,40 @@ class QuantPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantPlan":
-        if d.get("schema") != PLAN_SCHEMA:
-            raise ConfigError(f"not a lowbit plan: schema is {d.get('schema')!r}, expected '{PLAN_SCHEMA}'")
+        """The plan of a dict as `to_dict` writes it, checked field by field first (lowbit.plan_schema):
+        a ConfigError names the first bad field by its JSON path."""
+        check_plan_dict(d)
+        return cls(
+            precision=d["precision"],
+            nodes={k: NodePlan(k, v["op"], v["precision"], v.get("reason", "")) for k, v in d["nodes"].items()},
+            tensors={k: TensorPlan.from_dict(k, v) for k, v in d["tensors"].items()},
+            observed={k: (float(v[0]), float(v[1])) for k, v in d.get("observed", {}).items()},
+            folded=dict(d.get("folded", {})),
+            config=d.get("config", {}),
+            model_fingerprint=d.get("model_fingerprint", ""),
+            lowbit_version=d.get("lowbit_version", ""),
+        )
+
+    def check(self) -> "QuantPlan":
+        """Raise ConfigError if this plan (built or edited in Python) breaks the plan schema."""
         try:
-            return cls(
-                precision=d["precision"],
-                nodes={k: NodePlan(k, v["op"], v["precision"], v.get("reason", "")) for k, v in d["nodes"].items()},
-                tensors={k: TensorPlan.from_dict(k, v) for k, v in d["tensors"].items()},
-                observed={k: (float(v[0]), float(v[1])) for k, v in d.get("observed", {}).items()},
-                folded=dict(d.get("folded", {})),
-                config=d.get("config", {}),
-                model_fingerprint=d.get("model_fingerprint", ""),
-                lowbit_version=d.get("lowbit_version", ""),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"malformed lowbit plan: {type(e).__name__}: {e}") from None
+            d = self.to_dict()
+        except Exception as e:  # a field of the wrong type fails inside numpy or the dataclasses
+            raise ConfigError(f"invalid plan: it cannot be serialized ({type(e).__name__}: {e}); build its "
+                              "nodes as NodePlan and its tensors as TensorPlan with QParams.") from None
+        check_plan_dict(d)
+        return self
 
     @classmethod
-    def from_json(cls, text: str) -> "QuantPlan":
+    def from_json(cls, text: str | bytes) -> "QuantPlan":
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"plan is not valid JSON: {e}") from None
+            d = json.loads(text)
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+            detail = str(e) if isinstance(e, json.JSONDecodeError) else "it is not UTF-8 JSON text" \
+                if isinstance(e, UnicodeDecodeError) else f"{type(e).__name__}: {e}"
+            raise ConfigError(f"plan is not valid JSON: {detail}. Give a plan saved by lowbit "
+                              "(--save-plan / QuantPlan.save).") from None
+        return cls.from_dict(d)
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON, atomically."""
@@ -156,8 +171,19 @@ class QuantPlan:
         return atomic_write_text(path, self.to_json())
 
     @classmethod
-    def load(cls, path: str | Path) -> "QuantPlan":
+    def load(cls, path: str | Path, max_bytes: int = MAX_PLAN_BYTES) -> "QuantPlan":
+        """The plan saved at `path`, checked (see from_dict). Files over `max_bytes` are refused unread."""
+        import os
+
+        from lowbit.io import read_regular_file
+
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"plan file not found: {p}")
-        return cls.from_json(p.read_text())
+        try:
+            size = os.stat(p).st_size
+        except OSError:
+            size = 0  # read_regular_file names what is wrong with the path
+        if size > max_bytes:
+            raise ConfigError(f"plan file {p} is {size / 1e6:,.1f} MB, over the {max_bytes / 1e6:,.1f} MB a plan "
+                              "can take here (the full plan of MobileNetV2 is 0.4 MB): it is not a lowbit plan "
+                              "for this model.")
+        return cls.from_json(read_regular_file(p, "plan file", ConfigError, max_bytes))
