@@ -103,3 +103,10 @@ def scripted_search(plan, penalty: dict[str, dict[str, float]]):
     ranking = [LayerSensitivity(n, plan.nodes[n].op, 0.5, 10.0, 0.9 if n in penalty else 0.5, 20.0)
                for n in layer_nodes(plan)]
     return Scripted(), ranking
+
+
+def pytest_report_header(config) -> str:
+    """Which CPU's integer kernels this run checks: tests whose numbers depend on it pin `target=`."""
+    from lowbit.hardware import this_cpu
+
+    return f"lowbit CPU: {this_cpu().describe()}"
