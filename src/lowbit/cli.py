@@ -8,9 +8,11 @@ import re
 import sys
 from pathlib import Path
 
-from lowbit.errors import ConfigError, LowbitError
+from lowbit.errors import ConfigError, LowbitError, OutputError
+from lowbit.io import check_outputs, write_all
 
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
 
 
 def _threads(text: str) -> tuple[int, ...]:
@@ -58,14 +60,22 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-json", type=Path, default=None, help="write the JSON report here")
 
 
+VERBOSE_HELP = "log what each stage does; on an internal error, print its traceback"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lowbit import __version__
     from lowbit.config import PRESETS
 
     parser = argparse.ArgumentParser(prog="lowbit", description="Quantize FP32 models to FP16 / INT8 ONNX, with proof.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    # -v also after the command (`lowbit quantize -v ...`); SUPPRESS keeps a -v given before it
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[verbose], **k)  # type: ignore[method-assign]
 
     q = sub.add_parser("quantize", help="quantize a model and report accuracy, size, latency and parity")
     q.add_argument("model", help="an .onnx file")
@@ -149,52 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     from lowbit import cli_render as render
 
     try:
-        if args.command == "list":
-            render.print_list()
-            return 0
-        if args.command == "bench":
-            from lowbit.speed_prediction import predict_speed
-
-            with render.progress_bar() as progress:
-                prediction = predict_speed(args.model, threads=args.threads, progress=progress)
-            render.print_speed_prediction(prediction)
-            if args.json:
-                from lowbit.io import atomic_write_text
-                import json
-
-                atomic_write_text(args.json, json.dumps(prediction, indent=1))
-            return 0
-        with render.progress_bar() as progress:
-            if args.command == "quantize":
-                result = _quantize(args, progress)
-                report = result.report
-            elif args.command == "eval":
-                report = _eval(args, progress)
-            elif args.command == "qat":
-                from lowbit.cli_qat import run_qat
-
-                report = run_qat(args, progress)
-            elif args.command == "analyze":
-                from lowbit.api import analyze
-
-                report = analyze(args.model, args.calib, args.eval_data, args.preset, metric=args.metric,
-                                 preprocess=_preprocess(args), labels=_labels(args.labels),
-                                 eval_limit=args.eval_limit or 64,
-                                 ways=("only",) if args.one_way else ("only", "all_but"), progress=progress)
-                _save_reports(report, args)
-            elif args.name == "doorbell":
-                from lowbit.demo.doorbell import run_doorbell
-
-                args.out = args.out or Path("lowbit-demo") / "doorbell"
-                report = run_doorbell(args.out, threads=args.threads, latency_runs=args.latency_runs,
-                                      progress=progress)
-            else:
-                from lowbit.demo import run_demo
-
-                args.out = args.out or Path("lowbit-demo") / "mobilenet"
-                report = run_demo(args.out, calib_n=args.calib_n, eval_n=args.eval_n, threads=args.threads,
-                                  latency_runs=args.latency_runs, progress=progress)
-        render.print_report(report)
+        report = _run(args)
+        if report is not None:
+            render.print_report(report)
         if args.command == "demo":
             render.console.print(f"HTML report: {args.out / 'report.html'}   JSON: {args.out / 'report.json'}")
         return 0
@@ -204,6 +171,71 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         render.console.print("[yellow]interrupted: no partial output was left behind.[/yellow]")
         return 130
+    except (OSError, MemoryError) as e:  # the machine's answer (permissions, disk, memory), not a bug
+        render.print_error(e)
+        return EXIT_USER_ERROR
+    except Exception as e:  # a bug: one paragraph, the traceback only with -v
+        render.print_internal_error(e, args.verbose)
+        return EXIT_INTERNAL_ERROR
+
+
+def _run(args):
+    """Run the parsed command; returns the report to print (None where the command printed its own)."""
+    from lowbit import cli_render as render
+
+    if args.command == "list":
+        render.print_list()
+        return None
+    if args.command == "bench":
+        from lowbit.speed_prediction import predict_speed
+
+        check_outputs({"--json": args.json}, {"model": args.model}, models=[args.model])
+        with render.progress_bar() as progress:
+            prediction = predict_speed(args.model, threads=args.threads, progress=progress)
+        if args.json:
+            import json
+
+            write_all([(args.json, json.dumps(prediction, indent=1).encode())])
+        render.print_speed_prediction(prediction)
+        return None
+    if args.command == "demo":
+        _check_demo_folder(args)
+    with render.progress_bar() as progress:
+        if args.command == "quantize":
+            return _quantize(args, progress)
+        if args.command == "eval":
+            return _eval(args, progress)
+        if args.command == "qat":
+            from lowbit.cli_qat import run_qat
+
+            return run_qat(args, progress)
+        if args.command == "analyze":
+            return _analyze(args, progress)
+        if args.name == "doorbell":
+            from lowbit.demo.doorbell import run_doorbell
+
+            return run_doorbell(args.out, threads=args.threads, latency_runs=args.latency_runs, progress=progress)
+        from lowbit.demo import run_demo
+
+        return run_demo(args.out, calib_n=args.calib_n, eval_n=args.eval_n, threads=args.threads,
+                        latency_runs=args.latency_runs, progress=progress)
+
+
+def _check_demo_folder(args) -> None:
+    args.out = args.out or Path("lowbit-demo") / args.name
+    if args.out.exists() and not args.out.is_dir():
+        raise OutputError(f"--out {args.out} exists and is not a folder; the demo writes several files into a "
+                          "folder. Give a folder path.")
+
+
+def _report_outputs(report, args) -> list:
+    return [(args.report_html, lambda: report.to_html().encode()), (args.report_json, lambda: report.to_json().encode())]
+
+
+def _write(items) -> None:
+    """Write the run's outputs together, at its end (lowbit.io.write_all); `items` are (path or
+    None, bytes or a function giving them), rendered only when their path is given."""
+    write_all([(p, data() if callable(data) else data) for p, data in items if p is not None])
 
 
 def _verify_opts(args):
@@ -218,45 +250,61 @@ def _preprocess(args):
     return ImagePreprocess.parse(args.preprocess) if args.preprocess else None
 
 
+def _labels_input(args):
+    return None if args.labels in (None, "filename") else args.labels
+
+
 def _quantize(args, progress):
     import lowbit
     from lowbit.config import preset
 
+    check_outputs({"-o/--output": args.output, "--save-plan": args.save_plan,
+                          "--save-float-model": args.save_float_model, "--report-html": args.report_html,
+                          "--report-json": args.report_json, "--checkpoint": args.checkpoint},
+                   {"model": args.model, "--calib": args.calib, "--eval": args.eval_data, "--plan": args.plan,
+                    "--labels": _labels_input(args)}, models=[args.model])
     config = preset(args.precision)
     if args.keep_float:
         config = config.with_(keep_float=tuple(args.keep_float))
     if args.objective:
         config = config.with_(objective=args.objective)
+    # no output= here: the model is written with the plan and reports, together, once all succeeded
     result = lowbit.quantize(
-        args.model, config, args.calib, output=args.output, eval_data=args.eval_data, labels=_labels(args.labels),
+        args.model, config, args.calib, eval_data=args.eval_data, labels=_labels(args.labels),
         preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
         min_metric=args.min_metric, metric=args.metric, checkpoint=args.checkpoint, skip_bad=args.skip_bad,
         verify=None if args.no_verify else _verify_opts(args), progress=progress,
     )
-    if args.save_plan:
-        result.plan.save(args.save_plan)
-    if args.save_float_model:
-        from lowbit.io import atomic_write_bytes
-
-        atomic_write_bytes(args.save_float_model, result.float_model.SerializeToString())
-    _save_reports(result.report, args)
-    return result
+    report = result.report
+    report.data["output_path"] = str(args.output)
+    _write([(args.output, result.model.SerializeToString()), (args.save_plan, lambda: result.plan.to_json().encode()),
+            (args.save_float_model, lambda: result.float_model.SerializeToString()), *_report_outputs(report, args)])
+    return report
 
 
 def _eval(args, progress):
     import lowbit
 
+    check_outputs({"--report-html": args.report_html, "--report-json": args.report_json},
+                   {"reference": args.reference, "candidates": list(args.candidates), "--data": args.data,
+                    "--labels": _labels_input(args)}, models=[args.reference, *args.candidates])
     report = lowbit.evaluate(args.reference, args.candidates, args.data, labels=_labels(args.labels),
                              preprocess=_preprocess(args), verify=_verify_opts(args), progress=progress)
-    _save_reports(report, args)
+    _write(_report_outputs(report, args))
     return report
 
 
-def _save_reports(report, args) -> None:
-    if args.report_html:
-        report.save_html(args.report_html)
-    if args.report_json:
-        report.save_json(args.report_json)
+def _analyze(args, progress):
+    from lowbit.api import analyze
+
+    check_outputs({"--report-html": args.report_html, "--report-json": args.report_json},
+                   {"model": args.model, "--calib": args.calib, "--eval": args.eval_data,
+                    "--labels": _labels_input(args)}, models=[args.model])
+    report = analyze(args.model, args.calib, args.eval_data, args.preset, metric=args.metric,
+                     preprocess=_preprocess(args), labels=_labels(args.labels), eval_limit=args.eval_limit or 64,
+                     ways=("only",) if args.one_way else ("only", "all_but"), progress=progress)
+    _write(_report_outputs(report, args))
+    return report
 
 
 if __name__ == "__main__":  # pragma: no cover

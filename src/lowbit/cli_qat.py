@@ -24,6 +24,18 @@ from lowbit.errors import ConfigError, DataError, ModelError
 WEIGHT_BITS = {"int8": None, "int4": "int4"}
 
 
+def _thread_list(text: str) -> tuple[int, ...]:
+    """--threads: comma-separated counts such as 1,2; '' skips latency."""
+    try:
+        vals = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes comma-separated integers such as 1,2 (or '' to skip "
+                                         f"latency); got '{text}'") from None
+    if any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError("thread counts must be at least 1")
+    return vals
+
+
 def add_qat_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `qat` command to the CLI's subparsers."""
     p = subparsers.add_parser("qat", help="quantization-aware training of an image classifier; ships QDQ ONNX")
@@ -45,7 +57,8 @@ def add_qat_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, type=Path, help="where to write the QAT .onnx")
     p.add_argument("--save-plan", type=Path, default=None, help="also write the learned plan as JSON")
-    p.add_argument("--threads", default="1,2", help="thread counts for latency (default 1,2; '' skips)")
+    p.add_argument("--threads", type=_thread_list, default=(1, 2),
+                   help="thread counts for latency (default 1,2; '' skips)")
     p.add_argument("--latency-runs", type=int, default=30)
     p.add_argument("--report-html", type=Path, default=None)
     p.add_argument("--report-json", type=Path, default=None)
@@ -81,20 +94,53 @@ def load_labeled(path: str, preprocess: Any, normalize: str | None, specs: Any) 
             ys.append(np.asarray(b.labels))
         return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
     if p.suffix == ".npz":
-        with np.load(p) as z:
-            xk = next((k for k in ("x", "images", "inputs") if k in z), None)
-            yk = next((k for k in ("y", "labels", "label") if k in z), None)
-            if xk is None or yk is None:
-                raise DataError(f"{p} needs arrays 'x' (or 'images') and 'y' (or 'labels'); it has {list(z)}")
-            x, y = z[xk], z[yk]
+        x, y = _read_npz(p)
     elif "idx3" in p.name:
         x = read_idx(p, _MAGIC_IMAGES)[:, None]
         y = read_idx(p.with_name(p.name.replace("images-idx3", "labels-idx1")), _MAGIC_LABELS)
     else:
         raise DataError(f"{p}: give a folder of class subfolders, an .npz file, or an idx images file.")
-    if len(x) != len(y):
-        raise DataError(f"{p}: {len(x)} inputs but {len(y)} labels")
+    if x.ndim == 0 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"{p}: inputs of shape {x.shape} and labels of shape {y.shape}; give N inputs and N labels "
+                        "(labels one integer per input).")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{p}: inputs must be numbers and labels integers; got {x.dtype} and {y.dtype}.")
+    _check_sample_shape(p, x, specs)
     return _scale(x, normalize), y.astype(np.int64)
+
+
+def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs and labels of an .npz file, refused by name when it is not one lowbit can use."""
+    import zipfile
+
+    from lowbit.io import check_regular_file
+
+    check_regular_file(p, "data file", DataError)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            xk = next((k for k in ("x", "images", "inputs") if k in z), None)
+            yk = next((k for k in ("y", "labels", "label") if k in z), None)
+            if xk is None or yk is None:
+                raise DataError(f"{p} needs arrays 'x' (or 'images') and 'y' (or 'labels'); it has {list(z)}")
+            return z[xk], z[yk]
+    except DataError:
+        raise
+    except ValueError as e:  # object arrays (would need pickle, which lowbit never loads), bad headers
+        raise DataError(f"{p}: cannot read its arrays ({e}); save plain numeric arrays with np.savez.") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise DataError(f"{p} is not a readable .npz file ({type(e).__name__}: {e}); it is truncated or "
+                        "corrupt.") from None
+
+
+def _check_sample_shape(p: Path, x: np.ndarray, specs: Any) -> None:
+    """One sample must have the shape the model's input declares (fixed dims only)."""
+    shape = specs[0].shape if specs else None
+    if shape is None:
+        return
+    want = tuple(shape[1:])
+    if x.ndim - 1 != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, x.shape[1:])):
+        raise DataError(f"{p}: samples of shape {tuple(x.shape[1:])}, the model takes {specs[0].describe_shape()} "
+                        "(batch axis first).")
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -112,15 +158,36 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"--arch {args.arch}: cannot import it ({e})") from None
+    import io
+
+    from lowbit.io import read_regular_file
+
+    raw = read_regular_file(args.model, "checkpoint", ModelError)  # no device or FIFO is read
     try:
-        state = torch.load(args.model, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for non-checkpoints
-        raise ModelError(f"{args.model} is not a torch checkpoint loadable with weights_only=True: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{args.model} is not a torch checkpoint loadable with weights_only=True: {first}") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    model = cls()
-    model.load_state_dict(state)
-    shape = tuple(int(s) for s in args.input_shape.split(","))
+    if not isinstance(state, dict):
+        raise ModelError(f"{args.model} holds a {type(state).__name__}, not a state dict (name -> tensor).")
+    try:
+        model = cls()
+    except Exception as e:  # the user's class: any error is theirs to see, in one line
+        raise ConfigError(f"--arch {args.arch}: {cls_name}() cannot be built without arguments ({e})") from None
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError, ValueError) as e:  # missing / unexpected keys, shape mismatch
+        text = " ".join(str(e).split())
+        raise ModelError(f"{args.model} does not fit --arch {args.arch}: {text[:600]}") from None
+    try:
+        shape = tuple(int(s) for s in args.input_shape.split(","))
+        if any(d < 1 for d in shape):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--input-shape takes comma-separated positive integers such as 1,28,28; got "
+                          f"'{args.input_shape}'") from None
     return model.eval(), export_torch(model, torch.zeros(1, *shape))
 
 
@@ -135,8 +202,13 @@ def run_qat(args: argparse.Namespace, progress: Any):
     from lowbit.core import PerChannel, dtype_by_name
     from lowbit.prepare import prepare
     from lowbit.load import load_model
+    from lowbit.io import check_outputs, write_all
     from lowbit.report import Report
 
+    # every output checked before training, and written together only after everything succeeded
+    check_outputs({"-o/--output": args.output, "--save-plan": args.save_plan, "--report-html": args.report_html,
+                   "--report-json": args.report_json},
+                  {"model": args.model, "--train": args.train, "--eval": args.eval_data}, models=[args.model])
     torch.manual_seed(args.seed)
     model, reference = _load_model(args)
     specs = prepare(load_model(reference)).inputs
@@ -154,19 +226,16 @@ def run_qat(args: argparse.Namespace, progress: Any):
                                         batch_size=args.batch_size, shuffle=True,
                                         generator=torch.Generator().manual_seed(args.seed))
     fit = qat_api.fit(qat, train, epochs=args.epochs, lr=args.lr, progress=progress)
-    shipped = qat_api.export(qat, torch.from_numpy(x_eval[:512]), args.output)
-    if args.save_plan:
-        shipped.plan.save(args.save_plan)
+    shipped = qat_api.export(qat, torch.from_numpy(x_eval[:512]))
     fq_acc = qat_api.evaluate(qat, [(torch.from_numpy(x_eval[i:i + 1000]), torch.from_numpy(y_eval[i:i + 1000]))
                                     for i in range(0, len(x_eval), 1000)])
     name = f"qat-w{args.weights[3:]}a8"
     results = {f"ptq-w{args.weights[3:]}a8": ptq,
-               name: QuantResult(shipped.model, shipped.plan, Report({}), shipped.path, {}, shipped.float_model)}
-    threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+               name: QuantResult(shipped.model, shipped.plan, Report({}), args.output, {}, shipped.float_model)}
     report = compare_variants(reference, results, x_eval[:512], labeled=(x_eval, y_eval),
-                              verify=VerifyOptions(threads=threads, latency_runs=args.latency_runs),
+                              verify=VerifyOptions(threads=args.threads, latency_runs=args.latency_runs),
                               progress=progress, title=f"lowbit qat: {Path(args.model).stem}")
-    report.data["output_path"] = str(shipped.path)
+    report.data["output_path"] = str(args.output)
     report.data["qat"] = {"history": fit.history, "fake_quant_accuracy": fq_acc, "export_parity": shipped.parity,
                           "epochs": args.epochs, "lr": args.lr, "learn_scales": not args.no_learn_scales,
                           "bn": args.bn}
@@ -174,8 +243,8 @@ def run_qat(args: argparse.Namespace, progress: Any):
                                 f"{fq_acc:.2f}%, exported model's output within "
                                 f"{max((p['max_steps'] for p in shipped.parity.values()), default=0):.2f} "
                                 "output steps of it.")
-    if args.report_html:
-        report.save_html(args.report_html)
-    if args.report_json:
-        report.save_json(args.report_json)
+    outputs = [(args.output, lambda: shipped.model.SerializeToString()),
+               (args.save_plan, lambda: shipped.plan.to_json().encode()),
+               (args.report_html, lambda: report.to_html().encode()), (args.report_json, lambda: report.to_json().encode())]
+    write_all([(path, data()) for path, data in outputs if path is not None])
     return report

@@ -68,7 +68,28 @@ def print_report(report) -> None:
 
 def print_error(e: Exception) -> None:
     """One paragraph, no traceback, no box characters (so it copies and greps cleanly)."""
-    err_console.print(f"[bold red]lowbit error[/bold red] ({type(e).__name__}): {escape(str(e))}", soft_wrap=True)
+    text = str(e).strip()
+    if isinstance(e, MemoryError):
+        text = "ran out of memory" + (f" ({text})" if text else "") + "; use fewer or smaller inputs, or a " \
+               "machine with more memory."
+    err_console.print(f"[bold red]lowbit error[/bold red] ({type(e).__name__}): {escape(text or type(e).__name__)}",
+                      soft_wrap=True)
+
+
+BUG_REPORT_HINT = ("This is a bug in lowbit, not in your input: please report it with the command you ran and the "
+                   "output of the same command with -v, which prints the traceback.")
+
+
+def print_internal_error(e: BaseException, verbose: bool) -> None:
+    """An unexpected error: one paragraph with a bug-report hint; the traceback only with -v."""
+    if verbose:
+        import traceback
+
+        err_console.print(escape("".join(traceback.format_exception(e))), soft_wrap=True, highlight=False)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    err_console.print(f"[bold red]lowbit internal error[/bold red] ({type(e).__name__}): {escape(first)}. "
+                      + (BUG_REPORT_HINT if not verbose else BUG_REPORT_HINT.split(":")[0] + "; please report it "
+                         "with the command you ran and the traceback above."), soft_wrap=True)
 
 
 def print_list() -> None:

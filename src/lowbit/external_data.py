@@ -94,3 +94,24 @@ def load_external_data_safely(proto: onnx.ModelProto, base: Path) -> list[Path]:
         if target not in files:
             files.append(target)
     return files
+
+
+def external_data_files(model_path: str | Path, outputs: list[str | Path]) -> list[Path]:
+    """The external-data files an .onnx file reads, so that no output replaces one. They lie inside
+    the model's folder, so the model is parsed only when an existing output lies there too; a model
+    that cannot be read gives [] (loading it reports why)."""
+    from lowbit.io import read_regular_file
+
+    base = Path(model_path).resolve().parent
+    if not any(Path(o).exists() and base in Path(o).resolve().parents for o in outputs):
+        return []
+    try:
+        proto = onnx.load_model_from_string(read_regular_file(model_path, "model file", ModelError))
+    except Exception:  # a corrupt or unreadable model is reported by load_model, with its reason
+        return []
+    files = []
+    for t in _tensors(proto.graph):
+        loc = {e.key: e.value for e in t.external_data}.get("location", "")
+        if t.data_location == TensorProto.EXTERNAL and loc and "\0" not in loc:
+            files.append(base / loc)
+    return files

@@ -32,10 +32,25 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
+def _link_hops(p: Path) -> list[Path]:
+    """The paths a chain of symlinks at `p` passes through, `p` first."""
+    hops = [Path(os.path.abspath(p))]
+    while hops[-1].is_symlink() and len(hops) < 40:
+        hops.append(Path(os.path.abspath(hops[-1].parent / os.readlink(hops[-1]))))
+    return hops
+
+
 def _target(p: Path) -> Path:
     """Where bytes written to `p` should land: `p` itself, or the file a symlink at `p` names."""
     if not p.is_symlink():
         return p
+    # /dev/stdout, /proc/self/fd/N: links that name whatever the writing process holds open (a terminal,
+    # a pipe, the file its output is redirected to), not a file the user chose
+    hops = _link_hops(p)
+    if any(h.parts[1:2] in (("proc",), ("dev",)) for h in hops):
+        raise OutputError(f"cannot write {p}: it is a symlink into /proc or /dev ({' -> '.join(map(str, hops))}), "
+                          "which names a device or a process's open file, not a file lowbit may replace. Give a "
+                          "regular file path.")
     target = p.resolve()  # non-strict: a dangling link resolves to where its target would be
     if not target.exists():
         raise OutputError(f"cannot write {p}: it is a symlink to {target}, which does not exist. lowbit writes "
@@ -52,6 +67,8 @@ def check_output_path(path: str | Path, what: str = "output") -> Path:
     try:
         target = _target(p)
         st = os.stat(target) if target.exists() else None
+    except OutputError:
+        raise
     except OSError as e:
         raise OutputError(f"cannot write {what} {p}: {e.strerror or e}") from None
     if st is not None and stat.S_ISDIR(st.st_mode):
@@ -90,12 +107,20 @@ def _as_path(x: Any) -> Path | None:
     return None
 
 
-def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any] = {}) -> dict[str, Path]:
+def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any] = {},
+                  models: Iterable[Any] = ()) -> dict[str, Path]:
     """Check a run's outputs together, before any work: each writable (`check_output_path`), no two
-    the same file, none the same file as an input.
-    `outputs` / `inputs` map a label ('-o', '--calib', ...) to a path; None and non-path values
-    (arrays, ModelProtos) are skipped. Returns {label: where its bytes will go}."""
+    the same file, none the same file as an input, nor as an external-data file of a `models` path.
+    `outputs` / `inputs` map a label ('-o', '--calib', ...) to a path (inputs: or a list of paths);
+    None and non-path values (arrays, ModelProtos) are skipped. Returns {label: where its bytes go}."""
     targets = {label: check_output_path(p, label) for label, p in outputs.items() if _as_path(p) is not None}
+    if targets and models:
+        from lowbit.external_data import external_data_files
+
+        inputs = dict(inputs)
+        for m in models:
+            if _as_path(m) is not None:
+                inputs[f"external data of {m}"] = external_data_files(m, list(targets.values()))
     seen: dict[Any, str] = {}
     for label, t in targets.items():
         path, ino = _identity(t)
@@ -119,6 +144,23 @@ def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any] = {}) ->
                     raise OutputError(f"{label} {outputs[label]} is the input {in_label} ({item}): lowbit never "
                                       "overwrites an input. Write the output to another path.")
     return targets
+
+
+def check_regular_file(path: str | Path, what: str, error: type[LowbitError]) -> int:
+    """The size of `path`, after refusing (without opening it) anything that is not a regular file."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {p}") from None
+    except (OSError, ValueError) as e:
+        raise error(f"cannot read {what} {p}: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{what} {p} is a folder; give the path of a file.")
+    if not stat.S_ISREG(st.st_mode):
+        via = f" (it is a symlink to {p.resolve()})" if p.is_symlink() else ""
+        raise error(f"{what} {p} is {_kind(st.st_mode)}{via}, not a regular file; give the path of a file.")
+    return st.st_size
 
 
 def read_regular_file(path: str | Path, what: str, error: type[LowbitError], max_bytes: int | None = None) -> bytes:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.errors import ConfigError, ModelError
+from lowbit.io import check_output_path, read_regular_file
 from lowbit.progress import Progress, null_progress
 
 
@@ -72,10 +74,10 @@ def fit(model: nn.Module, train_data: Iterable, *, epochs: int = 1, lr: float = 
     >>> result = fit(qat, train_loader, epochs=2, lr=1e-4, eval_data=test_loader)   # doctest: +SKIP
     >>> result.accuracy                                                            # doctest: +SKIP
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1; got {epochs}")
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a whole number, at least 1; got {epochs!r}")
     if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant'; got '{schedule}'")
+        raise ConfigError(f"schedule must be 'cosine' or 'constant'; got '{schedule}'")
     opt = optimizer or torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     try:
         steps_per_epoch: int | None = len(train_data)  # type: ignore[arg-type]
@@ -86,13 +88,10 @@ def fit(model: nn.Module, train_data: Iterable, *, epochs: int = 1, lr: float = 
     result = FitResult()
     step = 0
     first = 0
+    if checkpoint is not None:
+        check_output_path(checkpoint, "checkpoint")  # before training, not after the first epoch
     if checkpoint is not None and os.path.isfile(checkpoint):
-        state = torch.load(checkpoint, weights_only=True)  # never arbitrary unpickling
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, first = int(state["step"]), int(state["epoch"])
-        result.history = [{k: (None if v != v else v) for k, v in zip(state["history_keys"], row)}
-                          for row in state["history"].tolist()]
+        step, first, result.history = _resume(checkpoint, model, opt)
     for epoch in range(first, epochs):
         sampler = getattr(train_data, "sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -124,6 +123,25 @@ def fit(model: nn.Module, train_data: Iterable, *, epochs: int = 1, lr: float = 
 
 
 _HISTORY_KEYS = ["epoch", "loss", "accuracy", "seconds"]
+
+
+def _resume(path: str, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, int, list[dict]]:
+    """(step, epochs done, history) from a checkpoint `fit` saved, into `model` and `opt`."""
+    import io
+
+    raw = read_regular_file(path, "checkpoint", ModelError)
+    try:
+        state = torch.load(io.BytesIO(raw), weights_only=True)  # never arbitrary unpickling
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, epoch = int(state["step"]), int(state["epoch"])
+        history = [{k: (None if v != v else v) for k, v in zip(state["history_keys"], row)}
+                   for row in state["history"].tolist()]
+    except Exception as e:  # torch raises many types: not a checkpoint, another model's, a missing key
+        first = " ".join(str(e).split())[:400] or type(e).__name__
+        raise ModelError(f"checkpoint {path} cannot resume this training ({type(e).__name__}: {first}). Give a "
+                         "checkpoint that fit() saved for this model, or a new path to start afresh.") from None
+    return step, epoch, history
 
 
 def _save_checkpoint(path: str, model: nn.Module, opt: torch.optim.Optimizer, step: int, epoch: int,

@@ -26,6 +26,7 @@ from lowbit.core.dtypes import dtype_by_name, int4, uint8
 from lowbit.core.granularity import PerGroup, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.data import as_feeds, specs_from_onnx
+from lowbit.errors import ConfigError, DataError, did_you_mean
 from lowbit.graph import GraphIndex
 from lowbit.observe import collect_stats
 from lowbit.plan import NodePlan, QuantPlan, TensorPlan
@@ -88,7 +89,11 @@ def plan_int4(model: onnx.ModelProto, calib: Any = None, *, group_size: int = 32
     named in `int8_layers` (or `role:<role>`). `rounding`: 'rtn' or 'gptq' (lowbit's GPTQ, Frantar
     et al. 2022; needs equal-length `calib`)."""
     if rounding not in ("rtn", "gptq"):
-        raise ValueError(f"rounding must be 'rtn' or 'gptq'; got '{rounding}'")
+        raise ConfigError(f"rounding must be 'rtn' or 'gptq'; got '{rounding}'")
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ConfigError(f"group_size must be a positive whole number such as 32; got {group_size!r}")
+    if not 0.0 <= float(int8_fraction) <= 1.0:
+        raise ConfigError(f"int8_fraction is a share of the linear weights, from 0 to 1; got {int8_fraction}")
     g = GraphIndex(model)
     p = find_patterns(model)
     plan = QuantPlan(precision="int4", config={"precision": "int4", "group_size": group_size, "rounding": rounding},
@@ -107,10 +112,18 @@ def plan_int4(model: onnx.ModelProto, calib: Any = None, *, group_size: int = 32
     sensitivity: dict[str, float] = {}
     if isinstance(int8_layers, str) and int8_layers == "auto":
         if calib is None:
-            raise ValueError("int8_layers='auto' measures each layer's sensitivity: pass calibration data")
+            raise DataError("int8_layers='auto' measures each layer's sensitivity: pass calibration data")
         sensitivity = block_sensitivity(model, calib, list(blocks), group_size)
         eight = _most_sensitive(sensitivity, {n: w.size for n, w in blocks.items()}, int8_fraction)
     else:
+        if isinstance(int8_layers, str):
+            raise ConfigError(f"int8_layers takes 'auto' or a list of node names / 'role:<role>'; got "
+                              f"'{int8_layers}'")
+        known = set(p.linear) | {f"role:{r}" for r in p.linear_role.values()}
+        unknown = [k for k in int8_layers if k not in known]
+        if unknown:
+            raise ConfigError(f"int8_layers: '{unknown[0]}' is not a linear layer or role of this model."
+                              + did_you_mean(unknown[0], known))
         eight = {n for n in blocks if any(n == k or k == f"role:{p.linear_role[n]}" for k in int8_layers)}
     plan.config["int8_layers"] = sorted(eight)
     for name, w in blocks.items():
@@ -134,7 +147,7 @@ def plan_int4(model: onnx.ModelProto, calib: Any = None, *, group_size: int = 32
                 plan.nodes[big.name] = NodePlan(big.name, "Gather", "int4", "embedding table, GatherBlockQuantized")
     if rounding == "gptq":
         if calib is None:
-            raise ValueError("GPTQ rounding needs calibration data (equal-length feeds, e.g. packed_feeds)")
+            raise DataError("GPTQ rounding needs calibration data (equal-length feeds, e.g. packed_feeds)")
         gptq_plan = QuantPlan(plan.precision, {k: v for k, v in plan.nodes.items() if v.op != "Gather"},
                               {k: v for k, v in plan.tensors.items() if v.method == "gptq"})
         model, _ = GPTQ().apply(model, gptq_plan, AlgorithmContext(as_feeds(calib, specs_from_onnx(model)), None))
