@@ -43,10 +43,11 @@ TOP_KEYS = ("schema", "lowbit_version", "precision", "model_fingerprint", "confi
 TENSOR_KEYS = ("role", "dtype", "granularity", "narrow", "scale", "zero_point", "range", "method")
 NODE_KEYS = ("op", "precision", "reason")
 # QuantConfig.to_dict's keys, plus what stages record in plan.config (clipping level, KeepIfBetter's
-# decision, the int4 recipe, dynamic INT8's and FP16's storage choices).
+# decision, the int4 recipe, dynamic INT8's and FP16's storage choices, the timings behind latency
+# choices).
 CONFIG_KEYS = ("precision", "weights", "activations", "keep_float", "algorithms", "op_types", "keep_io_types",
                "target", "objective", "transformer", "seed", "activation_clipping", "algorithm_choices",
-               "int8_layers", "reduce_range", "group_size", "rounding", "storage", "per_channel")
+               "int8_layers", "reduce_range", "group_size", "rounding", "storage", "per_channel", "layer_costs")
 MAX_TEXT = 4096            # a reason, method or op name longer than this is not lowbit's
 MAX_CONFIG_BYTES = 1 << 20  # plan.config is a few KB; it is copied into the model's metadata
 
@@ -69,7 +70,7 @@ def _show(v: Any) -> str:
         return str(v)  # nan, inf, -inf (json would write NaN / Infinity)
     if isinstance(v, (list, dict)):
         kind = "a list" if isinstance(v, list) else "an object"
-        return f"{kind} of {len(v)} entries"
+        return f"{kind} with {len(v):,} entr{'y' if len(v) == 1 else 'ies'}"
     s = repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
 
@@ -350,6 +351,13 @@ def _config(c: dict, precision: str) -> None:
         if c["target"] not in TARGETS:
             raise fail(path_of("config", "target"), c["target"], "a target is one of " + ", ".join(TARGETS))
 
+    def _timings() -> None:
+        from lowbit.latency_choice import check_plan_timings
+
+        why = check_plan_timings(c["layer_costs"])
+        if why:
+            raise fail(path_of("config", "layer_costs"), c["layer_costs"], f"config.layer_costs {why}")
+
     def _built(key: str, what: str) -> None:
         from lowbit.config import Scheme
 
@@ -391,6 +399,7 @@ def _config(c: dict, precision: str) -> None:
         "activation_clipping": lambda: _of("activation_clipping", lambda v: isinstance(v, dict), "an object"),
         "algorithm_choices": lambda: _of("algorithm_choices", lambda v: isinstance(v, dict), "an object"),
         "target": _target,
+        "layer_costs": _timings,
         "weights": lambda: _built("weights", "scheme"),
         "activations": lambda: _built("activations", "scheme"),
         "algorithms": _algorithms,

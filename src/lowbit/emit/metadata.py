@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from lowbit import __version__
-from lowbit.errors import ModelError
+from lowbit.errors import ConfigError, ModelError
 from lowbit.latency_choice import PLAN_KEY as TIMINGS_KEY
 from lowbit.plan import QuantPlan
 
@@ -47,22 +47,42 @@ def record_plan(model: onnx.ModelProto, plan: QuantPlan) -> None:
 
 
 def plan_from_model(model: onnx.ModelProto) -> QuantPlan:
-    """The plan a lowbit model was made with; weight scales are read back from its initializers."""
+    """The plan a lowbit model was made with; weight scales are read back from its initializers. The
+    record is checked like any plan (lowbit.plan_schema): a damaged or foreign one is a ModelError."""
+    import json
+
+    from lowbit.plan_fit import plan_size_limit
+
     meta = {p.key: p.value for p in model.metadata_props}
     if PLAN_KEY not in meta:
         raise ModelError("this model carries no lowbit plan (it was not written by lowbit).")
-    import json
-
-    d = json.loads(zlib.decompress(base64.b64decode(meta[PLAN_KEY])))
+    limit = plan_size_limit(model)
+    try:
+        z = zlib.decompressobj()
+        text = z.decompress(base64.b64decode(meta[PLAN_KEY], validate=True), limit + 1)
+        if len(text) > limit or z.unconsumed_tail:
+            raise ValueError(f"it expands to more than the {limit / 1e6:.0f} MB a plan of this model can take")
+        d = json.loads(text)
+    except (ValueError, RecursionError, zlib.error) as e:  # binascii.Error and JSONDecodeError are ValueErrors
+        raise ModelError(f"this model's lowbit plan record ({PLAN_KEY}) is damaged: {e}. The model itself may "
+                         "still load; its plan cannot be read back.") from None
+    tensors = d.get("tensors") if isinstance(d, dict) else None
     inits = {t.name: t for t in model.graph.initializer}
-    for name, t in d["tensors"].items():
-        if "scale" in t:
-            continue
+    for name, t in (tensors.items() if isinstance(tensors, dict) else ()):
+        if not isinstance(t, dict) or "scale" in t:
+            continue  # checked by from_dict
         scale = inits.get(f"{name}{SCALE}")
         if scale is None:
             raise ModelError(f"the model's plan refers to weight '{name}' whose scale initializer is missing.")
         t["scale"] = onnx.numpy_helper.to_array(scale).tolist()
         zp = inits.get(f"{name}{ZERO_POINT}")
         t["zero_point"] = (onnx.numpy_helper.to_array(zp).astype(np.int64).tolist() if zp is not None
-                           else [0] * len(t["scale"]))
-    return QuantPlan.from_dict(d)
+                           else _zeros_like(t["scale"]))
+    try:
+        return QuantPlan.from_dict(d)
+    except ConfigError as e:
+        raise ModelError(f"this model's lowbit plan record does not pass the plan checks: {e}") from None
+
+
+def _zeros_like(a):
+    return [_zeros_like(x) for x in a] if isinstance(a, list) else 0
