@@ -79,6 +79,8 @@ def _parse(raw: bytes) -> tuple[dict[str, Entry] | None, str]:
     entries = data.get("entries")
     if not isinstance(entries, dict):
         return None, "'entries' is not an object"
+    if len(entries) > MAX_ENTRIES:
+        return None, f"{len(entries)} entries, more than this version ever writes ({MAX_ENTRIES})"
     for key, value in entries.items():
         if not KEY.fullmatch(key):
             return None, f"key {key[:40]!r} is not a layer signature"

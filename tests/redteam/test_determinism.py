@@ -173,6 +173,8 @@ CORRUPT = {
     "garbage-5mb": lambda good: "{" + "x" * (5 << 20),
     "binary": lambda good: bytes(range(256)) * 4096,
     "empty": lambda good: "",
+    "too-many-entries": lambda good: json.dumps({**json.loads(good), "entries": {
+        f"{i:020x}": next(iter(json.loads(good)["entries"].values())) for i in range(layer_cost_cache.MAX_ENTRIES + 1)}}),
 }
 
 
