@@ -25,12 +25,19 @@ log = logging.getLogger(__name__)
 @dataclass
 class Loaded:
     """One loaded item: inputs by name, its labels, and whether its rows are a collection of
-    independent samples (a whole array: cut to `batch_size`) or one sample / a user-made batch."""
+    independent samples (a whole array: cut to `batch_size`) or one sample / a user-made batch.
+    `on_disk`: the rows are read from disk as they are sliced (a memory-mapped file, a chunk of an
+    archive): cut to `batch_size` even where kept apart from other items, so no more than a batch
+    is ever in memory. `first_row` / `file_rows`: where the item's rows sit in their file, so
+    messages number samples as the file does."""
 
     inputs: dict[str, Any]
     labels: Any = None
     collection: bool = False
     from_images: bool = False
+    on_disk: bool = False
+    first_row: int = 0
+    file_rows: int | None = None
 
 
 Item = tuple[str, Callable[[], Loaded]]
@@ -98,7 +105,7 @@ class FeedSource:
                 offset += 1
                 continue
             offset += rows
-            cut = self._target if self._target and (loaded.collection or self._fixed) else rows
+            cut = self._target if self._target and (loaded.collection or self._fixed or loaded.on_disk) else rows
             whole = not loaded.collection and not self._fixed and rows > 1
             for start in range(0, rows, cut):
                 stop = min(start + cut, rows)
@@ -106,7 +113,7 @@ class FeedSource:
                     stop = min(stop, start + self._limit - taken)
                 if stop <= start:
                     break
-                piece = self._piece(source, feeds, labels, rows, start, stop)
+                piece = self._piece(source, feeds, labels, rows, start, stop, loaded)
                 if piece is not None:
                     taken += _rows(piece[0])
                     yield from batcher.add(*piece, whole=whole)
@@ -124,12 +131,14 @@ class FeedSource:
             raise DataError(f"no samples found in {self.description}.")
 
     def _piece(
-        self, source: str, feeds: dict[str, np.ndarray], labels: np.ndarray | None, rows: int, start: int, stop: int
+        self, source: str, feeds: dict[str, np.ndarray], labels: np.ndarray | None, rows: int, start: int, stop: int,
+        loaded: Loaded,
     ) -> tuple[dict[str, np.ndarray], np.ndarray | None, str] | None:
         """Rows [start, stop) of an item, cast and free of NaN/Inf; None if nothing is left."""
-        sliced = (start, stop) != (0, rows)
-        src = source if not sliced else f"{source}[{start}]" if stop - start == 1 else f"{source}[{start}:{stop}]"
-        if sliced:
+        at, total = loaded.first_row, loaded.file_rows or rows  # numbered as in the file
+        src = (source if (at + start, at + stop) == (0, total) else f"{source}[{at + start}]" if stop - start == 1
+               else f"{source}[{at + start}:{at + stop}]")
+        if (start, stop) != (0, rows):
             feeds = {k: v[start:stop] for k, v in feeds.items()}
             labels = None if labels is None else labels[start:stop]
         try:
@@ -137,13 +146,13 @@ class FeedSource:
         except DataError as exc:
             self._bad(src, exc)
             return None
-        bad, message = nonfinite_rows(feeds, stop - start, src, start)
+        bad, message = nonfinite_rows(feeds, stop - start, src, at + start)
         if not message:
             return feeds, labels, src
         if not self._skip_bad:
             raise DataError(message)
         for i in np.flatnonzero(bad):
-            self.skipped.append((source if rows == 1 else f"{source}[{start + i}]", message))
+            self.skipped.append((source if total == 1 else f"{source}[{at + start + i}]", message))
         keep = ~bad
         if not keep.any():
             return None

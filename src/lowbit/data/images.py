@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Union
@@ -15,6 +16,9 @@ from lowbit.errors import ConfigError, DataError, did_you_mean
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 CHANNEL_ORDERS = ("RGB", "BGR", "GRAY")
 LAYOUTS = ("NCHW", "NHWC")
+# pixels decoded for one image at most (~150 MB as RGB; a 12 MP phone photo is a quarter of it),
+# unless the declared output needs more: a 13000 x 13000 PNG, below PIL's own bomb limit, took 1.3 GB
+MAX_DECODE_PIXELS = 50_000_000
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,8 @@ class ImagePreprocess:
     centre-crop to `crop` (int: square, or (height, width)), multiply by `scale`, subtract
     `mean`, divide by `std` (both in output channel order; one value applies to every channel),
     order channels, lay out as CHW ('NCHW') or HWC ('NHWC') and cast to `dtype`.
+    Image files are decoded at most at `max_pixels` (or 4x the declared output, where that is
+    more); JPEGs are decoded directly at a reduced scale where the resize allows.
 
     >>> ImagePreprocess.imagenet().apply(Image.new("RGB", (300, 280))).shape
     (3, 224, 224)
@@ -36,6 +42,7 @@ class ImagePreprocess:
     channel_order: str = "RGB"
     layout: str = "NCHW"
     dtype: Any = np.float32
+    max_pixels: int = MAX_DECODE_PIXELS
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
@@ -76,6 +83,8 @@ class ImagePreprocess:
         if dtype.kind != "f" and dtype != np.uint8:
             raise ConfigError(f"dtype must be a numpy float dtype or uint8; got {dtype}.")
         set_("dtype", dtype)
+        if not _is_int(self.max_pixels) or self.max_pixels <= 0:
+            raise ConfigError(f"max_pixels must be a positive int (pixels decoded per image); got {self.max_pixels!r}.")
 
     @classmethod
     def imagenet(cls) -> ImagePreprocess:
@@ -124,7 +133,9 @@ class ImagePreprocess:
         >>> ImagePreprocess(resize=None, crop=None).apply(Image.new("RGB", (8, 6))).shape
         (3, 6, 8)
         """
-        image = image.convert("L" if self.channel_order == "GRAY" else "RGB")
+        mode = "L" if self.channel_order == "GRAY" else "RGB"
+        if image.mode != mode:  # convert() copies even to the same mode: no second copy of a big image
+            image = image.convert(mode)
         if self.resize is not None:
             w, h = image.size
             short = min(w, h)
@@ -167,17 +178,66 @@ class ImagePreprocess:
         return self.apply(Image.fromarray(x[:, :, 0] if x.ndim == 3 and x.shape[2] == 1 else x))
 
 
-def load_image(path: Path) -> Image.Image:
-    """Open and fully decode an image; a corrupt or truncated file is a DataError naming it."""
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest decoded size the declared resize still reads every output pixel from
+        (the image's own size where there is no resize).
+
+        >>> ImagePreprocess.imagenet().decode_size(4000, 3000)
+        (342, 256)
+        """
+        if self.resize is None:
+            return width, height
+        short = min(width, height)
+        return max(1, math.ceil(width * self.resize / short)), max(1, math.ceil(height * self.resize / short))
+
+    def pixel_limit(self) -> int:
+        """Pixels decoded per image at most: `max_pixels`, or 4x the output where that is more.
+
+        >>> ImagePreprocess(resize=None, crop=(8000, 8000)).pixel_limit()
+        256000000
+        """
+        ch, cw = (self.crop, self.crop) if isinstance(self.crop, int) else self.crop or (0, 0)
+        side = self.resize or 0
+        return max(self.max_pixels, 4 * ch * cw, 4 * side * side)
+
+
+def read_image(path: Path, preprocess: ImagePreprocess) -> np.ndarray:
+    """One image file as a model sample, decoded no larger than the preprocessing needs: a JPEG at
+    the smallest DCT scale the resize allows (`Image.draft`); any image whose decoded size would
+    exceed `preprocess.pixel_limit()` is refused from its header, before decoding.
+
+    A corrupt, truncated or oversized file is a DataError naming it.
+    """
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"{path}: cannot read this image ({type(exc).__name__}: {exc}); the file is corrupt, "
-            "truncated or not an image. Remove it, or pass skip_bad=True to skip such files."
-        ) from None
+        with warnings.catch_warnings():  # lowbit's own limit applies below; PIL's warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                w, h = image.size
+                image.draft("L" if preprocess.channel_order == "GRAY" else "RGB", preprocess.decode_size(w, h))
+                dw, dh = image.size  # a JPEG's draft scale shows in its size; other formats keep theirs
+                limit = preprocess.pixel_limit()
+                if dw * dh > limit:
+                    raise DataError(
+                        f"{path}: image of {w}x{h} ({w * h / 1e6:.1f} MP) would be decoded at {dw}x{dh}, beyond "
+                        f"the {limit / 1e6:g} MP lowbit decodes per image for this preprocessing (resize="
+                        f"{preprocess.resize}, crop={preprocess.crop}). Downscale it first, or raise the limit "
+                        f"with max_pixels= in the preprocessing (CLI: --preprocess ...,max_pixels={dw * dh})."
+                    )
+                image.load()
+                return preprocess.apply(image)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise _unreadable(path, exc) from None
+    except ValueError as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: BaseException) -> DataError:
+    return DataError(
+        f"{path}: cannot read this image ({type(exc).__name__}: {exc}); the file is corrupt, "
+        "truncated or not an image. Remove it, or pass skip_bad=True to skip such files."
+    )
 
 
 def _is_int(x: Any) -> bool:
@@ -203,4 +263,6 @@ def _parse_value(key: str, value: str) -> Any:
         return tuple(float(v) for v in value.split("/"))
     if key in ("channel_order", "layout"):
         return value.upper()
+    if key == "max_pixels":
+        return int(float(value))
     return np.dtype(value)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,15 @@ from PIL import Image
 
 from lowbit.data.arrays import LABEL_KEYS, check_structure, is_tensor, split_sample, to_array
 from lowbit.data.feeds import FeedSource, Item, LabelFn, Loaded
-from lowbit.data.images import IMAGE_SUFFIXES, ImagePreprocess, load_image
+from lowbit.data.images import IMAGE_SUFFIXES, ImagePreprocess, read_image
+from lowbit.data.npz import NpzArchive, chunk_rows, label_key
 from lowbit.data.spec import InputSpec
 from lowbit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 ARRAY_SUFFIXES = (".npy", ".npz")
-_LOAD_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
+_LOAD_ERRORS = (OSError, ValueError, EOFError, KeyError)
 _NEED_PREPROCESS = (
     "images need a declared preprocessing: lowbit infers none. Pass preprocess="
     "ImagePreprocess.imagenet() (CLI: --preprocess imagenet) or a key=value list, e.g. "
@@ -81,10 +81,10 @@ def as_feeds(
         )
     if callable(data) and not hasattr(data, "__iter__") and not hasattr(data, "__getitem__"):
         name = f"{getattr(data, '__name__', type(data).__name__)}()"
-        return FeedSource(_elements(data, name, specs, preprocess), specs, description=name, **kw)
+        return FeedSource(_elements(data, name, specs, preprocess, batch_size), specs, description=name, **kw)
     if hasattr(data, "__iter__") or hasattr(data, "__getitem__"):
         name = type(data).__name__
-        return FeedSource(_elements(lambda: data, name, specs, preprocess), specs, description=name, **kw)
+        return FeedSource(_elements(lambda: data, name, specs, preprocess, batch_size), specs, description=name, **kw)
     raise DataError(
         f"cannot read data of type {type(data).__name__}: give a .npy/.npz file or folder, an image "
         "folder, an array, a dict of arrays, a list/iterable of samples, or a DataLoader."
@@ -100,10 +100,11 @@ def _from_path(path: Path, specs: list[InputSpec], preprocess: ImagePreprocess |
     if suffix == ".npy":
         _no_preprocess(preprocess, str(path))
         _single_input(specs, path)
-        return _collection(lambda: ({specs[0].name: _load_npy(path, mmap=True)}, None), str(path), specs, kw)
+        return _collection(lambda: ({specs[0].name: _load_npy(path)}, None), str(path), specs, kw)
     if suffix == ".npz":
         _no_preprocess(preprocess, str(path))
-        return _collection(lambda: _load_npz(path, specs), str(path), specs, kw, lazy=True)
+        return FeedSource(lambda: _npz_items(path, specs, kw["batch_size"], collection=True), specs,
+                          description=str(path), num_samples=_npz_samples(path, specs, kw["batch_size"]), **kw)
     if suffix in IMAGE_SUFFIXES:
         return _from_images([path], path.parent, str(path), specs, preprocess, kw)
     raise DataError(
@@ -135,7 +136,7 @@ def _from_folder(root: Path, specs: list[InputSpec], preprocess: ImagePreprocess
 
     def items() -> Iterator[Item]:
         for p in arrays:
-            yield str(p), (lambda p=p: _load_array_file(p, specs))
+            yield from _array_file_items(p, str(p), specs, kw["batch_size"])
 
     return FeedSource(items, specs, description=str(root), **kw)
 
@@ -157,7 +158,7 @@ def _from_images(
 
     def load(p: Path, label: int | None) -> Loaded:
         try:
-            x = preprocess.apply(load_image(p))
+            x = read_image(p, preprocess)
         except DataError as exc:
             raise exc if str(exc).startswith(str(p)) else DataError(f"{p}: {exc}") from None
         return Loaded({specs[0].name: x}, label, from_images=True)
@@ -171,16 +172,15 @@ def _from_images(
 
 
 def _collection(
-    get: Callable[[], tuple[dict[str, Any], Any]], what: str, specs: list[InputSpec], kw: dict, lazy: bool = False
+    get: Callable[[], tuple[dict[str, Any], Any]], what: str, specs: list[InputSpec], kw: dict
 ) -> FeedSource:
     """A whole array / dict / file whose first axis holds samples: one item, cut into batches."""
-    num_samples = None
-    if not lazy:  # shapes only: also checks names, ranks and dims before the first pass
-        inputs = {k: to_array(v, what, f"input '{k}'") for k, v in get()[0].items()}
-        if any(a.ndim and a.shape[0] == 0 for a in inputs.values()):
-            shapes = ", ".join(f"'{k}': {a.shape}" for k, a in inputs.items())
-            raise DataError(f"no samples found in {what}: its arrays have 0 samples ({shapes}).")
-        num_samples = check_structure(inputs, specs, what)[1]
+    # shapes only: also checks names, ranks and dims before the first pass
+    inputs = {k: to_array(v, what, f"input '{k}'") for k, v in get()[0].items()}
+    if any(a.ndim and a.shape[0] == 0 for a in inputs.values()):
+        shapes = ", ".join(f"'{k}': {a.shape}" for k, a in inputs.items())
+        raise DataError(f"no samples found in {what}: its arrays have 0 samples ({shapes}).")
+    num_samples = check_structure(inputs, specs, what)[1]
 
     def items() -> Iterator[Item]:
         yield what, lambda: Loaded(*get(), collection=True)
@@ -189,7 +189,8 @@ def _collection(
 
 
 def _elements(
-    make: Callable[[], Iterable[Any]], name: str, specs: list[InputSpec], preprocess: ImagePreprocess | None
+    make: Callable[[], Iterable[Any]], name: str, specs: list[InputSpec], preprocess: ImagePreprocess | None,
+    batch_size: int,
 ) -> Callable[[], Iterator[Item]]:
     """Items of a re-iterable (each element a sample or a batch), made fresh for every pass."""
 
@@ -199,6 +200,9 @@ def _elements(
             raise DataError(f"{name} returned a {type(iterable).__name__}, not an iterable of samples.")
         for i, element in enumerate(iterable):
             source = f"{name}[{i}]"
+            if isinstance(element, (str, os.PathLike)) and Path(element).suffix.lower() in ARRAY_SUFFIXES:
+                yield from _array_file_items(Path(element), source, specs, batch_size)
+                continue
             yield source, (lambda e=element, s=source: _element(e, specs, s, preprocess))
 
     return items
@@ -210,8 +214,11 @@ def _element(element: Any, specs: list[InputSpec], source: str, preprocess: Imag
         if path.suffix.lower() in IMAGE_SUFFIXES:
             if preprocess is None:
                 raise DataError(f"{path}: {_NEED_PREPROCESS}")
-            return Loaded({specs[0].name: preprocess.apply(load_image(path))}, None, from_images=True)
-        return _load_array_file(path, specs)
+            return Loaded({specs[0].name: read_image(path, preprocess)}, None, from_images=True)
+        raise DataError(
+            f"{path}: unsupported file type '{path.suffix}'; give .npy / .npz files or images "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))})."
+        )
     inputs, labels = split_sample(element, specs, source)
     images = {k for k, v in inputs.items() if isinstance(v, Image.Image)}
     if images and preprocess is None:
@@ -221,30 +228,81 @@ def _element(element: Any, specs: list[InputSpec], source: str, preprocess: Imag
     return Loaded(inputs, labels, from_images=bool(images))
 
 
-def _load_array_file(path: Path, specs: list[InputSpec]) -> Loaded:
+def _array_file_items(path: Path, source: str, specs: list[InputSpec], batch_size: int) -> Iterator[Item]:
+    """The items of one .npy / .npz file among others (a sample, or a batch kept apart from the
+    other files), read from disk a batch at a time: .npy memory-mapped, .npz by chunks."""
     if path.suffix.lower() == ".npz":
-        inputs, labels = _load_npz(path, specs)
-        return Loaded(inputs, labels)
-    _single_input(specs, path)
-    return Loaded({specs[0].name: _load_npy(path)})
+        yield from _npz_items(path, specs, batch_size, collection=False, source=source)
+        return
+
+    def load() -> Loaded:
+        _single_input(specs, path)
+        return Loaded({specs[0].name: _load_npy(path)}, on_disk=True)
+
+    yield source, load
 
 
-def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+def _load_npy(path: Path) -> np.ndarray:
+    """A .npy file memory-mapped: rows are read when a batch is cut from it, never the whole file."""
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except _LOAD_ERRORS as exc:
         raise DataError(f"{path}: cannot read this .npy file ({type(exc).__name__}: {exc}); it is corrupt or truncated.") from None
 
 
-def _load_npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, np.ndarray], Any]:
+def _npz_layout(z: NpzArchive, specs: list[InputSpec], batch_size: int, source: str) -> tuple[int, int] | None:
+    """Checks an archive's names, ranks and dims from its headers (nothing decompressed) and gives
+    (samples, rows per chunk), or None for an archive read whole (one sample)."""
+    key = label_key(list(z.members), specs)
+    check_structure({k: m.placeholder() for k, m in z.members.items() if k != key}, specs, source)
+    return chunk_rows(z, specs, batch_size)
+
+
+def _npz_samples(path: Path, specs: list[InputSpec], batch_size: int) -> int | None:
+    """The number of samples, from the headers; checks the archive before the first pass."""
+    with NpzArchive(path) as z:
+        layout = _npz_layout(z, specs, batch_size, str(path))
+    return None if layout is None else layout[0]
+
+
+def _npz_items(path: Path, specs: list[InputSpec], batch_size: int, *, collection: bool,
+               source: str | None = None) -> Iterator[Item]:
+    """An archive as items of bounded chunks of rows, each decompressed only when loaded (a pass
+    that stops at its `limit` never inflates the rest)."""
+    source = source or str(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except _LOAD_ERRORS as exc:
-        raise DataError(f"{path}: cannot read this .npz file ({type(exc).__name__}: {exc}); it is corrupt or truncated.") from None
-    names = {s.name for s in specs}
-    label_key = next((k for k in LABEL_KEYS if k in arrays and k not in names), None)
-    return arrays, arrays.pop(label_key) if label_key else None
+        z = NpzArchive(path)
+    except DataError as exc:
+        yield source, _raises(exc)  # raised where the pass can skip it (skip_bad)
+        return
+    with z:
+        try:
+            layout = _npz_layout(z, specs, batch_size, source)
+        except DataError as exc:
+            yield source, _raises(exc)
+            return
+        key = label_key(list(z.members), specs)
+
+        def loaded(arrays: dict[str, np.ndarray], **kw: Any) -> Loaded:
+            labels = arrays.pop(key) if key else None
+            return Loaded(arrays, labels, collection=collection, **kw)
+
+        if layout is None:
+            yield source, lambda: loaded({k: z.whole(k) for k in z.members})
+            return
+        n, per_chunk = layout
+        for start in range(0, n, per_chunk):
+            stop = min(start + per_chunk, n)
+            yield source, (lambda start=start, stop=stop: loaded(
+                {k: z.rows(k, start, stop) if m.shape else z.whole(k) for k, m in z.members.items()},
+                on_disk=True, first_row=start, file_rows=n))
+
+
+def _raises(exc: DataError) -> Callable[[], Loaded]:
+    def load() -> Loaded:
+        raise exc
+
+    return load
 
 
 def _resolve_labels(labels: Any) -> LabelFn:
