@@ -4,7 +4,6 @@ set, compared with the FP32 model's outputs (computed once)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from lowbit.analysis.checkpoint import load_checkpoint, save_checkpoint
 from lowbit.analysis.float_layers import restore_float_layers
 from lowbit.data import Batch
 from lowbit.emit import emit_simulation
-from lowbit.io import atomic_write_text
 from lowbit.metrics import METRICS, Metric
 from lowbit.observe import run_batch, session
 from lowbit.plan import QuantPlan
@@ -60,8 +59,8 @@ class PlanEvaluator:
         self.float_weights = float_weights
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.cache: dict[str, list[float]] = {}
-        if self.checkpoint is not None and self.checkpoint.is_file():
-            self.cache = json.loads(self.checkpoint.read_text())
+        if self.checkpoint is not None:  # checked like user input: a bad file is ignored and rebuilt
+            self.cache = load_checkpoint(self.checkpoint)
         self.batches = list(data)
         self.score_fn = as_metric(metric)
         ref = session(reference if reference is not None else model)
@@ -92,7 +91,8 @@ class PlanEvaluator:
         score = Score(float(self.score_fn(self.reference, out, self.labels)), sqnr)
         if self.checkpoint is not None:
             self.cache[key] = [score.metric, score.sqnr_db]
-            atomic_write_text(self.checkpoint, json.dumps(self.cache))
+            if not save_checkpoint(self.checkpoint, self.cache):
+                self.checkpoint = None  # warned once; the scores stay in memory
         return score
 
     @property
