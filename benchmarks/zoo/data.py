@@ -37,6 +37,7 @@ VAD_SR, PITCH_SR = 16000, 22050
 class Data:
     calib: dict[str, np.ndarray]
     eval: list[dict[str, np.ndarray]]
+    calib_runs: list[dict[str, np.ndarray]]  # the calibration data as model calls (for ORT's quantizer)
 
 
 def _rng(*key) -> np.random.Generator:
@@ -324,9 +325,10 @@ def magika_bytes(split: str, n: int) -> list[np.ndarray]:
 
 
 # ---- per-model assembly ----------------------------------------------------------------------
-def _single(name: str, make, n_calib: int, n_eval: int, batch: bool = True) -> Data:
+def _single(name: str, make, n_calib: int, n_eval: int) -> Data:
     calib = make("calib", n_calib)
-    return Data({name: np.stack(calib)}, [{name: x[None] if batch else x} for x in make("eval", n_eval)])
+    return Data({name: np.stack(calib)}, [{name: x[None]} for x in make("eval", n_eval)],
+                [{name: x[None]} for x in calib])
 
 
 def _vad_stream(n_calib: int, n_eval: int) -> Data:
@@ -335,7 +337,8 @@ def _vad_stream(n_calib: int, n_eval: int) -> Data:
     chunks = np.concatenate(vad_utterances("calib", max(4, n_calib // 64)))
     pick = chunks[_rng("vadpick").choice(len(chunks), min(n_calib, len(chunks)), replace=False)]
     calib = {"input": pick, "state": np.zeros((2, len(pick), 128), np.float32), "sr": np.array(VAD_SR, np.int64)}
-    return Data(calib, [{"input": u} for u in vad_utterances("eval", n_eval)])
+    runs = [{"input": c[None], "state": np.zeros((2, 1, 128), np.float32), "sr": calib["sr"]} for c in pick]
+    return Data(calib, [{"input": u} for u in vad_utterances("eval", n_eval)], runs)
 
 
 def _vad_sequence(n_calib: int, n_eval: int) -> Data:
@@ -343,7 +346,8 @@ def _vad_sequence(n_calib: int, n_eval: int) -> Data:
     utts = vad_utterances("calib", n_calib)
     z = np.zeros((1, 1, 128), np.float32)
     calib = {"input": np.concatenate(utts), "h": z, "c": z}
-    return Data(calib, [{"input": u, "h": z, "c": z} for u in vad_utterances("eval", n_eval)])
+    return Data(calib, [{"input": u, "h": z, "c": z} for u in vad_utterances("eval", n_eval)],
+                [{"input": u, "h": z, "c": z} for u in utts])
 
 
 BUILDERS = {
@@ -367,15 +371,20 @@ def build(data: str, n_calib: int | None = None, n_eval: int | None = None) -> D
     return BUILDERS[data](n_calib or nc, n_eval or ne)
 
 
-def save(data: Data, folder: Path) -> tuple[Path, Path]:
-    """calib.npz (input name -> stacked arrays, for the CLI) and eval.npz (run k's input as `k/name`)."""
+def save_runs(runs: list[dict[str, np.ndarray]], path: Path) -> None:
+    """A list of model calls as one .npz: call k's input `name` under the key `k/name`."""
+    np.savez(path, **{f"{k}/{name}": x for k, run in enumerate(runs) for name, x in run.items()})
+
+
+def save(data: Data, folder: Path) -> None:
+    """calib.npz (input name -> stacked arrays: what the CLI reads), calib_runs.npz, eval.npz."""
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "calib.npz", **data.calib)
-    np.savez(folder / "eval.npz", **{f"{k}/{name}": x for k, run in enumerate(data.eval) for name, x in run.items()})
-    return folder / "calib.npz", folder / "eval.npz"
+    save_runs(data.calib_runs, folder / "calib_runs.npz")
+    save_runs(data.eval, folder / "eval.npz")
 
 
-def load_eval(path: Path) -> list[dict[str, np.ndarray]]:
+def load_runs(path: Path) -> list[dict[str, np.ndarray]]:
     runs: dict[int, dict[str, np.ndarray]] = {}
     with np.load(path) as z:
         for key in z.files:

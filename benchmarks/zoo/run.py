@@ -1,0 +1,178 @@
+"""Run every lowbit preset and ONNX Runtime's quantizers on every zoo model; measure what comes out.
+
+    python -m benchmarks.zoo.run [--models a,b] [--configs int8,ort-static] [--timeout 600]
+
+Each quantization runs the real CLI (`lowbit quantize ... --no-verify`) or ORT's quantizer in a
+child process with a timeout; the harness then measures, with onnxruntime only: output size vs
+FP32, 1-thread latency speed-up (interleaved rounds, medians, no spinning) and the task metric of
+the quantized model against FP32 on the evaluation data. Writes results.json and results.md here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.zoo import data as zdata
+from benchmarks.zoo.models import ZOO, ZooModel, cache_dir, fetch
+from lowbit.metrics import METRICS
+
+HERE = Path(__file__).resolve().parent
+PRESETS = ("fp16", "int8", "int8-fast", "int8-transformer", "w4a8", "int8-dynamic")
+PEERS = ("ort-static", "ort-dynamic")
+LOWBIT = Path(sys.executable).with_name("lowbit")
+
+
+def session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as lowbit.verify: no busy waits
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_all(sess: ort.InferenceSession, entry: ZooModel, runs: list[dict]) -> np.ndarray:
+    """The scored output over all evaluation runs, batch first. Streaming VAD feeds each
+    utterance chunk by chunk, carrying its own state, as silero's own wrapper does."""
+    out_name = entry.output or sess.get_outputs()[0].name
+    outs = []
+    for run in runs:
+        if entry.data == "vad_stream":
+            state = np.zeros((2, 1, 128), np.float32)
+            probs = []
+            for chunk in run["input"]:
+                p, state = sess.run(None, {"input": chunk[None], "state": state, "sr": np.array(16000, np.int64)})
+                probs.append(p)
+            outs.append(np.concatenate(probs))
+        else:
+            outs.append(np.moveaxis(sess.run([out_name], run)[0], entry.batch_axis, 0))
+    return np.concatenate(outs).astype(np.float64)
+
+
+def latency(fp32: Path, cand: Path, feeds: dict, rounds: int = 7, budget_s: float = 0.4) -> dict:
+    """Interleaved 1-thread timing: each round times FP32 then the candidate for about `budget_s`
+    each; the speed-up is the ratio of the median per-call times."""
+    a, b = session(fp32), session(cand)
+    for s in (a, b):
+        s.run(None, feeds)
+    t0 = time.perf_counter()
+    a.run(None, feeds)
+    calls = max(1, int(budget_s / max(time.perf_counter() - t0, 1e-6)))
+    times = {"fp32": [], "cand": []}
+    for _ in range(rounds):
+        for key, s in (("fp32", a), ("cand", b)):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                s.run(None, feeds)
+            times[key].append((time.perf_counter() - t0) / calls)
+    fp, ca = statistics.median(times["fp32"]), statistics.median(times["cand"])
+    return {"fp32_ms": fp * 1e3, "ms": ca * 1e3, "speedup": fp / ca}
+
+
+def latency_feeds(entry: ZooModel, runs: list[dict]) -> dict:
+    if entry.data == "vad_stream":
+        return {"input": runs[0]["input"][:1], "state": np.zeros((2, 1, 128), np.float32),
+                "sr": np.array(16000, np.int64)}
+    return runs[0]
+
+
+def quantize_cmd(config: str, model: Path, folder: Path, out: Path) -> list[str]:
+    if config in PEERS:
+        return [sys.executable, "-m", "benchmarks.zoo.peer", config.split("-")[1], str(model),
+                str(folder / "calib_runs.npz"), str(out)]
+    cmd = [str(LOWBIT), "quantize", str(model), "--precision", config, "--no-verify", "-o", str(out)]
+    return cmd if config == "int8-dynamic" else cmd + ["--calib", str(folder / "calib.npz")]
+
+
+def last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    errs = [ln for ln in lines if "Error" in ln or "error" in ln or ln.startswith("lowbit:")]
+    return (errs or lines or [""])[-1][:300]
+
+
+def measure(entry: ZooModel, config: str, model: Path, folder: Path, runs, reference, timeout: int) -> dict:
+    out = folder / f"{config}.onnx"
+    for stale in folder.glob(f"{config}.*onnx*"):
+        stale.unlink()
+    cmd = quantize_cmd(config, model, folder, out)
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(HERE.parents[1]),
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        rc, text = p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, text = "timeout", f"{e.stdout or ''}{e.stderr or ''}"
+        text = text.decode() if isinstance(text, bytes) else text
+    rec = {"model": entry.name, "config": config, "rc": rc, "wall_s": round(time.perf_counter() - t0, 1),
+           "traceback": "Traceback (most recent call last)" in text}
+    if rc != 0 or not out.exists():
+        rec["error"] = "timeout" if rc == "timeout" else last_error_line(text) or "no output written"
+        return rec
+    size = sum(f.stat().st_size for f in folder.glob(f"{config}.onnx*"))
+    rec["size_pct"] = round(100 * size / sum(f.stat().st_size for f in model.parent.glob(model.name + "*")), 1)
+    try:
+        cand = run_all(session(out), entry, runs)
+        rec.update(latency(model, out, latency_feeds(entry, runs)))
+    except Exception as e:  # noqa: BLE001 - a model ORT cannot load or run is a result, recorded
+        rec["error"] = f"onnxruntime: {type(e).__name__}: {str(e).splitlines()[0][:240]}"
+        return rec
+    rec["metric"] = METRICS.create(entry.metric, **entry.metric_options).score(reference, cand)
+    for name, opts in entry.extra_metrics:
+        rec[name] = METRICS.create(name, **opts).score(reference, cand)
+    return rec
+
+
+def render(results: list[dict]) -> str:
+    lines = ["# lowbit zoo: every preset and ORT's quantizers on pip-shipped ONNX models", "",
+             "Task metric of each quantized model vs FP32 on held-out realistic data (see "
+             "`benchmarks/zoo/models.py`); size in % of the FP32 file; speed-up = FP32 / quantized "
+             "median latency at 1 thread (interleaved). Generated by `python -m benchmarks.zoo.run`.", "",
+             "| model | metric | config | result | size % | speed-up | metric vs FP32 | extra | quantize s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        e = ZOO[r["model"]]
+        extra = ", ".join(f"{n} {r[n]:.3g}" for n, _ in e.extra_metrics if n in r)
+        res = "ok" if "metric" in r else ("TIMEOUT" if r.get("error") == "timeout" else
+                                           ("TRACEBACK: " if r["traceback"] else "error: ") + r.get("error", ""))
+        fmt = lambda k, f: format(r[k], f) if k in r else "-"  # noqa: E731
+        lines.append(f"| {r['model']} | {e.metric} | {r['config']} | {res.replace('|', '/')} | {fmt('size_pct', '.1f')} "
+                     f"| {fmt('speedup', '.2f')} | {fmt('metric', '.4f')} | {extra} | {r['wall_s']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default=",".join(ZOO))
+    ap.add_argument("--configs", default=",".join(PRESETS + PEERS))
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--out", type=Path, default=HERE)
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else []
+    for name in args.models.split(","):
+        entry, model = ZOO[name], fetch(name)
+        folder = cache_dir() / "runs" / name
+        if not (folder / "eval.npz").exists():
+            zdata.save(zdata.build(entry.data), folder)
+        runs = zdata.load_runs(folder / "eval.npz")
+        reference = run_all(session(model), entry, runs)
+        for config in args.configs.split(","):
+            rec = measure(entry, config, model, folder, runs, reference, args.timeout)
+            results = [r for r in results if (r["model"], r["config"]) != (name, config)] + [rec]
+            path.write_text(json.dumps(results, indent=1))
+            (args.out / "results.md").write_text(render(results))
+            print(json.dumps(rec), flush=True)  # progress for the person running the benchmark
+
+
+if __name__ == "__main__":
+    main()
