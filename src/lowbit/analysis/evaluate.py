@@ -4,6 +4,7 @@ set, compared with the FP32 model's outputs (computed once)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,14 @@ import onnx
 
 from lowbit.analysis.checkpoint import load_checkpoint, save_checkpoint
 from lowbit.analysis.float_layers import restore_float_layers
+from lowbit.analysis.held import MAX_HELD_BYTES, MAX_HELD_SAMPLES, HoldCap, batch_nbytes
 from lowbit.data import Batch
 from lowbit.emit import emit_simulation
 from lowbit.metrics import METRICS, Metric
 from lowbit.observe import run_batch, session
 from lowbit.plan import QuantPlan
+
+log = logging.getLogger(__name__)
 
 MetricLike = Metric | str | Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]
 
@@ -46,7 +50,8 @@ class PlanEvaluator:
 
     def __init__(self, model: onnx.ModelProto, data: Iterable[Batch], metric: MetricLike = "top1-agreement",
                  checkpoint: str | Path | None = None, reference: onnx.ModelProto | None = None,
-                 float_weights: onnx.ModelProto | None = None) -> None:
+                 float_weights: onnx.ModelProto | None = None, max_samples: int = MAX_HELD_SAMPLES,
+                 max_bytes: int = MAX_HELD_BYTES) -> None:
         """`model`: the float model the plan applies to; `reference`: the FP32 model whose outputs
         are the target (default `model`). They differ when algorithms re-weighted the float model
         (bias correction shifts biases to cancel INT8 error): scoring against that model would
@@ -54,17 +59,29 @@ class PlanEvaluator:
         `float_weights`: the float model before plan-stage algorithms; layers a plan keeps in float
         take their weights from it (`restore_float_layers`).
         `checkpoint`: a JSON file of scores by plan hash, written after every evaluation, so an
-        interrupted search started again with the same file resumes where it stopped."""
+        interrupted search started again with the same file resumes where it stopped.
+        `max_samples` / `max_bytes`: what it holds at most (inputs and FP32 outputs); where the data
+        holds more, the rest is left unread, with a warning, and `held` says what was kept."""
         self.model = model
         self.float_weights = float_weights
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.cache: dict[str, list[float]] = {}
         if self.checkpoint is not None:  # checked like user input: a bad file is ignored and rebuilt
             self.cache = load_checkpoint(self.checkpoint)
-        self.batches = list(data)
         self.score_fn = as_metric(metric)
         ref = session(reference if reference is not None else model)
-        self.reference = np.concatenate([run_batch(ref, b)[0] for b in self.batches])
+        cap = HoldCap(max_samples, max_bytes)
+        self.batches: list[Batch] = []
+        outputs = []
+        for b in data:  # streamed: only what the cap admits is ever held
+            if not cap.room():
+                log.warning(cap.message(f"evaluation data ({getattr(data, 'description', 'batches')})"))
+                break
+            outputs.append(run_batch(ref, b)[0])
+            self.batches.append(b)
+            cap.add(b.size, batch_nbytes(b) + outputs[-1].nbytes)
+        self.held = cap.record()  # None where everything was kept
+        self.reference = np.concatenate(outputs)
         labels = [b.labels for b in self.batches]
         self.labels = np.concatenate(labels) if all(l is not None for l in labels) else None
         self.reference_score = float(self.score_fn(self.reference, self.reference, self.labels))
