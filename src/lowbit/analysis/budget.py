@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 
 from lowbit.analysis.evaluate import PlanEvaluator
+from lowbit.analysis.held import HoldCap, batch_nbytes
 from lowbit.analysis.mixed import four_bit_weight_choices, linear_block_choices
 from lowbit.analysis.search import search_precisions
 from lowbit.analysis.sensitivity import analyze_layers
@@ -43,10 +44,17 @@ def too_few_samples(metric: Any, max_drop: float | None, n_search: int) -> str |
             f"{need} evaluation samples (half search, half confirm).")
 
 
-def split_halves(feeds: FeedSource) -> tuple[list, list]:
-    """Deterministic halves of an evaluation set: one to search on, one to confirm on."""
-    batches = list(feeds)
-    return batches[0::2], batches[1::2]
+def split_halves(feeds: FeedSource, cap: HoldCap | None = None) -> tuple[list, list]:
+    """Deterministic halves of an evaluation set: one to search on, one to confirm on. Streamed:
+    where `cap` (default `HoldCap()`) is reached, the rest of the data is left unread."""
+    cap = cap or HoldCap()
+    halves: tuple[list, list] = ([], [])
+    for i, batch in enumerate(feeds):
+        if not cap.room():
+            break
+        halves[i % 2].append(batch)
+        cap.add(batch.size, batch_nbytes(batch))
+    return halves
 
 
 def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit: onnx.ModelProto,
@@ -55,8 +63,11 @@ def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit
                   progress: Progress, checkpoint: str | Path | None = None) -> tuple[QuantPlan, dict]:
     """(plan, search record). `original`: the user's FP32 model, the reference; `before_fit`: the float
     model before plan-stage algorithms, whose weights the layers kept in float run with."""
-    search_half, holdout_half = split_halves(as_feeds(eval_data, prepared.inputs, labels=labels,
-                                                      preprocess=preprocess, limit=limit))
+    feeds = as_feeds(eval_data, prepared.inputs, labels=labels, preprocess=preprocess, limit=limit)
+    cap = HoldCap()
+    search_half, holdout_half = split_halves(feeds, cap)
+    if cap.hit:
+        log.warning(cap.message(f"--max-drop / --min-metric evaluation data ({feeds.description})"))
     evaluator = PlanEvaluator(prepared.proto, search_half, metric, checkpoint, reference=original,
                               float_weights=before_fit)
     floor = min_metric if min_metric is not None else evaluator.reference_score - max_drop
@@ -89,6 +100,10 @@ def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit
     d["reference_metric"] = evaluator.reference_score
     d["ranking_evaluations"] = len(ranking)  # one per layer, then at most max_evals in the search
     d["computed_evaluations"] = evaluator.evaluations  # the rest came from the checkpoint
+    caps = [r for r in (cap.record(), evaluator.held, confirm.held) if r is not None]
+    if caps:  # the first cap reached, and what the search and its check really saw
+        d["held_data"] = {**caps[0], "search_samples": int(len(evaluator.reference)),
+                          "holdout_samples": int(len(confirm.reference))}
     few = too_few_samples(metric, max_drop, len(evaluator.reference))
     if few:
         log.warning(few)
