@@ -174,10 +174,11 @@ def read_regular_file(path: str | Path, what: str, error: type[LowbitError], max
         raise error(f"{what} not found: {p}") from None
     except (OSError, ValueError) as e:
         raise error(f"cannot read {what} {p}: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(os.fstat(fd).st_mode):  # before fdopen, which raises IsADirectoryError on a folder
+        os.close(fd)
+        raise error(f"{what} {p} is a folder; give the path of a file.")
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
-        if stat.S_ISDIR(st.st_mode):
-            raise error(f"{what} {p} is a folder; give the path of a file.")
         if not stat.S_ISREG(st.st_mode):
             via = f" (it is a symlink to {p.resolve()})" if p.is_symlink() else ""
             raise error(f"{what} {p} is {_kind(st.st_mode)}{via}, not a regular file; give the path of a file.")
