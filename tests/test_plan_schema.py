@@ -312,3 +312,10 @@ def test_evaluator_rebuilds_a_corrupt_checkpoint(good, prepared, calib_arrays, t
     assert ev.evaluations == 1
     ev2 = PlanEvaluator(prepared, as_feeds(calib_arrays[:4], specs_from_onnx(prepared)), "cosine", checkpoint=p)
     assert ev2.score(plan) == first and ev2.evaluations == 0  # rebuilt: the rewritten file resumes
+
+
+def test_plan_object_entries_are_named_by_their_keys(good):
+    plan = QuantPlan.from_dict(good)
+    plan.tensors["renamed"] = plan.tensors.pop(ACT)
+    with pytest.raises(ConfigError, match=r'plan.tensors\["renamed"\] holds an entry named'):
+        plan.check()

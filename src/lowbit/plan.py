@@ -151,6 +151,11 @@ class QuantPlan:
             raise ConfigError(f"invalid plan: it cannot be serialized ({type(e).__name__}: {e}); build its "
                               "nodes as NodePlan and its tensors as TensorPlan with QParams.") from None
         check_plan_dict(d)
+        for key, entries in (("nodes", self.nodes), ("tensors", self.tensors)):
+            for k, v in entries.items():
+                if v.name != k:  # the emitters name new tensors after .name and look plans up by key
+                    raise ConfigError(f"invalid plan: plan.{key}[{json.dumps(k)}] holds an entry named "
+                                      f"{v.name!r}; each entry's name must be its key.")
         return self
 
     @classmethod
