@@ -258,9 +258,9 @@ def test_minilm_int8_faithful(minilm, minilm_files):
     e8 = _embeddings(int8, tok, ev)
     assert len(int8) <= 0.30 * len(fp32)  # the embedding table in 8-bit blocks, the linear layers INT8
     assert cosines(ref, e8).mean() >= 0.998
-    # The bar is >= 0.95; with outlier splitting lowbit measures ~0.93-0.95 on these
-    # close-together documentation sentences (ORT's dynamic INT8: 0.86). A regression floor.
-    assert NearestNeighbourPreserved().score(ref, e8) >= 0.9
+    # what the README claims (0.963 on 300 sentences there; 0.975 on these 240 on an AVX-512 VNNI
+    # machine; ORT's dynamic INT8: 0.86)
+    assert NearestNeighbourPreserved().score(ref, e8) >= 0.95
 
 
 @pytest.mark.slow
