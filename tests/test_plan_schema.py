@@ -3,11 +3,13 @@ is named by its JSON path. Fast: no model is quantized here except the one good 
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import logging
 import os
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -242,11 +244,13 @@ def test_plan_text_that_is_not_json(raw, tmp_path):
         QuantPlan.load(p)
 
 
-def test_damaged_plan_record_in_a_model_is_a_model_error(good, small_model_path, calib_arrays):
+def test_damaged_plan_record_in_a_model_is_a_model_error(small_model_path, calib_arrays):
     from lowbit.emit.metadata import PLAN_KEY, plan_from_model
 
     r = lowbit.quantize(small_model_path, "int8-fast", calib_arrays, verify=None)
-    for value in ("not base64!", "AAAA", __import__("base64").b64encode(__import__("zlib").compress(b"[1, 2]")).decode()):
+    bomb = zlib.compress(b" " * (200 << 20))  # 200 MB of spaces in 200 KB: over this model's plan limit
+    for value in ("not base64!", "AAAA", base64.b64encode(zlib.compress(b"[1, 2]")).decode(),
+                  base64.b64encode(bomb).decode()):
         m = copy.deepcopy(r.model)
         next(p for p in m.metadata_props if p.key == PLAN_KEY).value = value
         with pytest.raises(ModelError, match="plan record"):
