@@ -171,10 +171,10 @@ def quantize(
     # the output is checked before any work and written only after everything that can fail has run
     # (verification included): a failed run leaves an earlier output as it was
     inputs = {"model": model, "calib_data": calib_data, "eval_data": eval_data, "plan": plan, "labels": labels}
-    out_target = check_outputs({"output": output}, inputs).get("output") if output is not None else None
+    outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
+    out_target = check_outputs(outputs, inputs).get("output")
     loaded = load_model(model, example_inputs)
-    if out_target is not None:
-        check_outputs({"output": out_target}, {"model file": list(loaded.files)})
+    check_outputs(outputs, {"model file": list(loaded.files)})
     prepared = prepare(loaded)
     if verify is None:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
