@@ -8,8 +8,8 @@ import re
 import sys
 from pathlib import Path
 
-from lowbit.errors import ConfigError, LowbitError, OutputError
-from lowbit.io import check_outputs, write_all
+from lowbit.errors import ConfigError, DataError, LowbitError, OutputError
+from lowbit.io import check_inputs, check_outputs, write_all
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -263,6 +263,7 @@ def _quantize(args, progress):
                           "--report-json": args.report_json, "--checkpoint": args.checkpoint},
                    {"model": args.model, "--calib": args.calib, "--eval": args.eval_data, "--plan": args.plan,
                     "--labels": _labels_input(args)}, models=[args.model])
+    check_inputs({"--calib": args.calib, "--eval": args.eval_data, "--labels": _labels_input(args)}, DataError)
     config = preset(args.precision)
     if args.keep_float:
         config = config.with_(keep_float=tuple(args.keep_float))
@@ -288,6 +289,7 @@ def _eval(args, progress):
     check_outputs({"--report-html": args.report_html, "--report-json": args.report_json},
                    {"reference": args.reference, "candidates": list(args.candidates), "--data": args.data,
                     "--labels": _labels_input(args)}, models=[args.reference, *args.candidates])
+    check_inputs({"--data": args.data, "--labels": _labels_input(args)}, DataError)
     report = lowbit.evaluate(args.reference, args.candidates, args.data, labels=_labels(args.labels),
                              preprocess=_preprocess(args), verify=_verify_opts(args), progress=progress)
     _write(_report_outputs(report, args))
@@ -300,6 +302,7 @@ def _analyze(args, progress):
     check_outputs({"--report-html": args.report_html, "--report-json": args.report_json},
                    {"model": args.model, "--calib": args.calib, "--eval": args.eval_data,
                     "--labels": _labels_input(args)}, models=[args.model])
+    check_inputs({"--calib": args.calib, "--eval": args.eval_data, "--labels": _labels_input(args)}, DataError)
     report = analyze(args.model, args.calib, args.eval_data, args.preset, metric=args.metric,
                      preprocess=_preprocess(args), labels=_labels(args.labels), eval_limit=args.eval_limit or 64,
                      ways=("only",) if args.one_way else ("only", "all_but"), progress=progress)

@@ -202,13 +202,14 @@ def run_qat(args: argparse.Namespace, progress: Any):
     from lowbit.core import PerChannel, dtype_by_name
     from lowbit.prepare import prepare
     from lowbit.load import load_model
-    from lowbit.io import check_outputs, write_all
+    from lowbit.io import check_inputs, check_outputs, write_all
     from lowbit.report import Report
 
     # every output checked before training, and written together only after everything succeeded
     check_outputs({"-o/--output": args.output, "--save-plan": args.save_plan, "--report-html": args.report_html,
                    "--report-json": args.report_json},
                   {"model": args.model, "--train": args.train, "--eval": args.eval_data}, models=[args.model])
+    check_inputs({"--train": args.train, "--eval": args.eval_data}, DataError)
     torch.manual_seed(args.seed)
     model, reference = _load_model(args)
     specs = prepare(load_model(reference)).inputs

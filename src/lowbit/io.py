@@ -163,6 +163,18 @@ def check_regular_file(path: str | Path, what: str, error: type[LowbitError]) ->
     return st.st_size
 
 
+def check_inputs(inputs: Mapping[str, Any], error: type[LowbitError]) -> None:
+    """Input paths (label -> path, list of paths, or a non-path value, skipped) must be regular files
+    or folders: a device, FIFO or socket is refused before anything opens it (reading /dev/zero
+    never ends; opening a FIFO without a writer blocks forever)."""
+    for label, x in inputs.items():
+        for item in (x if isinstance(x, (list, tuple)) else [x]):
+            p = _as_path(item)
+            if p is None or not p.exists() or p.is_dir():
+                continue  # a missing file is reported, by name, by whatever reads it
+            check_regular_file(p, label, error)
+
+
 def read_regular_file(path: str | Path, what: str, error: type[LowbitError], max_bytes: int | None = None) -> bytes:
     """The bytes of `path`, refusing before reading anything that is not a regular file (a device,
     FIFO, or a symlink to /dev/zero would be read forever) or is larger than `max_bytes`."""

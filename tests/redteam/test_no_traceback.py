@@ -88,6 +88,18 @@ def test_model_fifo_is_refused_without_hanging(work):
              pattern=r"FIFO")
 
 
+@pytest.mark.parametrize("command", ["quantize", "eval", "qat"])
+def test_data_fifo_or_device_is_refused_without_hanging(work, command):
+    import os
+
+    os.mkfifo(work / "pipe.npy")
+    (work / "zero.npy").symlink_to("/dev/zero")
+    args = {"quantize": ("quantize", "m.onnx", "-o", "out.onnx", "--calib", "pipe.npy", "--eval", "zero.npy", *FAST),
+            "eval": ("eval", "m.onnx", "m.onnx", "--data", "pipe.npy"),
+            "qat": ("qat", "m.onnx", "--train", "zero.npy", "--eval", "pipe.npy", "-o", "out.onnx")}[command]
+    _refused(work, *args, timeout=60, pattern=r"(FIFO|character device).*not a regular file")
+
+
 # --- lowbit eval ---------------------------------------------------------------------------------
 def test_eval_candidate_with_other_output_shape(work):
     from conftest import SmallConvNet, _init
