@@ -158,6 +158,8 @@ def quantize(
     `eval_data`, and confirms it on the other half; with `skip_bad`, corrupt or invalid samples are
     skipped and counted in the report instead of stopping the run; `metric` is a registry name, a Metric, or
     any callable(reference_outputs, candidate_outputs, labels) -> float, higher is better.
+    `output` is checked before any work (not an input, not a device; a symlink is written through)
+    and written only after verification succeeded: a failed run leaves an earlier file as it was.
 
     >>> result = lowbit.quantize("mobilenet_v2.onnx", "int8", "calib/", output="mbv2.int8.onnx",
     ...                          preprocess=ImagePreprocess.imagenet())
