@@ -5,7 +5,6 @@ printed, no temp file was left, and memory stayed bounded."""
 from __future__ import annotations
 
 import os
-import resource
 import stat
 import subprocess
 import sys
@@ -27,16 +26,34 @@ class CliRun:
         return self.stdout + self.stderr
 
 
+# Runs the CLI and then reports the process's own peak RSS (VmHWM). Linux keeps a forked child's
+# ru_maxrss from before exec, so the parent's rusage would report pytest's peak, not the CLI's.
+_RUN_AND_REPORT_PEAK = """
+import os, sys
+from lowbit.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:
+    rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+finally:
+    with open(os.environ["LOWBIT_TEST_PEAK_FILE"], "w") as f:
+        f.write(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")))
+sys.exit(rc)
+"""
+
+
 def run_cli(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 300,
             env: dict[str, str] | None = None) -> CliRun:
-    """`python -m lowbit.cli ARGS` in a fresh process; peak RSS is the child's max RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    e = dict(os.environ, COLUMNS="200", **(env or {}))
-    p = subprocess.run([sys.executable, "-m", "lowbit.cli", *map(str, args)], cwd=cwd, env=e,
-                       capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the max over all waited-for children: exact when this child is the largest
-    return CliRun(p.returncode, p.stdout, p.stderr, max(after, before) / 1024)
+    """`lowbit ARGS` (lowbit.cli.main) in a fresh process; peak RSS is that process's own VmHWM."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        peak_file = Path(d) / "peak_kb"
+        e = dict(os.environ, COLUMNS="200", LOWBIT_TEST_PEAK_FILE=str(peak_file), **(env or {}))
+        p = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT_PEAK, *map(str, args)], cwd=cwd, env=e,
+                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        peak_kb = float(peak_file.read_text()) if peak_file.is_file() else float("nan")
+    return CliRun(p.returncode, p.stdout, p.stderr, peak_kb / 1024)
 
 
 def assert_clean_failure(run: CliRun, pattern: str | None = None, rc: int = 2) -> None:
