@@ -15,7 +15,8 @@ def mobilenet(tmp_path_factory):
     pytest.importorskip("skimage", reason="run bash scripts/setup.sh for the real photos")
     from lowbit.demo.mobilenet import export_mobilenet, photo_arrays
 
-    path = export_mobilenet(tmp_path_factory.mktemp("mbv2") / "mobilenet_v2.onnx")
+    path = tmp_path_factory.mktemp("mbv2") / "mobilenet_v2.onnx"
+    export_mobilenet(path)
     return path, photo_arrays("calib", 64), photo_arrays("eval", 100)
 
 

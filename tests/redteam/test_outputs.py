@@ -196,3 +196,37 @@ def test_replaced_output_keeps_its_mode(work):
     assert_clean_failure(run, rc=0)
     state = file_state(work / "out.onnx")
     assert state.mode == 0o600 and state.content != PREVIOUS
+
+
+@pytest.mark.parametrize("demo", ["mobilenet", "doorbell"])
+def test_failed_demo_leaves_an_earlier_runs_files_identical(tmp_path, monkeypatch, demo):
+    """A demo writes its models and reports together at the end: one that fails part-way (here
+    its first quantization) leaves the files of an earlier run as they were."""
+    import importlib
+
+    from lowbit.errors import DataError
+
+    module = importlib.import_module(f"lowbit.demo.{demo}")
+    out = tmp_path / "demo"
+    out.mkdir()
+    for name in ("mobilenet_v2.fp32.onnx", "face_descriptor.fp32.onnx", "report.json", "report.html"):
+        (out / name).write_bytes(b"an earlier run's " + name.encode())
+    before = snapshot(out)
+
+    def fail(*a, **k):
+        raise DataError("stop here")
+
+    monkeypatch.setattr(module, "quantize", fail)
+    if demo == "doorbell":  # the face data is not needed to get this far
+        monkeypatch.setattr(module, "face_chips", lambda: ([np.zeros((150, 150, 3), np.uint8)] * 2, ["a", "b"],
+                                                           ["a.jpg", "b.jpg"], [np.zeros((150, 150, 3), np.uint8)]))
+    run = module.run_doorbell if demo == "doorbell" else module.run_demo
+    try:
+        with pytest.raises(DataError, match="stop here"):
+            run(out, calib_n=2, eval_n=2) if demo == "mobilenet" else run(out)
+    except Exception as e:  # the real weights are installed by scripts/setup.sh
+        if "setup" in str(e):
+            pytest.skip(str(e))
+        raise
+    assert_unchanged(before)
+    assert not temp_files(out)

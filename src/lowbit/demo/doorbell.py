@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lowbit.api import VerifyOptions, compare_variants, quantize
-from lowbit.io import atomic_write_bytes
+from lowbit.io import atomic_write_bytes, write_all
 from lowbit.load import export_torch
 from lowbit.metrics import verification_stats
 from lowbit.observe import session
@@ -87,8 +87,7 @@ def run_doorbell(out: Path, threads: tuple[int, ...] = (1,), latency_runs: int =
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fp32 = atomic_write_bytes(out / "face_descriptor.fp32.onnx",
-                              export_torch(face_descriptor(), torch.zeros(1, 3, 150, 150)).SerializeToString())
+    fp32 = export_torch(face_descriptor(), torch.zeros(1, 3, 150, 150))
     labeled, ids, names, unlabeled = face_chips()
     x_lab = np.stack([chip_to_input(c) for c in labeled])
     x_unl = np.stack([chip_to_input(c) for c in unlabeled])
@@ -96,16 +95,14 @@ def run_doorbell(out: Path, threads: tuple[int, ...] = (1,), latency_runs: int =
     # that the door decides on are never seen by calibration
     calib = list(np.concatenate([x_unl, x_unl[..., ::-1]]))
     everyone = list(np.concatenate([x_lab, x_unl]))
-    results = {"fp16": quantize(fp32, "fp16", output=out / "face_descriptor.fp16.onnx", verify=None),
-               "int8": quantize(fp32, "int8", calib, output=out / "face_descriptor.int8.onnx", verify=None,
-                                progress=progress),
-               "mixed": quantize(fp32, "int8", calib, output=out / "face_descriptor.mixed.onnx", verify=None,
-                                 eval_data=everyone, metric="cosine", max_drop=MIXED_MAX_DROP, search_evals=16,
-                                 progress=progress)}
+    results = {"fp16": quantize(fp32, "fp16", verify=None),
+               "int8": quantize(fp32, "int8", calib, verify=None, progress=progress),
+               "mixed": quantize(fp32, "int8", calib, verify=None, eval_data=everyone, metric="cosine",
+                                 max_drop=MIXED_MAX_DROP, search_evals=16, progress=progress)}
     report = compare_variants(fp32, results, everyone, verify=VerifyOptions(threads=threads, latency_runs=latency_runs),
                               progress=progress, title="lowbit demo: the doorbell (dlib ResNet face descriptor)")
     ref_dlib = {"labeled": dlib_embeddings(labeled), "all": dlib_embeddings(labeled + unlabeled)}
-    variants = {"dlib FP32 (reference)": None, "fp32 (lowbit port)": fp32.read_bytes(),
+    variants = {"dlib FP32 (reference)": None, "fp32 (lowbit port)": fp32.SerializeToString(),
                 **{k: r.model.SerializeToString() for k, r in results.items()}}
     rows, decisions_rows, summary = [], [], {}
     base = door_decisions(ref_dlib["labeled"], ids, names, THRESHOLD)
@@ -151,6 +148,8 @@ def run_doorbell(out: Path, threads: tuple[int, ...] = (1,), latency_runs: int =
     report.data["notes"].append(
         f"Calibrated on the {len(unlabeled)} unlabeled faces of face-api's group photos and their mirror images; the "
         f"{len(labeled)} labeled faces that the door decides on were held out. FP32 reference for decisions: dlib.")
-    report.save_json(out / "report.json")
-    report.save_html(out / "report.html")
+    # everything is written at the end, together: a demo that fails leaves an earlier run's files as they were
+    write_all([(out / "face_descriptor.fp32.onnx", fp32.SerializeToString()),
+               *[(out / f"face_descriptor.{k}.onnx", r.model.SerializeToString()) for k, r in results.items()],
+               (out / "report.json", report.to_json().encode()), (out / "report.html", report.to_html().encode())])
     return report

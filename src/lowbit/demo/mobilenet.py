@@ -9,7 +9,7 @@ import numpy as np
 
 from lowbit.api import VerifyOptions, compare_variants, quantize
 from lowbit.data import ImagePreprocess
-from lowbit.io import atomic_write_bytes
+from lowbit.io import atomic_write_bytes, write_all
 from lowbit.load import export_torch
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
@@ -34,13 +34,16 @@ def labeled_arrays() -> tuple[list[np.ndarray], np.ndarray]:
     return xs, np.asarray([label for _, label in photos])
 
 
-def export_mobilenet(path: Path) -> Path:
+def export_mobilenet(path: Path | None = None) -> "onnx.ModelProto":
+    """MobileNetV2 with its ImageNet weights as ONNX; also written to `path` when given."""
     import torch
 
     from lowbit.zoo import mobilenet_v2
 
     proto = export_torch(mobilenet_v2(pretrained=True), torch.zeros(1, 3, 224, 224))
-    return atomic_write_bytes(path, proto.SerializeToString())
+    if path is not None:
+        atomic_write_bytes(path, proto.SerializeToString())
+    return proto
 
 
 def run_demo(out: Path, calib_n: int = 128, eval_n: int = 300, threads: tuple[int, ...] = (1, 2),
@@ -48,13 +51,13 @@ def run_demo(out: Path, calib_n: int = 128, eval_n: int = 300, threads: tuple[in
     """Quantize MobileNetV2 to FP16 and INT8; one report comparing both with FP32."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fp32 = export_mobilenet(out / "mobilenet_v2.fp32.onnx")
+    fp32 = export_mobilenet()
     calib = photo_arrays("calib", calib_n)
     evaluation = photo_arrays("eval", eval_n)
     results = {}
     for precision in ("fp16", "int8"):
-        results[precision] = quantize(fp32, precision, calib if precision == "int8" else None,
-                                      output=out / f"mobilenet_v2.{precision}.onnx", verify=None, progress=progress)
+        results[precision] = quantize(fp32, precision, calib if precision == "int8" else None, verify=None,
+                                      progress=progress)
     labeled_x, labels = labeled_arrays()
     report = compare_variants(
         fp32, results, evaluation, labeled=(labeled_x, labels),
@@ -64,8 +67,10 @@ def run_demo(out: Path, calib_n: int = 128, eval_n: int = 300, threads: tuple[in
     report.data["notes"].append(
         f"Calibrated on {len(calib)} crops of {', '.join(_sources('calib'))}; fidelity measured on {len(evaluation)} "
         f"crops of other photos ({', '.join(_sources('eval'))}); top-1 accuracy on {len(labels)} labeled ImageNet photos.")
-    report.save_json(out / "report.json")
-    report.save_html(out / "report.html")
+    # everything is written at the end, together: a demo that fails leaves an earlier run's files as they were
+    write_all([(out / "mobilenet_v2.fp32.onnx", fp32.SerializeToString()),
+               *[(out / f"mobilenet_v2.{k}.onnx", r.model.SerializeToString()) for k, r in results.items()],
+               (out / "report.json", report.to_json().encode()), (out / "report.html", report.to_html().encode())])
     return report
 
 
