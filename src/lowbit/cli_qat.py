@@ -191,6 +191,20 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     return model.eval(), export_torch(model, torch.zeros(1, *shape))
 
 
+def _check_label_range(reference: Any, x: np.ndarray, labels: dict[str, np.ndarray]) -> None:
+    """Labels index the model's outputs: one outside [0, classes) would fail deep inside torch's loss."""
+    from lowbit.load import load_model
+    from lowbit.observe import session
+
+    sess = session(load_model(reference).proto)
+    classes = int(sess.run(None, {sess.get_inputs()[0].name: x[:1]})[0].shape[-1])
+    for flag, y in labels.items():
+        bad = y[(y < 0) | (y >= classes)]
+        if bad.size:
+            raise DataError(f"{flag}: label {int(bad[0])} is outside the model's {classes} classes; labels must be "
+                            f"integers from 0 to {classes - 1} ({bad.size} of {y.size} are not).")
+
+
 def run_qat(args: argparse.Namespace, progress: Any):
     """PTQ and QAT of the model with the same config; returns the report comparing both with FP32."""
     import torch
@@ -215,6 +229,7 @@ def run_qat(args: argparse.Namespace, progress: Any):
     specs = prepare(load_model(reference)).inputs
     x_train, y_train = load_labeled(args.train, args.preprocess, args.normalize, specs)
     x_eval, y_eval = load_labeled(args.eval_data, args.preprocess, args.normalize, specs)
+    _check_label_range(reference, x_train, {"--train": y_train, "--eval": y_eval})
     config = QuantConfig()
     if WEIGHT_BITS[args.weights]:
         config = config.with_(weights=Scheme(dtype_by_name(WEIGHT_BITS[args.weights]), PerChannel(0), symmetric=True))

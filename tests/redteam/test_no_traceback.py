@@ -142,6 +142,8 @@ def test_qat_checkpoint_with_wrong_keys(labeled):
     ("corrupt", r"not a readable \.npz"),
     ("float_labels", r"labels integers"),
     ("wrong_sample_shape", r"samples of shape \(3, 7, 7\)"),
+    ("label_out_of_range", r"--eval: label 10 is outside the model's 10 classes"),
+    ("negative_label", r"--eval: label -1 is outside the model's 10 classes"),
 ])
 def test_qat_bad_npz(labeled, case, pattern):
     bad = labeled / "bad.npz"
@@ -151,8 +153,10 @@ def test_qat_bad_npz(labeled, case, pattern):
         bad.write_bytes(b"PK\x03\x04" + b"\x00garbage" * 20)
     elif case == "float_labels":
         np.savez(bad, x=np.zeros((2, 3, 32, 32), np.float32), y=np.array([0.5, 1.5]))
-    else:
+    elif case == "wrong_sample_shape":
         np.savez(bad, x=np.zeros((2, 3, 7, 7), np.float32), y=np.zeros(2, np.int64))
+    else:  # labels that index past the model's outputs (10 classes)
+        np.savez(bad, x=np.zeros((2, 3, 32, 32), np.float32), y=np.array([0, 10 if "range" in case else -1]))
     _refused(labeled, "qat", "m.onnx", "--train", "train.npz", "--eval", "bad.npz", "-o", "out.onnx",
              "--threads", "", pattern=pattern)
 
