@@ -95,3 +95,20 @@ def test_bench_predicts_per_layer(small_model_path, tmp_path, capsys, monkeypatc
     assert len(pred["layers"]) == 4 and pred["total"]["fp32_ms"] > 0
     assert {l["choice"] for l in pred["layers"]} <= {"int8", "fp32"}
     assert (tmp_path / "cache" / "layer_costs.json").is_file()
+
+
+@pytest.mark.parametrize("target", ["avx2", "vnni"])
+def test_target_flag_pins_the_weight_grid(small_model_path, npy_folders, tmp_path, target):
+    """--target reaches the plan, whatever CPU runs the test: on the AVX2 grid the u8 x s8 layers'
+    weights are 7-bit ([-63, 63]; depthwise keeps 8 bits), on VNNI's every weight is 8-bit."""
+    from lowbit import QuantPlan
+
+    calib, _ = npy_folders
+    plan = tmp_path / "plan.json"
+    assert main(["quantize", str(small_model_path), "--precision", "int8-fast", "--calib", str(calib),
+                 "--target", target, "--objective", "size", "-o", str(tmp_path / "m.onnx"), "--no-verify",
+                 "--save-plan", str(plan)]) == 0
+    loaded = QuantPlan.load(plan)
+    assert loaded.config["target"] == target
+    bounds = {t.qparams.dtype.bounds(t.qparams.narrow)[1] for t in loaded.tensors.values() if t.role == "weight"}
+    assert bounds == ({63, 127} if target == "avx2" else {127}), bounds

@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--metric", default="top1-agreement", help="metric of the budget (see lowbit list)")
     q.add_argument("--checkpoint", type=Path, default=None,
                    help="search checkpoint file: an interrupted search run again with it resumes")
+    q.add_argument("--target", choices=["auto", "avx2", "vnni", "arm64"], default=None,
+                   help="the CPU the weight grids are planned for (default auto: this machine)")
     q.add_argument("--objective", choices=["latency", "size"], default=None,
                    help="what the search and the INT8 plan minimise (default latency)")
     _add_data_args(q)
@@ -269,6 +271,8 @@ def _quantize(args, progress):
         config = config.with_(keep_float=tuple(args.keep_float))
     if args.objective:
         config = config.with_(objective=args.objective)
+    if args.target:
+        config = config.with_(target=args.target)
     # no output= here: the model is written with the plan and reports, together, once all succeeded
     result = lowbit.quantize(
         args.model, config, args.calib, eval_data=args.eval_data, labels=_labels(args.labels),
