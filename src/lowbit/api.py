@@ -62,6 +62,15 @@ class VerifyOptions:
     parity_batches: int = 16
     eval_limit: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("latency_runs", "parity_batches") + (("eval_limit",) if self.eval_limit is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"VerifyOptions.{name} must be a whole number of at least 1; got {value!r}.")
+        if any(not isinstance(t, int) or t < 1 for t in self.threads):
+            raise ConfigError(f"VerifyOptions.threads must be thread counts of at least 1 (or () to skip latency); "
+                              f"got {self.threads!r}.")
+
 
 def _stage(timings: dict[str, float], name: str, t0: float) -> float:
     now = time.perf_counter()

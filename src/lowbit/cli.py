@@ -8,6 +8,8 @@ import re
 import sys
 from pathlib import Path
 
+from lowbit.cli_args import output_file as _output_file
+from lowbit.cli_args import positive_int as _positive_int
 from lowbit.errors import ConfigError, DataError, LowbitError, OutputError
 from lowbit.io import check_inputs, check_outputs, write_all
 
@@ -54,10 +56,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", default=None, help="labels for accuracy: a .npy/.txt file, or 'filename' "
                    "(the last number in each image's file name)")
     p.add_argument("--threads", type=_threads, default=(1, 2), help="thread counts for latency (default 1,2)")
-    p.add_argument("--latency-runs", type=int, default=30, help="timed runs per model and thread count")
-    p.add_argument("--eval-limit", type=int, default=None, help="use at most this many evaluation samples")
-    p.add_argument("--report-html", type=Path, default=None, help="write the HTML report here")
-    p.add_argument("--report-json", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--latency-runs", type=_positive_int, default=30, help="timed runs per model and thread count")
+    p.add_argument("--eval-limit", type=_positive_int, default=None, help="use at most this many evaluation samples")
+    p.add_argument("--report-html", type=_output_file, default=None, help="write the HTML report here")
+    p.add_argument("--report-json", type=_output_file, default=None, help="write the JSON report here")
 
 
 VERBOSE_HELP = "log what each stage does; on an internal error, print its traceback"
@@ -83,13 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"a preset: one of {', '.join(PRESETS)} (default int8)")
     q.add_argument("--calib", default=None, help="calibration data: .npy/.npz file or folder, or image folder")
     q.add_argument("--eval", dest="eval_data", default=None, help="held-out evaluation data (same forms)")
-    q.add_argument("-o", "--output", required=True, type=Path, help="where to write the quantized .onnx")
+    q.add_argument("-o", "--output", required=True, type=_output_file, help="where to write the quantized .onnx")
     q.add_argument("--plan", type=Path, default=None, help="re-apply a saved plan JSON instead of calibrating")
-    q.add_argument("--save-plan", type=Path, default=None, help="also write the plan as JSON")
-    q.add_argument("--save-float-model", type=Path, default=None,
+    q.add_argument("--save-plan", type=_output_file, default=None, help="also write the plan as JSON")
+    q.add_argument("--save-float-model", type=_output_file, default=None,
                    help="also write the float model the plan applies to (after equalization, bias correction, "
                         "learned rounding): re-apply an edited plan to this file")
-    q.add_argument("--calib-limit", type=int, default=None, help="use at most this many calibration samples")
+    q.add_argument("--calib-limit", type=_positive_int, default=None, help="use at most this many calibration samples")
     q.add_argument("--keep-float", action="append", default=[], help="glob of node names to keep in float")
     q.add_argument("--no-verify", action="store_true", help="skip fidelity, parity and latency measurement")
     q.add_argument("--skip-bad", action="store_true",
@@ -99,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "below FP32's (e.g. 1%% on top-1 agreement); needs --eval")
     q.add_argument("--min-metric", type=float, default=None, help="accuracy budget as an absolute floor (e.g. 0.99)")
     q.add_argument("--metric", default="top1-agreement", help="metric of the budget (see lowbit list)")
-    q.add_argument("--checkpoint", type=Path, default=None,
+    q.add_argument("--checkpoint", type=_output_file, default=None,
                    help="search checkpoint file: an interrupted search run again with it resumes")
     q.add_argument("--target", choices=["auto", "avx2", "vnni", "arm64"], default=None,
                    help="the CPU the weight grids are planned for (default auto: this machine)")
@@ -126,15 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
                                     "or 'doorbell' (face recognition)")
     d.add_argument("name", nargs="?", default="mobilenet", choices=["mobilenet", "doorbell"])
     d.add_argument("--out", type=Path, default=None, help="folder for models and reports (default lowbit-demo/NAME)")
-    d.add_argument("--calib-n", type=int, default=128, help="calibration photo crops")
-    d.add_argument("--eval-n", type=int, default=300, help="held-out evaluation photo crops")
+    d.add_argument("--calib-n", type=_positive_int, default=128, help="calibration photo crops")
+    d.add_argument("--eval-n", type=_positive_int, default=300, help="held-out evaluation photo crops")
     d.add_argument("--threads", type=_threads, default=(1, 2), help="thread counts for latency")
-    d.add_argument("--latency-runs", type=int, default=30)
+    d.add_argument("--latency-runs", type=_positive_int, default=30)
 
     b = sub.add_parser("bench", help="predict, per layer, whether INT8 / FP16 will be faster than FP32 here")
     b.add_argument("model", help="an .onnx file")
-    b.add_argument("--threads", type=int, default=1, help="thread count to measure at (default 1)")
-    b.add_argument("--json", type=Path, default=None, help="also write the per-layer table as JSON")
+    b.add_argument("--threads", type=_positive_int, default=1, help="thread count to measure at (default 1)")
+    b.add_argument("--json", type=_output_file, default=None, help="also write the per-layer table as JSON")
 
     from lowbit.cli_qat import add_qat_parser
 

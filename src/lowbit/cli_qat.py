@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.cli_args import output_file as _output_file
+from lowbit.cli_args import positive_int as _positive_int
 from lowbit.errors import ConfigError, DataError, ModelError
 
 WEIGHT_BITS = {"int8": None, "int4": "int4"}
@@ -47,21 +49,21 @@ def add_qat_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--preprocess", default=None, help="image preprocessing for image folders (see quantize)")
     p.add_argument("--normalize", default=None, help="MEAN,STD applied to array / idx data after uint8 -> [0, 1]")
     p.add_argument("--weights", choices=sorted(WEIGHT_BITS), default="int8", help="weight grid (default int8)")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=_positive_int, default=1)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--calib-n", type=int, default=512, help="training samples for the initial PTQ plan")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--calib-n", type=_positive_int, default=512, help="training samples for the initial PTQ plan")
     p.add_argument("--no-learn-scales", action="store_true", help="keep the PTQ step sizes (no LSQ)")
     p.add_argument("--bn", choices=("fold", "batch"), default="fold", help="BatchNorm handling (default fold)")
-    p.add_argument("--freeze-bn-after", type=int, default=None, help="steps of batch statistics (--bn batch)")
+    p.add_argument("--freeze-bn-after", type=_positive_int, default=None, help="steps of batch statistics (--bn batch)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-o", "--output", required=True, type=Path, help="where to write the QAT .onnx")
-    p.add_argument("--save-plan", type=Path, default=None, help="also write the learned plan as JSON")
+    p.add_argument("-o", "--output", required=True, type=_output_file, help="where to write the QAT .onnx")
+    p.add_argument("--save-plan", type=_output_file, default=None, help="also write the learned plan as JSON")
     p.add_argument("--threads", type=_thread_list, default=(1, 2),
                    help="thread counts for latency (default 1,2; '' skips)")
-    p.add_argument("--latency-runs", type=int, default=30)
-    p.add_argument("--report-html", type=Path, default=None)
-    p.add_argument("--report-json", type=Path, default=None)
+    p.add_argument("--latency-runs", type=_positive_int, default=30)
+    p.add_argument("--report-html", type=_output_file, default=None)
+    p.add_argument("--report-json", type=_output_file, default=None)
     return p
 
 

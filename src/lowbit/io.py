@@ -64,6 +64,8 @@ def check_output_path(path: str | Path, what: str = "output") -> Path:
     p = Path(path)
     if str(p) in ("", "."):
         raise OutputError(f"{what}: empty path; give a file name.")
+    if str(path).endswith(("/", os.sep)):  # Path() drops the slash that says the user meant a folder
+        raise OutputError(f"{what} {path} names a folder; give a file name such as {p / 'model.onnx'}.")
     try:
         target = _target(p)
         st = os.stat(target) if target.exists() else None

@@ -114,10 +114,12 @@ def _from_path(path: Path, specs: list[InputSpec], preprocess: ImagePreprocess |
 
 
 def _from_folder(root: Path, specs: list[InputSpec], preprocess: ImagePreprocess | None, kw: dict) -> FeedSource:
-    files = sorted(
-        (p for p in root.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
+    entries = [p for p in root.rglob("*") if not any(s.startswith(".") for s in p.relative_to(root).parts)]
+    files = sorted((p for p in entries if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+    odd = [p for p in entries if not p.is_file() and not p.is_dir()]
+    if odd:  # devices, FIFOs, dangling links: never opened (a FIFO would block, /dev/zero never ends)
+        log.warning("%s: skipped %d entr%s that %s not a regular file (first: %s)", root, len(odd),
+                    "y" if len(odd) == 1 else "ies", "is" if len(odd) == 1 else "are", odd[0])
     arrays = [p for p in files if p.suffix.lower() in ARRAY_SUFFIXES]
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
     if arrays and images:
