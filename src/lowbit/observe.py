@@ -49,9 +49,14 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str], copy: bool = True
     else:
         m = model
     present = {o.name for o in m.graph.output}
+    # an output's declared type must be the tensor's own: ONNX Runtime refuses an int64 shape
+    # tensor declared FLOAT (unknown types, where shape inference stopped, are taken as float)
+    types = {v.name: v.type.tensor_type.elem_type for v in list(m.graph.value_info) + list(m.graph.input)
+             if v.type.tensor_type.elem_type}
     for name in names:
         if name not in present:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+            elem = types.get(name, onnx.TensorProto.FLOAT)
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem, None))
             present.add(name)
     return m
 

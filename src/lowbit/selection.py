@@ -175,6 +175,8 @@ def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
                 continue
             if name in sel.shared:
                 continue  # reuses its source's parameters
+            if not g.is_float(name):
+                continue  # shape / index inputs (a Reshape's int64 shape) stay as they are
             activations.append(name)
         if node.op_type not in PASSTHROUGH_OPS:
             out = out_name(node)
