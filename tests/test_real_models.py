@@ -47,7 +47,7 @@ def test_doorbell_decisions_match_dlib(tmp_path):
         n = s[label]["decisions_as_dlib"].split("/")
         assert n[0] == n[1], (label, s[label]["decisions_as_dlib"])
         assert s[label]["verification"]["accuracy"] == 1.0
-        assert s[label]["mean_cos_to_dlib"] >= 0.99
+        assert s[label]["mean_cos_to_dlib"] >= 0.999  # the README's claim (int8: 0.99939 measured, VNNI)
     int8 = report.variant("int8")
     assert int8["parity"]["passed"]
     assert int8["size_bytes"] <= 0.27 * report.variant("fp32")["size_bytes"]
