@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,17 @@ def scripted_search(plan, penalty: dict[str, dict[str, float]]):
     ranking = [LayerSensitivity(n, plan.nodes[n].op, 0.5, 10.0, 0.9 if n in penalty else 0.5, 20.0)
                for n in layer_nodes(plan)]
     return Scripted(), ranking
+
+
+def pytest_configure(config) -> None:
+    """LOWBIT_TEST_CPU=avx2|vnni plans as that CPU would (the weight grids; ONNX Runtime still runs
+    this machine's kernels): a run that shows, on a VNNI machine, which tests assume a VNNI grid."""
+    forced = os.environ.get("LOWBIT_TEST_CPU")
+    if forced:
+        import lowbit.hardware as hardware
+
+        traits = hardware.TARGETS[forced]
+        hardware.this_cpu = lambda: traits
 
 
 def pytest_report_header(config) -> str:
