@@ -109,8 +109,10 @@ def check_structure(
 ) -> tuple[dict[str, np.ndarray], int]:
     """Check names, rank, fixed dims, size and batch sizes; add a missing batch axis.
 
-    Reads shapes only, never the data (memory-mapped arrays stay on disk). Returns the feeds in
-    spec order and the number of samples (rows).
+    Each input counts samples along its own `batch_axis`; an input without one (a scalar, a
+    constant) is checked against its full declared shape and counts none. Reads shapes only,
+    never the data (memory-mapped arrays stay on disk). Returns the feeds in spec order and the
+    number of samples (rows).
 
     >>> spec = InputSpec("x", ("N", 3), np.float32)
     >>> feeds, rows = check_structure({"x": np.zeros(3)}, [spec], "array[0]")
@@ -127,49 +129,69 @@ def check_structure(
     feeds: dict[str, np.ndarray] = {}
     rows: dict[str, int] = {}
     for spec in specs:
-        if spec.name not in inputs:
+        if spec.name not in inputs and spec.default is None:
             raise DataError(
                 f"{source}: input '{spec.name}' is missing; the model needs {', '.join(by_name)} "
                 f"and the data has {', '.join(inputs) or 'none'}. Add an array for '{spec.name}'."
             )
-        x = to_array(inputs[spec.name], source, f"input '{spec.name}'")
+        x = to_array(inputs[spec.name] if spec.name in inputs else spec.default, source, f"input '{spec.name}'")
         if x.size == 0:
             raise DataError(
                 f"{source}: input '{spec.name}' is empty (shape {x.shape}); "
                 f"expected {spec.describe_shape()} with no zero-size axis."
             )
+        axis = spec.batch_axis
         if spec.rank is not None:
-            if x.ndim == spec.rank - 1:
-                x = x[np.newaxis]  # a sample without batch axis
+            if axis is not None and x.ndim == spec.rank - 1:
+                x = np.expand_dims(x, axis)  # a sample without batch axis
             elif x.ndim != spec.rank:
+                one = (f" (or rank {spec.rank - 1} for one sample without its batch axis {axis})"
+                       if axis is not None else " (it has no batch axis: the same value goes with every batch)")
                 raise DataError(
-                    f"{source}: input '{spec.name}' expects rank {spec.rank} {spec.describe_shape()} "
-                    f"(or rank {spec.rank - 1} for one sample without batch axis), got rank "
-                    f"{x.ndim} with shape {x.shape}."
+                    f"{source}: input '{spec.name}' expects rank {spec.rank} {spec.describe_shape()}{one}, "
+                    f"got rank {x.ndim} with shape {x.shape}."
                 )
             _check_dims(x, spec, source, from_images)
-            if spec.rank:
-                rows[spec.name] = int(x.shape[0])
+            if axis is not None:
+                rows[spec.name] = int(x.shape[axis])
+        elif axis is not None and x.ndim > axis:
+            rows[spec.name] = int(x.shape[axis])
         feeds[spec.name] = x
     if len(set(rows.values())) > 1:
-        sizes = ", ".join(f"'{k}': {v}" for k, v in rows.items())
+        sizes = ", ".join(f"'{k}': {v} (axis {by_name[k].batch_axis})" for k, v in rows.items())
         raise DataError(
-            f"{source}: inputs have different batch sizes ({sizes}); every input of one sample "
-            "or batch must have the same first dim."
+            f"{source}: inputs have different batch sizes ({sizes}); every input of one sample or "
+            "batch must hold the same number of samples along its batch axis. If an input's samples "
+            "lie on another axis, or it has none (a constant), say so: batch_axes={'name': 1} or "
+            "{'name': None} (CLI --batch-axis name=1, --batch-axis name=none)."
         )
     return feeds, next(iter(rows.values()), 1)
 
 
 def _check_dims(x: np.ndarray, spec: InputSpec, source: str, from_images: bool) -> None:
     assert spec.shape is not None
-    # axis 0 is the batch axis: a fixed batch size is met by regrouping (see feeds._Batcher)
+    # the batch axis is free: a fixed batch size is met by regrouping (see feeds._Batcher)
     for axis, (want, got) in enumerate(zip(spec.shape, x.shape)):
-        if axis and isinstance(want, int) and got != want:
-            hint = _permutation_hint(spec.shape[1:], x.shape[1:], from_images)
+        if axis != spec.batch_axis and isinstance(want, int) and got != want:
+            hint = _permutation_hint(spec.shape[1:], x.shape[1:], from_images) if spec.batch_axis == 0 else ""
             raise DataError(
                 f"{source}: input '{spec.name}' expects shape {spec.describe_shape()}, got "
                 f"{x.shape} (axis {axis} is {got}, should be {want}).{hint}"
             )
+
+
+def take_rows(x: np.ndarray, axis: int | None, index: Any) -> np.ndarray:
+    """Samples `index` (a slice or an index array) of `x` along its batch `axis`; `x` itself
+    when it has none (a constant goes with every batch unchanged).
+
+    >>> take_rows(np.zeros((2, 5, 3)), 1, slice(1, 3)).shape
+    (2, 2, 3)
+    """
+    if axis is None:
+        return x
+    if isinstance(index, slice):
+        return x[(slice(None),) * axis + (index,)]
+    return np.take(x, index, axis=axis)
 
 
 def cast(x: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
@@ -211,10 +233,12 @@ def cast(x: np.ndarray, spec: InputSpec, source: str) -> np.ndarray:
 
 
 def nonfinite_rows(
-    feeds: Mapping[str, np.ndarray], rows: int, source: str, first_row: int = 0
+    feeds: Mapping[str, np.ndarray], rows: int, source: str, first_row: int = 0,
+    axes: Mapping[str, int | None] | None = None,
 ) -> tuple[np.ndarray, str]:
     """(mask of samples holding NaN or Inf, message saying how many and where; '' if none).
-    Sample numbers and indices in the message count from `first_row` (the piece's offset).
+    Sample numbers and indices in the message count from `first_row` (the piece's offset);
+    `axes`: each input's batch axis (default 0; None: a bad value spoils every sample).
 
     >>> mask, msg = nonfinite_rows({"x": np.array([[0.0], [np.nan]])}, 2, "a.npy")
     >>> mask.tolist(), "1 NaN" in msg
@@ -231,10 +255,11 @@ def nonfinite_rows(
         n_nan = int(np.isnan(x).sum())
         n_inf = int(bad.sum()) - n_nan
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        if x.ndim and x.shape[0] == rows:
-            first = (first[0] + first_row, *first[1:])
-        if x.ndim and x.shape[0] == rows:
-            row_bad = bad.reshape(rows, -1).any(axis=1)
+        axis = (axes or {}).get(name, 0)
+        batched = axis is not None and x.ndim > axis and x.shape[axis] == rows
+        if batched:
+            first = (*first[:axis], first[axis] + first_row, *first[axis + 1:])
+            row_bad = np.moveaxis(bad, axis, 0).reshape(rows, -1).any(axis=1)
         else:
             row_bad = np.ones(rows, dtype=bool)
         bad_rows |= row_bad

@@ -15,7 +15,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from lowbit.data.arrays import cast, check_structure, nonfinite_rows, to_array
+from lowbit.data.arrays import cast, check_structure, nonfinite_rows, take_rows, to_array
 from lowbit.data.spec import Batch, InputSpec
 from lowbit.errors import ConfigError, DataError
 
@@ -51,6 +51,11 @@ class FeedSource:
     `.skipped` lists (source, reason) for the samples skipped in the latest pass (skip_bad=True).
     `len()` is the number of batches where it is cheaply known, else a TypeError.
 
+    Each input's samples lie along its spec's `batch_axis`; inputs without one go unchanged with
+    every batch. `sequences=True` (stateful data, `lowbit.stateful`): every item is one sequence, cut
+    into batches of `batch_size` consecutive samples (steps) and never grouped with another
+    item; each batch says whether it starts its sequence (`Batch.sequence_start`).
+
     >>> src = as_feeds(np.zeros((10, 4), np.float32), [InputSpec("x", ("N", 4), np.float32)],
     ...                batch_size=4)  # doctest: +SKIP
     >>> [b.size for b in src]        # doctest: +SKIP
@@ -68,6 +73,7 @@ class FeedSource:
         limit: int | None = None,
         skip_bad: bool = False,
         num_samples: int | None = None,
+        sequences: bool = False,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive int; got {batch_size!r}.")
@@ -78,20 +84,24 @@ class FeedSource:
         self.skipped: list[tuple[str, str]] = []
         self._items, self._labels, self._limit, self._skip_bad = items, labels, limit, skip_bad
         self._num_samples = num_samples
+        self.sequences = sequences
+        self.axes = {s.name: s.batch_axis for s in self.specs}
         self._target, self._fixed = _target_batch(self.specs, batch_size)
+        if sequences:
+            self._target, self._fixed = batch_size, False
 
     def __repr__(self) -> str:
         return f"FeedSource({self.description}, batch={self._target}, limit={self._limit})"
 
     def __len__(self) -> int:
-        if self._num_samples is None or self._target is None:
+        if self._num_samples is None or self._target is None or self.sequences:
             raise TypeError(f"the number of batches in {self.description} is not known before reading it")
         n = min(self._num_samples, self._limit or self._num_samples)
         return n // self._target if self._fixed else math.ceil(n / self._target)
 
     def __iter__(self) -> Iterator[Batch]:
         self.skipped = []
-        batcher = _Batcher(self._target, self._fixed)
+        batcher = _Batcher(self._target, self._fixed, self.axes)
         offset = taken = 0  # samples seen (indexes a labels array) / samples accepted
         for source, load in self._items():
             if self._limit is not None and taken >= self._limit:
@@ -105,8 +115,10 @@ class FeedSource:
                 offset += 1
                 continue
             offset += rows
-            cut = self._target if self._target and (loaded.collection or self._fixed or loaded.on_disk) else rows
+            cut = (self._target if self._target and (loaded.collection or self._fixed or loaded.on_disk
+                                                     or self.sequences) else rows)
             whole = not loaded.collection and not self._fixed and rows > 1
+            fresh = loaded.first_row == 0  # the next piece yielded starts its sequence
             for start in range(0, rows, cut):
                 stop = min(start + cut, rows)
                 if self._limit is not None:
@@ -115,8 +127,13 @@ class FeedSource:
                     break
                 piece = self._piece(source, feeds, labels, rows, start, stop, loaded)
                 if piece is not None:
-                    taken += _rows(piece[0])
-                    yield from batcher.add(*piece, whole=whole)
+                    n = _rows(piece[0], self.axes)
+                    taken += n
+                    if self.sequences:
+                        yield Batch(*piece, rows=n, sequence_start=fresh)
+                        fresh = False
+                    else:
+                        yield from batcher.add(*piece, whole=whole)
         yield from batcher.flush(final=True)
         if self.skipped:
             log.warning("skipped %d bad sample(s) of %s", len(self.skipped), self.description)
@@ -139,14 +156,14 @@ class FeedSource:
         src = (source if (at + start, at + stop) == (0, total) else f"{source}[{at + start}]" if stop - start == 1
                else f"{source}[{at + start}:{at + stop}]")
         if (start, stop) != (0, rows):
-            feeds = {k: v[start:stop] for k, v in feeds.items()}
+            feeds = {k: take_rows(v, self.axes.get(k, 0), slice(start, stop)) for k, v in feeds.items()}
             labels = None if labels is None else labels[start:stop]
         try:
             feeds = {s.name: _in_memory(cast(feeds[s.name], s, src)) for s in self.specs}
         except DataError as exc:
             self._bad(src, exc)
             return None
-        bad, message = nonfinite_rows(feeds, stop - start, src, at + start)
+        bad, message = nonfinite_rows(feeds, stop - start, src, at + start, self.axes)
         if not message:
             return feeds, labels, src
         if not self._skip_bad:
@@ -156,7 +173,7 @@ class FeedSource:
         keep = ~bad
         if not keep.any():
             return None
-        feeds = {k: (v[keep] if v.ndim and v.shape[0] == len(keep) else v) for k, v in feeds.items()}
+        feeds = {k: take_rows(v, self.axes.get(k, 0), np.flatnonzero(keep)) for k, v in feeds.items()}
         return feeds, None if labels is None else labels[keep], src
 
     def _item_labels(self, source: str, data_labels: Any, offset: int, rows: int) -> np.ndarray | None:
@@ -197,15 +214,22 @@ def _in_memory(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _rows(feeds: dict[str, np.ndarray]) -> int:
-    return next((int(v.shape[0]) for v in feeds.values() if v.ndim), 1)
+def _rows(feeds: dict[str, np.ndarray], axes: dict[str, int | None]) -> int:
+    """Samples in `feeds`: along the first input that has a batch axis (1 if none has)."""
+    for k, v in feeds.items():
+        axis = axes.get(k, 0)
+        if axis is not None and v.ndim > axis:
+            return int(v.shape[axis])
+    return 1
 
 
 def _target_batch(specs: Sequence[InputSpec], batch_size: int) -> tuple[int | None, bool]:
-    """(samples per batch, whether the model fixes it); None: no regrouping (rank-0 inputs)."""
-    if any(s.rank is None or s.rank == 0 for s in specs):
+    """(samples per batch, whether the model fixes it); None: no regrouping (an input of unknown
+    rank, or no input with a batch axis)."""
+    batched = [s for s in specs if s.batch_axis is not None]
+    if any(s.rank is None for s in specs) or not batched:
         return None, False
-    fixed = {s.batch_dim for s in specs if isinstance(s.batch_dim, int)}
+    fixed = {s.batch_dim for s in batched if isinstance(s.batch_dim, int)}
     if len(fixed) > 1:
         return None, False
     if fixed:
@@ -222,8 +246,8 @@ def _target_batch(specs: Sequence[InputSpec], batch_size: int) -> tuple[int | No
 class _Batcher:
     """Regroups pieces into batches of `target` samples; holds at most one batch."""
 
-    def __init__(self, target: int | None, fixed: bool) -> None:
-        self.target, self.fixed = target, fixed
+    def __init__(self, target: int | None, fixed: bool, axes: dict[str, int | None]) -> None:
+        self.target, self.fixed, self.axes = target, fixed, axes
         self.buf: list[tuple[dict[str, np.ndarray], np.ndarray | None, str]] = []
         self.rows = 0
 
@@ -232,7 +256,7 @@ class _Batcher:
     ) -> Iterator[Batch]:
         if self.target is None or whole:
             yield from self.flush()
-            yield Batch(feeds, labels, source)
+            yield Batch(feeds, labels, source, rows=_rows(feeds, self.axes))
             return
         if self.buf and not self._fits(feeds, labels):
             if self.fixed:
@@ -242,10 +266,11 @@ class _Batcher:
                     f"is fixed to {self.target}. Give all samples one shape."
                 )
             yield from self.flush()
-        n, start = _rows(feeds), 0
+        n, start = _rows(feeds, self.axes), 0
         while start < n:
             take = min(self.target - self.rows, n - start)
-            part = feeds if take == n else {k: v[start : start + take] for k, v in feeds.items()}
+            part = feeds if take == n else {k: take_rows(v, self.axes.get(k, 0), slice(start, start + take))
+                                            for k, v in feeds.items()}
             part_labels = labels if take == n or labels is None else labels[start : start + take]
             self.buf.append((part, part_labels, source))
             self.rows += take
@@ -265,13 +290,15 @@ class _Batcher:
             )
             return
         if len(buf) == 1:
-            yield Batch(*buf[0])
+            yield Batch(*buf[0], rows=rows)
             return
-        feeds = {k: np.concatenate([p[0][k] for p in buf]) for k in buf[0][0]}
+        # along each input's own batch axis; an input without one is the same in every piece
+        feeds = {k: buf[0][0][k] if self.axes.get(k, 0) is None else
+                 np.concatenate([p[0][k] for p in buf], axis=self.axes.get(k, 0)) for k in buf[0][0]}
         labels = None if buf[0][1] is None else np.concatenate([p[1] for p in buf])  # type: ignore[misc]
         sources = [p[2] for p in buf]
         source = sources[0] if len(set(sources)) == 1 else f"{sources[0]} .. {sources[-1]}"
-        yield Batch(feeds, labels, source)
+        yield Batch(feeds, labels, source, rows=rows)
 
     def _fits(self, feeds: dict[str, np.ndarray], labels: np.ndarray | None) -> bool:
         ref, ref_labels, _ = self.buf[0]
@@ -279,7 +306,16 @@ class _Batcher:
             return False
         if labels is not None and ref_labels is not None and labels.shape[1:] != ref_labels.shape[1:]:
             return False
-        return all(v.shape[1:] == ref[k].shape[1:] and v.dtype == ref[k].dtype for k, v in feeds.items())
+        for k, v in feeds.items():
+            axis, r = self.axes.get(k, 0), ref[k]
+            if v.dtype != r.dtype or v.ndim != r.ndim:
+                return False
+            if axis is None:
+                if v.shape != r.shape or not np.array_equal(v, r):
+                    return False  # a constant that differs between samples starts a new batch
+            elif v.shape[:axis] + v.shape[axis + 1:] != r.shape[:axis] + r.shape[axis + 1:]:
+                return False
+        return True
 
 
 def _shapes(feeds: dict[str, np.ndarray]) -> str:

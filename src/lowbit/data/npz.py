@@ -153,15 +153,16 @@ def label_key(keys: Sequence[str], specs: Sequence[InputSpec]) -> str | None:
 
 def chunk_rows(archive: NpzArchive, specs: Sequence[InputSpec], batch_size: int) -> tuple[int, int] | None:
     """(samples, rows per chunk) where every member holds samples along axis 0 (inputs at their
-    model rank, labels one per sample); None where the archive is one sample (or a model input of
-    unknown rank), read whole."""
+    model rank, labels one per sample; inputs without a batch axis are read whole with every
+    chunk); None where the archive is one sample (or a model input of unknown rank, or one whose
+    samples lie on another axis), read whole."""
     by_name = {s.name: s for s in specs}
-    members = archive.members.values()
+    members = [m for m in archive.members.values() if m.key not in constant_members(archive, specs)]
     inputs = [m for m in members if m.key in by_name]
     if not inputs or any(by_name[m.key].rank in (None, 0) or len(m.shape) != by_name[m.key].rank for m in inputs):
         return None
-    if any(m.fortran_order for m in members):
-        return None
+    if any(m.fortran_order or by_name[m.key].batch_axis != 0 for m in inputs):
+        return None  # samples along another axis: read whole (rows are contiguous on axis 0 only)
     rows = {m.shape[0] for m in members if m.shape}
     if len(rows) != 1 or any(not m.shape for m in inputs):
         return None  # check_structure / the labels check name the mismatch
@@ -171,3 +172,9 @@ def chunk_rows(archive: NpzArchive, specs: Sequence[InputSpec], batch_size: int)
     if per_chunk >= batch_size:  # whole batches per chunk: a chunk boundary splits no batch
         per_chunk -= per_chunk % batch_size
     return n, max(1, min(per_chunk, n))
+
+
+def constant_members(archive: NpzArchive, specs: Sequence[InputSpec]) -> set[str]:
+    """Members for inputs without a batch axis: the same array goes with every chunk."""
+    none = {s.name for s in specs if s.batch_axis is None}
+    return {k for k in archive.members if k in none}

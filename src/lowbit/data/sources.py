@@ -15,7 +15,7 @@ from PIL import Image
 from lowbit.data.arrays import LABEL_KEYS, check_structure, is_tensor, split_sample, to_array
 from lowbit.data.feeds import FeedSource, Item, LabelFn, Loaded
 from lowbit.data.images import IMAGE_SUFFIXES, ImagePreprocess, read_image
-from lowbit.data.npz import NpzArchive, chunk_rows, label_key
+from lowbit.data.npz import NpzArchive, chunk_rows, constant_members, label_key
 from lowbit.data.spec import InputSpec
 from lowbit.errors import ConfigError, DataError
 
@@ -39,6 +39,7 @@ def as_feeds(
     batch_size: int = 1,
     limit: int | None = None,
     skip_bad: bool = False,
+    sequences: bool = False,
 ) -> FeedSource:
     """Calibration / evaluation data as a re-iterable, streaming `FeedSource` of `Batch`es.
 
@@ -46,7 +47,8 @@ def as_feeds(
     subfolders give labels), an array, a dict name->array, a re-iterable of samples or batches
     (arrays, tuples, dicts, (inputs, labels) pairs, torch tensors; a DataLoader), a zero-arg
     function returning a fresh iterable, or a FeedSource. `labels`: an array, a .npy/.txt path
-    or a function(source) -> label.
+    or a function(source) -> label. `sequences`: stateful data, one sequence per item (see
+    `FeedSource`; built by `lowbit.stateful.stateful_feeds`).
 
     >>> spec = InputSpec("x", ("N", 3, 8, 8), np.float32)
     >>> [b.feeds["x"].shape for b in as_feeds(np.zeros((5, 3, 8, 8), np.float32), [spec], batch_size=4)]
@@ -58,7 +60,8 @@ def as_feeds(
     if not specs:
         raise ConfigError("the model has no inputs to feed (specs is empty).")
     kw: dict[str, Any] = dict(
-        labels=_resolve_labels(labels), batch_size=batch_size, limit=limit, skip_bad=skip_bad
+        labels=_resolve_labels(labels), batch_size=batch_size, limit=limit, skip_bad=skip_bad,
+        sequences=sequences,
     )
     if isinstance(data, (str, os.PathLike)):
         return _from_path(Path(data), specs, preprocess, kw)
@@ -293,10 +296,12 @@ def _npz_items(path: Path, specs: list[InputSpec], batch_size: int, *, collectio
             yield source, lambda: loaded({k: z.whole(k) for k in z.members})
             return
         n, per_chunk = layout
+        whole = constant_members(z, specs)
         for start in range(0, n, per_chunk):
             stop = min(start + per_chunk, n)
             yield source, (lambda start=start, stop=stop: loaded(
-                {k: z.rows(k, start, stop) if m.shape else z.whole(k) for k, m in z.members.items()},
+                {k: z.rows(k, start, stop) if m.shape and k not in whole else z.whole(k)
+                 for k, m in z.members.items()},
                 on_disk=True, first_row=start, file_rows=n))
 
 

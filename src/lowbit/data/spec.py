@@ -15,22 +15,31 @@ Dim = Union[int, str, None]
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: name, shape (ints fixed; str or None dynamic) and numpy dtype.
+    """One model input: name, shape (ints fixed; str or None dynamic), numpy dtype and the axis
+    that holds samples (`batch_axis`; None: the input has none and is fed unchanged with every
+    batch, e.g. a scalar sample rate; a rank-0 input always has none). `default`: the array fed
+    where the data leaves the input out (a recurrent model's initial state).
 
     `shape` is None only when the model declares no shape at all; then no rank or dim checks run.
 
     >>> InputSpec("pixel_values", ("N", 3, 224, 224), np.float32).rank
     4
+    >>> InputSpec("state", (2, "B", 128), np.float32, batch_axis=1).batch_dim
+    'B'
     """
 
     name: str
     shape: tuple[Dim, ...]
     dtype: np.dtype = field(default_factory=lambda: np.dtype(np.float32))
+    batch_axis: int | None = 0
+    default: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dtype", np.dtype(self.dtype))
         if self.shape is not None:
             object.__setattr__(self, "shape", tuple(self.shape))
+            if not self.shape:
+                object.__setattr__(self, "batch_axis", None)
 
     @property
     def rank(self) -> int | None:
@@ -39,8 +48,10 @@ class InputSpec:
 
     @property
     def batch_dim(self) -> Dim:
-        """The first dim (the batch axis): an int when fixed, else its name or None."""
-        return self.shape[0] if self.shape else None
+        """The batch axis's dim: an int when fixed, else its name or None (also: no batch axis)."""
+        if not self.shape or self.batch_axis is None or self.batch_axis >= len(self.shape):
+            return None
+        return self.shape[self.batch_axis]
 
     def describe_shape(self) -> str:
         """The shape for messages: '(N, 3, 224, 224)', dynamic dims by name, '?' when unnamed.
@@ -52,14 +63,18 @@ class InputSpec:
             return "(any shape)"
         dims = []
         for i, d in enumerate(self.shape):
-            dims.append(str(d) if d is not None else ("N" if i == 0 else "?"))
+            dims.append(str(d) if d is not None else ("N" if i == self.batch_axis else "?"))
         return "(" + ", ".join(dims) + (",)" if len(dims) == 1 else ")")
 
 
 @dataclass(frozen=True, eq=False)
 class Batch:
-    """One batch for the model: `feeds` (input name -> array, batch axis first), optional
-    `labels` (first axis = samples) and `source` (file or index it came from, for messages).
+    """One batch for the model: `feeds` (input name -> array, samples along each input's batch
+    axis), optional `labels` (first axis = samples) and `source` (file or index it came from, for
+    messages). `rows`: the number of samples, where the data layer knows it (inputs whose batch
+    axis is not 0). `sequence_start`: for stateful data (`lowbit.stateful`), True on the first
+    chunk of a sequence (its state inputs hold the initial state), False on later chunks (their
+    state comes from the previous chunk's outputs); None for data without state.
 
     >>> b = Batch({"x": np.zeros((2, 3), np.float32)}, None, "array[0:2]")
     >>> b.size
@@ -69,10 +84,14 @@ class Batch:
     feeds: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    rows: int | None = None
+    sequence_start: bool | None = None
 
     @property
     def size(self) -> int:
-        """Number of samples (first axis of the first batched input; 1 if none is batched)."""
+        """Number of samples (`rows`, else the first axis of the first batched input; 1 if none)."""
+        if self.rows is not None:
+            return self.rows
         for a in self.feeds.values():
             if a.ndim:
                 return int(a.shape[0])
