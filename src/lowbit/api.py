@@ -16,6 +16,7 @@ from lowbit.analysis.float_layers import restore_float_layers
 from lowbit.clipping import choose_clipping
 from lowbit.config import QuantConfig, as_config, resolve_transformer
 from lowbit.data import FeedSource, as_feeds
+from lowbit.data.arrays import take_rows
 from lowbit.emit import emit_qdq
 from lowbit.energy import SOURCE as ENERGY_SOURCE
 from lowbit.energy import estimate as estimate_energy
@@ -34,6 +35,7 @@ from lowbit.prepare import PreparedModel, fingerprint, prepare
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
 from lowbit.selection import select
+from lowbit.stateful import check_data_options, model_feeds
 from lowbit.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
 from lowbit.verify import check_parity, compare_models, kernel_check, measure_latency
 
@@ -154,6 +156,8 @@ def quantize(
     search_evals: int = 40,
     checkpoint: str | Path | None = None,
     skip_bad: bool = False,
+    batch_axes: dict[str, int | None] | None = None,
+    stateful: dict[str, str] | None = None,
     verify: VerifyOptions | None = VerifyOptions(),
     progress: Progress = null_progress,
 ) -> QuantResult:
@@ -167,6 +171,11 @@ def quantize(
     `eval_data`, and confirms it on the other half; with `skip_bad`, corrupt or invalid samples are
     skipped and counted in the report instead of stopping the run; `metric` is a registry name, a Metric, or
     any callable(reference_outputs, candidate_outputs, labels) -> float, higher is better.
+    `batch_axes` names the axis holding samples of inputs where it is not what the graph shows
+    ({"state": 1}; None: no batch axis, the array goes with every batch, e.g. {"sr": None}).
+    `stateful` pairs state inputs with the outputs that carry them ({"state": "stateN"}): each
+    item of the data is then one sequence, run chunk by chunk with its state carried, in
+    calibration and in evaluation (`lowbit.stateful`).
     `output` is checked before any work (not an input, not a device; a symlink is written through)
     and written only after verification succeeded: a failed run leaves an earlier file as it was.
 
@@ -187,6 +196,7 @@ def quantize(
     loaded = load_model(model, example_inputs)
     check_outputs(outputs, {"model file": list(loaded.files)})
     prepared = prepare(loaded)
+    check_data_options(prepared.proto, prepared.inputs, batch_axes, stateful)  # before any work
     if verify is None:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
     if plan is None:
@@ -214,7 +224,8 @@ def quantize(
         if calib_data is None:
             raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
                             "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
-        calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess, limit=calib_limit, skip_bad=skip_bad)
+        calib = model_feeds(calib_data, prepared.proto, prepared.inputs, batch_axes=batch_axes, stateful=stateful,
+                            preprocess=preprocess, limit=calib_limit, skip_bad=skip_bad)
         budget = max_drop is not None or min_metric is not None
         original = prepared.proto if budget else None
         # calibrate_plan gets the only reference to the prepared model (popped from a list: no local
@@ -285,8 +296,8 @@ def quantize(
             report.data["notes"].append("No held-out data given: fidelity is measured on the calibration data.")
         if data is not None:
             float_model = prepared.proto
-            eval_feeds = as_feeds(data, prepared.inputs, labels=labels, preprocess=preprocess,
-                                  limit=verify.eval_limit, skip_bad=skip_bad)
+            eval_feeds = model_feeds(data, loaded.proto, prepared.inputs, batch_axes=batch_axes, stateful=stateful,
+                                     labels=labels, preprocess=preprocess, limit=verify.eval_limit, skip_bad=skip_bad)
             _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, float_model, qplan)},
                          eval_feeds, verify, progress)
             _note_skipped(report, "evaluation", eval_feeds)
@@ -350,8 +361,9 @@ def _verify_into(report: Report, reference: bytes,
                 variants[0]["energy_uj"] = estimate_energy(float_model)["total_uj"]
                 report.data["energy_source"] = ENERGY_SOURCE
     if opts.threads:
-        first = next(iter(data))
-        feeds = {k: a[:1] for k, a in first.feeds.items()}
+        first = next(iter(data))  # one sample: each input cut on its own batch axis
+        axes = getattr(data, "axes", {})
+        feeds = {k: take_rows(a, axes.get(k, 0), slice(0, 1)) for k, a in first.feeds.items()}
         models = {"fp32": reference, **{k: b for k, (b, _, _) in candidates.items()}}
         lat = measure_latency(models, feeds, opts.threads, opts.latency_runs, progress=progress)
         for v in variants:

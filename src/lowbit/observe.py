@@ -110,19 +110,19 @@ def collect_stats(
     """Run every calibration batch once and feed the chosen tensors to their observers."""
     sess = session(with_outputs(model, tensors), optimize=False, arena=False)
     stats = CalibrationStats({name: method_for(name).observer() for name in tensors})
+    # stateful data (lowbit.stateful) takes back the state outputs of this run for its next chunk
+    carried = [o for o in getattr(data, "state_outputs", []) if o not in tensors]
     for batch in data:
-        values = run_batch(sess, batch, tensors)
+        values = run_batch(sess, batch, tensors + carried)
+        if hasattr(data, "hand_back"):
+            data.hand_back(batch, dict(zip(tensors + carried, values)))  # type: ignore[attr-defined]
         for name, v in zip(tensors, values):
             stats.observers[name].update(np.asarray(v, dtype=np.float32))
         values = v = None  # freed before the next batch's are computed
-        stats.samples += _batch_size(batch)
+        stats.samples += batch.size
         progress("calibrate", stats.samples, total)
     if stats.samples == 0:
         raise DataError("calibration data is empty: no samples were found. Give at least one sample "
                         "(a few hundred representative ones are best).")
     return stats
 
-
-def _batch_size(batch: Batch) -> int:
-    first = next(iter(batch.feeds.values()))
-    return int(first.shape[0]) if first.ndim else 1

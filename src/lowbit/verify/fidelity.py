@@ -9,6 +9,7 @@ import numpy as np
 from lowbit.data import Batch
 from lowbit.observe import run_batch, session
 from lowbit.progress import Progress, null_progress
+from lowbit.stateful import StateCarry, run_carried
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -82,16 +83,24 @@ class FidelityAccumulator:
 def compare_models(reference: bytes, candidates: dict[str, bytes], data: Iterable[Batch],
                    progress: Progress = null_progress, total: int | None = None
                    ) -> tuple[dict[str, FidelityAccumulator], int]:
-    """Run the reference and every candidate on the same batches; one accumulator per candidate."""
+    """Run the reference and every candidate on the same batches; one accumulator per candidate.
+    Stateful data (`lowbit.stateful`): every model carries its own state along each sequence."""
     ref = session(reference)
     names = [o.name for o in ref.get_outputs()]
     cands = {k: session(v) for k, v in candidates.items()}
     accs = {k: FidelityAccumulator(names) for k in candidates}
+    pairs = getattr(data, "pairs", None)
+    carries = {k: StateCarry(pairs) for k in ["", *cands]} if pairs else {}
     seen = 0
     for batch in data:
-        r = run_batch(ref, batch)
+        if pairs:
+            r, _ = run_carried(ref, batch, names, carries[""])
+            data.hand_back(batch, dict(zip(names, r)))  # type: ignore[attr-defined]
+        else:
+            r = run_batch(ref, batch)
         for k, s in cands.items():
-            accs[k].update(r, run_batch(s, batch), batch.labels)
+            c = run_carried(s, batch, names, carries[k])[0] if pairs else run_batch(s, batch)
+            accs[k].update(r, c, batch.labels)
         seen += 1
         progress("evaluate", seen, total)
     return accs, seen
