@@ -29,8 +29,8 @@ def _named_batch_axes(spec: InputSpec) -> list[int]:
 def infer_axis(spec: InputSpec, others: Sequence[InputSpec]) -> int | None:
     """The batch axis of `spec` as far as the graph shows it (see module doc), in this order:
     rank 0 or unknown shape; a dim named like a batch; a dim named as another input's axis-0 dim;
-    a fully fixed input beside inputs whose axis 0 is dynamic (a constant: no batch axis); axis 0
-    fixed > 1 with exactly one dynamic axis beside inputs whose axis 0 is dynamic (`[2, ?, 128]`).
+    axis 0 fixed > 1 with exactly one dynamic axis beside inputs whose axis 0 is dynamic
+    (`[2, ?, 128]`: a fixed axis 0 that differs from 1 cannot be a batch shared with them).
 
     >>> x = InputSpec("input", ("B", 576))
     >>> infer_axis(InputSpec("state", (2, "B", 128)), [x]), infer_axis(InputSpec("sr", ()), [x])
@@ -49,10 +49,10 @@ def infer_axis(spec: InputSpec, others: Sequence[InputSpec]) -> int | None:
     shared = [i for i, d in enumerate(shape) if isinstance(d, str) and d in lead]
     if len(shared) == 1:
         return shared[0]
+    # a fully fixed input (an LSTM's h0 [1, 1, 128]) may be a constant or fix the batch to 1:
+    # not for the graph to say, it keeps axis 0 (batch_axes={"h0": None} says it is a constant)
     dynamic_lead = any(not isinstance(o.shape[0], int) for o in others)
     dynamic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
-    if dynamic_lead and not dynamic:
-        return None  # cannot share the others' free batch size: a constant such as an LSTM's h0
     if dynamic_lead and isinstance(shape[0], int) and shape[0] > 1 and len(dynamic) == 1:
         return dynamic[0]
     return 0

@@ -99,7 +99,8 @@ class Batch:
 
 
 def specs_from_onnx(model: onnx.ModelProto) -> list[InputSpec]:
-    """The graph inputs a caller must feed (initializers excluded), in graph order.
+    """The graph inputs a caller must feed (initializers excluded), in graph order, with their
+    batch axes inferred (`lowbit.data.axes`).
 
     >>> specs = specs_from_onnx(onnx.load("model.onnx"))  # doctest: +SKIP
     >>> specs[0]                                           # doctest: +SKIP
@@ -131,4 +132,6 @@ def specs_from_onnx(model: onnx.ModelProto) -> list[InputSpec]:
                     dims.append(d.dim_param or None)
             shape = tuple(dims)
         specs.append(InputSpec(value.name, shape, dtype))  # type: ignore[arg-type]
-    return specs
+    from lowbit.data.axes import resolve_batch_axes
+
+    return resolve_batch_axes(specs)  # each input's batch axis, as far as the graph shows it
