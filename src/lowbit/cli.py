@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "learned rounding): re-apply an edited plan to this file")
     q.add_argument("--calib-limit", type=_positive_int, default=None, help="use at most this many calibration samples")
     q.add_argument("--keep-float", action="append", default=[], help="glob of node names to keep in float")
+    q.add_argument("--batch-axis", action="append", default=[], metavar="INPUT=AXIS",
+                   help="the axis holding an input's samples where the graph does not show it (state=1); "
+                        "INPUT=none: no batch axis, the array goes with every batch (sr=none). Repeatable")
+    q.add_argument("--stateful", action="append", default=[], metavar="IN->OUT",
+                   help="carry a recurrent state: each data item is one sequence, run chunk by chunk, the "
+                        "output OUT of each chunk fed to input IN of the next (state->stateN; h->hn,c->cn)")
     q.add_argument("--no-verify", action="store_true", help="skip fidelity, parity and latency measurement")
     q.add_argument("--skip-bad", action="store_true",
                    help="skip corrupt or invalid samples (counted in the report) instead of stopping")
@@ -258,8 +264,16 @@ def _labels_input(args):
     return None if args.labels in (None, "filename") else args.labels
 
 
+def _batch_axes(values):
+    from lowbit.data.axes import parse_axis
+
+    axes = dict(parse_axis(v) for v in values)
+    return axes or None
+
+
 def _quantize(args, progress):
     import lowbit
+    from lowbit.stateful import parse_pairs
     from lowbit.config import preset
 
     check_outputs({"-o/--output": args.output, "--save-plan": args.save_plan,
@@ -280,6 +294,7 @@ def _quantize(args, progress):
         args.model, config, args.calib, eval_data=args.eval_data, labels=_labels(args.labels),
         preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
         min_metric=args.min_metric, metric=args.metric, checkpoint=args.checkpoint, skip_bad=args.skip_bad,
+        batch_axes=_batch_axes(args.batch_axis), stateful=parse_pairs(args.stateful) or None,
         verify=None if args.no_verify else _verify_opts(args), progress=progress,
     )
     report = result.report

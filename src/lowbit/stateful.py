@@ -31,17 +31,19 @@ log = logging.getLogger(__name__)
 
 
 def parse_pairs(texts: Iterable[str]) -> dict[str, str]:
-    """CLI values 'state->stateN' or 'h->hn,c->cn' as {input: output}.
+    """CLI values 'state->stateN' or 'h->hn,c->cn' as {input: output}; 'state=stateN' too (a
+    shell takes an unquoted '>' for a redirection).
 
-    >>> parse_pairs(["h->hn,c->cn", "state->stateN"])
+    >>> parse_pairs(["h->hn,c->cn", "state=stateN"])
     {'h': 'hn', 'c': 'cn', 'state': 'stateN'}
     """
     pairs: dict[str, str] = {}
     for text in texts:
         for part in text.split(","):
-            name, sep, out = (p.strip() for p in part.partition("->"))
+            arrow = "->" if "->" in part else "="
+            name, sep, out = (p.strip() for p in part.partition(arrow))
             if not sep or not name or not out:
-                raise ConfigError(f"--stateful takes INPUT->OUTPUT pairs (e.g. state->stateN, or h->hn,c->cn); "
+                raise ConfigError(f"--stateful takes INPUT->OUTPUT pairs (e.g. 'state->stateN', or 'h->hn,c->cn'); "
                                   f"got '{part.strip()}'.")
             if name in pairs:
                 raise ConfigError(f"--stateful names the state input '{name}' twice.")
