@@ -45,7 +45,7 @@ def load_model(model: Any, example_inputs: Any = None, input_names: list[str] | 
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
-        _check(proto, "the given ModelProto")
+        proto = _check(proto, "the given ModelProto")
         return LoadedModel(proto, proto.graph.name or "model", "onnx.ModelProto")
     try:
         import torch
@@ -86,7 +86,7 @@ def _load_path(path: Path) -> LoadedModel:
     check_text(proto, str(path))
     check_tensor_sizes(proto.graph, str(path))  # before reading external data or allocating
     files = load_external_data_safely(proto, path.parent)
-    _check(proto, str(path))
+    proto = _check(proto, str(path))
     return LoadedModel(proto, path.stem, str(path), path, (path, *files))
 
 
@@ -97,16 +97,22 @@ def opset_of(proto: onnx.ModelProto) -> int:
     return 0
 
 
-def _check(proto: onnx.ModelProto, where: str) -> None:
+def _check(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """The checked model; opsets older than MIN_OPSET raised to it (lowbit.upgrade)."""
     from lowbit.model_checks import check_graph, check_tensor_sizes, check_text
+    from lowbit.upgrade import upgrade_opset
 
     check_text(proto, where)
     check_tensor_sizes(proto.graph, where)
     check_graph(proto.graph, {imp.domain for imp in proto.opset_import}, where)
-    opset = opset_of(proto)
-    if opset < MIN_OPSET:
-        raise ModelError(f"{where} uses ONNX opset {opset}; lowbit needs opset {MIN_OPSET} or newer (per-channel "
-                         "QuantizeLinear). Convert it with onnx.version_converter.convert_version(model, 17).")
+    _check_onnx(proto, where)
+    if opset_of(proto) < MIN_OPSET:
+        proto = upgrade_opset(proto, where, MIN_OPSET)
+        _check_onnx(proto, where)
+    return proto
+
+
+def _check_onnx(proto: onnx.ModelProto, where: str) -> None:
     try:
         # The checker cannot take protos over 2 GB in memory; those are checked by path elsewhere.
         if proto.ByteSize() < 2**31 - 1:

@@ -31,6 +31,7 @@ from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorit
 from lowbit.data import Batch
 from lowbit.errors import ConfigError, DataError
 from lowbit.graph import GraphIndex
+from lowbit.names import Names
 from lowbit.peak_memory import release_free_memory
 from lowbit.plan import QuantPlan
 
@@ -108,6 +109,7 @@ def _with_reference_layers(sim: onnx.ModelProto, reference: onnx.ModelProto,
     g = GraphIndex(reference)
     by_name = {n.name: n for n in sim.graph.node}
     sim_inits = {t.name: t for t in sim.graph.initializer}
+    names = Names(sim)  # a node `fc` reading a weight `fc` would otherwise make `fc__float_ref` twice
     diffs = []
     for layer in layers:
         node, src = by_name[layer.node], g.nodes[layer.node]
@@ -116,11 +118,11 @@ def _with_reference_layers(sim: onnx.ModelProto, reference: onnx.ModelProto,
             if len(src.input) > slot and src.input[slot]:
                 name, value = src.input[slot], g.constant(src.input[slot])
                 if not _same(sim_inits.get(name), value):  # else the reference reads the sim's own
-                    name = f"{name}__float_ref"
+                    name = names.fresh(f"{name}__float_ref")
                     sim.graph.initializer.append(numpy_helper.from_array(value, name))
                 inputs.append(name)
-        out = f"{layer.node}__float_ref"
-        diff = f"{layer.node}__quant_error"
+        out = names.fresh(f"{layer.node}__float_ref")
+        diff = names.fresh(f"{layer.node}__quant_error")
         sim.graph.node.extend([
             helper.make_node(src.op_type, inputs, [out], name=out, domain=src.domain),
             helper.make_node("Sub", [layer.sim_out, out], [diff], name=diff),

@@ -28,6 +28,7 @@ from lowbit.algorithms import _layer_data as ld
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.graph import GraphIndex
+from lowbit.names import Names
 from lowbit.observe import run_batch, session
 from lowbit.plan import QuantPlan
 
@@ -110,6 +111,7 @@ def smooth(model: onnx.ModelProto, groups: dict[str, list[str]], amax: dict[str,
     g = GraphIndex(out)
     inits = {t.name: t for t in out.graph.initializer}
     new_nodes: dict[str, list[onnx.NodeProto]] = {}
+    made = Names(out)
     for tensor, names in groups.items():
         ws = [numpy_helper.to_array(inits[g.nodes[n].input[1]]).astype(np.float32) for n in names]
         w_absmax = np.max([np.abs(w).max(axis=1) for w in ws], axis=0)  # (K,): row j meets channel j
@@ -117,9 +119,10 @@ def smooth(model: onnx.ModelProto, groups: dict[str, list[str]], amax: dict[str,
         for n, w in zip(names, ws):
             w_name = g.nodes[n].input[1]
             inits[w_name].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), w_name))
-        smoothed, inv = f"{tensor}_smooth", f"{tensor}_smooth_inv"
+        p = made.fresh_prefix(tensor, ("_smooth", "_smooth_inv", "_SmoothQuant"))
+        smoothed, inv = f"{p}_smooth", f"{p}_smooth_inv"
         out.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inv))
-        mul = helper.make_node("Mul", [tensor, inv], [smoothed], name=f"{tensor}_SmoothQuant")
+        mul = helper.make_node("Mul", [tensor, inv], [smoothed], name=f"{p}_SmoothQuant")
         producer = g.producer.get(tensor)
         new_nodes.setdefault(producer.name if producer is not None else "", []).append(mul)
         for n in names:

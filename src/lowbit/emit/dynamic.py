@@ -22,6 +22,7 @@ from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.emit.metadata import record_plan
 from lowbit.graph import GraphIndex
+from lowbit.names import Names
 from lowbit.hardware import target_traits
 from lowbit.ops import why_float
 from lowbit.plan import NodePlan, QuantPlan, TensorPlan
@@ -35,6 +36,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = GraphIndex(m)
+    made = Names(m)
     nodes = []
     for node in m.graph.node:
         b = g.constant(node.input[1]) if node.op_type == "Gemm" else None
@@ -43,13 +45,13 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             nodes.append(node)
             continue
         w = b.T if g.attr(node, "transB", 0) else b
-        w_name = f"{node.input[1]}_matmul"
+        w_name = made.fresh(f"{node.input[1]}_matmul")
         m.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
         has_bias = len(node.input) > 2 and node.input[2]
-        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        mm_out = made.fresh(f"{node.output[0]}_matmul") if has_bias else node.output[0]
         nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=node.name))
         if has_bias:
-            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=made.fresh(f"{node.name}_bias")))
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     return m
@@ -87,13 +89,14 @@ def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Model
     early = early_layers(model)  # FP32, as the fp16 preset keeps them: rounding there is amplified most
     head: list[onnx.NodeProto] = []
     replaced: set[str] = set()
+    made = Names(model)
     for node in model.graph.node:
         w_name = node.input[1] if node.op_type == "Conv" and node.name not in early else ""
         init = g.initializers.get(w_name)
         if init is None or init.data_type != onnx.TensorProto.FLOAT or len(g.consumers.get(w_name, [])) != 1:
             continue
         w = numpy_helper.to_array(init)
-        inits, nodes = stored_int8_nodes(w_name, weight_only_int8(w, 0))
+        inits, nodes = stored_int8_nodes(w_name, weight_only_int8(w, 0), made)
         model.graph.initializer.extend(inits)
         head.extend(nodes)
         replaced.add(w_name)

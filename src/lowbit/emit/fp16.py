@@ -11,6 +11,7 @@ from onnxconverter_common import float16
 from lowbit import __version__
 from lowbit.emit.metadata import record_plan
 from lowbit.graph import GraphIndex
+from lowbit.names import Names
 from lowbit.plan import NodePlan, QuantPlan
 from lowbit.prepare import drop_inferred_shapes, fingerprint
 
@@ -111,14 +112,16 @@ def emit_fp16_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPla
     plan = QuantPlan(precision="fp16", model_fingerprint=fingerprint(model), lowbit_version=__version__,
                      config={"precision": "fp16", "storage": "fp16-weights"})
     kept, casts = [], []
+    made = Names(out)
     for t in out.graph.initializer:
         w = numpy_helper.to_array(t) if t.data_type == TensorProto.FLOAT else None
         if w is None or (w.ndim < 2 and w.size < MIN_STORED_ELEMENTS) or t.name in outputs or not readers.get(t.name) \
                 or any(n.name in early for n in readers[t.name]) or not np.all(np.abs(w) <= np.finfo(np.float16).max):
             kept.append(t)
             continue
-        kept.append(numpy_helper.from_array(w.astype(np.float16), f"{t.name}_f16"))
-        casts.append(helper.make_node("Cast", [f"{t.name}_f16"], [t.name], name=f"{t.name}_cast", to=TensorProto.FLOAT))
+        p = made.fresh_prefix(t.name, ("_f16", "_cast"))
+        kept.append(numpy_helper.from_array(w.astype(np.float16), f"{p}_f16"))
+        casts.append(helper.make_node("Cast", [f"{p}_f16"], [t.name], name=f"{p}_cast", to=TensorProto.FLOAT))
         for node in readers[t.name]:
             plan.nodes[node.name] = NodePlan(node.name, node.op_type, "fp16",
                                              "FP16-stored weights, FP32 arithmetic: this CPU has no FP16 kernels in "
@@ -176,6 +179,7 @@ def _unshare_small_constants(model: onnx.ModelProto, max_elements: int = 1024) -
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = GraphIndex(m)
+    made = Names(m)
     extra = []
     for name, users in g.consumers.items():
         t = g.initializers.get(name)
@@ -184,7 +188,7 @@ def _unshare_small_constants(model: onnx.ModelProto, max_elements: int = 1024) -
         for k, node in enumerate(users[1:], start=1):
             copy = onnx.TensorProto()
             copy.CopyFrom(t)
-            copy.name = f"{name}__{k}"
+            copy.name = made.fresh(f"{name}__{k}")
             extra.append(copy)
             for j, i in enumerate(node.input):
                 if i == name:

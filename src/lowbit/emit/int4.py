@@ -22,6 +22,7 @@ from onnx import helper, numpy_helper
 from lowbit.core.granularity import PerGroup
 from lowbit.errors import ConfigError
 from lowbit.graph import GraphIndex
+from lowbit.names import Names
 from lowbit.plan import QuantPlan, TensorPlan
 
 MS_DOMAIN = "com.microsoft"
@@ -65,6 +66,7 @@ def check_linear_gemm(node: onnx.NodeProto, g: GraphIndex) -> None:
 
 def matmul_nbits(node: onnx.NodeProto, w_name: str, bias: list[str], k: int, n: int, bits: int,
                  size: int) -> onnx.NodeProto:
+    """`w_name`: the prefix of the packed weight's `_nb` / `_nbs` initializers."""
     """The MatMulNBits node reading `w_name`'s packed blocks. 8-bit blocks compute in int8 (accuracy
     level 4: the input is quantized per block at run time); ONNX Runtime's float path for 8-bit
     blocks dequantizes on every call and ran at a tenth of FP32's speed on AVX2."""
@@ -80,6 +82,8 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = GraphIndex(out)
+    names = Names(out)
+    stored: dict[str, str] = {}  # weight -> prefix of its packed `_nb` / `_nbs` initializers
     replaced: set[str] = set()
     nodes = []
     for node in out.graph.node:
@@ -91,13 +95,16 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             nodes.append(node)
             continue
         w = g.constant(t.name)
+        if t.name not in stored:
+            stored[t.name] = names.fresh_prefix(t.name, ("_nb", "_nbs"))
+        p = stored[t.name]
         if node.op_type == "MatMul":
             k, n = w.shape
             bits = check_block_plan(t, k)
             size = t.qparams.granularity.size
             q = t.qparams.quantize(w).T                                  # (N, K)
             scales = np.asarray(t.qparams.scale, np.float32).T           # (N, K / size)
-            nodes.append(matmul_nbits(node, t.name, [], k, n, bits, size))
+            nodes.append(matmul_nbits(node, p, [], k, n, bits, size))
         elif node.op_type == "Gemm":
             check_linear_gemm(node, g)
             n, k = w.shape                                                # transB: (N, K)
@@ -105,7 +112,7 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             size = t.qparams.granularity.size
             q = t.qparams.quantize(w)                                    # (N, K)
             scales = np.asarray(t.qparams.scale, np.float32)             # (N, K / size)
-            nodes.append(matmul_nbits(node, t.name, list(node.input[2:3]), k, n, bits, size))
+            nodes.append(matmul_nbits(node, p, list(node.input[2:3]), k, n, bits, size))
         elif node.op_type == "Gather" and int(g.attr(node, "axis", 0)) == 0:
             v, d = w.shape
             bits = check_block_plan(t, d)
@@ -113,7 +120,7 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             q = t.qparams.quantize(w)                                    # (V, D)
             scales = np.asarray(t.qparams.scale, np.float32)             # (V, D / size)
             nodes.append(helper.make_node(
-                "GatherBlockQuantized", [f"{t.name}_nb", node.input[1], f"{t.name}_nbs"], list(node.output),
+                "GatherBlockQuantized", [f"{p}_nb", node.input[1], f"{p}_nbs"], list(node.output),
                 name=node.name, domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=size, bits=bits))
         else:
             raise ConfigError(f"{node.name}: {node.op_type} has no block-wise kernel; keep it in float")
@@ -123,8 +130,8 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         else:
             scales = scales.reshape(-1)
         if t.name not in replaced:
-            out.graph.initializer.extend([numpy_helper.from_array(packed, f"{t.name}_nb"),
-                                          numpy_helper.from_array(scales, f"{t.name}_nbs")])
+            out.graph.initializer.extend([numpy_helper.from_array(packed, f"{p}_nb"),
+                                          numpy_helper.from_array(scales, f"{p}_nbs")])
             replaced.add(t.name)
     del out.graph.node[:]
     out.graph.node.extend(nodes)
@@ -157,11 +164,12 @@ def emit_int4_simulation(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelP
     return out
 
 
-def quantize_block_inputs(nodes: list[onnx.NodeProto], g: GraphIndex, plan: QuantPlan, opset: int
-                          ) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+def quantize_block_inputs(nodes: list[onnx.NodeProto], g: GraphIndex, plan: QuantPlan, opset: int,
+                          names: Names | None = None) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
     """(new initializers, `nodes`) with, before each MatMul / Gemm on 8-bit block weights, what
     MatMulNBits' int8 path does to its input (`block_input_fake_quant`), for simulations. `g`
     indexes a model holding the weights (for K)."""
+    names = names if names is not None else Names(g.model)
     inits, out = [], []
     for node in nodes:
         t = plan.tensors.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
@@ -169,12 +177,17 @@ def quantize_block_inputs(nodes: list[onnx.NodeProto], g: GraphIndex, plan: Quan
         if q is not None and isinstance(q.granularity, PerGroup) and q.dtype.bits == 8:
             shape = g.constant(t.name).shape
             k = int(shape[1] if node.op_type == "Gemm" else shape[0])
-            made, pre, node.input[0] = block_input_fake_quant(node.input[0], f"{node.name}_blockq", k,
-                                                              q.granularity.size, opset)
+            prefix = names.fresh_prefix(f"{node.name}_blockq", _BLOCKQ_MADE)
+            made, pre, node.input[0] = block_input_fake_quant(node.input[0], prefix, k, q.granularity.size, opset)
             inits += made
             out += pre
         out.append(node)
     return inits, out
+
+
+_BLOCKQ_MADE = tuple(f"_{s}" for s in ("blocks", "127", "tiny", "axes", "abs", "amax", "ReduceMax", "shape", "Shape", "x",
+                                        "Reshape", "Abs", "s0", "Scale", "s", "NonZero", "div", "Div", "round",
+                                        "Round", "dq", "Mul", "out", "Back"))
 
 
 def block_input_fake_quant(x: str, prefix: str, k: int, size: int, opset: int

@@ -68,14 +68,21 @@ def plan_from_model(model: onnx.ModelProto) -> QuantPlan:
                          "still load; its plan cannot be read back.") from None
     tensors = d.get("tensors") if isinstance(d, dict) else None
     inits = {t.name: t for t in model.graph.initializer}
+    # a weight's scale / zero point are its DequantizeLinear's inputs (named `W_s`, `W_z` unless the
+    # model held those names; a 4-bit zero point reaches it through a Cast)
+    dq = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.output}
+    cast_of = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast" and n.output and n.input}
     for name, t in (tensors.items() if isinstance(tensors, dict) else ()):
         if not isinstance(t, dict) or "scale" in t:
             continue  # checked by from_dict
-        scale = inits.get(f"{name}{SCALE}")
+        node = dq.get(name)
+        s_name = node.input[1] if node is not None and len(node.input) > 1 else f"{name}{SCALE}"
+        z_name = node.input[2] if node is not None and len(node.input) > 2 else f"{name}{ZERO_POINT}"
+        scale = inits.get(s_name)
         if scale is None:
             raise ModelError(f"the model's plan refers to weight '{name}' whose scale initializer is missing.")
         t["scale"] = onnx.numpy_helper.to_array(scale).tolist()
-        zp = inits.get(f"{name}{ZERO_POINT}")
+        zp = inits.get(cast_of.get(z_name, z_name))
         t["zero_point"] = (onnx.numpy_helper.to_array(zp).astype(np.int64).tolist() if zp is not None
                            else _zeros_like(t["scale"]))
     try:

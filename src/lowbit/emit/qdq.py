@@ -22,6 +22,7 @@ from lowbit.emit.metadata import record_plan
 from lowbit.emit.weight_storage import StoredInt8, stored_int8_nodes, weight_only_int8
 from lowbit.errors import ModelError
 from lowbit.graph import GraphIndex
+from lowbit.names import Names
 from lowbit.ops import weight_slots
 from lowbit.plan import QuantPlan, TensorPlan
 
@@ -47,13 +48,22 @@ def emit_simulation(model: onnx.ModelProto, plan: QuantPlan, forced: bool = Fals
     on the very integers ONNX Runtime computed, and its own integer output is exposed as
     `T_fq_clip` for comparison (teacher forcing: one layer's rounding difference cannot snowball).
     """
-    out = _Surgery(model, plan, simulate=True, forced=forced).run()
     if forced:
-        for name, t in plan.tensors.items():
-            if t.role == "activation":
-                out.graph.input.append(helper.make_tensor_value_info(forced_input(name), TensorProto.FLOAT, None))
-                out.graph.output.append(helper.make_tensor_value_info(sim_integer_output(name), TensorProto.FLOAT, None))
-    return out
+        return emit_forced_simulation(model, plan)[0]
+    return _Surgery(model, plan, simulate=True).run()
+
+
+def emit_forced_simulation(model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, dict[str, tuple[str, str]]]:
+    """The teacher-forced simulation and, per quantized activation, the names of its forced input
+    and of its integer output (`T__forced`, `T_fq_clip` unless the model already holds those names)."""
+    surgery = _Surgery(model, plan, simulate=True, forced=True)
+    out = surgery.run()
+    for name, t in plan.tensors.items():
+        if t.role == "activation" and name in surgery.forced_names:
+            forced, integers = surgery.forced_names[name]
+            out.graph.input.append(helper.make_tensor_value_info(forced, TensorProto.FLOAT, None))
+            out.graph.output.append(helper.make_tensor_value_info(integers, TensorProto.FLOAT, None))
+    return out, surgery.forced_names
 
 
 def forced_input(name: str) -> str:
@@ -64,8 +74,11 @@ def sim_integer_output(name: str) -> str:
     return f"{name}_fq_clip"
 
 
-def deployed_integer_output(name: str) -> str:
-    return f"{name}{Q_OUT}"
+def deployed_integer_outputs(model: onnx.ModelProto, names: list[str]) -> dict[str, str]:
+    """The integer tensor (QuantizeLinear output) of each quantized activation in an emitted model,
+    found by structure: its name is `T_q` unless the model already held that name."""
+    q_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return {a: q_of.get(a, f"{a}{Q_OUT}") for a in names}
 
 
 class _Surgery:
@@ -78,9 +91,12 @@ class _Surgery:
         self.m.CopyFrom(model)
         self.new_inits: list[TensorProto] = []
         self.narrowed_weights: set[str] = set()
+        self.names = Names()  # seeded in run(), after the opset conversion
+        self.forced_names: dict[str, tuple[str, str]] = {}  # activation -> (forced input, integer output)
 
     # --- helpers -------------------------------------------------------------------------
     def _const(self, name: str, value: np.ndarray, elem_type: int | None = None) -> str:
+        name = self.names.fresh(name)
         if elem_type is not None and elem_type in (TensorProto.INT4, TensorProto.UINT4):
             t = helper.make_tensor(name, elem_type, value.shape, value.flatten().tolist())
         else:
@@ -105,6 +121,7 @@ class _Surgery:
     # --- the surgery ---------------------------------------------------------------------
     def run(self) -> onnx.ModelProto:
         self._convert_opset()
+        self.names = Names(self.m)
         g = self.m.graph
         self._fold_activations()
         index = GraphIndex(self.m)
@@ -154,7 +171,7 @@ class _Surgery:
             from lowbit.emit.int4 import quantize_block_inputs
 
             opset = next((i.version for i in self.m.opset_import if i.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
-            block_inits, new_nodes = quantize_block_inputs(new_nodes, index, self.plan, opset)
+            block_inits, new_nodes = quantize_block_inputs(new_nodes, index, self.plan, opset, self.names)
             g.initializer.extend(block_inits)
         del g.node[:]
         g.node.extend(new_nodes)
@@ -190,11 +207,12 @@ class _Surgery:
                     self.new_inits.append(numpy_helper.from_array(exact.astype(np.float32), name))
                     continue
                 if not isinstance(stored, StoredInt8):
-                    self.new_inits.append(numpy_helper.from_array(stored, f"{name}_f16"))
-                    nodes.append(helper.make_node("Cast", [f"{name}_f16"], [name], name=f"{name}_cast",
+                    f16 = self.names.fresh(f"{name}_f16")
+                    self.new_inits.append(numpy_helper.from_array(stored, f16))
+                    nodes.append(helper.make_node("Cast", [f16], [name], name=self.names.fresh(f"{name}_cast"),
                                                   to=TensorProto.FLOAT))
                 else:
-                    stored_inits, stored_nodes = stored_int8_nodes(name, stored)
+                    stored_inits, stored_nodes = stored_int8_nodes(name, stored, self.names)
                     self.new_inits.extend(stored_inits)
                     nodes.extend(stored_nodes)
         return nodes
@@ -234,19 +252,19 @@ class _Surgery:
             # run at a third of FP32's speed. A Cast to 8 bits of the same integers is constant-folded at
             # session start, so the file keeps 4-bit weights and the layer runs on the int8 kernel.
             int8_type = TensorProto.INT8 if q.dtype.signed else TensorProto.UINT8
-            for name in (qname, z):
-                if name:
-                    casts.append(helper.make_node("Cast", [name], [f"{name}_8bit"], to=int8_type))
-            qname, z = f"{qname}_8bit", (f"{z}_8bit" if z else z)
+            narrow = {name: self.names.fresh(f"{name}_8bit") for name in (qname, z) if name}
+            for name, to in narrow.items():
+                casts.append(helper.make_node("Cast", [name], [to], to=int8_type))
+            qname, z = narrow[qname], narrow.get(z, z)
         inputs = [qname, s, z] if z else [qname, s]
         return casts + [helper.make_node("DequantizeLinear", inputs, [t.name], **attrs)]
 
     def _quantize_activation(self, t: TensorPlan) -> tuple[list[onnx.NodeProto], str]:
         name = t.name
-        dq_out = f"{name}{DQ_OUT}"
+        dq_out = self.names.fresh(f"{name}{DQ_OUT}")
         if not self.simulate:
             s, z, _ = self._qparam_consts(t)
-            q_out = f"{name}{Q_OUT}"
+            q_out = self.names.fresh(f"{name}{Q_OUT}")
             return [
                 # unnamed: names are optional in ONNX, and these would only repeat their outputs'
                 helper.make_node("QuantizeLinear", [name, s, z], [q_out]),
@@ -256,20 +274,24 @@ class _Surgery:
         q = t.qparams
         qmin, qmax = q.dtype.bounds(q.narrow)
         p = f"{name}_fq"
+        n = {k: self.names.fresh(f"{p}_{k}") for k in ("div", "round", "add", "clip", "sub")}
         s = self._const(f"{p}_scale", np.asarray(q.scale, dtype=np.float32).reshape(()))
         z = self._const(f"{p}_zp", np.asarray(q.zero_point, dtype=np.float32).reshape(()))
         lo = self._const(f"{p}_qmin", np.float32(qmin))
         hi = self._const(f"{p}_qmax", np.float32(qmax))
         nodes = [
-            helper.make_node("Div", [name, s], [f"{p}_div"], name=f"{p}_Div"),
-            helper.make_node("Round", [f"{p}_div"], [f"{p}_round"], name=f"{p}_Round"),
-            helper.make_node("Add", [f"{p}_round", z], [f"{p}_add"], name=f"{p}_Add"),
-            helper.make_node("Clip", [f"{p}_add", lo, hi], [f"{p}_clip"], name=f"{p}_Clip"),
+            helper.make_node("Div", [name, s], [n["div"]], name=self.names.fresh(f"{p}_Div")),
+            helper.make_node("Round", [n["div"]], [n["round"]], name=self.names.fresh(f"{p}_Round")),
+            helper.make_node("Add", [n["round"], z], [n["add"]], name=self.names.fresh(f"{p}_Add")),
+            helper.make_node("Clip", [n["add"], lo, hi], [n["clip"]], name=self.names.fresh(f"{p}_Clip")),
         ]
-        integers = forced_input(name) if self.forced else f"{p}_clip"
+        integers = n["clip"]
+        if self.forced:
+            integers = self.names.fresh(forced_input(name))
+            self.forced_names[name] = (integers, n["clip"])
         nodes += [
-            helper.make_node("Sub", [integers, z], [f"{p}_sub"], name=f"{p}_Sub"),
-            helper.make_node("Mul", [f"{p}_sub", s], [dq_out], name=f"{p}_Mul"),
+            helper.make_node("Sub", [integers, z], [n["sub"]], name=self.names.fresh(f"{p}_Sub")),
+            helper.make_node("Mul", [n["sub"], s], [dq_out], name=self.names.fresh(f"{p}_Mul")),
         ]
         return nodes, dq_out
 

@@ -17,6 +17,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from lowbit.names import Names
+
 W8_GROUP = 32
 INTEGERS, SCALE = "_w8", "_s"  # as lowbit.emit.qdq names its constants
 _FP16_MIN_NORMAL, _FP16_MAX = 2.0 ** -14, 65504.0
@@ -70,19 +72,25 @@ def weight_only_int8(w: np.ndarray, axis: int, group: int = W8_GROUP) -> StoredI
     return StoredInt8(ints, scale.reshape(np.shape(amax)), tuple(w.shape))
 
 
-def stored_int8_nodes(name: str, stored: StoredInt8) -> tuple[list[TensorProto], list[onnx.NodeProto]]:
-    """Initializers and nodes that compute float tensor `name` from `stored`, all foldable at load."""
-    inits = [numpy_helper.from_array(stored.ints, f"{name}{INTEGERS}"),
-             numpy_helper.from_array(stored.scale, f"{name}{SCALE}")]
-    nodes = [helper.make_node("Cast", [f"{name}{INTEGERS}"], [f"{name}_f"], name=f"{name}_cast", to=TensorProto.FLOAT)]
-    scale = f"{name}{SCALE}"
+_MADE = (INTEGERS, SCALE, "_f", "_cast", f"{SCALE}_f", f"{SCALE}_cast", "_blocks", "_scale", "_shape", "_reshape")
+
+
+def stored_int8_nodes(name: str, stored: StoredInt8, names: Names | None = None
+                      ) -> tuple[list[TensorProto], list[onnx.NodeProto]]:
+    """Initializers and nodes that compute float tensor `name` from `stored`, all foldable at load.
+    Their names are `name` + a suffix unless `names` (the model's) already holds one of them."""
+    p = names.fresh_prefix(name, _MADE) if names is not None else name
+    inits = [numpy_helper.from_array(stored.ints, f"{p}{INTEGERS}"),
+             numpy_helper.from_array(stored.scale, f"{p}{SCALE}")]
+    nodes = [helper.make_node("Cast", [f"{p}{INTEGERS}"], [f"{p}_f"], name=f"{p}_cast", to=TensorProto.FLOAT)]
+    scale = f"{p}{SCALE}"
     if stored.scale.dtype == np.float16:
         nodes.append(helper.make_node("Cast", [scale], [f"{scale}_f"], name=f"{scale}_cast", to=TensorProto.FLOAT))
         scale = f"{scale}_f"
     blocked = stored.ints.shape != stored.shape
-    product = f"{name}_blocks" if blocked else name
-    nodes.append(helper.make_node("Mul", [f"{name}_f", scale], [product], name=f"{name}_scale"))
+    product = f"{p}_blocks" if blocked else name
+    nodes.append(helper.make_node("Mul", [f"{p}_f", scale], [product], name=f"{p}_scale"))
     if blocked:
-        inits.append(numpy_helper.from_array(np.asarray(stored.shape, np.int64), f"{name}_shape"))
-        nodes.append(helper.make_node("Reshape", [product, f"{name}_shape"], [name], name=f"{name}_reshape"))
+        inits.append(numpy_helper.from_array(np.asarray(stored.shape, np.int64), f"{p}_shape"))
+        nodes.append(helper.make_node("Reshape", [product, f"{p}_shape"], [name], name=f"{p}_reshape"))
     return inits, nodes

@@ -32,6 +32,7 @@ from onnx import helper, numpy_helper
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.graph import GraphIndex
+from lowbit.names import Names
 from lowbit.plan import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -96,31 +97,36 @@ def _rewrite(model: onnx.ModelProto, groups: dict[str, list[str]], chosen: dict[
     out.CopyFrom(model)
     g = GraphIndex(out)
     inits = {t.name: t for t in out.graph.initializer}
+    made = Names(out)  # the split's tensors are named after x, y and w unless the model holds those names
     after: dict[str, list[onnx.NodeProto]] = {}
     for x, names in groups.items():
         idx = chosen[x]
+        px = made.fresh_prefix(x, (MASK, IDX, INLIERS, OUTLIERS, "/InlierMask", "/OutlierGather"))
         mask = np.ones(g.constant(g.nodes[names[0]].input[1]).shape[0], np.float32)
         mask[idx] = 0.0
-        out.graph.initializer.extend([numpy_helper.from_array(mask, x + MASK),
-                                      numpy_helper.from_array(idx.astype(np.int64), x + IDX)])
+        out.graph.initializer.extend([numpy_helper.from_array(mask, px + MASK),
+                                      numpy_helper.from_array(idx.astype(np.int64), px + IDX)])
         producer = g.producer.get(x)
         after.setdefault(producer.name if producer is not None else "", []).extend([
-            helper.make_node("Mul", [x, x + MASK], [x + INLIERS], name=f"{x}/InlierMask"),
-            helper.make_node("Gather", [x, x + IDX], [x + OUTLIERS], name=f"{x}/OutlierGather", axis=-1)])
+            helper.make_node("Mul", [x, px + MASK], [px + INLIERS], name=f"{px}/InlierMask"),
+            helper.make_node("Gather", [x, px + IDX], [px + OUTLIERS], name=f"{px}/OutlierGather", axis=-1)])
         for name in names:
             node = g.nodes[name]
             w_name = node.input[1]
+            y = node.output[0]
+            rows_name = made.fresh(w_name + "_outlier_rows")
+            py = made.fresh_prefix(y, (INLIERS, OUTLIERS))
+            pn = made.fresh_prefix(name, ("/OutlierMatMul", "/OutlierAdd"))
             w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
             rows, w = w[idx].copy(), w.copy()
             w[idx] = 0.0
             inits[w_name].CopyFrom(numpy_helper.from_array(w, w_name))
-            out.graph.initializer.append(numpy_helper.from_array(rows, w_name + "_outlier_rows"))
-            y = node.output[0]
-            node.input[0], node.output[0] = x + INLIERS, y + INLIERS
+            out.graph.initializer.append(numpy_helper.from_array(rows, rows_name))
+            node.input[0], node.output[0] = px + INLIERS, py + INLIERS
             after.setdefault(name, []).extend([
-                helper.make_node("MatMul", [x + OUTLIERS, w_name + "_outlier_rows"], [y + OUTLIERS],
-                                 name=f"{name}/OutlierMatMul"),
-                helper.make_node("Add", [y + INLIERS, y + OUTLIERS], [y], name=f"{name}/OutlierAdd")])
+                helper.make_node("MatMul", [px + OUTLIERS, rows_name], [py + OUTLIERS],
+                                 name=f"{pn}/OutlierMatMul"),
+                helper.make_node("Add", [py + INLIERS, py + OUTLIERS], [y], name=f"{pn}/OutlierAdd")])
     nodes = list(after.get("", []))
     for node in out.graph.node:
         nodes.append(node)

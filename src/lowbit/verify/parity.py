@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from lowbit.data import Batch
-from lowbit.emit.qdq import deployed_integer_output, emit_simulation, forced_input, sim_integer_output
+from lowbit.emit.qdq import deployed_integer_outputs, emit_forced_simulation, emit_simulation
 from lowbit.observe import run_batch, session
 from lowbit.plan import QuantPlan
 
@@ -31,12 +31,12 @@ def output_step(rng: tuple[float, float]) -> float:
     return max((hi - lo) / 255.0, 1e-12)
 
 
-def _with_integer_outputs(model: onnx.ModelProto, plan: QuantPlan, names: list[str]) -> onnx.ModelProto:
+def _with_integer_outputs(model: onnx.ModelProto, plan: QuantPlan, integers: dict[str, str]) -> onnx.ModelProto:
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    for name in names:
+    for name, q in integers.items():
         elem = plan.tensors[name].qparams.dtype.onnx_type
-        m.graph.output.append(onnx.helper.make_tensor_value_info(deployed_integer_output(name), elem, None))
+        m.graph.output.append(onnx.helper.make_tensor_value_info(q, elem, None))
     return m
 
 
@@ -61,18 +61,21 @@ def check_parity(deployed: bytes, float_model: onnx.ModelProto, plan: QuantPlan,
     """{within_one_step, max_steps, elements, passed, layers, outputs, free_running}."""
     deployed_proto = onnx.load_from_string(deployed)
     acts = [n for n, t in plan.tensors.items() if t.role == "activation"]
-    real = session(_with_integer_outputs(deployed_proto, plan, acts))
-    forced = session(emit_simulation(float_model, plan, forced=True), optimize=False)
+    integers = deployed_integer_outputs(deployed_proto, acts)
+    real = session(_with_integer_outputs(deployed_proto, plan, integers))
+    forced_model, forced_names = emit_forced_simulation(float_model, plan)
+    forced = session(forced_model, optimize=False)
+    del forced_model
     free = session(emit_simulation(float_model, plan), optimize=False)
     outputs = [o.name for o in deployed_proto.graph.output]
     layers, outs, drift = _Tally(), _Tally(), _Tally()
     for i, batch in enumerate(data):
         if i >= max_batches:
             break
-        got = dict(zip(outputs + acts, run_batch(real, batch, outputs + [deployed_integer_output(a) for a in acts])))
+        got = dict(zip(outputs + acts, run_batch(real, batch, outputs + [integers[a] for a in acts])))
         feeds = dict(batch.feeds)
-        feeds.update({forced_input(a): got[a].astype(np.float32) for a in acts})
-        sim_names = outputs + [sim_integer_output(a) for a in acts]
+        feeds.update({forced_names[a][0]: got[a].astype(np.float32) for a in acts})
+        sim_names = outputs + [forced_names[a][1] for a in acts]
         sim = dict(zip(outputs + acts, run_batch(forced, Batch(feeds, None, batch.source), sim_names)))
         for a in acts:
             layers.add(np.abs(got[a].astype(np.float64) - sim[a]))
