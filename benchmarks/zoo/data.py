@@ -387,6 +387,23 @@ def save(data: Data, folder: Path) -> None:
     save_runs(data.eval, folder / "eval.npz")
 
 
+SEQUENCES = {"vad_stream": 4, "vad_sequence": 8}  # utterances for stateful calibration
+
+
+def save_sequences(data: str, folder: Path) -> Path:
+    """calib_seq/: one .npz per calibration utterance, its (T, 576) chunks in order (what
+    `lowbit quantize --stateful` reads: each file one sequence; the state starts at zeros)."""
+    out = folder / "calib_seq"
+    if not out.exists():
+        tmp = folder / "calib_seq.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        extra = {"sr": np.array(VAD_SR, np.int64)} if data == "vad_stream" else {}
+        for i, u in enumerate(vad_utterances("calib", SEQUENCES[data])):
+            np.savez(tmp / f"utt{i:03d}.npz", input=u, **extra)
+        tmp.rename(out)
+    return out
+
+
 def load_runs(path: Path) -> list[dict[str, np.ndarray]]:
     runs: dict[int, dict[str, np.ndarray]] = {}
     with np.load(path) as z:

@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 PRESETS = ("fp16", "int8", "int8-fast", "int8-transformer", "w4a8", "int8-dynamic")
 PEERS = ("ort-static", "ort-dynamic")
 LOWBIT = Path(sys.executable).with_name("lowbit")
+# recurrent models: calibrated on whole utterances with their state carried (zdata.save_sequences)
+STATEFUL = {"vad_stream": ["--stateful", "state->stateN"], "vad_sequence": ["--stateful", "h->hn,c->cn"]}
 
 
 def session(path: Path, threads: int = 1) -> ort.InferenceSession:
@@ -85,12 +87,16 @@ def latency_feeds(entry: ZooModel, runs: list[dict]) -> dict:
     return runs[0]
 
 
-def quantize_cmd(config: str, model: Path, folder: Path, out: Path) -> list[str]:
+def quantize_cmd(config: str, model: Path, folder: Path, out: Path, data: str = "") -> list[str]:
     if config in PEERS:
         return [sys.executable, "-m", "benchmarks.zoo.peer", config.split("-")[1], str(model),
                 str(folder / "calib_runs.npz"), str(out)]
     cmd = [str(LOWBIT), "quantize", str(model), "--precision", config, "--no-verify", "-o", str(out)]
-    return cmd if config == "int8-dynamic" else cmd + ["--calib", str(folder / "calib.npz")]
+    if config == "int8-dynamic":
+        return cmd
+    if data in STATEFUL:
+        return cmd + ["--calib", str(zdata.save_sequences(data, folder)), *STATEFUL[data]]
+    return cmd + ["--calib", str(folder / "calib.npz")]
 
 
 def last_error_line(text: str) -> str:
@@ -103,7 +109,7 @@ def measure(entry: ZooModel, config: str, model: Path, folder: Path, runs, refer
     out = folder / f"{config}.onnx"
     for stale in folder.glob(f"{config}.*onnx*"):
         stale.unlink()
-    cmd = quantize_cmd(config, model, folder, out)
+    cmd = quantize_cmd(config, model, folder, out, entry.data)
     t0 = time.perf_counter()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(HERE.parents[1]),
