@@ -22,6 +22,8 @@ from lowbit.energy import SOURCE as ENERGY_SOURCE
 from lowbit.energy import estimate as estimate_energy
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
+from lowbit.emit.size_check import check_smaller, sizes
+from lowbit.emit.subgraphs import describe, store_subgraph_weights
 from lowbit.hardware import target_traits
 from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_outputs
@@ -188,12 +190,14 @@ def quantize(
     t = t_start = time.perf_counter()
     reset_peak_rss()
     search = calib = None
+    subgraph_note = ""
     # the output is checked before any work and written only after everything that can fail has run
     # (verification included): a failed run leaves an earlier output as it was
     inputs = {"model": model, "calib_data": calib_data, "eval_data": eval_data, "plan": plan, "labels": labels}
     outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
     out_target = check_outputs(outputs, inputs).get("output")
     loaded = load_model(model, example_inputs)
+    source_sizes = sizes(loaded.proto)  # the output must be smaller (checked after emit)
     check_outputs(outputs, {"model file": list(loaded.files)})
     prepared = prepare(loaded)
     check_data_options(prepared.proto, prepared.inputs, batch_axes, stateful)  # before any work
@@ -263,7 +267,10 @@ def quantize(
         from lowbit.emit.int4 import emit_mixed
 
         qmodel = emit_mixed(prepared.proto, qplan)  # emit_qdq, plus block-wise weights the search chose
+        # ONNX Runtime does not fuse Q/DQ inside If / Loop / Scan bodies: their weights are stored w8
+        subgraph_note = describe(store_subgraph_weights(qmodel, "w8"))
     qbytes = qmodel.SerializeToString()
+    check_smaller(config if isinstance(config, str) else qplan.precision, source_sizes, qmodel, len(qbytes))
     t = _stage(timings, "emit", t)
 
     timings["total_quantize"] = time.perf_counter() - t_start
@@ -284,6 +291,8 @@ def quantize(
                                            if n.op not in ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")]
     if calib is not None:
         _note_skipped(report, "calibration", calib)
+    if subgraph_note:
+        report.data["notes"].append(subgraph_note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     if cfg.precision == "int8" and plan is None and search is not None:
         report.data["search"] = search
         if not search["met_budget"]:

@@ -152,6 +152,10 @@ def prepare(loaded: LoadedModel, optimize: bool = True) -> PreparedModel:
     # ORT's constant folding lifts Constant-node weights (Paddle exports hold them all so); this
     # catches what it leaves, and every Constant when not optimizing: weights are initializers
     lift_constants(proto)
+    if optimize:  # ONNX Runtime's folding copies an outer weight into each subgraph reading it
+        from lowbit.emit.subgraphs import share_duplicates
+
+        share_duplicates(proto)
     name_nodes(proto)
     own_shared_biases(proto)
     try:

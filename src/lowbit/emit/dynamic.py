@@ -20,6 +20,7 @@ from lowbit import __version__
 from lowbit.core.dtypes import dtype_by_name
 from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
+from lowbit.emit import subgraphs
 from lowbit.emit.metadata import record_plan
 from lowbit.graph import GraphIndex
 from lowbit.names import Names
@@ -73,6 +74,8 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
         out = onnx.load(str(outp))
     plan = _plan_from_output(src, out, reduce_range)
     out = drop_inferred_shapes(_conv_weights_in_int8(out, plan))
+    # quantize_dynamic does not reach into If / Loop / Scan bodies: their weights are stored as w8
+    subgraphs.record(plan, subgraphs.store_subgraph_weights(out, "w8"))
     plan.config["reduce_range"] = reduce_range
     record_plan(out, plan)
     return out, plan

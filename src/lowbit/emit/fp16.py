@@ -9,6 +9,7 @@ import onnx
 from onnxconverter_common import float16
 
 from lowbit import __version__
+from lowbit.emit import subgraphs
 from lowbit.emit.metadata import record_plan
 from lowbit.graph import GraphIndex
 from lowbit.names import Names
@@ -134,6 +135,7 @@ def emit_fp16_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPla
     ops = {n.name: n.op_type for n in model.graph.node}
     for name, why in early.items():
         plan.nodes[name] = NodePlan(name, ops[name], "fp32", why)
+    subgraphs.record(plan, subgraphs.store_subgraph_weights(out, "fp16"))  # If / Loop / Scan bodies
     record_plan(out, plan)
     return out, plan
 
