@@ -63,8 +63,9 @@ def test_old_opset(tmp_path, calib_arrays):
     path = tmp_path / "old.onnx"
     path.write_bytes(m.SerializeToString())
     # opsets 7-12 are raised to 13 by ONNX's version converter (outputs checked unchanged)
-    r = _quantize(path, [np.zeros((1, 4), np.float32)])
-    assert next(i.version for i in r.model.opset_import if i.domain == "") >= 13
+    from lowbit.load import load_model, opset_of
+
+    assert opset_of(load_model(path).proto) == 13
     # older ones, which the converter has no adapters for, are refused naming both opsets
     m.opset_import[0].version = 5
     m.ir_version = 3

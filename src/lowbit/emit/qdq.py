@@ -74,11 +74,16 @@ def sim_integer_output(name: str) -> str:
     return f"{name}_fq_clip"
 
 
+def deployed_integer_output(name: str) -> str:
+    """The integer tensor's name when the model held no tensor of that name (else see below)."""
+    return f"{name}{Q_OUT}"
+
+
 def deployed_integer_outputs(model: onnx.ModelProto, names: list[str]) -> dict[str, str]:
     """The integer tensor (QuantizeLinear output) of each quantized activation in an emitted model,
     found by structure: its name is `T_q` unless the model already held that name."""
     q_of = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    return {a: q_of.get(a, f"{a}{Q_OUT}") for a in names}
+    return {a: q_of.get(a, deployed_integer_output(a)) for a in names}
 
 
 class _Surgery:
