@@ -116,6 +116,12 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
         selection = select(model, config, costs)
     method = config.activations.calibration
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
+    if not config.transformer:  # Concats of very different ranges stay float (lowbit.regions)
+        from lowbit.regions import concats_to_split
+
+        split = concats_to_split(model, selection, stats, config)
+        if split:
+            selection = select(model, config, costs, keep=split)
     if config.transformer:
         plan = build_plan(model, selection, stats, config)
     else:  # the clipping level whose plan is closest to FP32 at the output (lowbit.clipping)

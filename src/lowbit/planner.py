@@ -28,12 +28,14 @@ log = logging.getLogger(__name__)
 BIAS_LIMIT = 2**30
 
 
-def activation_plan(name: str, stats: CalibrationStats, config: QuantConfig) -> TensorPlan:
+def activation_plan(name: str, stats: CalibrationStats, config: QuantConfig, full_range: bool = False) -> TensorPlan:
+    """`full_range`: the observed min / max instead of the calibration method's (clipped) range."""
     scheme = config.activations
     obs = stats.observers[name]
-    lo, hi = obs.range(scheme.dtype, scheme.symmetric)
+    lo, hi = obs.observed_range() if full_range else obs.range(scheme.dtype, scheme.symmetric)
     q = QParams.from_range(lo, hi, scheme.dtype, PerTensor(), scheme.symmetric, scheme.narrow)
-    return TensorPlan(name, "activation", q, (float(lo), float(hi)), scheme.calibration.registry_name)
+    return TensorPlan(name, "activation", q, (float(lo), float(hi)),
+                      "minmax" if full_range else scheme.calibration.registry_name)
 
 
 def weight_plan(name: str, w: np.ndarray, axis: int, config: QuantConfig, dtype: QDtype | None = None) -> TensorPlan:
@@ -78,7 +80,7 @@ def build_plan(model: onnx.ModelProto, selection: Selection, stats: CalibrationS
     plan = QuantPlan(precision=config.precision, nodes=dict(selection.nodes), folded=dict(selection.folded),
                      config=config.to_dict(), model_fingerprint=fingerprint(model), lowbit_version=__version__)
     for name in selection.activations:
-        plan.tensors[name] = activation_plan(name, stats, config)
+        plan.tensors[name] = activation_plan(name, stats, config, name in selection.full_range)
     for out, src in selection.shared.items():
         root = src
         while root in selection.shared:

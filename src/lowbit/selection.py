@@ -17,6 +17,7 @@ from lowbit.latency_choice import MARGIN
 from lowbit.ops import (ACTIVATION_OPS, FOLDABLE_ACTIVATIONS, PASSTHROUGH_OPS, WEIGHTED_OPS, clip_bounds,
                         weight_slots, why_float)
 from lowbit.plan import NodePlan
+from lowbit.regions import find_regions
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Selection:
     observed: list[str] = field(default_factory=list)
     # layers kept in float for speed -> the timings that decided it (plan.config["layer_costs"])
     layer_costs: dict[str, dict] = field(default_factory=dict)
+    # activations calibrated to their full range (not clipped) -> why (lowbit.regions)
+    full_range: dict[str, str] = field(default_factory=dict)
 
     @property
     def to_observe(self) -> list[str]:
@@ -96,14 +99,19 @@ def keep_float_for_speed(model, costs: dict, budget: float = FLOAT_WEIGHT_BUDGET
     return chosen, evidence
 
 
-def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
+def select(model, config: QuantConfig, costs: dict | None = None,
+           keep: dict[str, str] | None = None) -> Selection:
     """Choose node precisions for a static INT8 plan of `model` (an onnx.ModelProto).
 
     `costs` ({node: LayerCost}, measured by lowbit.layer_costs) keeps layers whose INT8 kernel is
-    slower than FP32 on this machine in float when the objective is latency.
+    slower than FP32 on this machine in float when the objective is latency. `keep` ({node:
+    reason}) keeps more nodes in float (choices made from calibration statistics, lowbit.regions).
+    The decode region after the last weighted layer stays in float (lowbit.regions).
     """
     g = GraphIndex(model)
     sel = Selection()
+    regions = find_regions(model)
+    keep = {**regions.float_nodes, **(keep or {})}
     wanted = set(config.op_types) if config.op_types is not None else None
     slow, sel.layer_costs = (keep_float_for_speed(model, costs) if costs and config.objective == "latency"
                              else ({}, {}))
@@ -124,6 +132,8 @@ def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
             return "fp32", "Gemm with transA or alpha != 1 has no integer kernel"
         if node.name in slow:
             return "fp32", slow[node.name]
+        if node.name in keep:
+            return "fp32", keep[node.name]
         return "int8", "integer kernel"
 
     for node in g.graph.node:
@@ -191,4 +201,5 @@ def select(model, config: QuantConfig, costs: dict | None = None) -> Selection:
         if root not in sel.activations:
             sel.activations.append(root)
     sel.observed = [o for o in g.graph_outputs if g.is_float(o)]
+    sel.full_range = {t: why for t, why in regions.full_range.items() if t in sel.activations}
     return sel
