@@ -1,6 +1,6 @@
 """Dynamic INT8 through ONNX Runtime's quantize_dynamic: int8 weights, activations quantized at
 run time. Only MatMul is quantized that way: ONNX Runtime's dynamic Conv kernels are several times
-slower than FP32 on CPU. Conv weights are stored as INT8 instead ('w8': INT8 with a scale per group,
+slower than FP32 on CPU. Conv and LSTM / GRU / RNN weights are stored as INT8 instead ('w8': INT8 with a scale per group,
 turned back into FP32 once at load; the first layers stay FP32), so a CNN still gets INT8's size,
 at FP32's speed. Gemm
 layers with constant weights are first rewritten as MatMul + Add so that torch Linear layers
@@ -81,9 +81,14 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
     return out, plan
 
 
+# Weights stored as INT8 + scales and computed in FP32: Conv (dynamic Conv kernels are slow) and the
+# recurrent layers' input and recurrence weights W, R (no dynamic kernel exists for them)
+STORED_SLOTS = {"Conv": (1,), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
+
+
 def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
-    """Each Conv's own constant FP32 weight stored as INT8 + scales (lowbit.emit.weight_storage),
-    except in the network's first layers."""
+    """Each Conv's and recurrent layer's own constant FP32 weights stored as INT8 + scales
+    (lowbit.emit.weight_storage), except in the network's first layers."""
     from lowbit.emit.weight_storage import stored_int8_nodes, weight_only_int8
 
     from lowbit.emit.fp16 import early_layers
@@ -94,19 +99,23 @@ def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Model
     replaced: set[str] = set()
     made = Names(model)
     for node in model.graph.node:
-        w_name = node.input[1] if node.op_type == "Conv" and node.name not in early else ""
-        init = g.initializers.get(w_name)
-        if init is None or init.data_type != onnx.TensorProto.FLOAT or len(g.consumers.get(w_name, [])) != 1:
-            continue
-        w = numpy_helper.to_array(init)
-        inits, nodes = stored_int8_nodes(w_name, weight_only_int8(w, 0), made)
-        model.graph.initializer.extend(inits)
-        head.extend(nodes)
-        replaced.add(w_name)
-        if node.name in plan.nodes:
-            plan.nodes[node.name].precision = "w8"
-            plan.nodes[node.name].reason = ("INT8-stored weights (scale per group), float arithmetic: ONNX Runtime's "
-                                            "dynamic Conv kernels are slower than FP32 on CPU")
+        slots = STORED_SLOTS.get(node.op_type, ()) if node.name not in early else ()
+        for w_name in (node.input[k] for k in slots if k < len(node.input)):
+            init = g.initializers.get(w_name)
+            if init is None or init.data_type != onnx.TensorProto.FLOAT or len(g.consumers.get(w_name, [])) != 1:
+                continue
+            w = numpy_helper.to_array(init)
+            inits, nodes = stored_int8_nodes(w_name, weight_only_int8(w, 0), made)
+            model.graph.initializer.extend(inits)
+            head.extend(nodes)
+            replaced.add(w_name)
+            if node.name in plan.nodes:
+                plan.nodes[node.name].precision = "w8"
+                plan.nodes[node.name].reason = (
+                    "INT8-stored weights (scale per group), float arithmetic: ONNX Runtime's dynamic Conv kernels "
+                    "are slower than FP32 on CPU" if node.op_type == "Conv" else
+                    f"INT8-stored weights (scale per group), float arithmetic: ONNX Runtime has no dynamic "
+                    f"{node.op_type} kernel")
     for name, why in early.items():
         if name in plan.nodes and plan.nodes[name].op == "Conv":
             plan.nodes[name].reason = why
