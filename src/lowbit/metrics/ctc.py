@@ -13,7 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from lowbit.metrics.base import Metric, register_metric
+from lowbit.metrics.base import Metric, ratio, register_metric
 
 
 def ctc_greedy(sequence: np.ndarray, blank: int = 0) -> list[int]:
@@ -64,6 +64,10 @@ class CtcExact(Metric):
         ref, cand = _decoded(reference, self.blank), _decoded(candidate, self.blank)
         return float(np.mean([r == c for r, c in zip(ref, cand)])) if ref else 1.0
 
+    def per_sample(self, reference, candidate, labels=None):
+        ref, cand = _decoded(reference, self.blank), _decoded(candidate, self.blank)
+        return ratio([r == c for r, c in zip(ref, cand)], np.ones(len(ref)))
+
 
 @register_metric("ctc-cer")
 @dataclass(frozen=True)
@@ -80,3 +84,7 @@ class CtcCer(Metric):
         ref, cand = _decoded(reference, self.blank), _decoded(candidate, self.blank)
         edits = sum(edit_distance(r, c) for r, c in zip(ref, cand))
         return edits / max(sum(len(r) for r in ref), 1)
+
+    def per_sample(self, reference, candidate, labels=None):
+        ref, cand = _decoded(reference, self.blank), _decoded(candidate, self.blank)
+        return ratio([edit_distance(r, c) for r, c in zip(ref, cand)], [len(r) for r in ref])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbit.metrics.base import Metric, register_metric
+from lowbit.metrics.base import Metric, ratio, register_metric
 
 
 @register_metric("decisions@0.5")
@@ -22,3 +22,8 @@ class Decisions(Metric):
     def score(self, reference, candidate, labels=None) -> float:
         r, c = np.asarray(reference) >= self.threshold, np.asarray(candidate) >= self.threshold
         return 1.0 if r.size == 0 else float(np.mean(r == c))
+
+    def per_sample(self, reference, candidate, labels=None):
+        r, c = np.asarray(reference) >= self.threshold, np.asarray(candidate) >= self.threshold
+        same = (r == c).reshape(len(r), -1)
+        return ratio(same.sum(axis=1), np.full(len(same), same.shape[1]))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbit.metrics.base import Metric, register_metric
+from lowbit.metrics.base import Metric, ratio, register_metric
 
 
 def mask_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> float:
@@ -29,3 +29,8 @@ class MaskIou(Metric):
 
     def score(self, reference, candidate, labels=None) -> float:
         return mask_iou(reference, candidate, self.threshold)
+
+    def per_sample(self, reference, candidate, labels=None):
+        r = np.asarray(reference).reshape(len(reference), -1) > self.threshold
+        c = np.asarray(candidate).reshape(len(candidate), -1) > self.threshold
+        return ratio(np.count_nonzero(r & c, axis=1), np.count_nonzero(r | c, axis=1))

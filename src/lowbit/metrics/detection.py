@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lowbit.metrics.base import Metric, register_metric
+from lowbit.metrics.base import Metric, ratio, register_metric
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,6 +96,12 @@ def match_count(reference: np.ndarray, candidate: np.ndarray, iou: float = 0.5) 
     return tp
 
 
+def f1_terms(references: list[np.ndarray], candidates: list[np.ndarray], iou: float = 0.5):
+    """Per sample (2 TP, reference + candidate detections): F1 = sum of the first / sum of the second."""
+    return ratio([2 * match_count(r, c, iou) for r, c in zip(references, candidates)],
+                 [len(r) + len(c) for r, c in zip(references, candidates)])
+
+
 def f1(references: list[np.ndarray], candidates: list[np.ndarray], iou: float = 0.5) -> float:
     """Micro F1 over all samples: 2 TP / (reference detections + candidate detections).
     When neither model detects anything at all the two agree completely: 1.0."""
@@ -120,6 +126,11 @@ class DetectionYolo(Metric):
         cand = [decode_yolo(h, self.conf, self.nms_iou) for h in candidate]
         return f1(ref, cand, self.match_iou)
 
+    def per_sample(self, reference, candidate, labels=None):
+        ref = [decode_yolo(h, self.conf, self.nms_iou) for h in reference]
+        cand = [decode_yolo(h, self.conf, self.nms_iou) for h in candidate]
+        return f1_terms(ref, cand, self.match_iou)
+
 
 @register_metric("detection-yolox")
 @dataclass(frozen=True)
@@ -138,3 +149,9 @@ class DetectionYolox(Metric):
         ref = [decode_yolox(h, s, self.conf, self.nms_iou) for h in reference]
         cand = [decode_yolox(h, s, self.conf, self.nms_iou) for h in candidate]
         return f1(ref, cand, self.match_iou)
+
+    def per_sample(self, reference, candidate, labels=None):
+        s = (self.size, self.size)
+        ref = [decode_yolox(h, s, self.conf, self.nms_iou) for h in reference]
+        cand = [decode_yolox(h, s, self.conf, self.nms_iou) for h in candidate]
+        return f1_terms(ref, cand, self.match_iou)

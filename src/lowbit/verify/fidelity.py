@@ -7,9 +7,11 @@ from collections.abc import Iterable
 import numpy as np
 
 from lowbit.data import Batch
+from lowbit.metrics.fidelity import cosine_per_sample
 from lowbit.observe import run_batch, session
 from lowbit.progress import Progress, null_progress
 from lowbit.stateful import StateCarry, run_carried
+from lowbit.verify.outputs import OutputStore
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -27,7 +29,10 @@ class FidelityAccumulator:
         self.signal = np.zeros(len(output_names))
         self.noise = np.zeros(len(output_names))
         self.cos_sum = 0.0
+        self.cos_n = 0
         self.samples = 0
+        self.outputs: OutputStore | None = None      # per-sample outputs, when compare_models collects
+        self.reference: OutputStore | None = None
         self.agree = 0
         self.kl_sum = 0.0
         self.classifier = True
@@ -42,9 +47,10 @@ class FidelityAccumulator:
         c = np.asarray(cand[0], np.float64)
         n = r.shape[0] if r.ndim else 1
         rf, cf = r.reshape(n, -1), c.reshape(n, -1)
-        denom = np.linalg.norm(rf, axis=1) * np.linalg.norm(cf, axis=1)
-        cos = np.where(denom > 0, np.sum(rf * cf, axis=1) / np.maximum(denom, 1e-300), 1.0)
-        self.cos_sum += float(cos.sum())
+        # two zero vectors have no angle: left out of the mean, never counted as 1 (lowbit.metrics.fidelity)
+        cos, defined = cosine_per_sample(rf, cf)
+        self.cos_sum += float(cos[defined].sum())
+        self.cos_n += int(defined.sum())
         self.samples += n
         self.classifier = self.classifier and r.ndim == 2 and r.shape[1] > 1
         if self.classifier:
@@ -65,7 +71,7 @@ class FidelityAccumulator:
         out = {
             "samples": self.samples,
             "sqnr_db": sqnr(self.signal[0], self.noise[0]) if self.samples else None,
-            "cosine": self.cos_sum / self.samples if self.samples else None,
+            "cosine": self.cos_sum / self.cos_n if self.cos_n else None,
             "top1_agreement": self.agree / self.samples if self.samples and self.classifier else None,
             "kl": self.kl_sum / self.samples if self.samples and self.classifier else None,
             "per_output_sqnr_db": {n: sqnr(s, e) for n, s, e in zip(self.names, self.signal, self.noise)},
@@ -81,14 +87,20 @@ class FidelityAccumulator:
 
 
 def compare_models(reference: bytes, candidates: dict[str, bytes], data: Iterable[Batch],
-                   progress: Progress = null_progress, total: int | None = None
+                   progress: Progress = null_progress, total: int | None = None, collect: bool = False
                    ) -> tuple[dict[str, FidelityAccumulator], int]:
     """Run the reference and every candidate on the same batches; one accumulator per candidate.
-    Stateful data (`lowbit.stateful`): every model carries its own state along each sequence."""
+    Stateful data (`lowbit.stateful`): every model carries its own state along each sequence.
+    `collect`: each accumulator also keeps its per-sample outputs (`.outputs`) and the reference's
+    (`.reference`, shared), for the task metrics."""
     ref = session(reference)
     names = [o.name for o in ref.get_outputs()]
     cands = {k: session(v) for k, v in candidates.items()}
     accs = {k: FidelityAccumulator(names) for k in candidates}
+    if collect:
+        ref_store = OutputStore(names)
+        for a in accs.values():
+            a.reference, a.outputs = ref_store, OutputStore(names)
     pairs = getattr(data, "pairs", None)
     carries = {k: StateCarry(pairs) for k in ["", *cands]} if pairs else {}
     seen = 0
@@ -98,9 +110,14 @@ def compare_models(reference: bytes, candidates: dict[str, bytes], data: Iterabl
             data.hand_back(batch, dict(zip(names, r)))  # type: ignore[attr-defined]
         else:
             r = run_batch(ref, batch)
+        keep = collect and ref_store.room()
+        if keep:
+            ref_store.add(r, batch.size, batch.labels)
         for k, s in cands.items():
             c = run_carried(s, batch, names, carries[k])[0] if pairs else run_batch(s, batch)
             accs[k].update(r, c, batch.labels)
+            if keep:
+                accs[k].outputs.add(c, batch.size)
         seen += 1
         progress("evaluate", seen, total)
     return accs, seen
