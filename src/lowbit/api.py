@@ -19,7 +19,9 @@ from lowbit.data import FeedSource, as_feeds
 from lowbit.data.arrays import take_rows
 from lowbit.emit import emit_qdq
 from lowbit.energy import SOURCE as ENERGY_SOURCE
+from lowbit.energy import ASSUMPTIONS as ENERGY_ASSUMPTIONS
 from lowbit.energy import estimate as estimate_energy
+from lowbit.energy import priced_precisions
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
 from lowbit.emit.size_check import check_smaller, sizes
@@ -91,11 +93,15 @@ def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
 
 
 def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
-                   progress: Progress = null_progress) -> tuple[onnx.ModelProto, QuantPlan, onnx.ModelProto]:
+                   progress: Progress = null_progress, timings: dict[str, float] | None = None
+                   ) -> tuple[onnx.ModelProto, QuantPlan, onnx.ModelProto]:
     """`make_plan`, also returning the float model before the plan-stage algorithms fitted layers to
-    their INT8 grids (what a layer kept in float should run with)."""
+    their INT8 grids (what a layer kept in float should run with). `timings` gets seconds per step
+    ('plan:<step>': each algorithm, layer costs, calibration, clipping)."""
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
     config = resolve_transformer(config, prepared.proto)
-    ctx = AlgorithmContext(calib, config, progress, config.seed)
+    ctx = AlgorithmContext(calib, config, progress, config.seed, timings)
     model = prepared.proto
     # not kept past this point: where the caller handed over its only reference (quantize does),
     # the unfitted model is freed as soon as a float algorithm has made its own
@@ -103,11 +109,13 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     for alg in config.algorithms:
         if alg.stage == "float":
             model, _ = alg.apply(model, None, ctx)
+            t = _stage(timings, f"plan:{alg.registry_name}", t)
     costs = None
     if config.objective == "latency" and not config.transformer:
         from lowbit.layer_costs import measure_layer_costs
 
         costs = measure_layer_costs(model, threads=1, progress=progress)
+        t = _stage(timings, "plan:layer_costs", t)
     if config.transformer:
         from lowbit.transformers.patterns import transformer_selection
 
@@ -116,6 +124,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
         selection = select(model, config, costs)
     method = config.activations.calibration
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
+    t = _stage(timings, "plan:calibrate", t)
     if not config.transformer:  # Concats of very different ranges stay float (lowbit.regions)
         from lowbit.regions import concats_to_split
 
@@ -129,6 +138,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
                                                  config, calib)
         if clipping:
             plan.config["activation_clipping"] = clipping
+    t = _stage(timings, "plan:clipping", t)
     if selection.layer_costs:  # the timings behind the layers kept in float for speed
         from lowbit.latency_choice import PLAN_KEY
 
@@ -137,6 +147,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     for alg in config.algorithms:
         if alg.stage == "plan":
             model, plan = alg.apply(model, plan, ctx)
+            t = _stage(timings, f"plan:{alg.registry_name}", t)
     if config.transformer:
         from lowbit.transformers.pipeline import embedding_in_blocks
 
@@ -160,7 +171,7 @@ def quantize(
     calib_limit: int | None = None,
     max_drop: float | None = None,
     min_metric: float | None = None,
-    metric: Any = "top1-agreement",
+    metric: Any = None,
     search_evals: int = 40,
     checkpoint: str | Path | None = None,
     skip_bad: bool = False,
@@ -168,6 +179,7 @@ def quantize(
     stateful: dict[str, str] | None = None,
     verify: VerifyOptions | None = VerifyOptions(),
     progress: Progress = null_progress,
+    keep_failed: bool = False,
 ) -> QuantResult:
     """Quantize `model` (ONNX path, ModelProto, or torch.nn.Module with `example_inputs`).
 
@@ -178,7 +190,10 @@ def quantize(
     keeps the most sensitive layers in FP16 weights / FP32 until the budget holds on half of
     `eval_data`, and confirms it on the other half; with `skip_bad`, corrupt or invalid samples are
     skipped and counted in the report instead of stopping the run; `metric` is a registry name, a Metric, or
-    any callable(reference_outputs, candidate_outputs, labels) -> float, higher is better.
+    any callable(reference_outputs, candidate_outputs, labels) -> float, higher is better; options as
+    'detection-yolo:conf=0.25'. None: the report's metric is inferred from the outputs (the budget's
+    too). A budget missed on the held-out half leaves `output` unwritten unless `keep_failed`
+    (report['budget']['met'] is False; the CLI exits 3).
     `batch_axes` names the axis holding samples of inputs where it is not what the graph shows
     ({"state": 1}; None: no batch axis, the array goes with every batch, e.g. {"sr": None}).
     `stateful` pairs state inputs with the outputs that carry them ({"state": "stateN"}): each
@@ -242,7 +257,7 @@ def quantize(
         # here keeps it), so the copies the algorithms make replace it instead of adding to it
         handed = [prepared]
         prepared = PreparedModel(onnx.ModelProto(), prepared.name, prepared.source, prepared.inputs)
-        float_model, qplan, before_fit = calibrate_plan(handed.pop(), cfg, calib, progress)
+        float_model, qplan, before_fit = calibrate_plan(handed.pop(), cfg, calib, progress, timings)
         prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
         if not budget:
             before_fit = None  # only the search's float layers need the unfitted weights
@@ -251,10 +266,11 @@ def quantize(
         if budget:
             if eval_data is None:
                 raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
-            from lowbit.analysis.budget import budget_search
+            from lowbit.analysis.budget import budget_metric, budget_search
 
+            metric = budget_metric(metric, original, eval_data, prepared.inputs, preprocess)
             qplan, search = budget_search(prepared, original, before_fit, qplan, cfg, eval_data, labels,
-                                          preprocess, metric, max_drop, min_metric, search_evals,
+                                          preprocess, metric.metric, max_drop, min_metric, search_evals,
                                           verify.eval_limit if verify is not None else None, progress,
                                           checkpoint)
             # the layers the search kept in float run with their float weights, not their INT8 fits
@@ -300,7 +316,10 @@ def quantize(
     if subgraph_note:
         report.data["notes"].append(subgraph_note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     if cfg.precision == "int8" and plan is None and search is not None:
+        from lowbit.analysis.budget import budget_outcome
+
         report.data["search"] = search
+        report.data["budget"] = budget_outcome(search, qplan.precision)
         if not search["met_budget"]:
             report.data["notes"].append(
                 f"The accuracy budget ({search['metric']} >= {search['floor']:.4f}) was not met within "
@@ -314,13 +333,17 @@ def quantize(
             eval_feeds = model_feeds(data, loaded.proto, prepared.inputs, batch_axes=batch_axes, stateful=stateful,
                                      labels=labels, preprocess=preprocess, limit=verify.eval_limit, skip_bad=skip_bad)
             _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, float_model, qplan)},
-                         eval_feeds, verify, progress)
+                         eval_feeds, verify, progress, metric=metric)
             _note_skipped(report, "evaluation", eval_feeds)
         else:
             report.data["notes"].append("No data given: fidelity, parity and latency were not measured.")
         timings["verify"] = time.perf_counter() - t
     out_path = None
-    if out_target is not None:
+    missed = report.data.get("budget", {}).get("met") is False
+    if missed:
+        log.warning("the accuracy budget was missed on the held-out data: %s",
+                    "the output is written anyway (keep_failed)" if keep_failed else "nothing is written")
+    if out_target is not None and (keep_failed or not missed):
         atomic_write_bytes(out_target, qbytes)
         out_path = Path(output)
     return QuantResult(qmodel, qplan, report, out_path, timings, prepared.proto)
@@ -346,12 +369,18 @@ def _variant(label: str, precision: str, model_bytes: bytes) -> dict:
 
 def _verify_into(report: Report, reference: bytes,
                  candidates: dict[str, tuple[bytes, onnx.ModelProto | None, QuantPlan | None]],
-                 data: FeedSource, opts: VerifyOptions, progress: Progress, labeled: FeedSource | None = None) -> None:
-    """Fill the report's variants: FP32 first, then each candidate. Fidelity on `data`; top-1
-    accuracy on `labeled` when given (else on `data` if it has labels)."""
+                 data: FeedSource, opts: VerifyOptions, progress: Progress, labeled: FeedSource | None = None,
+                 metric: Any = None) -> None:
+    """Fill the report's variants: FP32 first, then each candidate. Fidelity and task metrics
+    (`metric`, else inferred from the outputs: lowbit.verify.task) on `data`; top-1 accuracy on
+    `labeled` when given (else on `data` if it has labels)."""
+    from lowbit.metrics.spec import parse_metric
+    from lowbit.verify.latency import noise_warnings
+    from lowbit.verify.task import fill_task_metrics
+
     variants = [_variant("fp32", "fp32", reference)]
     variants += [_variant(k, (p.precision if p else k), b) for k, (b, _, p) in candidates.items()]
-    accs, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, data, progress)
+    accs, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, data, progress, collect=True)
     ref_acc = None
     for v in variants[1:]:
         acc = accs[v["label"]]
@@ -364,17 +393,22 @@ def _verify_into(report: Report, reference: bytes,
             variants[0]["accuracy"], v["accuracy"] = accs_l[v["label"]].accuracy()
     variants[0]["fidelity"] = {"samples": variants[1]["fidelity"]["samples"] if len(variants) > 1 else 0,
                                "sqnr_db": None, "cosine": 1.0, "top1_agreement": 1.0, "kl": 0.0}
+    report.data["variants"] = variants
+    fill_task_metrics(report.data, variants, accs, None if metric is None else parse_metric(metric))
+    del accs  # the held outputs
     for v in variants[1:]:
         qbytes, float_model, plan = candidates[v["label"]]
         if float_model is not None and plan is not None and plan.precision == "int8":
             v["parity"] = check_parity(qbytes, float_model, plan, data, opts.parity_batches)
             v["kernels"] = kernel_check(qbytes, plan)
         if float_model is not None and plan is not None:
-            precisions = {n: p.precision for n, p in plan.nodes.items()}
-            v["energy_uj"] = estimate_energy(float_model, precisions)["total_uj"]
+            # priced on what executes: FP16 without FP16 arithmetic (x86) computes in FP32
+            fp16 = target_traits(plan.config.get("target") or "auto").fp16
+            v["energy_uj"] = estimate_energy(float_model, priced_precisions(plan, qbytes, fp16))["total_uj"]
             if variants[0]["energy_uj"] is None:
                 variants[0]["energy_uj"] = estimate_energy(float_model)["total_uj"]
                 report.data["energy_source"] = ENERGY_SOURCE
+                report.data["energy_assumptions"] = list(ENERGY_ASSUMPTIONS)
     if opts.threads:
         first = next(iter(data))  # one sample: each input cut on its own batch axis
         axes = getattr(data, "axes", {})
@@ -383,12 +417,16 @@ def _verify_into(report: Report, reference: bytes,
         lat = measure_latency(models, feeds, opts.threads, opts.latency_runs, progress=progress)
         for v in variants:
             v["latency_ms"] = lat[v["label"]]
+        report.data["notes"] += noise_warnings(lat)
     report.data["variants"] = variants
 
 
 def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, preprocess: Any = None,
-             verify: VerifyOptions = VerifyOptions(), progress: Progress = null_progress) -> Report:
-    """Compare one or more candidate ONNX models with a reference on `data`.
+             verify: VerifyOptions = VerifyOptions(), progress: Progress = null_progress,
+             metric: Any = None) -> Report:
+    """Compare one or more candidate ONNX models (made by lowbit or not) with a reference on `data`;
+    `metric` (a name with options, 'detection-yolo:conf=0.25', a Metric or a callable) is the
+    report's headline, else it is inferred from the reference's outputs.
 
     >>> print(lowbit.evaluate("mbv2.onnx", "mbv2.int8.onnx", "eval/", preprocess=ImagePreprocess.imagenet()))
     """
@@ -413,7 +451,8 @@ def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, 
     ref_bytes = ref.proto.SerializeToString()
     cand_bytes = {k: m.proto.SerializeToString() for k, m in loaded.items()}
     _check_comparable(ref_bytes, cand_bytes, feeds)
-    _verify_into(report, ref_bytes, {k: (b, None, None) for k, b in cand_bytes.items()}, feeds, verify, progress)
+    _verify_into(report, ref_bytes, {k: (b, None, None) for k, b in cand_bytes.items()}, feeds, verify, progress,
+                 metric=metric)
     return report
 
 

@@ -165,7 +165,8 @@ def _int8_accurate() -> QuantConfig:
     # (transformer='auto', resolved by resolve_transformer).
     return QuantConfig(precision="int8", transformer="auto",
                        activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
-                       algorithms=(CrossLayerEqualization(), KeepIfBetter(GPTQ(percdamp=0.1, act_order=True), then=(BiasCorrection(),))))
+                       algorithms=(CrossLayerEqualization(), KeepIfBetter(GPTQ(percdamp=0.1, act_order=True, rows_per_sample=1024),
+                                                                 then=(BiasCorrection(),))))
 
 
 def _w4a8() -> QuantConfig:

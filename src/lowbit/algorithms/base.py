@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import onnx
@@ -22,6 +23,14 @@ class AlgorithmContext:
     config: "object"  # lowbit.config.QuantConfig (not imported: config imports algorithms)
     progress: Progress = null_progress
     seed: int = 0
+    # seconds per step, for the report ('plan:<step>'); never part of the plan (it must not vary)
+    timings: dict = field(default_factory=dict)
+
+    def timed(self, step: str, t0: float) -> float:
+        """Add the seconds since `t0` to `step`; returns now (the next step's t0)."""
+        now = time.perf_counter()
+        self.timings[step] = self.timings.get(step, 0.0) + now - t0
+        return now
 
 
 @dataclass(frozen=True)

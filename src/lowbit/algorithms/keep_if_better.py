@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -123,6 +124,8 @@ class KeepIfBetter(Algorithm):
         if len(batches) < MIN_BATCHES // HOLDOUT:
             batches, fit_ctx = list(itertools.islice(iter(ctx.calib), self.samples)), ctx
         in_sample = fit_ctx is ctx
+        name = self.algorithm.registry_name
+        t = time.perf_counter()
         fp32 = session(model, arena=False)
         reference = [run_batch(fp32, b)[0] for b in batches]
         del fp32
@@ -130,13 +133,18 @@ class KeepIfBetter(Algorithm):
         signal = np.array([float(np.sum(np.square(r, dtype=np.float64))) for r in reference])
 
         def then(m: onnx.ModelProto, p: QuantPlan, c: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan]:
+            t = time.perf_counter()
             for alg in self.then:
                 m, p = alg.apply(m, p, c)
+                t = ctx.timed(f"plan:keep-if-better:{alg.registry_name}", t)
             return m, p
 
         def noise(m: onnx.ModelProto, p: QuantPlan) -> np.ndarray:
             sim = session(simulation(m, p), arena=False)
-            return np.array([_squared_error(r, sim, b) for r, b in zip(reference, batches)])
+            t = time.perf_counter()
+            out = np.array([_squared_error(r, sim, b) for r, b in zip(reference, batches)])
+            ctx.timed("plan:keep-if-better:score", t)
+            return out
 
         def simulation(m: onnx.ModelProto, p: QuantPlan) -> bytes:
             """The arm's simulation after `then`, serialized; the model `then` made, the simulation's
@@ -152,8 +160,11 @@ class KeepIfBetter(Algorithm):
         # the plain arm first: its simulations run before the fitted model exists, and only its
         # per-input errors outlive them; the arm that loses is freed as soon as the comparison is made
         plain_plan = copy.deepcopy(plan)
+        ctx.timed("plan:keep-if-better:score", t)
         noise_without = noise(model, plain_plan)
+        t = time.perf_counter()
         fitted_model, fitted_plan = self.algorithm.apply(model, plan, fit_ctx)
+        ctx.timed(f"plan:keep-if-better:{name}", t)
         noise_with = noise(fitted_model, fitted_plan)
         gain, low = _gain_db(noise_without, noise_with, 1.0 - self.confidence, ctx.seed)
         kept = low > self.min_gain_db
@@ -164,7 +175,6 @@ class KeepIfBetter(Algorithm):
         del fitted_model, fitted_plan, plain_plan
         # the comparison held batches out; what ships fits `then` on all of them
         chosen_model, chosen_plan = then(base_model, base_plan, ctx)
-        name = self.algorithm.registry_name
         log.info("%s: output SQNR gain %.2f dB (%.0f%% lower bound %.2f dB): %s", name, gain,
                  100 * self.confidence, low, "kept" if kept else "dropped")
         choices = dict(chosen_plan.config.get("algorithm_choices", {}))
