@@ -15,6 +15,7 @@ from lowbit.io import check_inputs, check_outputs, write_all
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
+EXIT_BELOW_BUDGET = 3  # the accuracy budget (--max-drop / --min-metric) was missed on held-out data
 
 
 def _threads(text: str) -> tuple[int, ...]:
@@ -47,6 +48,25 @@ def _labels(spec: str | None):
             return int(nums[-1])
         return from_name
     return spec
+
+
+def _add_metric_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--metric", default=None, metavar="NAME[:KEY=VALUE,...]",
+                   help=f"the task metric {what}, with options (detection-yolo:conf=0.25; output=NAME picks "
+                        "the output); default: inferred from the model's outputs (see lowbit list)")
+    p.add_argument("--metric-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of --metric, repeatable (conf=0.25)")
+
+
+def _metric(args):
+    """--metric with its --metric-option values, checked now (a bad name or option: exit 2)."""
+    if args.metric is None:
+        if args.metric_option:
+            raise ConfigError("--metric-option needs --metric NAME (the metric the options belong to).")
+        return None
+    from lowbit.metrics.spec import parse_metric
+
+    return parse_metric(args.metric, args.metric_option)
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -106,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accuracy budget: search per-layer precisions so the metric drops at most this much "
                         "below FP32's (e.g. 1%% on top-1 agreement); needs --eval")
     q.add_argument("--min-metric", type=float, default=None, help="accuracy budget as an absolute floor (e.g. 0.99)")
-    q.add_argument("--metric", default="top1-agreement", help="metric of the budget (see lowbit list)")
+    _add_metric_args(q, "of the report's headline and of the budget")
+    q.add_argument("--keep-failed", action="store_true",
+                   help="write the outputs even when the budget is missed on held-out data (the exit status "
+                        "is still 3)")
     q.add_argument("--checkpoint", type=_output_file, default=None,
                    help="search checkpoint file: an interrupted search run again with it resumes")
     q.add_argument("--target", choices=["auto", "avx2", "vnni", "arm64"], default=None,
@@ -128,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("reference", help="the FP32 reference .onnx")
     e.add_argument("candidates", nargs="+", help="one or more .onnx files to compare")
     e.add_argument("--data", required=True, help="evaluation data (.npy/.npz file or folder, image folder)")
+    _add_metric_args(e, "of the report's headline")
     _add_data_args(e)
 
     d = sub.add_parser("demo", help="built-in demos: 'mobilenet' (default; real MobileNetV2 on ImageNet photos) "
@@ -174,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             render.print_report(report)
         if args.command == "demo":
             render.console.print(f"HTML report: {args.out / 'report.html'}   JSON: {args.out / 'report.json'}")
+        if report is not None and (report.data.get("budget") or {}).get("met") is False:
+            return EXIT_BELOW_BUDGET
         return 0
     except LowbitError as e:
         render.print_error(e)
@@ -293,11 +319,16 @@ def _quantize(args, progress):
     result = lowbit.quantize(
         args.model, config, args.calib, eval_data=args.eval_data, labels=_labels(args.labels),
         preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
-        min_metric=args.min_metric, metric=args.metric, checkpoint=args.checkpoint, skip_bad=args.skip_bad,
+        min_metric=args.min_metric, metric=_metric(args), checkpoint=args.checkpoint, skip_bad=args.skip_bad,
         batch_axes=_batch_axes(args.batch_axis), stateful=parse_pairs(args.stateful) or None,
         verify=None if args.no_verify else _verify_opts(args), progress=progress,
     )
     report = result.report
+    if (report.data.get("budget") or {}).get("met") is False and not args.keep_failed:
+        report.data["output_path"] = None  # below budget: nothing written (--keep-failed writes)
+        report.data["notes"].append("The accuracy budget was missed on the held-out data: nothing was written "
+                                    "(--keep-failed writes the model and reports anyway). Exit status 3.")
+        return report
     report.data["output_path"] = str(args.output)
     _write([(args.output, result.model.SerializeToString()), (args.save_plan, lambda: result.plan.to_json().encode()),
             (args.save_float_model, lambda: result.float_model.SerializeToString()), *_report_outputs(report, args)])
@@ -312,7 +343,8 @@ def _eval(args, progress):
                     "--labels": _labels_input(args)}, models=[args.reference, *args.candidates])
     check_inputs({"--data": args.data, "--labels": _labels_input(args)}, DataError)
     report = lowbit.evaluate(args.reference, args.candidates, args.data, labels=_labels(args.labels),
-                             preprocess=_preprocess(args), verify=_verify_opts(args), progress=progress)
+                             preprocess=_preprocess(args), verify=_verify_opts(args), progress=progress,
+                             metric=_metric(args))
     _write(_report_outputs(report, args))
     return report
 

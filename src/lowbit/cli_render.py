@@ -33,10 +33,10 @@ def progress_bar():
 def print_report(report) -> None:
     header, rows = report.rows()
     table = Table(title=report.data.get("title", "lowbit report"), header_style="bold")
-    for h in header:
-        table.add_column(h, justify="left" if h == "variant" else "right")
+    for h in header:  # escaped: '[p10-p90]' and '[0.91-0.96]' are text, not rich markup
+        table.add_column(escape(h), justify="left" if h == "variant" else "right")
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*[escape(c) for c in r])
     console.print(table)
     skipped = report.skipped
     if skipped:
@@ -62,8 +62,18 @@ def print_report(report) -> None:
                          if search.get("backed_off") else ""))
         if search.get("warning"):
             console.print(f"[yellow]warning: {search['warning']}[/yellow]")
+    metric = report.data.get("metric")
+    if metric:
+        how = {"given": "given", "inferred": "inferred", "generic": "generic"}.get(metric.get("source"), "")
+        console.print(f"[dim]headline metric {metric['headline']} ({how}: {escape(metric.get('reason') or '-')}): "
+                      f"{escape(metric.get('definition') or '')}[/dim]")
+    if report.data.get("energy_assumptions"):
+        console.print("[dim]energy uJ (est.): " + escape(" ".join(report.data["energy_assumptions"])) + "[/dim]")
     if report.data.get("output_path"):
         console.print(f"wrote {report.data['output_path']}")
+    for v in report.verdicts():
+        style = {"OK": "green", "LOW": "yellow"}.get(v["status"], "bold red")
+        console.print(f"[{style}]{escape(v['text'])}[/{style}]", soft_wrap=True)
 
 
 def print_error(e: Exception) -> None:
@@ -110,7 +120,10 @@ def print_list() -> None:
         t2.add_column("name")
         t2.add_column("what it does")
         for name, cls in reg.items():
-            t2.add_row(name, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
+            if hasattr(cls, "definition"):  # a metric: its whole definition, options included
+                t2.add_row(name, cls.definition())
+            else:
+                t2.add_row(name, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
         console.print(t2)
     c = Table(title="calibration methods")
     c.add_column("name")

@@ -26,7 +26,21 @@ MULT_PJ = {"int8": 0.2, "fp16": 1.1, "fp32": 3.7}
 ADD_PJ = {"int8": 0.1, "fp16": 0.4, "fp32": 0.9}       # int8 MACs accumulate in int32: 0.1 pJ
 SRAM_PJ_PER_BYTE = 20.0 / 8                              # 32 KB SRAM, 64-bit read: 20 pJ
 DRAM_PJ_PER_BYTE = 1300.0 / 8                            # DRAM, 64-bit access: 1.3-2.6 nJ (low end)
-BYTES = {"int8": 1, "w8": 1, "int8-block": 1, "w4": 0.5, "int4": 0.5, "fp16": 2, "fp32": 4}  # w8: float arithmetic
+BYTES = {"int8": 1, "w8": 1, "int8-block": 1, "w4": 0.5, "int4": 0.5, "fp16": 2, "fp32": 4,
+         "fp16-storage": 2}  # w8, fp16-storage: stored small, computed in FP32
+
+# FP16 weights on a CPU without FP16 arithmetic (x86): cast to FP32 once at load, every MAC in FP32
+FP16_STORAGE = "fp16-storage"
+
+ASSUMPTIONS = (
+    "Estimate, not a measurement: Horowitz ISSCC 2014, 45 nm, 0.9 V; one inference at batch 1.",
+    "A MAC = one multiply at the operand precision + one add at the accumulator's (int32 for INT8).",
+    "Priced on what executes: FP16 weights on a CPU without FP16 arithmetic (x86) are read as 2 bytes "
+    "but every MAC is FP32; INT8-stored weights in float layers (w8) likewise.",
+    "Weights read once per inference from DRAM (1.3 nJ / 64 bit); activations through a 32 KB SRAM "
+    "(20 pJ / 64 bit).",
+    "Only Conv / Gemm / MatMul arithmetic is counted; instruction, control and cache overheads are not.",
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,26 @@ def count_macs(node: onnx.NodeProto, g: GraphIndex) -> int:
     return 0
 
 
+def priced_precisions(plan, model_bytes: bytes | None, fp16_arithmetic: bool) -> dict[str, str]:
+    """Per node, the precision its arithmetic runs in: the plan's, except FP16 without FP16
+    arithmetic (`fp16_arithmetic` False: x86) and FP16-stored weights (plan storage 'fp16-weights',
+    read back from `model_bytes`), both priced as FP32 arithmetic on 2-byte weights."""
+    precisions = {n: p.precision for n, p in plan.nodes.items()}
+    if plan.precision != "fp16":
+        return precisions
+    if not fp16_arithmetic:
+        precisions = {n: FP16_STORAGE if p == "fp16" else p for n, p in precisions.items()}
+    if plan.config.get("storage") == "fp16-weights" and model_bytes is not None:
+        q = onnx.ModelProto()
+        q.ParseFromString(model_bytes)
+        half = {i.name for i in q.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+        stored = {n.output[0] for n in q.graph.node if n.op_type == "Cast" and n.input and n.input[0] in half}
+        for n in q.graph.node:
+            if n.op_type in ("Conv", "Gemm", "MatMul") and stored & set(n.input):
+                precisions[n.name] = FP16_STORAGE
+    return precisions
+
+
 def estimate(model: onnx.ModelProto, precisions: dict[str, str] | None = None) -> dict:
     """{'total_uj', 'compute_uj', 'memory_uj', 'macs', 'layers': [...], 'source'} for the
     float model `model` (shapes inferred) run with per-node `precisions` (default all fp32)."""
@@ -101,4 +135,4 @@ def estimate(model: onnx.ModelProto, precisions: dict[str, str] | None = None) -
             "macs": int(sum(l.macs for l in layers)), "weight_bytes": float(sum(l.weight_bytes for l in layers)),
             "layers": [{"node": l.node, "op": l.op, "precision": l.precision, "macs": l.macs,
                         "energy_uj": (l.compute_pj + l.memory_pj) / 1e6} for l in layers if l.macs],
-            "source": SOURCE}
+            "source": SOURCE, "assumptions": list(ASSUMPTIONS)}

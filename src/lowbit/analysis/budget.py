@@ -111,3 +111,40 @@ def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit
     d["holdout"] = {"metric": held.metric, "sqnr_db": held.sqnr_db, "samples": int(len(confirm.reference)),
                     "meets_floor": held.metric >= floor, "used_to_back_off": True}
     return result.plan, d
+
+
+def budget_metric(metric: Any, reference: onnx.ModelProto, eval_data: Any, inputs, preprocess: Any,
+                  samples: int = 32):
+    """The budget's metric as a MetricChoice: the user's, else the one the reference's outputs on the
+    first `samples` evaluation samples show (lowbit.metrics.infer), so budget and report agree. The
+    search scores the model's first output."""
+    from lowbit.errors import ConfigError
+    from lowbit.metrics.infer import choose_metrics
+    from lowbit.metrics.spec import parse_metric
+    from lowbit.observe import run_batch, session
+
+    sess = session(reference.SerializeToString(), threads=1)
+    names = [o.name for o in sess.get_outputs()]
+    if metric is not None:
+        choice = parse_metric(metric)
+        if choice.outputs and choice.outputs[0] != names[0]:
+            raise ConfigError(f"the budget search scores the model's first output ({names[0]}); metric "
+                              f"{choice.name} names {choice.outputs[0]}.")
+        return choice
+    from lowbit.verify.outputs import OutputStore
+
+    store = OutputStore(names)
+    for i, batch in enumerate(as_feeds(eval_data, inputs, preprocess=preprocess, limit=samples)):
+        store.add(run_batch(sess, batch), batch.size)
+    outs = store.stacked()
+    first = {names[0]: outs[names[0]]} if names[0] in outs else {}
+    return choose_metrics(first)[0] if first else parse_metric("sqnr")
+
+
+def budget_outcome(search: dict, label: str) -> dict:
+    """Whether the budget held: on the search half and, what counts, on the held-out half."""
+    held = search.get("holdout") or {}
+    return {"label": label, "metric": search.get("metric"), "floor": search.get("floor"),
+            "search_metric": (search.get("chosen") or {}).get("metric"), "holdout_metric": held.get("metric"),
+            "holdout_samples": held.get("samples"),
+            "met": bool(search.get("met_budget")) and bool(held.get("meets_floor"))}

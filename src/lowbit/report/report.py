@@ -69,10 +69,20 @@ class Report:
         return self.data.get("nodes", {}).get("skipped", [])
 
     # --- renderers -----------------------------------------------------------------------
+    def verdicts(self) -> list[dict]:
+        """One line per variant: size, speed, headline metric with n and interval, parity, status
+        (`lowbit.report.verdict`); kept in the dict as 'verdict' whenever it is rendered."""
+        from lowbit.report.verdict import verdicts
+
+        self.data["verdict"] = verdicts(self.data)
+        return self.data["verdict"]
+
     def to_dict(self) -> dict:
+        self.verdicts()
         return self.data
 
     def to_json(self) -> str:
+        self.verdicts()
         return json.dumps(self.data, indent=1, default=_json_default)
 
     def to_html(self) -> str:
@@ -91,8 +101,13 @@ class Report:
         ref = self.variants[0] if self.variants else {}
         ref_size = ref.get("size_bytes") or 0
         threads = sorted({t for v in self.variants for t in (v.get("latency_ms") or {})}, key=int)
-        header = ["variant", "size MB", "% of FP32"] + [f"{t}-thread ms (speed-up)" for t in threads] + [
-            "top-1 agree", "SQNR dB", "cosine", "KL", "top-1 acc", "energy uJ (est.)", "parity"]
+        header = ["variant", "size MB", "% of FP32"] + [f"{t}-thread ms [p10-p90] (speed-up)" for t in threads]
+        names = metric_columns(self.variants)
+        if names:  # task metrics: each with its interval; the sample counts go in the header
+            header += [f"{n} (n={c})" if c is not None else n for n, c in names]
+        else:  # a report made before task metrics (or by hand): the pooled fidelity figures
+            header += ["top-1 agree", "SQNR dB", "cosine", "KL"]
+        header += ["top-1 acc", "energy uJ (est.)", "parity"]
         rows = []
         for v in self.variants:
             size = v.get("size_bytes") or 0
@@ -102,15 +117,20 @@ class Report:
                 base = (ref.get("latency_ms") or {}).get(t)
                 if lat:
                     speed = f" ({base['median'] / lat['median']:.2f}x)" if base else ""
-                    row.append(f"{lat['median']:.2f}{speed}")
+                    spread = f" [{lat['p10']:.2f}-{lat['p90']:.2f}]" if "p10" in lat and "p90" in lat else ""
+                    row.append(f"{lat['median']:.2f}{spread}{speed}")
                 else:
                     row.append("-")
             f = v.get("fidelity") or {}
             acc = v.get("accuracy") or {}
             par = v.get("parity")
-            row += [_fmt(f.get("top1_agreement"), ".3f"), _fmt(f.get("sqnr_db"), ".1f"), _fmt(f.get("cosine"), ".5f"),
-                    _fmt(f.get("kl"), ".4f"), _fmt(acc.get("top1"), ".3f"),
-                    _fmt(v.get("energy_uj"), ".0f"),
+            if names:
+                got = {(m["name"], tuple(m.get("outputs") or ())): m for m in v.get("metrics") or []}
+                row += [metric_cell(got.get(key)) for key in metric_keys(self.variants)]
+            else:
+                row += [_fmt(f.get("top1_agreement"), ".3f"), _fmt(f.get("sqnr_db"), ".1f"),
+                        _fmt(f.get("cosine"), ".5f"), _fmt(f.get("kl"), ".4f")]
+            row += [_fmt(acc.get("top1"), ".3f"), _fmt(v.get("energy_uj"), ".0f"),
                     "-" if not par else f"{'pass' if par['passed'] else 'FAIL'} {100 * par['within_one_step']:.2f}%"]
             rows.append(row)
         return header, rows
@@ -131,7 +151,44 @@ class Report:
                 lines.append(f"{v['label']}: {len(k['unfused'])} layer(s) planned INT8 run as float islands in ONNX "
                              "Runtime; first: " + ", ".join(u["node"] for u in k["unfused"][:3]))
         lines += self.data.get("notes", [])
+        lines += [v["text"] for v in self.verdicts()]
         return "\n".join(lines)
+
+
+def metric_keys(variants: list[dict]) -> list[tuple[str, tuple[str, ...]]]:
+    """(name, outputs) of every metric any variant has, in first-seen order (headline first)."""
+    keys: list[tuple[str, tuple[str, ...]]] = []
+    for v in variants[1:] + variants[:1]:
+        for m in v.get("metrics") or []:
+            k = (m["name"], tuple(m.get("outputs") or ()))
+            if k not in keys:
+                keys.append(k)
+    return keys
+
+
+def metric_columns(variants: list[dict]) -> list[tuple[str, int | None]]:
+    """Column titles: the metric (with its output where several outputs have one) and its n."""
+    keys = metric_keys(variants)
+    names = [k[0] for k in keys]
+    out = []
+    for name, outputs in keys:
+        ns = {m.get("n") for v in variants for m in v.get("metrics") or []
+              if (m["name"], tuple(m.get("outputs") or ())) == (name, outputs)}
+        title = f"{name}[{'+'.join(outputs)}]" if names.count(name) > 1 else name
+        out.append((title, ns.pop() if len(ns) == 1 else None))
+    return out
+
+
+def metric_cell(m: dict | None) -> str:
+    """'0.940 [0.910-0.960]'; '-' where the metric does not apply to this variant."""
+    if m is None:
+        return "-"
+    v = m.get("value")
+    if v is None:
+        return "undefined"
+    text = f"{v:.1f}" if m["name"] == "sqnr" else f"{v:.4f}"
+    lo, hi = m.get("ci_low"), m.get("ci_high")
+    return text + (f" [{lo:.3f}-{hi:.3f}]" if lo is not None and hi is not None else "")
 
 
 def _json_default(o):

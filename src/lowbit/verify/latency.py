@@ -76,3 +76,25 @@ def speedup_interval(reference: list[float], variant: list[float], confidence: f
     tail = 100 * (1 - confidence) / 2
     lo, hi = np.percentile(ratios, [tail, 100 - tail])
     return float(np.median(ref) / np.median(var)), float(lo), float(hi)
+
+
+# p90 / p10 above this: the machine was busy or throttling; medians of the variants may still be
+# comparable (they were interleaved), but the absolute times are not to be quoted
+NOISY_SPREAD = 1.3
+
+
+def noise_warnings(latency: dict[str, dict], limit: float = NOISY_SPREAD) -> list[str]:
+    """A warning per thread count where some variant's p90 / p10 exceeds `limit`.
+
+    >>> noise_warnings({"fp32": {"1": {"median": 60, "p10": 43, "p90": 85, "runs": 30}}})[0][:40]
+    'Latency at 1 thread(s) is noisy: fp32 p10'
+    """
+    by_threads: dict[str, list[str]] = {}
+    for label, per in latency.items():
+        for t, s in per.items():
+            lo, hi = s.get("p10") or 0.0, s.get("p90") or 0.0
+            if lo > 0 and hi / lo > limit:
+                by_threads.setdefault(str(t), []).append(f"{label} p10-p90 {lo:.2f}-{hi:.2f} ms ({hi / lo:.2f}x)")
+    return [f"Latency at {t} thread(s) is noisy: {'; '.join(items)} (p90/p10 over {limit:g}). The variants were "
+            "timed interleaved, so their ratios hold better than the absolute times; rerun on a quiet machine "
+            "(more --latency-runs) before quoting them." for t, items in by_threads.items()]
