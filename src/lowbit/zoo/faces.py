@@ -22,6 +22,7 @@ from lowbit.errors import DataError, ModelError
 from lowbit.zoo.face_descriptor import CHIP_SIZE, INPUT_SCALE, MEAN_RGB, SETUP_HINT, faces_data_dir
 
 CHIP_PADDING = 0.25  # dlib's compute_face_descriptor and face_recognition use the same chip
+CNN_MAX_SIDE = 1024  # faces of >= ~80 px stay findable; 4x less CNN work on face-api's 1920 px photos
 _IDENTITIES = {
     "obama.jpg": "obama", "obama2.jpg": "obama", "obama3.jpg": "obama",
     "obama_partial_face.jpg": "obama", "obama_partial_face2.jpg": "obama", "biden.jpg": "biden",
@@ -45,6 +46,13 @@ def _model_file(name: str) -> str:
     if not path.is_file():
         raise ModelError(f"dlib model {name} not found at {path}. {SETUP_HINT}")
     return str(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _cnn_detector() -> Any:
+    """dlib's CNN (MMOD) face detector: slower than HOG, far fewer false faces (HOG took a round
+    badge on a uniform for a face in face-api's sample1.jpg)."""
+    return _dlib().cnn_face_detection_model_v1(_model_file("mmod_human_face_detector.dat"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,13 +80,40 @@ def detect_and_align(image: np.ndarray, upsample: int = 1) -> list[np.ndarray]:
     >>> chips[0].shape
     (150, 150, 3)
     """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise DataError(f"detect_and_align needs an (H, W, 3) uint8 RGB image; got {image.shape} {image.dtype}.")
+    return [align_box(image, box) for box in hog_face_boxes(image, upsample)]
+
+
+def hog_face_boxes(image: np.ndarray, upsample: int = 1) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) of every face dlib's HOG detector finds, left to right."""
+    _check_rgb(image)
+    detector, _, _ = _dlib_models()
+    found = sorted(detector(np.ascontiguousarray(image), upsample), key=lambda r: (r.left(), r.top()))
+    return [(r.left(), r.top(), r.right(), r.bottom()) for r in found]
+
+
+def cnn_face_boxes(image: np.ndarray, max_side: int = CNN_MAX_SIDE) -> list[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) in ``image``'s pixels of every face dlib's CNN detector finds, left to
+    right; the photo is shrunk to at most ``max_side`` pixels first (the CNN costs ~20 s at 1920 px)."""
+    _check_rgb(image)
+    k = max(1, -(-max(image.shape[:2]) // max_side))  # integer factor: boxes map back exactly
+    small = np.ascontiguousarray(np.asarray(Image.fromarray(image).reduce(k))) if k > 1 else np.ascontiguousarray(image)
+    found = sorted((d.rect for d in _cnn_detector()(small, 0)), key=lambda r: (r.left(), r.top()))
+    return [(r.left() * k, r.top() * k, r.right() * k, r.bottom() * k) for r in found]
+
+
+def align_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The 150x150 chip of the face in ``box`` (left, top, right, bottom): dlib's 5 landmarks, then its chip."""
+    _check_rgb(image)
     dlib = _dlib()
-    detector, predictor, _ = _dlib_models()
+    _, predictor, _ = _dlib_models()
     image = np.ascontiguousarray(image)
-    boxes = sorted(detector(image, upsample), key=lambda r: (r.left(), r.top()))
-    return [dlib.get_face_chip(image, predictor(image, box), size=CHIP_SIZE, padding=CHIP_PADDING) for box in boxes]
+    shape = predictor(image, dlib.rectangle(*(int(v) for v in box)))
+    return dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
+
+
+def _check_rgb(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise DataError(f"a photo must be an (H, W, 3) uint8 RGB array; got {image.shape} {image.dtype}.")
 
 
 def dlib_embeddings(chips: Sequence[np.ndarray]) -> np.ndarray:
@@ -125,7 +160,11 @@ def labeled_face_chips() -> tuple[list[np.ndarray], list[str]]:
     return chips, names
 
 
+def group_photos() -> list[Path]:
+    """face-api's demo group photos (``sample*.jpg``): the faces of people without names."""
+    return _photos(faces_data_dir() / "face-api" / "demo", "sample*.jpg")
+
+
 def unlabeled_faces() -> list[np.ndarray]:
     """Aligned chips of every face dlib finds in face-api's demo group photos (``sample*.jpg``)."""
-    folder = faces_data_dir() / "face-api" / "demo"
-    return [chip for path in _photos(folder, "sample*.jpg") for chip in detect_and_align(load_rgb(path))]
+    return [chip for path in group_photos() for chip in detect_and_align(load_rgb(path))]
