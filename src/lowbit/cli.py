@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_parser = sub.add_parser
     sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[verbose], **k)  # type: ignore[method-assign]
 
-    q = sub.add_parser("quantize", help="quantize a model and report accuracy, size, latency and parity")
+    q = sub.add_parser("quantize", help="quantize a model and report accuracy, size, latency and parity",
+                       epilog="exit status: 0 done; 2 bad input (nothing written); 3 the accuracy budget "
+                              "(--max-drop / --min-metric) was missed on the held-out half (nothing written "
+                              "unless --keep-failed); 1 a bug in lowbit")
     q.add_argument("model", help="an .onnx file")
     q.add_argument("--precision", "--preset", dest="precision", default="int8",
                    help=f"a preset: one of {', '.join(PRESETS)} (default int8)")
