@@ -13,8 +13,9 @@ import onnx
 
 from lowbit.algorithms import AlgorithmContext
 from lowbit.analysis.float_layers import restore_float_layers
-from lowbit.clipping import choose_clipping
+from lowbit.clipping import choose_clipping, simulated_sqnr
 from lowbit.config import QuantConfig, as_config, resolve_transformer
+from lowbit.regions import choose_elementwise, concats_to_split, elementwise_nodes
 from lowbit.data import FeedSource, as_feeds
 from lowbit.data.arrays import take_rows
 from lowbit.emit import emit_qdq
@@ -125,17 +126,24 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     method = config.activations.calibration
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
     t = _stage(timings, "plan:calibrate", t)
+    split: dict[str, str] = {}
     if not config.transformer:  # Concats of very different ranges stay float (lowbit.regions)
-        from lowbit.regions import concats_to_split
-
         split = concats_to_split(model, selection, stats, config)
         if split:
             selection = select(model, config, costs, keep=split)
     if config.transformer:
         plan = build_plan(model, selection, stats, config)
     else:  # the clipping level whose plan is closest to FP32 at the output (lowbit.clipping)
-        plan, _, clipping = choose_clipping(model, lambda c: build_plan(model, selection, stats, c), stats,
-                                                 config, calib)
+        plan, clipped, clipping = choose_clipping(model, lambda c: build_plan(model, selection, stats, c), stats,
+                                                  config, calib)
+        elementwise = elementwise_nodes(selection) if clipping else {}
+        if elementwise:  # elementwise arithmetic in float where that is clearly closer (lowbit.regions)
+            alt = build_plan(model, select(model, config, costs, keep={**split, **elementwise}), stats, clipped)
+            sqnr = simulated_sqnr(model, {"float": alt}, calib)["float"]
+            choice = choose_elementwise(clipping["levels"][str(clipping["chosen"])], sqnr)
+            if choice["float"]:
+                plan = alt
+            plan.config["elementwise_choice"] = choice
         if clipping:
             plan.config["activation_clipping"] = clipping
     t = _stage(timings, "plan:clipping", t)

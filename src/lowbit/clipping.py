@@ -75,3 +75,17 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
               "criterion": "output SQNR of the simulated plan vs FP32 on calibration inputs"}
     plan, cfg = plans[best]
     return plan, cfg, record
+
+
+def simulated_sqnr(model: onnx.ModelProto, plans: dict[str, QuantPlan], calib: Iterable[Batch]) -> dict[str, float]:
+    """{name: output SQNR vs FP32} of each plan's simulation on up to SAMPLES calibration inputs."""
+    batches = list(itertools.islice(iter(calib), SAMPLES))
+    fp32 = session(model, arena=False)
+    reference = [run_batch(fp32, b)[0] for b in batches]
+    del fp32
+    out = {}
+    for name, plan in plans.items():
+        sim = session(emit_simulation(model, plan), arena=False)
+        out[name] = output_sqnr(reference, [run_batch(sim, b)[0] for b in batches])
+        del sim
+    return out
