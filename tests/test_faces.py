@@ -182,3 +182,51 @@ def test_unlabeled_group_photos_give_about_20_faces(port):
     chips = unlabeled_faces()
     assert len(chips) >= 18, f"dlib found {len(chips)} faces in face-api's sample*.jpg (measured 20)"
     assert _cosine(_embed(port, chips), dlib_embeddings(chips)).min() >= 0.999
+
+
+# ---- the doorbell's held-out evaluation: pair decisions, rings, identities (fast, synthetic) ------
+
+def _points(*xs: float) -> np.ndarray:
+    """Embeddings on a line: pair distances are differences of the given coordinates."""
+    return np.array([[x] + [0.0] * 127 for x in xs], np.float32)
+
+
+def test_pair_decisions_count_every_pair_against_the_reference():
+    from lowbit.demo.face_pairs import pair_decisions
+
+    ids, faces, names = ["a", "a", "b", "c"], ["f1", "f2", "f3", "f4"], ["p", "q", "r", "s"]
+    ref = _points(0.0, 0.55, 1.2, 3.0)  # a-a 0.55 same; a(q)-b 0.65 different
+    cand = _points(0.0, 0.62, 1.2, 3.0)  # the genuine pair crosses 0.6 and q-b becomes 0.58: two flips
+    out = pair_decisions(cand, ref, ids, faces, names, 0.6)
+    assert (out["pairs"], out["genuine_pairs"], out["impostor_pairs"]) == (6, 1, 5)
+    assert (out["differ"], out["differ_genuine"], out["differ_impostor"]) == (2, 1, 1)
+    assert out["genuine_accepted"] == 0 and out["impostor_rejected"] == 4
+    assert {(f["a"], f["b"]) for f in out["flipped"]} == {("p", "q"), ("q", "r")}
+    assert out["max_flip_distance_from_threshold"] == pytest.approx(0.05, abs=1e-6)
+    same = pair_decisions(ref, ref, ids, faces, names, 0.6)
+    assert same["differ"] == 0 and same["flipped"] == [] and same["genuine_accepted_across_photos"] == 1
+
+
+def test_door_rings_let_residents_in_and_keep_strangers_out():
+    from lowbit.demo.face_pairs import door_rings, ring_summary
+
+    ids = ["a", "b", "a", "b", "z"]
+    emb = _points(0.0, 5.0, 0.3, 5.7, 10.0)  # b's second image is 0.7 away: the door stays shut
+    rings = door_rings(emb, ids, list("01234"), ["a", "b"], 0.6)
+    assert [r["image"] for r in rings] == ["2", "3", "4"]  # the first image of each resident is enrolled
+    assert [r["opens_for"] for r in rings] == ["a", None, None]
+    s = ring_summary(rings, rings)
+    assert (s["residents_let_in"], s["resident_rings"], s["strangers_kept_out"], s["stranger_rings"]) == (1, 2, 1, 1)
+    assert s["same_as_reference"] == 3
+
+
+def test_identities_merge_across_photos_never_within_one_nor_by_chains():
+    from lowbit.zoo.face_set import merge_identities
+
+    # x (photo 1) - y (photo 2) 0.5 apart, y - z (photo 3) 0.5 apart, x - z 1.0: a chain, one merge only
+    group, notes = merge_identities(_points(0.0, 0.5, 1.0), ["1", "2", "3"], 0.6)
+    assert group[0] == group[1] != group[2]
+    assert [n.split(":")[0] for n in notes] == ["merged", "kept apart"]
+    # two faces of one photo 0.3 apart: dlib would match them, the photo says they are two people
+    group, notes = merge_identities(_points(0.0, 0.3), ["1", "1"], 0.6)
+    assert group[0] != group[1] and "twice" in notes[0]
