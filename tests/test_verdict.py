@@ -125,6 +125,12 @@ def test_inference_on_hand_built_outputs():
     assert [c.name for c in choose_metrics({"x": emb})][:2] == ["cosine", "nn-kept"]
     assert choose_metrics({"face": rng.normal(size=(6, 128))})[0].name == "cosine"  # 128 wide: an embedding
     assert choose_metrics({"mask": rng.uniform(0, 1, (2, 1, 16, 16))})[0].name == "mask-iou"
+    # a (T, C) softmax per sample (CTC text recognition) is not a YOLO head, however wide C is
+    steps = rng.uniform(0.1, 1, (2, 40, 6625))
+    assert [c.name for c in choose_metrics({"rec": steps / steps.sum(axis=2, keepdims=True)})][:2] == \
+        ["ctc-exact", "ctc-cer"]
+    # independent probabilities per sample (per-frame VAD, multi-label): thresholded decisions
+    assert choose_metrics({"frames": rng.uniform(0, 1, (4, 128))})[0].name == "decisions@0.5"
     # several outputs: a task if the first shows one, and SQNR per output
     multi = _names(choose_metrics({"a": rng.normal(size=(3, 7, 5, 5)), "b": rng.normal(size=(3, 2))}))
     assert multi == [("sqnr", ("a",)), ("cosine", ("a",)), ("sqnr", ("b",))]

@@ -45,6 +45,10 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
     o = (name,)
     n = len(x)
     per = x.reshape(n, -1).shape[1] if n else 0
+    # before the YOLO rule: a (T, C) softmax has as many columns as a head has anchors
+    if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 2 and _softmax_rows(x):
+        why = f"output {name} {list(x.shape[1:])}: per-step class probabilities (CTC, blank 0)"
+        return [_choice("ctc-exact", o, why), _choice("ctc-cer", o, why)]
     if x.ndim == 3 and 5 <= x.shape[1] and x.shape[2] >= max(100, 8 * x.shape[1]) and _probabilities(x[:, 4:]):
         return [_choice("detection-yolo", o, f"output {name} {list(x.shape[1:])}: a YOLO head (4 box rows + "
                                              f"{x.shape[1] - 4} class scores, {x.shape[2]} anchors)")]
@@ -59,6 +63,9 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
         norms = np.linalg.norm(x.astype(np.float64), axis=1)
         if _softmax_rows(x):
             kind = f"output {name} [N, {x.shape[1]}]: class probabilities (rows sum to 1)"
+        elif _probabilities(x):  # independent probabilities (multi-label, per-frame): decisions
+            return [_choice("decisions@0.5", o, f"output {name} [N, {x.shape[1]}]: independent probabilities "
+                                                "(values in [0, 1], rows not summing to 1)")]
         elif np.allclose(norms, 1.0, atol=1e-3) or EMBEDDING_NAMES.search(name) or (
                 x.shape[1] >= 64 and x.shape[1] % 64 == 0):
             why = ("L2-normalised rows" if np.allclose(norms, 1.0, atol=1e-3) else "its name" if
@@ -75,9 +82,6 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
         return out
     if x.ndim in (3, 4) and (x.ndim == 3 or x.shape[1] == 1) and min(x.shape[-2:]) >= 8 and _probabilities(x):
         return [_choice("mask-iou", o, f"output {name} {list(x.shape[1:])}: a probability map", threshold=0.5)]
-    if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 2 and _softmax_rows(x):
-        why = f"output {name} {list(x.shape[1:])}: per-step class probabilities (CTC, blank 0)"
-        return [_choice("ctc-exact", o, why), _choice("ctc-cer", o, why)]
     return []
 
 
