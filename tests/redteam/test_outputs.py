@@ -218,8 +218,11 @@ def test_failed_demo_leaves_an_earlier_runs_files_identical(tmp_path, monkeypatc
 
     monkeypatch.setattr(module, "quantize", fail)
     if demo == "doorbell":  # the face data is not needed to get this far
-        monkeypatch.setattr(module, "face_chips", lambda: ([np.zeros((150, 150, 3), np.uint8)] * 2, ["a", "b"],
-                                                           ["a.jpg", "b.jpg"], [np.zeros((150, 150, 3), np.uint8)]))
+        from lowbit.zoo.face_set import FaceSet
+
+        monkeypatch.setattr(module, "face_set", lambda: FaceSet(
+            np.zeros((4, 150, 150, 3), np.uint8), ["a#0", "b#0", "c#0", "d#0"], ["photo"] * 4, list("abcd"),
+            np.array([False, False, True, True]), np.zeros((4, 128), np.float32), []))
     run = module.run_doorbell if demo == "doorbell" else module.run_demo
     try:
         with pytest.raises(DataError, match="stop here"):
