@@ -47,7 +47,8 @@ NODE_KEYS = ("op", "precision", "reason")
 # choices).
 CONFIG_KEYS = ("precision", "weights", "activations", "keep_float", "algorithms", "op_types", "keep_io_types",
                "target", "objective", "transformer", "seed", "activation_clipping", "algorithm_choices",
-               "int8_layers", "reduce_range", "group_size", "rounding", "storage", "per_channel", "layer_costs")
+               "int8_layers", "reduce_range", "group_size", "rounding", "storage", "per_channel", "layer_costs",
+               "elementwise_choice")
 MAX_TEXT = 4096            # a reason, method or op name longer than this is not lowbit's
 MAX_CONFIG_BYTES = 1 << 20  # plan.config is a few KB; it is copied into the model's metadata
 
@@ -398,6 +399,7 @@ def _config(c: dict, precision: str) -> None:
                                    "true, false, 'auto' or the transformer recipe's record"),
         "activation_clipping": lambda: _of("activation_clipping", lambda v: isinstance(v, dict), "an object"),
         "algorithm_choices": lambda: _of("algorithm_choices", lambda v: isinstance(v, dict), "an object"),
+        "elementwise_choice": lambda: _of("elementwise_choice", lambda v: isinstance(v, dict), "an object"),
         "target": _target,
         "layer_costs": _timings,
         "weights": lambda: _built("weights", "scheme"),
