@@ -42,4 +42,11 @@ def main(kind: str, model: str, calib: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    import os
+    import tempfile
+
+    # ORT's quantizers leave scratch files (sym_shape_infer_temp.onnx, *.data) in the working folder
+    args = [str(Path(a).resolve()) for a in sys.argv[2:5]]
+    with tempfile.TemporaryDirectory(prefix="zoo-peer-") as scratch:
+        os.chdir(scratch)
+        main(sys.argv[1], *args)
