@@ -230,3 +230,23 @@ def test_identities_merge_across_photos_never_within_one_nor_by_chains():
     # two faces of one photo 0.3 apart: dlib would match them, the photo says they are two people
     group, notes = merge_identities(_points(0.0, 0.3), ["1", "1"], 0.6)
     assert group[0] != group[1] and "twice" in notes[0]
+
+
+@pytest.mark.slow
+@needs_data
+def test_face_set_holds_out_many_identities_disjoint_from_calibration(port):
+    from lowbit.zoo.face_set import VARIANTS, face_set
+
+    fs = face_set()
+    held = {w for w, h in zip(fs.identity, fs.heldout) if h}
+    cal = {w for w, h in zip(fs.identity, fs.heldout) if not h}
+    assert not held & cal and {"obama", "biden"} <= held
+    assert len(held) >= 10 and len(cal) >= 6  # measured 11 and 8 (22 group-photo faces, 17 identities)
+    assert all(fs.identity.count(w) >= len(VARIANTS) for w in held | cal)
+    by_photo = {}
+    for face, who in zip(fs.face, fs.identity):
+        by_photo.setdefault(face.split("#")[0], {}).setdefault(who, set()).add(face)
+    assert all(len(faces) == 1 for people in by_photo.values() for faces in people.values())
+    # every variant is still the port's face: its embedding agrees with dlib's on that chip
+    photo = np.array([v == "photo" for v in fs.variant])
+    assert _cosine(_embed(port, list(fs.chips[photo])), fs.dlib[photo]).min() >= 0.999

@@ -2,9 +2,10 @@
 calibration faces and held-out faces by a fixed rule.
 
 Identities: every face dlib's CNN detector finds in face-api's group photos is its own person,
-except that faces from *different* photos are merged when dlib's own distances between all of them are
-below 0.6 (closest pairs first, complete linkage); faces of one photo are never merged (one person
-appears once in a photo), so a dlib match between them is kept apart and recorded. face_recognition's photos add Obama and Biden.
+except that faces from *different* photos are merged when dlib's own distances between all of them
+are below 0.6 (closest pairs first, complete linkage); faces of one photo are never merged (one
+person appears once in a photo), so a dlib match between them is kept apart and recorded.
+face_recognition's photos add Obama and Biden.
 Split: identities sorted by their first face, alternately held out and calibration; Obama and Biden
 are always held out. Images: every face is seen six ways offline (``VARIANTS``): the photo, its
 mirror, the detection box shifted by 8% of its width either way, the photo at half size, and 40%
