@@ -319,6 +319,8 @@ def _quantize(args, progress):
     if args.target:
         config = config.with_(target=args.target)
     # no output= here: the model is written with the plan and reports, together, once all succeeded
+    if config == preset(args.precision):
+        config = args.precision  # by name: errors and reports then name the preset the user chose
     result = lowbit.quantize(
         args.model, config, args.calib, eval_data=args.eval_data, labels=_labels(args.labels),
         preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
