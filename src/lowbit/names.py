@@ -18,13 +18,14 @@ import onnx
 # Derived names longer than this are shortened (a prefix, a hash of the whole, the end): exporters
 # such as tf2onnx name tensors with every scope joined by ';' (hundreds of characters), and each
 # quantized tensor adds five names made from its own; on a small model with such names the INT8
-# file was larger than the FP32 one (basic-pitch: 336 KB vs 230 KB), the names alone ~150 KB.
-LONG_NAME = 64
+# file was larger than the FP32 one (basic-pitch: 336 KB vs 230 KB; 282 KB with names shortened).
+LONG_NAME = 96
 
 
 def compact(name: str) -> str:
     """`name` itself when short; else its first 24 characters, a hash of the whole and its last
-    16 (where lowbit's suffix sits): still readable, still unique, 50 characters."""
+    16 (where lowbit's suffix sits): still readable, still unique, 50 characters. Torch exports
+    name tensors up to ~60 characters: with lowbit's suffixes they stay under the limit."""
     if len(name) <= LONG_NAME:
         return name
     digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]

@@ -5,7 +5,7 @@ in low precision read) would still write a file: the same graph plus lowbit's pl
 larger than the input. That is refused with the reason, before anything is written. So is a file
 that grew although its weights shrank: on a model with few weights and long tensor names the
 quantization nodes (and their names) can cost more than the weights save (basic-pitch, 230 KB:
-int8-fast wrote 336 KB before names were shortened, 256 KB after). Only models under `TINY_MODEL`
+int8-fast wrote 336 KB before long names were shortened, 282 KB after). Only models under `TINY_MODEL`
 bytes (test-sized graphs, where lowbit's plan record alone is a good part of the file) may grow
 when their weights shrank.
 """
