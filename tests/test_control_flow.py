@@ -265,3 +265,19 @@ def test_silero_vad_if_model(preset, max_ratio):
     assert len(q) <= max_ratio * SILERO.stat().st_size
     ref, got = _speech_probabilities(SILERO.read_bytes(), utterances), _speech_probabilities(q, utterances)
     assert len(ref) > 400 and np.mean((ref > 0.5) == (got > 0.5)) >= 0.99
+
+
+def test_a_file_that_grows_is_refused_even_when_its_weights_shrank():
+    """basic-pitch's case: weights shrank, but the quantization nodes cost more than they saved.
+    Refused above 64 KB; a test-sized model (lowbit's plan record alone is much of it) may grow."""
+    from lowbit.emit.size_check import TINY_MODEL, Sizes, check_smaller
+
+    out = helper.make_model(helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [numpy_helper.from_array(np.zeros(100, np.int8), "w")]))
+    big = Sizes(file=230_444, tensors=149_260)
+    with pytest.raises(ModelError, match=r"preset 'int8-fast' would make this model larger: 281,545 bytes from 230,444"):
+        check_smaller("int8-fast", big, out, 281_545)
+    check_smaller("int8-fast", big, out, 200_000)  # smaller: fine
+    check_smaller("int8", Sizes(file=TINY_MODEL - 1, tensors=4_000), out, TINY_MODEL + 100)  # toy model: allowed
