@@ -158,3 +158,19 @@ def test_corrupt_name_bytes_are_a_model_error(small_model_path, tmp_path):
 
     with pytest.raises(lowbit.ModelError, match="not valid UTF-8"):
         load_model(path)
+
+
+def test_packed_4bit_tensors_are_counted_as_packed():
+    """INT4 values stored in int32_data hold two per entry (what lowbit's own w4a8 files contain):
+    the size check counts them so, and still catches a tensor that holds too few."""
+    from onnx import TensorProto, helper
+
+    from lowbit.model_checks import check_tensor_sizes
+
+    good = helper.make_tensor("w", TensorProto.INT4, [3, 144], np.ones(432, np.int8).tolist())
+    assert len(good.int32_data) == 216
+    check_tensor_sizes(helper.make_graph([], "g", [], [], [good]), "m.onnx")
+    short = helper.make_tensor("w", TensorProto.INT4, [3, 144], np.ones(432, np.int8).tolist())
+    del short.int32_data[100:]
+    with pytest.raises(ModelError, match=r"declares 432 elements \(216 packed entries\) but holds 100"):
+        check_tensor_sizes(helper.make_graph([], "g", [], [], [short]), "m.onnx")

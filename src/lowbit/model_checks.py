@@ -19,6 +19,7 @@ _TYPED_FIELDS = {
 }
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"}
 MAX_ELEMENTS = 2**34  # 16 G elements: nothing lowbit quantizes is near this
+_PACKED_4BIT = tuple(getattr(TensorProto, t) for t in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(TensorProto, t))
 
 
 def check_tensor_sizes(graph: onnx.GraphProto, where: str) -> None:
@@ -36,7 +37,7 @@ def check_tensor_sizes(graph: onnx.GraphProto, where: str) -> None:
         except (KeyError, ValueError, TypeError):
             raise ModelError(f"{where}: tensor '{t.name}' has unknown element type {t.data_type}.") from None
         if t.raw_data:
-            bits = 4 if t.data_type in (TensorProto.INT4, TensorProto.UINT4) else itemsize * 8
+            bits = 4 if t.data_type in _PACKED_4BIT else itemsize * 8
             need = (n * bits + 7) // 8
             if len(t.raw_data) != need:
                 raise ModelError(f"{where}: tensor '{t.name}' declares shape {list(t.dims)} ({need} bytes) "
@@ -46,8 +47,10 @@ def check_tensor_sizes(graph: onnx.GraphProto, where: str) -> None:
             have = len(getattr(t, field))
             if t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128):
                 have //= 2
-            if have != n and not (n == 0 and have == 0):
-                raise ModelError(f"{where}: tensor '{t.name}' declares {n} elements but holds {have}.")
+            need = (n + 1) // 2 if t.data_type in _PACKED_4BIT else n  # two 4-bit values per int32_data entry
+            if have != need and not (need == 0 and have == 0):
+                packed = f" ({need} packed entries)" if need != n else ""
+                raise ModelError(f"{where}: tensor '{t.name}' declares {n} elements{packed} but holds {have}.")
 
 
 def check_graph(graph: onnx.GraphProto, opset_domains: set[str], where: str) -> None:
