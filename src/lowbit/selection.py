@@ -10,8 +10,10 @@ import fnmatch
 from dataclasses import dataclass, field
 
 import numpy as np
+from onnx import TensorProto
 
 from lowbit.config import QuantConfig
+from lowbit.emit.weight_storage import RECURRENT_SLOTS
 from lowbit.graph import GraphIndex
 from lowbit.latency_choice import MARGIN
 from lowbit.ops import (ACTIVATION_OPS, FOLDABLE_ACTIVATIONS, PASSTHROUGH_OPS, WEIGHTED_OPS, clip_bounds,
@@ -48,6 +50,19 @@ def _kept_float(name: str, patterns: tuple[str, ...]) -> str | None:
         if fnmatch.fnmatchcase(name, p):
             return p
     return None
+
+
+def _recurrent(node, g: GraphIndex) -> tuple[str, str]:
+    """LSTM / GRU / RNN have no integer kernel in ONNX Runtime: float arithmetic, but their constant
+    FP32 W and R stored INT8 with a scale per group (`w8`, lowbit.emit.weight_storage), as
+    int8-dynamic stores them. Often most of a speech or OCR model's weights."""
+    consts = [node.input[k] for k in RECURRENT_SLOTS[node.op_type]
+              if k < len(node.input) and g.initializers.get(node.input[k]) is not None
+              and g.initializers[node.input[k]].data_type == TensorProto.FLOAT]
+    if not consts:
+        return "fp32", why_float(node.op_type)
+    return "w8", (f"INT8-stored W and R (scale per group of 32), float arithmetic: ONNX Runtime has no integer "
+                  f"{node.op_type} kernel")
 
 
 def _float_inputs_ok(node, g: GraphIndex) -> bool:
@@ -124,6 +139,8 @@ def select(model, config: QuantConfig, costs: dict | None = None,
             return "fp32", f"kept in float by keep_float pattern '{pattern}'"
         if wanted is not None and op not in wanted and op not in PASSTHROUGH_OPS | FOLDABLE_ACTIVATIONS:
             return "fp32", f"{op} is not in the requested op_types"
+        if op in RECURRENT_SLOTS:
+            return _recurrent(node, g)
         if op not in WEIGHTED_OPS | ACTIVATION_OPS:
             return "fp32", why_float(op)
         if not _float_inputs_ok(node, g):

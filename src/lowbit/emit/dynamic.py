@@ -22,6 +22,7 @@ from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.emit import subgraphs
 from lowbit.emit.metadata import record_plan
+from lowbit.emit.weight_storage import RECURRENT_SLOTS
 from lowbit.graph import GraphIndex
 from lowbit.names import Names
 from lowbit.hardware import target_traits
@@ -83,7 +84,7 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
 
 # Weights stored as INT8 + scales and computed in FP32: Conv (dynamic Conv kernels are slow) and the
 # recurrent layers' input and recurrence weights W, R (no dynamic kernel exists for them)
-STORED_SLOTS = {"Conv": (1,), "LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
+STORED_SLOTS = {"Conv": (1,), **RECURRENT_SLOTS}
 
 
 def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:

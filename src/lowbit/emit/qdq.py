@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.core.granularity import PerChannel, PerGroup
 from lowbit.emit.metadata import record_plan
-from lowbit.emit.weight_storage import StoredInt8, stored_int8_nodes, weight_only_int8
+from lowbit.emit.weight_storage import RECURRENT_SLOTS, StoredInt8, stored_int8_nodes, weight_only_int8
 from lowbit.errors import ModelError
 from lowbit.graph import GraphIndex
 from lowbit.names import Names
@@ -196,7 +196,9 @@ class _Surgery:
             node = index.nodes[plan_node.name]
             slots = range(len(node.input))
             axis = 0
-            if plan_node.precision == "w8":
+            if plan_node.precision == "w8" and node.op_type in RECURRENT_SLOTS:
+                slots = [k for k in RECURRENT_SLOTS[node.op_type] if k < len(node.input)]
+            elif plan_node.precision == "w8":
                 w_idx, _, axis = weight_slots(node, index)
                 slots = [] if w_idx is None else [w_idx]
             for k in slots:
