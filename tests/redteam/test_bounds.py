@@ -152,20 +152,22 @@ def test_huge_jpeg_is_decoded_at_a_reduced_scale(conv_model, tmp_path):
 
 # --- graphs of 10,000 nodes ---------------------------------------------------------------------
 
-def chain(n: int, reverse: bool = False) -> onnx.ModelProto:
+def chain(n: int, reverse: bool = False, width: int = 8) -> onnx.ModelProto:
     """MatMul / Relu alternating, n nodes; `reverse` stores them in reverse topological order."""
     rng = np.random.default_rng(0)
     nodes, inits, x = [], [], "x"
+    scale = 1.0 / np.sqrt(width)
     for i in range(n):
         if i % 2 == 0:
-            inits.append(numpy_helper.from_array((rng.standard_normal((8, 8)) * 0.35).astype(np.float32), f"w{i}"))
+            w = (rng.standard_normal((width, width)) * scale).astype(np.float32)
+            inits.append(numpy_helper.from_array(w, f"w{i}"))
             nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"t{i}"], name=f"mm{i}"))
         else:
             nodes.append(helper.make_node("Relu", [x], [f"t{i}"], name=f"relu{i}"))
         x = f"t{i}"
     graph = helper.make_graph(nodes[::-1] if reverse else nodes, "chain",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 8])], inits)
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", width])], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -186,8 +188,10 @@ def test_10k_node_graph_in_reverse_order_is_checked_in_linear_time(tmp_path):
 
 
 def test_10k_node_graph_is_quantized_in_bounded_time(tmp_path):
-    onnx.save(chain(10_000), tmp_path / "chain.onnx")
-    np.save(tmp_path / "calib.npy", np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32))
+    # 16-wide layers: with 8x8 weights the Q/DQ nodes outweigh the bytes INT8 saves, and lowbit
+    # refuses to write a larger file
+    onnx.save(chain(10_000, width=16), tmp_path / "chain.onnx")
+    np.save(tmp_path / "calib.npy", np.random.default_rng(1).standard_normal((16, 16)).astype(np.float32))
     t0 = time.perf_counter()  # the CLI with --no-verify: quantize(..., verify=None) in its own process
     run = run_cli("quantize", tmp_path / "chain.onnx", "--calib", tmp_path / "calib.npy", "--precision", "int8-fast",
                   "--no-verify", "-o", tmp_path / "q.onnx", env={"LOWBIT_CACHE": str(tmp_path / "cache")})
