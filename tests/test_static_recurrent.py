@@ -90,3 +90,85 @@ def test_keep_float_pattern_keeps_recurrent_weights_fp32():
     r = lowbit.quantize(fp32, lowbit.QuantConfig(keep_float=[gru]), _data(8, 0), verify=None)
     assert r.plan.nodes[gru].precision == "fp32"
     assert any(t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) > 4096 for t in r.model.graph.initializer)
+
+
+def _long_names_model(blocks: int = 12, width: int = 150) -> onnx.ModelProto:
+    """A tf2onnx-like chain with few weights and 150-character tensor names: per block
+    Conv (C x C x 1) -> Add (residual) -> Mul (by 0.5) -> Add -> Mul, two convolutions reading one shared weight."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def name(i: int, what: str) -> str:
+        return (f"model_1/block_{i}/{what};" * 8)[:width]
+
+    nodes, x = [], "x"
+    inits = [numpy_helper.from_array((rng.normal(size=(32, 32, 1)) / 4).astype(np.float32), "const_fold_opt__1"),
+             numpy_helper.from_array(np.float32(0.5), "half")]
+    for i in range(blocks):
+        w = "const_fold_opt__1" if i in (0, 1) else name(i, "conv1d/weight")
+        if i > 1:
+            inits.append(numpy_helper.from_array((rng.normal(size=(32, 32, 1)) / 4).astype(np.float32), w))
+        c, a, m, a2, m2 = (name(i, k) for k in ("conv1d/Conv1D", "add/AddV2", "mul/Mul", "add_1/AddV2", "mul_1/Mul"))
+        nodes += [helper.make_node("Conv", [x, w], [c], name=c),
+                  helper.make_node("Add", [c, x], [a], name=a),
+                  helper.make_node("Mul", [a, "half"], [m], name=m),
+                  helper.make_node("Add", [m, c], [a2], name=a2),
+                  helper.make_node("Mul", [a2, "half"], [m2], name=m2)]
+        x = m2
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
+    g = helper.make_graph(nodes, "long", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 32, 32])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32, 32])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_long_names_few_weights_fall_back_to_weight_only_and_shrink(tmp_path):
+    """basic-pitch's case: Q/DQ pairs named after 150-character tensors cost more than 12 x 1024
+    weights save, so int8 stores the weights INT8 without quantizing activations: a smaller file
+    (it was refused as larger before), FP32 arithmetic, outputs close to FP32."""
+    fp32 = _long_names_model()
+    rng = np.random.default_rng(1)
+    calib = [rng.normal(size=(4, 32, 32)).astype(np.float32) for _ in range(8)]
+    r = lowbit.quantize(fp32, "int8-fast", calib, output=tmp_path / "a.onnx", verify=None)
+    written = (tmp_path / "a.onnx").read_bytes()
+    assert len(written) < fp32.ByteSize()
+    convs = [n for n in r.plan.nodes.values() if n.op == "Conv"]
+    assert convs and all(n.precision == "w8" and "not smaller" in n.reason for n in convs)
+    assert not r.plan.tensors and not any(n.op_type == "QuantizeLinear" for n in r.model.graph.node)
+    assert any("weight-only" in note for note in r.report.data["notes"])
+    # the shared weight is stored once
+    ints = [t for t in r.model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(ints) == 11, [t.name for t in ints]
+    x = calib[0]
+    ref = session(fp32).run(None, {"x": x})[0]
+    got = session(r.model).run(None, {"x": x})[0]
+    assert _sqnr(ref, got) > 30  # 8-bit weights in groups, FP32 arithmetic
+    r.plan.save(tmp_path / "plan.json")
+    (tmp_path / "float.onnx").write_bytes(r.float_model.SerializeToString())
+    lowbit.quantize(tmp_path / "float.onnx", "int8", plan=tmp_path / "plan.json", output=tmp_path / "b.onnx",
+                    verify=None)
+    assert (tmp_path / "b.onnx").read_bytes() == written
+
+
+def test_quantized_model_shares_identical_constants():
+    """Zero points, passthrough scales and a weight read by two layers are stored once; the
+    outputs are the same bits."""
+    from lowbit.emit import emit_qdq
+    from lowbit.emit.shared_constants import share_identical_initializers
+
+    fp32 = _long_names_model(blocks=6, width=32)  # short names: a QDQ plan, no weight-only fallback
+    rng = np.random.default_rng(1)
+    calib = [rng.normal(size=(4, 32, 32)).astype(np.float32) for _ in range(4)]
+    r = lowbit.quantize(fp32, "int8-fast", calib, verify=None)
+    assert r.plan.tensors and not any("weight-only" in note for note in r.report.data["notes"])
+    emitted = emit_qdq(r.float_model, r.plan)
+    shared = onnx.ModelProto()
+    shared.CopyFrom(emitted)
+    assert share_identical_initializers(shared) >= 6  # one zero point per activation, the shared weight
+    assert len(shared.graph.initializer) < len(emitted.graph.initializer)
+    assert r.model.ByteSize() < emitted.ByteSize()  # quantize shares them
+    x = calib[0]
+    assert np.array_equal(session(emitted).run(None, {"x": x})[0], session(shared).run(None, {"x": x})[0])

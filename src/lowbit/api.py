@@ -26,7 +26,9 @@ from lowbit.energy import priced_precisions
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
 from lowbit.emit.size_check import check_smaller, sizes
+from lowbit.emit.shared_constants import share_identical_initializers
 from lowbit.emit.subgraphs import describe, store_subgraph_weights
+from lowbit.emit.weight_only import WEIGHT_ONLY_MAX_BYTES, weight_only_plan
 from lowbit.hardware import target_traits
 from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_outputs
@@ -219,7 +221,8 @@ def quantize(
     t = t_start = time.perf_counter()
     reset_peak_rss()
     search = calib = None
-    subgraph_note = ""
+    subgraph_note = weight_only_note = ""
+    before_fit = None
     # the output is checked before any work and written only after everything that can fail has run
     # (verification included): a failed run leaves an earlier output as it was
     inputs = {"model": model, "calib_data": calib_data, "eval_data": eval_data, "plan": plan, "labels": labels}
@@ -267,8 +270,8 @@ def quantize(
         prepared = PreparedModel(onnx.ModelProto(), prepared.name, prepared.source, prepared.inputs)
         float_model, qplan, before_fit = calibrate_plan(handed.pop(), cfg, calib, progress, timings)
         prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
-        if not budget:
-            before_fit = None  # only the search's float layers need the unfitted weights
+        if not budget and source_sizes.file > WEIGHT_ONLY_MAX_BYTES:
+            before_fit = None  # only float layers (the search's, a weight-only fallback) need the unfitted weights
         t = _stage(timings, "calibrate+plan", t)
         search = None
         if budget:
@@ -299,6 +302,19 @@ def quantize(
         qmodel = emit_mixed(prepared.proto, qplan)  # emit_qdq, plus block-wise weights the search chose
         # ONNX Runtime does not fuse Q/DQ inside If / Loop / Scan bodies: their weights are stored w8
         subgraph_note = describe(store_subgraph_weights(qmodel, "w8"))
+        share_identical_initializers(qmodel)  # zero points, passthrough scales, weights copied per layer
+        if plan is None and search is None and before_fit is not None and qmodel.ByteSize() >= source_sizes.file:
+            # the Q/DQ nodes cost more than the INT8 weights save (lowbit.emit.weight_only)
+            why = (f"quantizing the activations made the file {qmodel.ByteSize():,} bytes, not smaller than the "
+                   f"input's {source_sizes.file:,}")
+            qplan = weight_only_plan(prepared.proto, qplan, why)
+            float_model = restore_float_layers(prepared.proto, before_fit, qplan)
+            qplan.model_fingerprint = fingerprint(float_model)
+            prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
+            qmodel = emit_mixed(prepared.proto, qplan)
+            subgraph_note = describe(store_subgraph_weights(qmodel, "w8"))
+            share_identical_initializers(qmodel)
+            weight_only_note = f"All layers weight-only INT8 (FP32 arithmetic): {why}."
     qbytes = qmodel.SerializeToString()
     check_smaller(config if isinstance(config, str) else qplan.precision, source_sizes, qmodel, len(qbytes))
     t = _stage(timings, "emit", t)
@@ -321,6 +337,8 @@ def quantize(
                                            if n.op not in ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")]
     if calib is not None:
         _note_skipped(report, "calibration", calib)
+    if weight_only_note:
+        report.data["notes"].append(weight_only_note)
     if subgraph_note:
         report.data["notes"].append(subgraph_note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     if cfg.precision == "int8" and plan is None and search is not None:
