@@ -25,7 +25,7 @@ from lowbit.energy import estimate as estimate_energy
 from lowbit.energy import priced_precisions
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
-from lowbit.emit.size_check import check_smaller, sizes
+from lowbit.emit.size_check import TINY_MODEL, check_smaller, sizes
 from lowbit.emit.shared_constants import share_identical_initializers
 from lowbit.emit.subgraphs import describe, store_subgraph_weights
 from lowbit.emit.weight_only import WEIGHT_ONLY_MAX_BYTES, weight_only_plan
@@ -114,33 +114,45 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
             model, _ = alg.apply(model, None, ctx)
             t = _stage(timings, f"plan:{alg.registry_name}", t)
     costs = None
-    if config.objective == "latency" and not config.transformer:
+    mixed = config.transformer == "mixed"  # each region its recipe (lowbit.recipes)
+    if config.objective == "latency" and (mixed or not config.transformer):
         from lowbit.layer_costs import measure_layer_costs
 
         costs = measure_layer_costs(model, threads=1, progress=progress)
         t = _stage(timings, "plan:layer_costs", t)
-    if config.transformer:
+    if mixed:
+        from lowbit.recipes import block_inputs, mixed_selection, with_mse_ranges
+
+        def choose(keep=None):
+            return mixed_selection(model, config, costs, keep)
+    else:
+        def choose(keep=None):
+            return select(model, config, costs, keep=keep)
+    if config.transformer and not mixed:
         from lowbit.transformers.patterns import transformer_selection
 
         selection = transformer_selection(model, config.keep_float)
     else:
-        selection = select(model, config, costs)
+        selection = choose()
     method = config.activations.calibration
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
     t = _stage(timings, "plan:calibrate", t)
     split: dict[str, str] = {}
-    if not config.transformer:  # Concats of very different ranges stay float (lowbit.regions)
+    if mixed or not config.transformer:  # Concats of very different ranges stay float (lowbit.regions)
         split = concats_to_split(model, selection, stats, config)
         if split:
-            selection = select(model, config, costs, keep=split)
-    if config.transformer:
+            selection = choose(split)
+
+    def plan_for(sel, cfg):  # block linear inputs of a mixed model on MSE ranges (transformer recipe)
+        plan = build_plan(model, sel, stats, cfg)
+        return with_mse_ranges(plan, stats, cfg, block_inputs(model, sel)) if mixed else plan
+    if config.transformer and not mixed:
         plan = build_plan(model, selection, stats, config)
     else:  # the clipping level whose plan is closest to FP32 at the output (lowbit.clipping)
-        plan, clipped, clipping = choose_clipping(model, lambda c: build_plan(model, selection, stats, c), stats,
-                                                  config, calib)
+        plan, clipped, clipping = choose_clipping(model, lambda c: plan_for(selection, c), stats, config, calib)
         elementwise = elementwise_nodes(selection) if clipping else {}
         if elementwise:  # elementwise arithmetic in float where that is clearly closer (lowbit.regions)
-            alt = build_plan(model, select(model, config, costs, keep={**split, **elementwise}), stats, clipped)
+            alt = plan_for(choose({**split, **elementwise}), clipped)
             sqnr = simulated_sqnr(model, {"float": alt}, calib)["float"]
             choice = choose_elementwise(clipping["levels"][str(clipping["chosen"])], sqnr)
             if choice["float"]:
@@ -158,7 +170,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
         if alg.stage == "plan":
             model, plan = alg.apply(model, plan, ctx)
             t = _stage(timings, f"plan:{alg.registry_name}", t)
-    if config.transformer:
+    if config.transformer and not mixed:
         from lowbit.transformers.pipeline import embedding_in_blocks
 
         plan = embedding_in_blocks(model, plan)
@@ -303,8 +315,10 @@ def quantize(
         # ONNX Runtime does not fuse Q/DQ inside If / Loop / Scan bodies: their weights are stored w8
         subgraph_note = describe(store_subgraph_weights(qmodel, "w8"))
         share_identical_initializers(qmodel)  # zero points, passthrough scales, weights copied per layer
-        if plan is None and search is None and before_fit is not None and qmodel.ByteSize() >= source_sizes.file:
-            # the Q/DQ nodes cost more than the INT8 weights save (lowbit.emit.weight_only)
+        if (plan is None and search is None and before_fit is not None
+                and source_sizes.file >= TINY_MODEL and qmodel.ByteSize() >= source_sizes.file):
+            # the Q/DQ nodes cost more than the INT8 weights save (lowbit.emit.weight_only); test-sized
+            # models may grow, as check_smaller allows
             why = (f"quantizing the activations made the file {qmodel.ByteSize():,} bytes, not smaller than the "
                    f"input's {source_sizes.file:,}")
             qplan = weight_only_plan(prepared.proto, qplan, why)

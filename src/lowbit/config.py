@@ -84,6 +84,7 @@ class QuantConfig:
     # transformer-aware placement (lowbit.transformers.patterns): linear layers' inputs and weights
     # in INT8, layer norm / softmax / GELU / residual adds in float. 'auto': the int8-transformer
     # recipe when the graph has attention and layer norms, else False (resolve_transformer).
+    # 'mixed': the transformer recipe for the blocks' nodes, the CNN recipe elsewhere (lowbit.recipes).
     transformer: bool | str = False
     # CPU the model is for: 'auto' (this machine), 'avx2', 'vnni', 'arm64'. Decides the weight grid.
     target: str = "auto"
@@ -102,8 +103,8 @@ class QuantConfig:
         if self.objective not in ("latency", "size"):
             raise ConfigError(f"objective must be 'latency' or 'size'; got '{self.objective}'."
                               + did_you_mean(self.objective, ("latency", "size")))
-        if self.transformer not in (True, False, "auto"):
-            raise ConfigError(f"transformer must be True, False or 'auto'; got {self.transformer!r}")
+        if self.transformer not in (True, False, "auto", "mixed"):
+            raise ConfigError(f"transformer must be True, False, 'auto' or 'mixed'; got {self.transformer!r}")
         if isinstance(self.keep_float, str):
             object.__setattr__(self, "keep_float", (self.keep_float,))
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -193,15 +194,32 @@ def _int8_transformer() -> QuantConfig:
                        algorithms=(SmoothQuant(0.5, ("qkv", "ffn_up")), OutlierSplit(), GPTQ_TRANSFORMER))
 
 
+def _int8_mixed(config: QuantConfig) -> QuantConfig:
+    """`config` (the int8 preset's CNN recipe) with the transformer recipe's float-stage steps
+    added (SmoothQuant and outlier split act on the blocks' linear layers only)."""
+    from lowbit.algorithms import SmoothQuant
+    from lowbit.transformers.outliers import OutlierSplit
+
+    return config.with_(transformer="mixed",
+                        algorithms=(SmoothQuant(0.5, ("qkv", "ffn_up")), OutlierSplit(), *config.algorithms))
+
+
 def resolve_transformer(config: QuantConfig, model) -> QuantConfig:
     """`config` with transformer='auto' decided for `model` (an onnx.ModelProto): the int8-transformer
     recipe (keeping `config`'s keep_float, target, seed) if lowbit.transformers.patterns finds
-    attention and layer norms, else `config` with transformer=False. Other configs pass unchanged."""
+    attention and layer norms, else `config` with transformer=False. A hybrid (transformer blocks
+    in a network whose weights lie substantially outside them, lowbit.recipes.is_hybrid) gets
+    `config` with transformer='mixed'. Other configs pass unchanged."""
     if config.transformer != "auto":
         return config
     from lowbit.transformers.patterns import find_patterns
 
-    if find_patterns(model).is_transformer():
+    patterns = find_patterns(model)
+    if patterns.is_transformer():
+        from lowbit.recipes import is_hybrid
+
+        if is_hybrid(model, patterns):  # convolutions around the blocks: each region its recipe
+            return _int8_mixed(config)
         return _int8_transformer().with_(keep_float=config.keep_float, target=config.target, seed=config.seed,
                                          keep_io_types=config.keep_io_types)
     return config.with_(transformer=False)

@@ -129,6 +129,7 @@ def find_patterns(model: onnx.ModelProto) -> TransformerPatterns:
             if any(c.op_type in ("LayerNormalization", "SkipLayerNormalization")
                    for c in g.consumers.get(node.output[0], [])):
                 p.residual.append(node.name)
+    p.layernorm.extend(n for n in _decomposed_layernorms(g) if n not in p.layernorm)
     gelu_nodes = {g.nodes[n].output[0]: n for n in p.gelu}
     attention = set(p.attention)
     merges = frozenset(c.name for n in p.outlier for c in g.consumers.get(g.nodes[n].output[0], []) if c.op_type == "Add")
@@ -151,6 +152,47 @@ def find_patterns(model: onnx.ModelProto) -> TransformerPatterns:
             role = "other"
         p.linear_role[node.name] = role
     return p
+
+
+def _decomposed_layernorms(g: GraphIndex) -> list[str]:
+    """Nodes of layer norms exported as arithmetic (opset < 17, e.g. Paddle): ReduceMean(x) ->
+    Sub(x, mean) -> Pow / Mul -> ReduceMean -> Add(eps) -> Sqrt -> Div, then the constant scale and
+    shift. The chain's statistics need float precision as a fused LayerNormalization does."""
+    found: list[str] = []
+    for sub in g.graph.node:
+        mean = g.producer.get(sub.input[1]) if sub.op_type == "Sub" and len(sub.input) == 2 else None
+        if mean is None or mean.op_type != "ReduceMean" or mean.input[0] != sub.input[0]:
+            continue
+        chain, div = [mean.name, sub.name], None
+        centred = [sub.output[0]]
+        for c in g.consumers.get(sub.output[0], []):  # an optimizer may move a Transpose in between
+            if c.op_type in _SHAPE_OPS:
+                chain.append(c.name)
+                centred.append(c.output[0])
+        for c in (c for t in centred for c in g.consumers.get(t, [])):
+            if c.op_type == "Div" and c.input[0] in centred:
+                div = c
+            elif c.op_type in ("Pow", "Mul"):
+                chain.append(c.name)
+                node = c
+                for op in ("ReduceMean", "Add", "Sqrt"):
+                    nxt = [n for n in g.consumers.get(node.output[0], []) if n.op_type == op]
+                    if not nxt:
+                        break
+                    node = nxt[0]
+                    chain.append(node.name)
+        if div is None or g.producer.get(div.input[1]) is None or g.producer[div.input[1]].name not in chain:
+            continue
+        chain.append(div.name)
+        node = div
+        for op in ("Mul", "Add"):  # the affine scale and shift
+            nxt = g.consumers.get(node.output[0], [])
+            if len(nxt) != 1 or nxt[0].op_type != op or not _has_const_input(g, nxt[0]):
+                break
+            node = nxt[0]
+            chain.append(node.name)
+        found.extend(chain)
+    return found
 
 
 def _is_outlier_path(node: onnx.NodeProto, g: GraphIndex) -> bool:
