@@ -147,6 +147,8 @@ def test_each_region_gets_its_recipe(hybrid, mixed):
         root = plan.tensors[x.method[len("shared:"):]] if x.method.startswith("shared:") else x
         assert root.method == "mse" and x.qparams.scale == root.qparams.scale  # transformer recipe's ranges
         assert node.output[0] not in plan.tensors  # float output: MatMulIntegerToFloat
+    attention = find_patterns(model).attention
+    assert len(attention) == 4 and all(plan.nodes[n].reason == FLOAT_REASONS["attention"] for n in attention)
     reasons = set(FLOAT_REASONS.values()) | {BLOCK_FLOAT_REASON}
     for name in floats:  # float with the transformer recipe's reason, or a Reshape moving a linear's input
         n = plan.nodes[name]

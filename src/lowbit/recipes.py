@@ -59,7 +59,8 @@ def block_region(model: onnx.ModelProto, patterns: TransformerPatterns | None = 
     p = patterns or find_patterns(model)
     attention = set(p.attention)
     softmax = {s for s in p.softmax if any(n.name in attention for n in _below(g, g.nodes[s].output[0]))}
-    weighted = {n.name for n in g.graph.node if n.op_type in WEIGHTED_OPS}
+    # layers with constant weights bound the regions; attention MatMuls (two activations) do not
+    weighted = {n.name for n in g.graph.node if n.op_type in WEIGHTED_OPS and weight_slots(n, g)[0] is not None}
     anchors = set(p.linear) | attention | softmax | set(p.layernorm) | set(p.outlier)
     order = list(g.graph.node)
     below: dict[str, set[str]] = {}  # anchors reachable downwards, passing no weighted layer
