@@ -166,6 +166,22 @@ def test_mixed_is_closer_to_fp32_than_int8_fast(hybrid, mixed):
     assert s_mixed > s_fast + 1.0, (s_mixed, s_fast)
 
 
+def test_float_prefix_takes_the_closest_plan_only_past_the_margin(hybrid, mixed):
+    from lowbit.float_prefix import choose_float_prefix
+
+    model, plan = mixed
+    calib = as_feeds(images(32, 0), specs_from_onnx(hybrid))
+    out, record = choose_float_prefix(model, plan, calib, budget=0.5)
+    sqnr, k = record["sqnr_db"], record["chosen"]
+    assert len(sqnr) >= 3  # the all-INT8 plan and at least the first two convolutions
+    if k:
+        assert sqnr[str(k)] == max(sqnr.values()) and sqnr[str(k)] > sqnr["0"] + record["margin_db"]
+        assert all(out.nodes[n].precision == "fp32" and "float_prefix" in out.nodes[n].reason for n in record["layers"])
+    else:
+        assert max(sqnr.values()) <= sqnr["0"] + record["margin_db"] and out is plan
+    assert all(plan.nodes[n].precision == "int8" for n in record["layers"])  # the base plan is not changed
+
+
 ZOO_REC = Path(__file__).resolve().parents[1] / ".cache/zoo/models/ppocrv4-rec/ch_PP-OCRv4_rec_infer.onnx"
 ZOO_RUNS = Path(__file__).resolve().parents[1] / ".cache/zoo/runs/ppocrv4-rec"
 

@@ -160,6 +160,12 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
             plan.config["elementwise_choice"] = choice
         if clipping:
             plan.config["activation_clipping"] = clipping
+        if mixed:  # the first layers in float where clearly closer to FP32 (lowbit.float_prefix)
+            from lowbit.float_prefix import choose_float_prefix
+
+            plan, prefix = choose_float_prefix(model, plan, calib)
+            if prefix:
+                plan.config["float_prefix"] = prefix
     t = _stage(timings, "plan:clipping", t)
     if selection.layer_costs:  # the timings behind the layers kept in float for speed
         from lowbit.latency_choice import PLAN_KEY
