@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any, Callable
 
-from lowbit.report.verdict import verdicts
+from lowbit.report.verdict import metric_parts, verdicts
 
 
 def _e(x: Any) -> str:
@@ -36,13 +36,7 @@ def metric_rows(variants: list[dict]) -> list[tuple[str, Callable[[dict, bool], 
         def cell(v: dict, is_ref: bool, k=k) -> str | None:
             for m in v.get("metrics") or []:
                 if isinstance(m, dict) and (str(m.get("name")), tuple(m.get("outputs") or ())) == k:
-                    val, lo, hi = m.get("value"), m.get("ci_low"), m.get("ci_high")
-                    text = "undefined" if val is None else f"{val:.2f} dB" if k[0] == "sqnr" else f"{val:.4f}"
-                    sub = [f"n={int(m.get('n') or 0):,}"]
-                    if lo is not None and hi is not None:
-                        sub.append(f"95% CI {lo:.3f}–{hi:.3f}")
-                    if m.get("undefined"):
-                        sub.append(f"{int(m['undefined'])} undefined")
+                    text, sub = metric_parts(m, digits=4, db_digits=2, dash="–")
                     return f"{_e(text)}<br><span class=\"sub\">{_e(' · '.join(sub))}</span>"
             return None
         title = f"{k[0]} [{'+'.join(k[1])}]" if names.count(k[0]) > 1 else k[0]

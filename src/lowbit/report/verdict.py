@@ -19,16 +19,27 @@ def _num(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
+def metric_parts(m: dict, digits: int = 3, db_digits: int = 1, dash: str = "-") -> tuple[str, list[str]]:
+    """A metric result as (value text, [sample count, interval, undefined count]): 'undefined'
+    where no value exists; SQNR in dB. Shared by the verdict line and the HTML table."""
+    value, lo, hi = _num(m.get("value")), _num(m.get("ci_low")), _num(m.get("ci_high"))
+    if value is None:
+        val = "undefined"
+    elif m.get("name") == "sqnr":
+        val = f"{value:.{db_digits}f} dB"
+    else:
+        val = f"{value:.{digits}f}"
+    extra = [f"n={int(m.get('n') or 0):,}"]
+    if lo is not None and hi is not None:
+        extra.append(f"95% CI {lo:.3f}{dash}{hi:.3f}")
+    if m.get("undefined"):
+        extra.append(f"{int(m['undefined'])} undefined")
+    return val, extra
+
+
 def metric_text(m: dict) -> str:
     """'detection-yolo 0.940 (n=99, 95% CI 0.910-0.960)'; 'cosine undefined (n=0, ...)'."""
-    value, lo, hi = _num(m.get("value")), _num(m.get("ci_low")), _num(m.get("ci_high"))
-    unit = " dB" if m.get("name") == "sqnr" else ""
-    val = "undefined" if value is None else f"{value:.1f}{unit}" if unit else f"{value:.3f}"
-    extra = [f"n={int(m.get('n') or 0)}"]
-    if lo is not None and hi is not None:
-        extra.append(f"95% CI {lo:.3f}-{hi:.3f}")
-    if m.get("undefined"):
-        extra.append(f"{m['undefined']} undefined")
+    val, extra = metric_parts(m)
     return f"{m.get('name')} {val} ({', '.join(extra)})"
 
 
