@@ -97,3 +97,16 @@ def test_decisions_by_hand():
     cand = np.array([[0.4], [0.4], [0.7], [0.2]])  # same side for 0 and 2
     assert metric.score(ref, cand) == 0.5
     assert metric.score(np.zeros((0, 1)), np.zeros((0, 1))) == 1.0
+
+
+def test_integer_id_sequences_are_scored_as_ctc_strings():
+    """A model that takes the argmax in its graph (ddddocr) outputs (N, T) class ids: the report
+    compares the strings CTC reads from them (repeats merged, blank 0), not their SQNR."""
+    from lowbit.metrics.infer import infer_task
+    from lowbit.metrics import METRICS
+
+    ref = np.array([[0, 3, 3, 0, 5, 5], [1, 1, 0, 2, 0, 0]], np.int64)
+    cand = np.array([[3, 0, 0, 3, 5, 0], [1, 0, 2, 2, 0, 0]], np.int64)  # "3 5" read as "3 3 5"; "1 2" the same
+    names = [c.name for c in infer_task("387", ref)]
+    assert names == ["ctc-exact", "ctc-cer"]
+    assert METRICS.create("ctc-exact").score(ref, cand) == 0.5

@@ -45,6 +45,11 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
     o = (name,)
     n = len(x)
     per = x.reshape(n, -1).shape[1] if n else 0
+    # a model that decodes in its graph (argmax over classes) outputs class ids per step: compare the
+    # sequences as CTC reads them (repeats merged, blank 0), as for per-step scores
+    if x.ndim == 2 and x.shape[1] > 1 and np.issubdtype(x.dtype, np.integer):
+        why = f"output {name} {list(x.shape[1:])}: a sequence of class ids per sample (CTC, blank 0)"
+        return [_choice("ctc-exact", o, why), _choice("ctc-cer", o, why)]
     # before the YOLO rule: a (T, C) softmax has as many columns as a head has anchors
     if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 2 and _softmax_rows(x):
         why = f"output {name} {list(x.shape[1:])}: per-step class probabilities (CTC, blank 0)"
