@@ -81,6 +81,6 @@ print(f"setup_faces.sh: ok (dlib {dlib.__version__}; {len(shards)} weight shard(
       f"photos, {len(labeled)} labeled photos in {data})")
 PY
 
-# 4. Detect and align every face once (dlib's detector takes about a minute on the group photos),
-#    so the doorbell demo starts from cached 150x150 chips.
-"$PYTHON" -c "from lowbit.demo.doorbell import face_chips; l, _, _, u = face_chips(); print(f'setup_faces.sh: {len(l)} labeled and {len(u)} unlabeled face chips cached')"
+# 4. Detect and align every face once (dlib's CNN detector takes about a minute on the group photos),
+#    with its offline variants and dlib's descriptors, so the doorbell demo starts from the cache.
+"$PYTHON" -c "from lowbit.zoo.face_set import face_set; fs = face_set(); print(f'setup_faces.sh: {len(fs.chips)} face images of {len(set(fs.identity))} identities cached ({int(fs.heldout.sum())} held out)')"
