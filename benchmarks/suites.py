@@ -256,21 +256,23 @@ def face_augmentations(chip: np.ndarray) -> list[np.ndarray]:
 
 
 def face_split() -> dict:
-    """Calibration and evaluation faces, disjoint by chip: the 20 unlabeled group-photo faces
-    alternate between calibration (even index) and evaluation (odd); the 6 identity-labeled faces
-    are evaluation only. Calibration: its 10 chips x 8 augmentations; evaluation: its 16 chips and
-    their mirror images."""
-    from lowbit.demo.doorbell import face_chips
+    """The doorbell's face set (`lowbit.zoo.face_set`): calibration on the calibration identities'
+    images (every offline variant); evaluation on the held-out identities' images, the labeled
+    photos (obama, biden) first, as they are, for the labeled pair accuracy."""
+    from lowbit.zoo.face_set import face_set
     from lowbit.zoo.faces import chip_to_input
 
-    labeled, ids, names, unlabeled = face_chips()
-    cal_chips, ev_unl = unlabeled[0::2], unlabeled[1::2]
-    calib = np.stack([chip_to_input(a) for c in cal_chips for a in face_augmentations(c)])
-    ev = list(labeled) + list(ev_unl)
-    x_eval = np.stack([chip_to_input(c) for c in ev] + [chip_to_input(c[:, ::-1]) for c in ev])
-    return {"calib": calib, "eval": x_eval, "labeled_n": len(labeled), "ids": ids, "names": names,
-            "counts": {"calib_faces": len(cal_chips), "calib": len(calib), "eval_faces": len(ev),
-                       "eval": len(x_eval), "labeled": len(labeled)}}
+    fs = face_set()
+    held = np.flatnonzero(fs.heldout)
+    labeled = [i for i in held if fs.identity[i] in ("obama", "biden") and fs.variant[i] == "photo"]
+    ev = labeled + [i for i in held if i not in set(labeled)]
+    calib = np.stack([chip_to_input(fs.chips[i]) for i in np.flatnonzero(~fs.heldout)])
+    x_eval = np.stack([chip_to_input(fs.chips[i]) for i in ev])
+    return {"calib": calib, "eval": x_eval, "labeled_n": len(labeled), "ids": [fs.identity[i] for i in labeled],
+            "names": [fs.face[i] for i in labeled],
+            "counts": {"calib_faces": len(set(fs.face[i] for i in np.flatnonzero(~fs.heldout))),
+                       "calib": len(calib), "eval_faces": len(set(fs.face[i] for i in held)), "eval": len(x_eval),
+                       "labeled": len(labeled)}}
 
 
 class FaceSuite(Suite):
@@ -286,12 +288,11 @@ class FaceSuite(Suite):
         c = d["counts"]
         return {**d, "calib_fixed": None, "parity_eval": d["eval"][:args.parity_n],
                 "latency_feeds": lambda inp: {inp: d["eval"][:1]},
-                "describe": f"26 aligned face chips (`scripts/setup_faces.sh`, cached chips.npz), split by chip: "
-                            f"calibration {c['calib_faces']} unlabeled group-photo faces x 8 augmentations (mirror, "
-                            f"4 px shifts, brightness/contrast) = {c['calib']} inputs; evaluation the other "
-                            f"{c['eval_faces'] - c['labeled']} unlabeled faces and the {c['labeled']} identity-labeled "
-                            f"ones (obama x5, biden), each also mirrored = {c['eval']} inputs, none seen by "
-                            f"calibration. lowbit parity on the first {args.parity_n} evaluation inputs.",
+                "describe": f"the doorbell's face set (`lowbit.zoo.face_set`, cached by `scripts/setup_faces.sh`): "
+                            f"calibration {c['calib']} images of {c['calib_faces']} faces of the calibration "
+                            f"identities (6 offline variants each); evaluation {c['eval']} images of the "
+                            f"{c['eval_faces']} held-out faces, the {c['labeled']} identity-labeled photos first; "
+                            f"lowbit parity on the first {args.parity_n} evaluation inputs.",
                 "counts": c}
 
     def fidelity(self, fp32: Path, models: dict[str, bytes], data: dict) -> tuple[dict, dict, dict]:
