@@ -102,8 +102,9 @@ def build_plan(model: onnx.ModelProto, selection: Selection, stats: CalibrationS
         dtype = None
         if saturates and config.weights.dtype.bits == 8 and not is_depthwise(node, g):
             dtype = SATURATION_SAFE
-            plan.nodes[node.name].reason = ("integer kernel; weights on a 7-bit grid because this CPU's u8 x s8 "
-                                            "kernel (AVX2 without VNNI) saturates on full 8-bit weights")
+            # appended: the node keeps why it is INT8 (a recipe's reason), the grid says why 7 bits
+            plan.nodes[node.name].reason = (f"{plan.nodes[node.name].reason}; weights on a 7-bit grid because this "
+                                            "CPU's u8 x s8 kernel (AVX2 without VNNI) saturates on full 8-bit weights")
         if w_name not in plan.tensors:
             plan.tensors[w_name] = weight_plan(w_name, g.constant(w_name), axis, config, dtype)
         x_plan = plan.activation(node.input[0])
