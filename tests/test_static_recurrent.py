@@ -190,7 +190,7 @@ def test_silero_vad_sequence_int8_bar(tmp_path):
 
     entry, folder = ENTRIES["silero-vad-seq"], ZOO / "runs" / "silero-vad-seq"
     models = list((ZOO / "models" / "silero-vad-seq").glob("*.onnx"))
-    if not models or not (folder / "eval.npz").exists() or not (folder / "calib_seq").exists():
+    if not models or not (folder / "eval.npz").exists():  # calib_seq/ is built below when missing
         pytest.skip("zoo model silero-vad-seq not cached")
     calib = zdata.save_sequences(entry.data, folder)
     r = lowbit.quantize(str(models[0]), "int8", str(calib), stateful={"h": "hn", "c": "cn"},
