@@ -27,8 +27,8 @@ import lowbit
 from lowbit.data import as_feeds
 from lowbit.errors import LowbitError
 from lowbit.io import atomic_write_bytes
-from lowbit.load import export_torch, load_model
-from lowbit.prepare import prepare
+from lowbit.load.model import export_torch, load_model
+from lowbit.load.prepare import prepare
 from lowbit.verify import compare_models
 
 EVAL_BATCH = 10
@@ -77,7 +77,7 @@ class Suite:
 
 def _sessions(models: dict[str, bytes]) -> tuple[dict, dict[str, str]]:
     """One ONNX Runtime session per model; a model that does not load is an error, not a crash."""
-    from lowbit.observe import session
+    from lowbit.onnx.session import session
 
     out, errors = {}, {}
     for k, b in models.items():
@@ -156,7 +156,7 @@ class ResNetSuite(ImageSuite):
     def export(self, path: Path) -> None:
         import torch
 
-        from lowbit.zoo import resnet18
+        from lowbit.demo.zoo import resnet18
 
         atomic_write_bytes(path, export_torch(resnet18(seed=0), torch.zeros(1, 3, 224, 224)).SerializeToString())
 
@@ -176,7 +176,7 @@ class MiniLMSuite(Suite):
                ["fp16", "int8", "int8-transformer", "int8-dynamic", "int4"]
 
     def export(self, path: Path) -> None:
-        from lowbit.zoo.minilm import minilm_onnx
+        from lowbit.demo.zoo.minilm import minilm_onnx
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -184,7 +184,7 @@ class MiniLMSuite(Suite):
 
     def data(self, args: argparse.Namespace) -> dict:
         from lowbit.transformers.text import encode, packed_feeds, real_sentences, text_feeds
-        from lowbit.zoo.minilm import minilm_tokenizer
+        from lowbit.demo.zoo.minilm import minilm_tokenizer
 
         tok = minilm_tokenizer()
         cal, ev = real_sentences("calibration", args.calib), real_sentences("evaluation", args.eval)
@@ -256,11 +256,11 @@ def face_augmentations(chip: np.ndarray) -> list[np.ndarray]:
 
 
 def face_split() -> dict:
-    """The doorbell's face set (`lowbit.zoo.face_set`): calibration on the calibration identities'
+    """The doorbell's face set (`lowbit.demo.zoo.face_set`): calibration on the calibration identities'
     images (every offline variant); evaluation on the held-out identities' images, the labeled
     photos (obama, biden) first, as they are, for the labeled pair accuracy."""
-    from lowbit.zoo.face_set import face_set
-    from lowbit.zoo.faces import chip_to_input
+    from lowbit.demo.zoo.face_set import face_set
+    from lowbit.demo.zoo.faces import chip_to_input
 
     fs = face_set()
     held = np.flatnonzero(fs.heldout)
@@ -279,7 +279,7 @@ class FaceSuite(Suite):
     def export(self, path: Path) -> None:
         import torch
 
-        from lowbit.zoo.face_descriptor import face_descriptor
+        from lowbit.demo.zoo.face_descriptor import face_descriptor
 
         atomic_write_bytes(path, export_torch(face_descriptor(), torch.zeros(1, 3, 150, 150)).SerializeToString())
 
@@ -288,7 +288,7 @@ class FaceSuite(Suite):
         c = d["counts"]
         return {**d, "calib_fixed": None, "parity_eval": d["eval"][:args.parity_n],
                 "latency_feeds": lambda inp: {inp: d["eval"][:1]},
-                "describe": f"the doorbell's face set (`lowbit.zoo.face_set`, cached by `scripts/setup_faces.sh`): "
+                "describe": f"the doorbell's face set (`lowbit.demo.zoo.face_set`, cached by `scripts/setup_faces.sh`): "
                             f"calibration {c['calib']} images of {c['calib_faces']} faces of the calibration "
                             f"identities (6 offline variants each); evaluation {c['eval']} images of the "
                             f"{c['eval_faces']} held-out faces, the {c['labeled']} identity-labeled photos first; "

@@ -67,8 +67,8 @@ def _int4(model: str, out: str, calib: Any) -> None:
     blocks, the word-embedding table INT4 (GatherBlockQuantized)."""
     from lowbit.emit.int4 import emit_int4
     from lowbit.io import atomic_write_bytes
-    from lowbit.load import load_model
-    from lowbit.prepare import prepare
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
     from lowbit.transformers.pipeline import plan_int4
 
     m4, p4 = plan_int4(prepare(load_model(model)).proto, calib, group_size=32, rounding="gptq")
@@ -77,8 +77,8 @@ def _int4(model: str, out: str, calib: Any) -> None:
 
 def _lowbit(spec: dict, calib: Any, calib_fixed: Any) -> dict:
     import lowbit
-    from lowbit.load import load_model
-    from lowbit.prepare import prepare
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
     from lowbit.verify import check_parity
 
     if spec["name"] == "int4":

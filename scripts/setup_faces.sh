@@ -83,4 +83,4 @@ PY
 
 # 4. Detect and align every face once (dlib's CNN detector takes about a minute on the group photos),
 #    with its offline variants and dlib's descriptors, so the doorbell demo starts from the cache.
-"$PYTHON" -c "from lowbit.zoo.face_set import face_set; fs = face_set(); print(f'setup_faces.sh: {len(fs.chips)} face images of {len(set(fs.identity))} identities cached ({int(fs.heldout.sum())} held out)')"
+"$PYTHON" -c "from lowbit.demo.zoo.face_set import face_set; fs = face_set(); print(f'setup_faces.sh: {len(fs.chips)} face images of {len(set(fs.identity))} identities cached ({int(fs.heldout.sum())} held out)')"

@@ -17,7 +17,7 @@ fi
 # the folder that holds the idx files, as the package installed them
 DIR="$(dirname "$(dpkg -L dataset-fashion-mnist | grep 't10k-images-idx3-ubyte.gz$' | head -n1)")"
 LOWBIT_FASHION_MNIST="$DIR" "$PYTHON" - <<'PY'
-from lowbit.datasets import fashion_mnist as f
+from lowbit.demo.datasets import fashion_mnist as f
 
 for split in ("train", "test"):
     x, y = f.load(split)

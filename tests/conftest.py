@@ -45,7 +45,7 @@ def small_model_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = _init(SmallConvNet(), 0)
     path = tmp_path_factory.mktemp("models") / "small.onnx"
-    from lowbit.load import export_torch
+    from lowbit.load.model import export_torch
 
     path.write_bytes(export_torch(model, torch.zeros(1, 3, 32, 32)).SerializeToString())
     return path
@@ -93,9 +93,9 @@ class TinyStem(torch.nn.Module):
 def scripted_search(plan, penalty: dict[str, dict[str, float]]):
     """(evaluator, ranking) for search tests: the metric is 1 minus each penalised layer's penalty
     for its precision; the ranking puts the penalised layers first."""
-    from lowbit.analysis.evaluate import Score
-    from lowbit.analysis.mixed import layer_nodes
-    from lowbit.analysis.sensitivity import LayerSensitivity
+    from lowbit.search.evaluate import Score
+    from lowbit.search.mixed import layer_nodes
+    from lowbit.search.sensitivity import LayerSensitivity
 
     class Scripted:
         def score(self, p):
@@ -111,7 +111,7 @@ def pytest_configure(config) -> None:
     this machine's kernels): a run that shows, on a VNNI machine, which tests assume a VNNI grid."""
     forced = os.environ.get("LOWBIT_TEST_CPU")
     if forced:
-        import lowbit.hardware as hardware
+        import lowbit.target.cpu as hardware
 
         traits = hardware.TARGETS[forced]
         hardware.this_cpu = lambda: traits
@@ -119,6 +119,6 @@ def pytest_configure(config) -> None:
 
 def pytest_report_header(config) -> str:
     """Which CPU's integer kernels this run checks: tests whose numbers depend on it pin `target=`."""
-    from lowbit.hardware import this_cpu
+    from lowbit.target.cpu import this_cpu
 
     return f"lowbit CPU: {this_cpu().describe()}"

@@ -17,7 +17,7 @@ import onnxruntime  # noqa: E402,F401
 
 with atheris.instrument_imports(include=["lowbit"]):
     from lowbit.errors import LowbitError
-    from lowbit.load import load_model
+    from lowbit.load.model import load_model
 
 TMP = Path(tempfile.mkdtemp(prefix="lowbit-fuzz-"))
 

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 
 from lowbit.emit.qdq import deployed_integer_output
-from lowbit.graph import GraphIndex
-from lowbit.plan import QuantPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.plan.quant_plan import QuantPlan
 
 
 def saturating_pair_dot(x: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -14,9 +14,9 @@ from lowbit.algorithms.bn_fold import BatchNormFolding
 from lowbit.algorithms.equalization import CrossLayerEqualization, equalize_model, find_pairs
 from lowbit.api import make_plan
 from lowbit.data import as_feeds
-from lowbit.graph import GraphIndex
-from lowbit.observe import session
-from lowbit.prepare import PreparedModel, name_nodes
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.session import session
+from lowbit.load.prepare import PreparedModel, name_nodes
 
 RNG = np.random.default_rng(0)
 

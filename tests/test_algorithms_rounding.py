@@ -18,7 +18,7 @@ from lowbit.api import VerifyOptions
 from lowbit.core.dtypes import int4
 from lowbit.core.granularity import PerGroup
 from lowbit.core.qparams import QParams
-from lowbit.graph import GraphIndex
+from lowbit.onnx.graph import GraphIndex
 
 
 @pytest.fixture(autouse=True)

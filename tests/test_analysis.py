@@ -43,7 +43,7 @@ class OutlierNet(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def outlier_model(tmp_path_factory):
-    from lowbit.load import export_torch
+    from lowbit.load.model import export_torch
 
     path = tmp_path_factory.mktemp("outlier") / "outlier.onnx"
     path.write_bytes(export_torch(OutlierNet().eval(), torch.zeros(1, 3, 16, 16)).SerializeToString())
@@ -90,7 +90,7 @@ def test_search_scores_against_the_original_fp32_model(small_model_path, calib_a
     model the user gave, so the held-out score must be the shipped model's agreement with *that*."""
     from lowbit.algorithms import BiasCorrection
     from lowbit.metrics import METRICS
-    from lowbit.observe import session
+    from lowbit.onnx.session import session
 
     ev = image_like(24, seed=7)
     cfg = lowbit.QuantConfig(objective="size", algorithms=(BiasCorrection(),))
@@ -108,9 +108,9 @@ def test_search_scores_against_the_original_fp32_model(small_model_path, calib_a
 
 def test_layers_kept_in_float_lose_their_int8_bias_correction(small_model_path, calib_arrays):
     from lowbit.algorithms import BiasCorrection
-    from lowbit.graph import GraphIndex
-    from lowbit.load import load_model
-    from lowbit.prepare import prepare
+    from lowbit.onnx.graph import GraphIndex
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
 
     cfg = lowbit.QuantConfig(objective="size", algorithms=(BiasCorrection(),))
     corrected = lowbit.quantize(small_model_path, cfg, calib_arrays, verify=None)
@@ -149,7 +149,7 @@ def test_interrupted_search_resumes_from_its_checkpoint(small_model_path, calib_
 def test_search_puts_large_tolerant_layers_on_4bit_weights_without_leaving_integer_kernels():
     """With budget to spare the search moves the largest layers to 4-bit weights (w4a8): smaller
     file, same int8 kernels, the int32 bias re-planned on the new weight scale."""
-    from lowbit.analysis.mixed import plan_size_bytes
+    from lowbit.search.mixed import plan_size_bytes
 
     class Wide(torch.nn.Module):
         def __init__(self) -> None:
@@ -184,9 +184,9 @@ def test_weight_only_int8_layer_runs_float_on_folded_int8_storage(small_model_pa
     """A 'w8' layer (what the search makes of a CNN layer it takes out of INT8) stores its weight as
     INT8 and scales, a quarter of FP32's bytes; ONNX Runtime computes exactly the simulation (the
     Cast and Mul fold at load), and its error is the weight grid's only."""
-    from lowbit.analysis.mixed import layer_nodes, mixed_plan, plan_size_bytes
+    from lowbit.search.mixed import layer_nodes, mixed_plan, plan_size_bytes
     from lowbit.emit.qdq import emit_qdq, emit_simulation
-    from lowbit.observe import session
+    from lowbit.onnx.session import session
 
     # pinned: on the AVX2 grid (7-bit weights per channel) INT8's weight error is clearly above w8's
     # (8-bit groups of 32); on VNNI's full 8-bit grid the two are within noise of each other
@@ -214,8 +214,8 @@ def test_search_stores_a_float_layer_on_int8_weights_where_the_budget_allows(sma
     """The w8 step, on a scripted metric: the fragile layer cannot be INT8 (0.5) but tolerates
     INT8-stored weights (0.95 >= floor 0.9), so it ends as 'w8', not FP16; a layer that needs FP16
     (0.85 on w8) keeps it."""
-    from lowbit.analysis.mixed import layer_nodes
-    from lowbit.analysis.search import search_precisions
+    from lowbit.search.mixed import layer_nodes
+    from lowbit.search.precision import search_precisions
 
     r = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays, verify=None)
     convs = [n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv"]
@@ -235,8 +235,8 @@ def test_search_stores_a_float_layer_on_int8_weights_where_the_budget_allows(sma
 def test_search_backs_off_refinements_the_held_out_half_rejects(small_model_path, calib_arrays):
     """Both convs tolerate INT8-stored weights on the search data, but the held-out check fails
     while the second one stays 'w8': that last move is undone, the first kept, and the record says so."""
-    from lowbit.analysis.mixed import layer_nodes
-    from lowbit.analysis.search import search_precisions
+    from lowbit.search.mixed import layer_nodes
+    from lowbit.search.precision import search_precisions
 
     r = lowbit.quantize(small_model_path, lowbit.QuantConfig(objective="size"), calib_arrays, verify=None)
     convs = [n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv"][1:3]
@@ -245,7 +245,7 @@ def test_search_backs_off_refinements_the_held_out_half_rejects(small_model_path
     scripted, ranking = scripted_search(r.plan, penalty)
     plain = search_precisions(r.float_model, r.plan, scripted, 0.9, ranking, weight_only=True, max_evals=40)
     assert set(plain.chosen.promoted.values()) == {"w8"} and plain.backed_off == 0
-    from lowbit.graph import GraphIndex
+    from lowbit.onnx.graph import GraphIndex
 
     g = GraphIndex(r.float_model)
     last = min(convs, key=lambda n: g.constant(g.nodes[n].input[1]).size)  # the w8 step goes largest first
@@ -258,7 +258,7 @@ def test_search_backs_off_refinements_the_held_out_half_rejects(small_model_path
 
 def test_a_budget_of_too_few_samples_is_flagged():
     """1% of 150 top-1 samples is 1.5 samples: the search cannot tell that from noise, and says so."""
-    from lowbit.analysis.budget import too_few_samples
+    from lowbit.search.budget import too_few_samples
 
     warning = too_few_samples("top1-agreement", 0.01, 150)
     assert warning and "1.5 of the 150 search samples" in warning and "2000 evaluation samples" in warning

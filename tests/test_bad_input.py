@@ -63,7 +63,7 @@ def test_old_opset(tmp_path, calib_arrays):
     path = tmp_path / "old.onnx"
     path.write_bytes(m.SerializeToString())
     # opsets 7-12 are raised to 13 by ONNX's version converter (outputs checked unchanged)
-    from lowbit.load import load_model, opset_of
+    from lowbit.load.model import load_model, opset_of
 
     assert opset_of(load_model(path).proto) == 13
     # older ones, which the converter has no adapters for, are refused naming both opsets
@@ -154,7 +154,7 @@ def test_corrupt_name_bytes_are_a_model_error(small_model_path, tmp_path):
     raw[raw.index(name)] ^= 0x80
     path = tmp_path / "bad_name.onnx"
     path.write_bytes(bytes(raw))
-    from lowbit.load import load_model
+    from lowbit.load.model import load_model
 
     with pytest.raises(lowbit.ModelError, match="not valid UTF-8"):
         load_model(path)
@@ -165,7 +165,7 @@ def test_packed_4bit_tensors_are_counted_as_packed():
     the size check counts them so, and still catches a tensor that holds too few."""
     from onnx import TensorProto, helper
 
-    from lowbit.model_checks import check_tensor_sizes
+    from lowbit.load.checks import check_tensor_sizes
 
     good = helper.make_tensor("w", TensorProto.INT4, [3, 144], np.ones(432, np.int8).tolist())
     assert len(good.int32_data) == 216

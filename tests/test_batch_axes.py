@@ -1,5 +1,5 @@
 """Inputs whose samples are not on axis 0, constant inputs, and recurrent state carried through
-calibration and evaluation (`lowbit.data.axes`, `lowbit.stateful`)."""
+calibration and evaluation (`lowbit.data.axes`, `lowbit.data.stateful`)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
 from lowbit.calibration.minmax import MinMax
-from lowbit.cli import main
+from lowbit.cli.commands import main
 from lowbit.data import InputSpec, as_feeds, specs_from_onnx
 from lowbit.data.axes import parse_axis, resolve_batch_axes
 from lowbit.errors import ConfigError, DataError
-from lowbit.observe import collect_stats, session
-from lowbit.stateful import model_feeds, parse_pairs
+from lowbit.onnx.session import collect_stats, session
+from lowbit.data.stateful import model_feeds, parse_pairs
 from lowbit.verify import compare_models
 
 F, H = 64, 48
@@ -125,7 +125,7 @@ def test_parse_axis_and_pairs():
 # ---- stateful calibration -------------------------------------------------------------------
 def manual_loop(model: onnx.ModelProto, utts: list[np.ndarray], names: list[str], sr: int = 16000):
     """Each utterance chunk by chunk from a zero state, feeding stateN back: min/max of `names`."""
-    from lowbit.observe import with_outputs
+    from lowbit.onnx.session import with_outputs
 
     sess = session(with_outputs(model, names))
     lo = {n: np.inf for n in names}

@@ -13,9 +13,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
-from lowbit.analysis.mixed import layer_nodes, linear_block_choices, mixed_plan, plan_size_bytes
+from lowbit.search.mixed import layer_nodes, linear_block_choices, mixed_plan, plan_size_bytes
 from lowbit.emit.weight_storage import stored_int8_nodes, w8_layout, weight_only_int8
-from lowbit.observe import session
+from lowbit.onnx.session import session
 from lowbit.verify.fusion import executed_graph
 
 from conftest import TinyStem, image_like, scripted_search
@@ -113,7 +113,7 @@ def test_simulation_quantizes_the_input_per_block_as_matmulnbits_does():
     from lowbit.core.granularity import PerGroup
     from lowbit.core.qparams import QParams
     from lowbit.emit.int4 import emit_int4, emit_int4_simulation
-    from lowbit.plan import NodePlan, QuantPlan, TensorPlan
+    from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
 
     rng = np.random.default_rng(2)
     w = rng.normal(size=(128, 16)).astype(np.float32)
@@ -135,7 +135,7 @@ def test_simulation_quantizes_the_input_per_block_as_matmulnbits_does():
 def test_search_moves_a_float_classifier_onto_int8_blocks(wide_head):
     """Scripted metric: the head fails the budget in per-tensor INT8 but holds on 8-bit blocks; the
     search takes it there (smaller and faster than FP16)."""
-    from lowbit.analysis.search import search_precisions
+    from lowbit.search.precision import search_precisions
 
     r, _ = wide_head
     conv = next(n for n in layer_nodes(r.plan) if r.plan.nodes[n].op == "Conv")
@@ -155,7 +155,7 @@ def test_search_keeps_promoted_first_layers_in_fp32():
     """A layer promoted at the very start of the network gets FP32, not FP16 weights, as the fp16
     preset keeps them: there an FP16 rounding is amplified by every later layer (MobileNetV2: 1% of
     top-1 agreement), for a fraction of a percent of the bytes."""
-    from lowbit.analysis.search import search_precisions
+    from lowbit.search.precision import search_precisions
 
     torch.manual_seed(0)
     data = image_like(8, seed=4, size=16)

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
-from lowbit.cli import main
+from lowbit.cli.commands import main
 from lowbit.emit.subgraphs import scopes
 from lowbit.errors import ModelError
 
@@ -207,8 +207,8 @@ def test_folded_outer_weight_is_not_copied_into_each_branch():
                           [_vi("y", [1, 8, 64])], [numpy_helper.from_array(w, "w"),
                                        numpy_helper.from_array(np.array([0], np.int64), "axis0")])
     model = _model(g)
-    from lowbit.load import load_model
-    from lowbit.prepare import prepare
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
 
     prepared = prepare(load_model(model)).proto
     assert prepared.ByteSize() <= 1.02 * model.ByteSize()

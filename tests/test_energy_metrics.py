@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lowbit.energy import ADD_PJ, DRAM_PJ_PER_BYTE, MULT_PJ, SRAM_PJ_PER_BYTE, estimate
-from lowbit.load import export_torch, load_model
+from lowbit.verify.energy import ADD_PJ, DRAM_PJ_PER_BYTE, MULT_PJ, SRAM_PJ_PER_BYTE, estimate
+from lowbit.load.model import export_torch, load_model
 from lowbit.metrics import METRICS, verification_stats
-from lowbit.prepare import prepare
+from lowbit.load.prepare import prepare
 
 
 def _model():

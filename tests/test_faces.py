@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from lowbit.errors import ModelError
-from lowbit.load import export_torch
-from lowbit.zoo import face_descriptor as fd
-from lowbit.zoo._face_weights import read_tfjs_weights
+from lowbit.load.model import export_torch
+from lowbit.demo.zoo import face_descriptor as fd
+from lowbit.demo.zoo._face_weights import read_tfjs_weights
 
 
 def _data_missing() -> str | None:
@@ -34,7 +34,7 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _embed(model: torch.nn.Module, chips: list[np.ndarray]) -> np.ndarray:
-    from lowbit.zoo.faces import chip_to_input
+    from lowbit.demo.zoo.faces import chip_to_input
 
     with torch.no_grad():
         return model(torch.from_numpy(np.stack([chip_to_input(c) for c in chips]))).numpy()
@@ -94,7 +94,7 @@ def test_state_dict_names_match_the_tfjs_tensors():
 
 
 def test_chip_to_input_is_dlibs_preprocessing():
-    from lowbit.zoo.faces import chip_to_input
+    from lowbit.demo.zoo.faces import chip_to_input
 
     chip = np.full((150, 150, 3), (123, 117, 104), np.uint8)
     x = chip_to_input(chip)
@@ -117,7 +117,7 @@ def test_random_port_exports_with_dynamic_batch():
 
 @pytest.fixture(scope="module")
 def labeled():
-    from lowbit.zoo.faces import dlib_embeddings, labeled_face_chips
+    from lowbit.demo.zoo.faces import dlib_embeddings, labeled_face_chips
 
     chips, names = labeled_face_chips()
     return chips, names, dlib_embeddings(chips)
@@ -131,7 +131,7 @@ def port():
 @pytest.mark.slow
 @needs_data
 def test_labeled_photos_each_show_one_face(labeled):
-    from lowbit.zoo.faces import labeled_faces
+    from lowbit.demo.zoo.faces import labeled_faces
 
     chips, names, _ = labeled
     assert [p.name for p, _ in labeled_faces()][:1] == ["obama.jpg"]
@@ -151,7 +151,7 @@ def test_port_matches_dlib_on_labeled_faces(labeled, port):
 @pytest.mark.slow
 @needs_data
 def test_onnx_export_matches_torch(labeled, port):
-    from lowbit.zoo.faces import chip_to_input
+    from lowbit.demo.zoo.faces import chip_to_input
 
     x = np.stack([chip_to_input(c) for c in labeled[0]])
     proto = export_torch(port, torch.zeros(1, 3, 150, 150))
@@ -177,7 +177,7 @@ def test_same_and_different_person_decisions_at_dlib_threshold(labeled, port):
 @pytest.mark.slow
 @needs_data
 def test_unlabeled_group_photos_give_about_20_faces(port):
-    from lowbit.zoo.faces import dlib_embeddings, unlabeled_faces
+    from lowbit.demo.zoo.faces import dlib_embeddings, unlabeled_faces
 
     chips = unlabeled_faces()
     assert len(chips) >= 18, f"dlib found {len(chips)} faces in face-api's sample*.jpg (measured 20)"
@@ -221,7 +221,7 @@ def test_door_rings_let_residents_in_and_keep_strangers_out():
 
 
 def test_identities_merge_across_photos_never_within_one_nor_by_chains():
-    from lowbit.zoo.face_set import merge_identities
+    from lowbit.demo.zoo.face_set import merge_identities
 
     # x (photo 1) - y (photo 2) 0.5 apart, y - z (photo 3) 0.5 apart, x - z 1.0: a chain, one merge only
     group, notes = merge_identities(_points(0.0, 0.5, 1.0), ["1", "2", "3"], 0.6)
@@ -235,7 +235,7 @@ def test_identities_merge_across_photos_never_within_one_nor_by_chains():
 @pytest.mark.slow
 @needs_data
 def test_face_set_holds_out_many_identities_disjoint_from_calibration(port):
-    from lowbit.zoo.face_set import VARIANTS, face_set
+    from lowbit.demo.zoo.face_set import VARIANTS, face_set
 
     fs = face_set()
     held = {w for w, h in zip(fs.identity, fs.heldout) if h}

@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
-from lowbit.observe import session
+from lowbit.onnx.session import session
 
 
 def _dynamic_reshape_model() -> onnx.ModelProto:

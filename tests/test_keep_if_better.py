@@ -16,7 +16,7 @@ from lowbit.algorithms import GPTQ, BiasCorrection, CrossLayerEqualization, Keep
 from lowbit.algorithms.base import Algorithm
 from lowbit.algorithms.keep_if_better import HOLDOUT, _gain_db, _Split
 from lowbit.core.dtypes import int4
-from lowbit.graph import GraphIndex
+from lowbit.onnx.graph import GraphIndex
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import pytest
 from lowbit.algorithms import _layer_data as ld
 from lowbit.algorithms.gptq import Hessian, _inverse_cholesky, gptq_round
 from lowbit.data import as_feeds
-from lowbit.observe import session
-from lowbit.prepare import prepare
-from lowbit.load import load_model
+from lowbit.onnx.session import session
+from lowbit.load.prepare import prepare
+from lowbit.load.model import load_model
 
 
 def _rows(seed: int, n: int = 300, g: int = 2, k: int = 24) -> np.ndarray:
@@ -125,7 +125,7 @@ def test_release_free_memory_hands_freed_heap_pages_back() -> None:
     resident until trimmed. Measured here: 294 MB resident before, 93 MB after."""
     code = """
 import numpy as np
-from lowbit.peak_memory import release_free_memory
+from lowbit.target.memory import release_free_memory
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -163,8 +163,8 @@ from lowbit.algorithms.base import AlgorithmContext
 from lowbit.api import calibrate_plan
 from lowbit.config import preset
 from lowbit.data import as_feeds
-from lowbit.load import load_model
-from lowbit.prepare import prepare
+from lowbit.load.model import load_model
+from lowbit.load.prepare import prepare
 from onnx import numpy_helper
 prepared = prepare(load_model({str(small_model_path)!r}))
 rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Mixed recipe (lowbit.recipes): a CNN with transformer blocks gets static INT8 convolutions and
+"""Mixed recipe (lowbit.plan.recipes): a CNN with transformer blocks gets static INT8 convolutions and
 the transformer recipe on the blocks' linear layers, in one plan; real PP-OCRv4 recognizer bar
 under @pytest.mark.slow."""
 
@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from lowbit.api import make_plan
-from lowbit.clipping import output_sqnr
+from lowbit.plan.clipping import output_sqnr
 from lowbit.config import preset, resolve_transformer
 from lowbit.data import as_feeds, specs_from_onnx
 from lowbit.emit import emit_qdq
-from lowbit.load import load_model
-from lowbit.prepare import prepare
-from lowbit.recipes import BLOCK_FLOAT_REASON, block_region, is_hybrid
+from lowbit.load.model import load_model
+from lowbit.load.prepare import prepare
+from lowbit.plan.recipes import BLOCK_FLOAT_REASON, block_region, is_hybrid
 from lowbit.transformers.patterns import FLOAT_REASONS, find_patterns
 
 C, HEADS, FF, CLASSES = 32, 4, 64, 20
@@ -167,7 +167,7 @@ def test_mixed_is_closer_to_fp32_than_int8_fast(hybrid, mixed):
 
 
 def test_float_prefix_takes_the_closest_plan_only_past_the_margin(hybrid, mixed):
-    from lowbit.float_prefix import choose_float_prefix
+    from lowbit.plan.float_prefix import choose_float_prefix
 
     model, plan = mixed
     calib = as_feeds(images(32, 0), specs_from_onnx(hybrid))

@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 import lowbit
 from lowbit.api import VerifyOptions
 from lowbit.errors import ModelError
-from lowbit.names import Names, model_names
-from lowbit.observe import session
+from lowbit.onnx.names import Names, model_names
+from lowbit.onnx.session import session
 
 PRESETS = ("int8", "int8-fast", "w4a8", "fp16", "int8-dynamic")
 QUICK = VerifyOptions(threads=(), parity_batches=2)
@@ -138,8 +138,8 @@ def test_old_opsets_every_preset(opset, constant_weights):
 
 
 def test_constant_weights_are_lifted_without_optimizer():
-    from lowbit.load import load_model
-    from lowbit.prepare import prepare
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
 
     prepared = prepare(load_model(_convnet(constant_weights=True)), optimize=False)
     assert not [n for n in prepared.proto.graph.node if n.op_type == "Constant"]
@@ -170,9 +170,9 @@ def test_conversion_that_changes_outputs_is_refused(monkeypatch):
 
 def test_types_lost_by_shape_inference_are_recovered():
     """A com.microsoft op stops ONNX's shape inference; ONNX Runtime still types what follows."""
-    from lowbit.graph import GraphIndex
-    from lowbit.load import load_model
-    from lowbit.prepare import prepare
+    from lowbit.onnx.graph import GraphIndex
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(size=(128, 64)).astype(np.float32), "w"),
@@ -202,7 +202,7 @@ def _zoo_model(name: str) -> Path | None:
 @pytest.mark.parametrize("name", ["ppocrv4-rec", "ddddocr-ocr"])
 @pytest.mark.parametrize("preset", ["int8-fast", "fp16"])
 def test_real_old_opset_ocr_models_through_cli(tmp_path, name, preset):
-    from lowbit.cli import main
+    from lowbit.cli.commands import main
 
     path = _zoo_model(name)
     calib = Path(__file__).parent.parent / ".cache/zoo/runs" / name / "calib.npz"

@@ -15,7 +15,7 @@ import torch
 import lowbit
 from lowbit.emit.metadata import plan_from_model
 from lowbit.emit.qdq import INTEGERS
-from lowbit.hardware import this_cpu
+from lowbit.target.cpu import this_cpu
 
 NO_LATENCY = lowbit.VerifyOptions(threads=())
 # every quantizable layer in INT8, whatever this machine's kernels cost: for structural checks
@@ -231,7 +231,7 @@ def test_int8_dynamic_quantizes_linear_layers():
 
 def test_torch_module_input_with_dynamic_batch(small_model_torch, calib_arrays):
     r = lowbit.quantize(small_model_torch, "int8", calib_arrays, example_inputs=torch.zeros(1, 3, 32, 32), verify=None)
-    from lowbit.observe import session
+    from lowbit.onnx.session import session
 
     s = session(r.model)
     out = s.run(None, {"input": np.stack(calib_arrays[:5])})[0]
@@ -259,10 +259,10 @@ def test_report_renders_everywhere(small_model_path, calib_arrays, eval_arrays, 
 
 
 def test_latency_objective_keeps_slow_int8_layers_in_float(small_model_path):
-    from lowbit.layer_costs import LayerCost
-    from lowbit.load import load_model
-    from lowbit.prepare import prepare
-    from lowbit.selection import select
+    from lowbit.target.layer_costs import LayerCost
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
+    from lowbit.plan.selection import select
 
     model = prepare(load_model(small_model_path)).proto
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
@@ -271,7 +271,7 @@ def test_latency_objective_keeps_slow_int8_layers_in_float(small_model_path):
              convs[2]: LayerCost(convs[2], "Conv", fp32_ms=0.1, int8_ms=0.3, fp16_ms=0.2)}
     # stem (432 of 992 weights) and pw (256) are slower in INT8; with a 50% float-weight budget the
     # greedy choice by time saved per weight keeps pw in float and has no room left for the stem
-    from lowbit.selection import slow_int8_layers
+    from lowbit.plan.selection import slow_int8_layers
 
     assert set(slow_int8_layers(model, costs, budget=0.5)) == {convs[2]}
     assert set(slow_int8_layers(model, costs, budget=1.0)) == {convs[0], convs[2]}

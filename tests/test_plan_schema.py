@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 import lowbit
-from lowbit.analysis.checkpoint import SCHEMA as CHECKPOINT_SCHEMA
-from lowbit.analysis.checkpoint import load_checkpoint, save_checkpoint
+from lowbit.search.checkpoint import SCHEMA as CHECKPOINT_SCHEMA
+from lowbit.search.checkpoint import load_checkpoint, save_checkpoint
 from lowbit.errors import ConfigError, ModelError
-from lowbit.load import load_model
-from lowbit.plan import QuantPlan
-from lowbit.plan_fit import check_plan_fits, plan_size_limit
-from lowbit.plan_schema import MAX_SCALE, MIN_SCALE, check_plan_dict
-from lowbit.prepare import prepare
+from lowbit.load.model import load_model
+from lowbit.plan.quant_plan import QuantPlan
+from lowbit.plan.fit import check_plan_fits, plan_size_limit
+from lowbit.plan.schema import MAX_SCALE, MIN_SCALE, check_plan_dict
+from lowbit.load.prepare import prepare
 
 ACT = "/pw/pw.0/Conv_output_0"  # an activation of conftest's SmallConvNet
 W = "onnx::Conv_41"              # the stem conv's weight (16 output channels)
@@ -276,7 +276,7 @@ KEY = "ab" * 32
 def test_corrupt_checkpoint_is_ignored_with_a_warning(content, tmp_path, caplog):
     p = tmp_path / "search.json"
     p.write_bytes(content)
-    with caplog.at_level(logging.WARNING, logger="lowbit.analysis.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lowbit.search.checkpoint"):
         assert load_checkpoint(p) == {}
     assert "search checkpoint" in caplog.text and "ignored" in caplog.text
 
@@ -296,7 +296,7 @@ def test_checkpoint_on_a_device_is_neither_read_nor_replaced(caplog):
     from pathlib import Path
 
     dev = Path("/dev/null")
-    with caplog.at_level(logging.WARNING, logger="lowbit.analysis.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lowbit.search.checkpoint"):
         assert load_checkpoint(dev) == {}
         assert not save_checkpoint(dev, {KEY: [0.5, 1.0]})
     assert dev.is_char_device()
@@ -304,14 +304,14 @@ def test_checkpoint_on_a_device_is_neither_read_nor_replaced(caplog):
 
 
 def test_evaluator_rebuilds_a_corrupt_checkpoint(good, prepared, calib_arrays, tmp_path, caplog):
-    from lowbit.analysis import PlanEvaluator
+    from lowbit.search import PlanEvaluator
     from lowbit.data import as_feeds
     from lowbit.data.spec import specs_from_onnx
 
     p = tmp_path / "search.json"
     p.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     plan = QuantPlan.from_dict(good)
-    with caplog.at_level(logging.WARNING, logger="lowbit.analysis.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="lowbit.search.checkpoint"):
         ev = PlanEvaluator(prepared, as_feeds(calib_arrays[:4], specs_from_onnx(prepared)), "cosine", checkpoint=p)
     assert "ignored" in caplog.text
     first = ev.score(plan)

@@ -16,7 +16,7 @@ import lowbit
 import lowbit.qat as Q
 from lowbit import PerChannel, QuantConfig, Scheme, int4
 from lowbit.core import dtype_by_name, fake_quantize as np_fake_quantize
-from lowbit.datasets import fashion_mnist
+from lowbit.demo.datasets import fashion_mnist
 from lowbit.errors import ConfigError, DataError
 from lowbit.qat.fake_quant import FakeQuant, fake_quantize
 
@@ -136,7 +136,7 @@ def test_prepare_says_what_is_wrong(small_model_torch):
 def test_cli_qat_on_npz_and_onnx(small_model_path, small_model_torch, tmp_path):
     import argparse
 
-    from lowbit.cli_qat import add_qat_parser, run_qat
+    from lowbit.cli.qat import add_qat_parser, run_qat
 
     x = _data(48, 5)
     with torch.no_grad():
@@ -161,7 +161,7 @@ def test_cli_qat_on_npz_and_onnx(small_model_path, small_model_torch, tmp_path):
 def test_cli_qat_checkpoint_needs_arch(tmp_path, small_model_torch):
     import argparse
 
-    from lowbit.cli_qat import add_qat_parser, run_qat
+    from lowbit.cli.qat import add_qat_parser, run_qat
 
     torch.save(small_model_torch.state_dict(), tmp_path / "m.pt")
     parser = argparse.ArgumentParser()
@@ -208,7 +208,7 @@ def test_fashion_mnist_qat_w4a8_beats_ptq_and_ships_exactly():
     model = train(1, limit=12000, log=lambda s: None)
     x_train, y_train = tensors("train", 12000)
     x_test, y_test = tensors("test", 3000)
-    fp32 = onnx_accuracy(lowbit.load.export_torch(model, x_test[:1]), x_test, y_test)
+    fp32 = onnx_accuracy(lowbit.load.model.export_torch(model, x_test[:1]), x_test, y_test)
     calib = x_train[:500].numpy()
     ptq = onnx_accuracy(lowbit.quantize(model, W4A8, calib, example_inputs=x_test[:1], verify=None).model,
                         x_test, y_test)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import lowbit
-from lowbit.observe import session
+from lowbit.onnx.session import session
 
 
 class Recurrent(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""Region recipes (lowbit.regions): a detector's decode in float, output-facing tensors unclipped,
+"""Region recipes (lowbit.plan.regions): a detector's decode in float, output-facing tensors unclipped,
 Concats of very different ranges in float, elementwise polynomials in float where that is closer
 to FP32. Each rule is checked on a hand-built graph against the plan without it; the real zoo
 models (when cached) hold the bars."""
@@ -15,11 +15,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
-import lowbit.regions as regions
-import lowbit.selection as selection
+import lowbit.plan.regions as regions
+import lowbit.plan.selection as selection
 from lowbit.calibration import Percentile
 from lowbit.config import preset
-from lowbit.graph import GraphIndex
+from lowbit.onnx.graph import GraphIndex
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lowbit
-from lowbit.cli import main
+from lowbit.cli.commands import main
 from lowbit.errors import LowbitError, ModelError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -80,7 +80,7 @@ def test_hostile_data_is_refused_by_name(case, hostile_dir, small_model_path, tm
 
 QUANTIZE_SCRIPT = """
 import sys, numpy as np
-from lowbit.cli import main
+from lowbit.cli.commands import main
 sys.exit(main(["quantize", sys.argv[1], "--calib", sys.argv[2], "-o", sys.argv[3], "--no-verify"]))
 """
 
@@ -113,11 +113,11 @@ def test_shard_merged_calibration_gives_identical_plan_and_model(small_model_pat
     from lowbit.api import make_plan
     from lowbit.data import as_feeds
     from lowbit.emit import emit_qdq
-    from lowbit.load import load_model
-    from lowbit.observe import collect_stats
-    from lowbit.planner import build_plan
-    from lowbit.prepare import prepare
-    from lowbit.selection import select
+    from lowbit.load.model import load_model
+    from lowbit.onnx.session import collect_stats
+    from lowbit.plan.planner import build_plan
+    from lowbit.load.prepare import prepare
+    from lowbit.plan.selection import select
 
     prepared = prepare(load_model(small_model_path))
     config = lowbit.QuantConfig(objective="size")
@@ -152,8 +152,8 @@ def test_mutated_models_fail_cleanly(small_model_path, tmp_path, data):
     path = tmp_path / "mutated.onnx"
     path.write_bytes(bytes(raw))
     try:
-        from lowbit.load import load_model
-        from lowbit.prepare import prepare
+        from lowbit.load.model import load_model
+        from lowbit.load.prepare import prepare
 
         prepare(load_model(path))
     except LowbitError:

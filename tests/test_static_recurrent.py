@@ -15,7 +15,7 @@ import torch
 import lowbit
 from lowbit.api import VerifyOptions
 from lowbit.emit.qdq import emit_simulation
-from lowbit.observe import session
+from lowbit.onnx.session import session
 
 NO_LATENCY = VerifyOptions(threads=(), parity_batches=4)
 ZOO = Path(__file__).resolve().parents[1] / ".cache" / "zoo"

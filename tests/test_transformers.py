@@ -18,9 +18,9 @@ from lowbit.algorithms.smoothquant import SmoothQuant, outlier_ratio
 from lowbit.data import as_feeds, specs_from_onnx
 from lowbit.emit import emit_qdq
 from lowbit.emit.int4 import emit_int4, emit_int4_simulation
-from lowbit.load import load_model
+from lowbit.load.model import load_model
 from lowbit.metrics import METRICS
-from lowbit.prepare import prepare
+from lowbit.load.prepare import prepare
 from lowbit.transformers.metrics import NearestNeighbourPreserved
 from lowbit.transformers.patterns import find_patterns, transformer_selection
 from lowbit.transformers.pipeline import plan_int4, plan_int8
@@ -218,7 +218,7 @@ def minilm():
     pytest.importorskip("tokenizers")
     from lowbit.errors import ModelError
     from lowbit.transformers.text import packed_feeds, real_sentences, text_feeds
-    from lowbit.zoo.minilm import minilm_onnx, minilm_tokenizer
+    from lowbit.demo.zoo.minilm import minilm_onnx, minilm_tokenizer
 
     try:
         tok = minilm_tokenizer()
@@ -230,7 +230,7 @@ def minilm():
 
 
 def _embeddings(model_bytes: bytes, tok, texts):
-    from lowbit.observe import session
+    from lowbit.onnx.session import session
     from lowbit.transformers.text import embed
 
     return embed(session(model_bytes, threads=2), tok, texts)
@@ -278,7 +278,7 @@ def test_minilm_int4_small_and_close(minilm, minilm_files):
 @pytest.mark.parametrize("variant", ["int8", "int4"])
 def test_minilm_one_file_all_lengths_and_batches(minilm, minilm_files, variant):
     """One quantized file serves 4..256 tokens and batch 1..16: real text windows, pooled embeddings."""
-    from lowbit.observe import session
+    from lowbit.onnx.session import session
     from lowbit.transformers.metrics import cosines
     from lowbit.transformers.text import mean_pool
 
@@ -309,7 +309,7 @@ def test_minilm_fp16_storage_runs_fp32_kernels(minilm):
 
     import lowbit
     from lowbit.verify.fusion import executed_graph
-    from lowbit.zoo.minilm import minilm_onnx
+    from lowbit.demo.zoo.minilm import minilm_onnx
 
     path = str(minilm_onnx())
     fp16 = lowbit.quantize(path, "fp16", verify=None).model

@@ -198,7 +198,7 @@ def folders(tmp_path, calib_arrays, eval_arrays):
 
 
 def test_missed_budget_exits_3_and_writes_nothing(small_model_path, folders, tmp_path, capsys):
-    from lowbit.cli import EXIT_BELOW_BUDGET, main
+    from lowbit.cli.commands import EXIT_BELOW_BUDGET, main
 
     calib, ev = folders
     out, rep = tmp_path / "m.onnx", tmp_path / "r.json"
@@ -213,7 +213,7 @@ def test_missed_budget_exits_3_and_writes_nothing(small_model_path, folders, tmp
 
 
 def test_eval_metric_flag_and_bad_options(small_model_path, folders, tmp_path, capsys):
-    from lowbit.cli import main
+    from lowbit.cli.commands import main
 
     _, ev = folders
     rep = tmp_path / "r.json"
@@ -231,9 +231,9 @@ def test_eval_metric_flag_and_bad_options(small_model_path, folders, tmp_path, c
 # --- energy priced on what executes --------------------------------------------------------------
 def test_fp16_storage_on_avx2_is_priced_as_fp32_arithmetic(small_model_path):
     from lowbit.emit.fp16 import emit_fp16_weights, fp16_plan
-    from lowbit.energy import ADD_PJ, MULT_PJ, estimate, priced_precisions
-    from lowbit.load import load_model
-    from lowbit.prepare import prepare
+    from lowbit.verify.energy import ADD_PJ, MULT_PJ, estimate, priced_precisions
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
 
     model = prepare(load_model(str(small_model_path))).proto
     e32 = estimate(model)

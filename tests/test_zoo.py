@@ -11,16 +11,9 @@ import torch
 from PIL import Image
 
 from lowbit.errors import ConfigError, ModelError
-from lowbit.zoo import (
-    iter_photo_crops,
-    labeled_imagenet_photos,
-    mobilenet_v2,
-    mobilenet_v2_weights_path,
-    photo_crops,
-    photo_sources,
-    resnet18,
-)
-from lowbit.zoo.mobilenet_v2 import MobileNetV2
+from lowbit.demo.zoo import (iter_photo_crops, labeled_imagenet_photos, mobilenet_v2, mobilenet_v2_weights_path,
+                             photo_crops, photo_sources, resnet18)
+from lowbit.demo.zoo.mobilenet_v2 import MobileNetV2
 
 _HINT = "run `bash scripts/setup_data.sh`"
 needs_weights = pytest.mark.skipif(
@@ -76,7 +69,7 @@ def test_mobilenet_v2_untrained_runs() -> None:
 
 
 def test_missing_weights_package_names_setup_script(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("lowbit.zoo._packages.importlib.util.find_spec", lambda name: None)
+    monkeypatch.setattr("lowbit.demo.zoo._packages.importlib.util.find_spec", lambda name: None)
     with pytest.raises(ModelError, match="setup_data.sh"):
         mobilenet_v2()
     with pytest.raises(ModelError, match="setup_data.sh"):

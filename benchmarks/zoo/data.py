@@ -1,7 +1,7 @@
 """Realistic calibration and evaluation inputs for the zoo, made offline and deterministically.
 
 Calibration and evaluation never share a source: photos come from disjoint photo splits
-(`lowbit.zoo.photos`), text from disjoint sets of Python docstrings, speech from disjoint espeak-ng
+(`lowbit.demo.zoo.photos`), text from disjoint sets of Python docstrings, speech from disjoint espeak-ng
 voices and sentences, files (magika) from disjoint halves of a file list split by path hash.
 
 Each builder returns `Data`: `calib`, a dict input name -> stacked arrays (what `lowbit quantize
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from lowbit.zoo.photos import photo_crops
+from lowbit.demo.zoo.photos import photo_crops
 
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 VOICES = {"calib": ("en-us+m3", "en-gb+f2", "en-us+f1", "en-gb-x-rp+m1"),

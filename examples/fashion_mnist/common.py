@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowbit.datasets import fashion_mnist
+from lowbit.demo.datasets import fashion_mnist
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"

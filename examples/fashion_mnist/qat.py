@@ -22,7 +22,7 @@ import lowbit
 import lowbit.qat
 from common import OUT, SmallCNN, loader, onnx_correct, tensors
 from lowbit import PerChannel, QuantConfig, Scheme, int4
-from lowbit.load import export_torch
+from lowbit.load.model import export_torch
 
 W4A8 = QuantConfig(weights=Scheme(int4, PerChannel(0), symmetric=True))
 

@@ -55,7 +55,7 @@ def main() -> None:
     model = train(args.epochs, seed=args.seed)
     OUT.mkdir(exist_ok=True)
     torch.save(model.state_dict(), OUT / "fp32.pt")
-    from lowbit.load import export_torch
+    from lowbit.load.model import export_torch
 
     (OUT / "fp32.onnx").write_bytes(export_torch(model, torch.zeros(1, 1, 28, 28)).SerializeToString())
     print(f"wrote {OUT / 'fp32.pt'} and {OUT / 'fp32.onnx'}")

@@ -23,14 +23,14 @@ import onnx  # noqa: E402
 import lowbit  # noqa: E402
 from lowbit.emit.dynamic import emit_dynamic  # noqa: E402
 from lowbit.emit.int4 import emit_int4  # noqa: E402
-from lowbit.load import load_model  # noqa: E402
-from lowbit.observe import session  # noqa: E402
-from lowbit.prepare import prepare  # noqa: E402
+from lowbit.load.model import load_model  # noqa: E402
+from lowbit.onnx.session import session  # noqa: E402
+from lowbit.load.prepare import prepare  # noqa: E402
 from lowbit.transformers.metrics import cosines, nearest_neighbours  # noqa: E402
 from lowbit.transformers.pipeline import plan_int4  # noqa: E402
 from lowbit.transformers.text import embed, encode, packed_feeds, real_sentences, text_feeds  # noqa: E402
 from lowbit.verify import measure_latency  # noqa: E402
-from lowbit.zoo.minilm import minilm_onnx, minilm_tokenizer  # noqa: E402
+from lowbit.demo.zoo.minilm import minilm_onnx, minilm_tokenizer  # noqa: E402
 
 
 def main() -> None:

@@ -14,10 +14,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lowbit  # noqa: E402
 from lowbit.config import preset  # noqa: E402
-from lowbit.observe import session  # noqa: E402
+from lowbit.onnx.session import session  # noqa: E402
 from lowbit.transformers.metrics import cosines, nearest_neighbours  # noqa: E402
 from lowbit.transformers.text import embed, packed_feeds, real_sentences, text_feeds  # noqa: E402
-from lowbit.zoo.minilm import minilm_onnx, minilm_tokenizer  # noqa: E402
+from lowbit.demo.zoo.minilm import minilm_onnx, minilm_tokenizer  # noqa: E402
 
 
 def main() -> None:

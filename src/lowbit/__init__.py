@@ -15,7 +15,7 @@ from lowbit.core import (PerChannel, PerGroup, PerTensor, QDtype, QParams, int4,
                          uint8)
 from lowbit.data import Batch, FeedSource, ImagePreprocess, InputSpec, as_feeds  # noqa: E402
 from lowbit.errors import ConfigError, DataError, LowbitError, ModelError, OutputError  # noqa: E402
-from lowbit.plan import NodePlan, QuantPlan, TensorPlan  # noqa: E402
+from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan  # noqa: E402
 from lowbit.report import Report  # noqa: E402
 
 __all__ = [

@@ -12,38 +12,38 @@ import numpy as np
 import onnx
 
 from lowbit.algorithms import AlgorithmContext
-from lowbit.analysis.float_layers import restore_float_layers
-from lowbit.clipping import choose_clipping, simulated_sqnr
+from lowbit.search.float_layers import restore_float_layers
+from lowbit.plan.clipping import choose_clipping, simulated_sqnr
 from lowbit.config import QuantConfig, as_config, resolve_transformer
-from lowbit.regions import choose_elementwise, concats_to_split, elementwise_nodes
+from lowbit.plan.regions import choose_elementwise, concats_to_split, elementwise_nodes
 from lowbit.data import FeedSource, as_feeds
 from lowbit.data.arrays import take_rows
 from lowbit.emit import emit_qdq
-from lowbit.energy import SOURCE as ENERGY_SOURCE
-from lowbit.energy import ASSUMPTIONS as ENERGY_ASSUMPTIONS
-from lowbit.energy import estimate as estimate_energy
-from lowbit.energy import priced_precisions
+from lowbit.verify.energy import SOURCE as ENERGY_SOURCE
+from lowbit.verify.energy import ASSUMPTIONS as ENERGY_ASSUMPTIONS
+from lowbit.verify.energy import estimate as estimate_energy
+from lowbit.verify.energy import priced_precisions
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
 from lowbit.emit.size_check import TINY_MODEL, check_smaller, sizes
 from lowbit.emit.shared_constants import share_identical_initializers
 from lowbit.emit.subgraphs import describe, store_subgraph_weights
 from lowbit.emit.weight_only import WEIGHT_ONLY_MAX_BYTES, weight_only_plan
-from lowbit.hardware import target_traits
+from lowbit.target.cpu import target_traits
 from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_outputs
-from lowbit.load import LoadedModel, load_model
-from lowbit.observe import collect_stats
-from lowbit.peak_memory import peak_rss_mb, reset_peak_rss
-from lowbit.plan import QuantPlan
-from lowbit.plan_fit import check_plan_fits, plan_to_apply
-from lowbit.planner import build_plan
-from lowbit.prepare import PreparedModel, fingerprint, prepare
+from lowbit.load.model import LoadedModel, load_model
+from lowbit.onnx.session import collect_stats
+from lowbit.target.memory import peak_rss_mb, reset_peak_rss
+from lowbit.plan.quant_plan import QuantPlan
+from lowbit.plan.fit import check_plan_fits, plan_to_apply
+from lowbit.plan.planner import build_plan
+from lowbit.load.prepare import PreparedModel, fingerprint, prepare
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
-from lowbit.selection import select
-from lowbit.stateful import check_data_options, model_feeds
-from lowbit.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
+from lowbit.plan.selection import select
+from lowbit.data.stateful import check_data_options, model_feeds
+from lowbit.target.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
 from lowbit.verify import check_parity, compare_models, kernel_check, measure_latency
 
 log = logging.getLogger(__name__)
@@ -114,14 +114,14 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
             model, _ = alg.apply(model, None, ctx)
             t = _stage(timings, f"plan:{alg.registry_name}", t)
     costs = None
-    mixed = config.transformer == "mixed"  # each region its recipe (lowbit.recipes)
+    mixed = config.transformer == "mixed"  # each region its recipe (lowbit.plan.recipes)
     if config.objective == "latency" and (mixed or not config.transformer):
-        from lowbit.layer_costs import measure_layer_costs
+        from lowbit.target.layer_costs import measure_layer_costs
 
         costs = measure_layer_costs(model, threads=1, progress=progress)
         t = _stage(timings, "plan:layer_costs", t)
     if mixed:
-        from lowbit.recipes import block_inputs, mixed_selection, with_mse_ranges
+        from lowbit.plan.recipes import block_inputs, mixed_selection, with_mse_ranges
 
         def choose(keep=None):
             return mixed_selection(model, config, costs, keep)
@@ -138,7 +138,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
     t = _stage(timings, "plan:calibrate", t)
     split: dict[str, str] = {}
-    if mixed or not config.transformer:  # Concats of very different ranges stay float (lowbit.regions)
+    if mixed or not config.transformer:  # Concats of very different ranges stay float (lowbit.plan.regions)
         split = concats_to_split(model, selection, stats, config)
         if split:
             selection = choose(split)
@@ -148,10 +148,10 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
         return with_mse_ranges(plan, stats, cfg, block_inputs(model, sel)) if mixed else plan
     if config.transformer and not mixed:
         plan = build_plan(model, selection, stats, config)
-    else:  # the clipping level whose plan is closest to FP32 at the output (lowbit.clipping)
+    else:  # the clipping level whose plan is closest to FP32 at the output (lowbit.plan.clipping)
         plan, clipped, clipping = choose_clipping(model, lambda c: plan_for(selection, c), stats, config, calib)
         elementwise = elementwise_nodes(selection) if clipping else {}
-        if elementwise:  # elementwise arithmetic in float where that is clearly closer (lowbit.regions)
+        if elementwise:  # elementwise arithmetic in float where that is clearly closer (lowbit.plan.regions)
             alt = plan_for(choose({**split, **elementwise}), clipped)
             sqnr = simulated_sqnr(model, {"float": alt}, calib)["float"]
             choice = choose_elementwise(clipping["levels"][str(clipping["chosen"])], sqnr)
@@ -160,15 +160,15 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
             plan.config["elementwise_choice"] = choice
         if clipping:
             plan.config["activation_clipping"] = clipping
-        if mixed:  # the first layers in float where clearly closer to FP32 (lowbit.float_prefix)
-            from lowbit.float_prefix import choose_float_prefix
+        if mixed:  # the first layers in float where clearly closer to FP32 (lowbit.plan.float_prefix)
+            from lowbit.plan.float_prefix import choose_float_prefix
 
             plan, prefix = choose_float_prefix(model, plan, calib)
             if prefix:
                 plan.config["float_prefix"] = prefix
     t = _stage(timings, "plan:clipping", t)
     if selection.layer_costs:  # the timings behind the layers kept in float for speed
-        from lowbit.latency_choice import PLAN_KEY
+        from lowbit.target.latency_choice import PLAN_KEY
 
         plan.config[PLAN_KEY] = selection.layer_costs
     before_fit = model
@@ -226,7 +226,7 @@ def quantize(
     ({"state": 1}; None: no batch axis, the array goes with every batch, e.g. {"sr": None}).
     `stateful` pairs state inputs with the outputs that carry them ({"state": "stateN"}): each
     item of the data is then one sequence, run chunk by chunk with its state carried, in
-    calibration and in evaluation (`lowbit.stateful`).
+    calibration and in evaluation (`lowbit.data.stateful`).
     `output` is checked before any work (not an input, not a device; a symlink is written through)
     and written only after verification succeeded: a failed run leaves an earlier file as it was.
 
@@ -258,7 +258,7 @@ def quantize(
     t = _stage(timings, "load+prepare", t)
 
     if plan is not None:
-        qplan = plan_to_apply(plan, prepared.proto)  # checked like user input (lowbit.plan_schema)
+        qplan = plan_to_apply(plan, prepared.proto)  # checked like user input (lowbit.plan.schema)
         if qplan.config.get("weights"):  # a transformer plan records its recipe under 'transformer'
             cfg = QuantConfig.from_dict({**qplan.config, "transformer": bool(qplan.config.get("transformer"))})
         if qplan.precision != "int8":
@@ -295,7 +295,7 @@ def quantize(
         if budget:
             if eval_data is None:
                 raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
-            from lowbit.analysis.budget import budget_metric, budget_search
+            from lowbit.search.budget import budget_metric, budget_search
 
             metric = budget_metric(metric, original, eval_data, prepared.inputs, preprocess)
             qplan, search = budget_search(prepared, original, before_fit, qplan, cfg, eval_data, labels,
@@ -362,7 +362,7 @@ def quantize(
     if subgraph_note:
         report.data["notes"].append(subgraph_note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     if cfg.precision == "int8" and plan is None and search is not None:
-        from lowbit.analysis.budget import budget_outcome
+        from lowbit.search.budget import budget_outcome
 
         report.data["search"] = search
         report.data["budget"] = budget_outcome(search, qplan.precision)
@@ -505,7 +505,7 @@ def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, 
 def _check_comparable(reference: bytes, candidates: dict[str, bytes], data: FeedSource) -> None:
     """Every candidate loads in ONNX Runtime and, on the first sample, gives as many outputs as the
     reference, each of the same shape (on the first batch): otherwise no metric can compare them."""
-    from lowbit.observe import run_batch, session
+    from lowbit.onnx.session import run_batch, session
 
     batch = next(iter(data), None)
     if batch is None:
@@ -556,7 +556,7 @@ def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | s
 
     >>> print(lowbit.analyze("mbv2.onnx", calib, held_out).data["layers"][0])
     """
-    from lowbit.analysis import PlanEvaluator, analyze_layers
+    from lowbit.search import PlanEvaluator, analyze_layers
     from lowbit.calibration import Percentile
 
     cfg = as_config(config)
@@ -595,7 +595,7 @@ def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | s
 
 def _worst_histograms(stats, plan: QuantPlan, worst, model) -> list[dict]:
     """Input-activation histograms of the worst layers, with the plan's clipping range."""
-    from lowbit.graph import GraphIndex
+    from lowbit.onnx.graph import GraphIndex
 
     g = GraphIndex(model)
     out = []

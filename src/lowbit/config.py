@@ -84,7 +84,7 @@ class QuantConfig:
     # transformer-aware placement (lowbit.transformers.patterns): linear layers' inputs and weights
     # in INT8, layer norm / softmax / GELU / residual adds in float. 'auto': the int8-transformer
     # recipe when the graph has attention and layer norms, else False (resolve_transformer).
-    # 'mixed': the transformer recipe for the blocks' nodes, the CNN recipe elsewhere (lowbit.recipes).
+    # 'mixed': the transformer recipe for the blocks' nodes, the CNN recipe elsewhere (lowbit.plan.recipes).
     transformer: bool | str = False
     # CPU the model is for: 'auto' (this machine), 'avx2', 'vnni', 'arm64'. Decides the weight grid.
     target: str = "auto"
@@ -97,7 +97,7 @@ class QuantConfig:
         if not isinstance(self.activations.granularity, PerTensor):
             raise ConfigError("activations must be quantized PerTensor(): ONNX Runtime's integer kernels "
                               f"take one activation scale per tensor; got {self.activations.granularity}")
-        from lowbit.hardware import target_traits
+        from lowbit.target.cpu import target_traits
 
         target_traits(self.target)  # validates the name
         if self.objective not in ("latency", "size"):
@@ -208,7 +208,7 @@ def resolve_transformer(config: QuantConfig, model) -> QuantConfig:
     """`config` with transformer='auto' decided for `model` (an onnx.ModelProto): the int8-transformer
     recipe (keeping `config`'s keep_float, target, seed) if lowbit.transformers.patterns finds
     attention and layer norms, else `config` with transformer=False. A hybrid (transformer blocks
-    in a network whose weights lie substantially outside them, lowbit.recipes.is_hybrid) gets
+    in a network whose weights lie substantially outside them, lowbit.plan.recipes.is_hybrid) gets
     `config` with transformer='mixed'. Other configs pass unchanged."""
     if config.transformer != "auto":
         return config
@@ -216,7 +216,7 @@ def resolve_transformer(config: QuantConfig, model) -> QuantConfig:
 
     patterns = find_patterns(model)
     if patterns.is_transformer():
-        from lowbit.recipes import is_hybrid
+        from lowbit.plan.recipes import is_hybrid
 
         if is_hybrid(model, patterns):  # convolutions around the blocks: each region its recipe
             return _int8_mixed(config)

@@ -117,7 +117,7 @@ def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any] = {},
     None and non-path values (arrays, ModelProtos) are skipped. Returns {label: where its bytes go}."""
     targets = {label: check_output_path(p, label) for label, p in outputs.items() if _as_path(p) is not None}
     if targets and models:
-        from lowbit.external_data import external_data_files
+        from lowbit.load.external_data import external_data_files
 
         inputs = dict(inputs)
         for m in models:

@@ -30,7 +30,7 @@ class CliRun:
 # ru_maxrss from before exec, so the parent's rusage would report pytest's peak, not the CLI's.
 _RUN_AND_REPORT_PEAK = """
 import os, sys
-from lowbit.cli import main
+from lowbit.cli.commands import main
 try:
     rc = main(sys.argv[1:])
 except SystemExit as e:
@@ -44,7 +44,7 @@ sys.exit(rc)
 
 def run_cli(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 300,
             env: dict[str, str] | None = None) -> CliRun:
-    """`lowbit ARGS` (lowbit.cli.main) in a fresh process; peak RSS is that process's own VmHWM."""
+    """`lowbit ARGS` (lowbit.cli.commands.main) in a fresh process; peak RSS is that process's own VmHWM."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:

@@ -22,13 +22,13 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from redteam_util import assert_clean_failure, run_cli, snapshot, assert_unchanged, temp_files
 
-from lowbit.analysis.budget import split_halves
-from lowbit.analysis.evaluate import PlanEvaluator
-from lowbit.analysis.held import MAX_HELD_BYTES, MAX_HELD_SAMPLES, HoldCap
+from lowbit.search.budget import split_halves
+from lowbit.search.evaluate import PlanEvaluator
+from lowbit.search.held import MAX_HELD_BYTES, MAX_HELD_SAMPLES, HoldCap
 from lowbit.data import InputSpec, as_feeds
 from lowbit.errors import DataError, ModelError
-from lowbit.load import export_torch, load_model
-from lowbit.model_checks import check_graph
+from lowbit.load.model import export_torch, load_model
+from lowbit.load.checks import check_graph
 
 RSS_LIMIT_MB = 500
 # run_cli's peak is the child's, but a forked child starts from this process's own peak: anything

@@ -12,13 +12,13 @@ import onnx
 import pytest
 
 import lowbit
-from lowbit import layer_cost_cache
+from lowbit.target import layer_cost_cache
 from lowbit.emit.metadata import plan_from_model
-from lowbit.latency_choice import MARGIN, PLAN_KEY, estimate_ratio
-from lowbit.layer_costs import LayerCost, measure_layer_costs
-from lowbit.load import load_model
-from lowbit.prepare import prepare
-from lowbit.selection import keep_float_for_speed
+from lowbit.target.latency_choice import MARGIN, PLAN_KEY, estimate_ratio
+from lowbit.target.layer_costs import LayerCost, measure_layer_costs
+from lowbit.load.model import load_model
+from lowbit.load.prepare import prepare
+from lowbit.plan.selection import keep_float_for_speed
 
 LATENCY = lowbit.QuantConfig(objective="latency")  # the plain int8 scheme, no algorithms: fast and exact
 
@@ -112,8 +112,8 @@ def test_saved_plan_reapplies_byte_identically_without_measuring(small_model_pat
     def no_measuring(*a, **k):
         raise AssertionError("re-applying a plan measured layer costs")
 
-    monkeypatch.setattr("lowbit.layer_costs.measure_layer_costs", no_measuring)
-    monkeypatch.setattr("lowbit.layer_costs._time", no_measuring)
+    monkeypatch.setattr("lowbit.target.layer_costs.measure_layer_costs", no_measuring)
+    monkeypatch.setattr("lowbit.target.layer_costs._time", no_measuring)
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "other-cache"))  # another machine's (empty) cache
     r2 = lowbit.quantize(tmp_path / "float.onnx", "int8", plan=tmp_path / "plan.json", output=tmp_path / "b.onnx",
                          verify=None)
@@ -124,7 +124,7 @@ def test_saved_plan_reapplies_byte_identically_without_measuring(small_model_pat
 
 def test_plan_records_timings_of_layers_kept_for_speed(small_model_path, calib_arrays, tmp_path, monkeypatch):
     """With timings that make the stem clearly slower (and a budget it fits), the plan says why."""
-    import lowbit.selection as selection
+    import lowbit.plan.selection as selection
 
     model = prepare(load_model(small_model_path)).proto
     stem = next(n.name for n in model.graph.node if n.op_type == "Conv")
@@ -135,7 +135,7 @@ def test_plan_records_timings_of_layers_kept_for_speed(small_model_path, calib_a
                                                    "int8": _runs(0.6 if n == stem else 0.15, 0.03, seed=2),
                                                    "fp16": _runs(0.4, 0.03, seed=3)}) for n in names}
 
-    monkeypatch.setattr("lowbit.layer_costs.measure_layer_costs", fake_costs)
+    monkeypatch.setattr("lowbit.target.layer_costs.measure_layer_costs", fake_costs)
     monkeypatch.setattr(selection.keep_float_for_speed, "__defaults__", (0.5,))
     r = lowbit.quantize(small_model_path, LATENCY, calib_arrays, verify=None)
     assert r.plan.nodes[stem].precision == "fp32"
@@ -146,7 +146,7 @@ def test_plan_records_timings_of_layers_kept_for_speed(small_model_path, calib_a
     r.plan.save(tmp_path / "plan.json")
     assert json.loads((tmp_path / "plan.json").read_text())["config"][PLAN_KEY][stem]["runs"] == 15
     assert PLAN_KEY not in plan_from_model(r.model).config
-    monkeypatch.setattr("lowbit.layer_costs.measure_layer_costs", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr("lowbit.target.layer_costs.measure_layer_costs", lambda *a, **k: pytest.fail("measured"))
     again = lowbit.quantize(small_model_path, LATENCY, plan=tmp_path / "plan.json", verify=None)
     assert again.model.SerializeToString() == r.model.SerializeToString()
     assert again.plan.nodes[stem].precision == "fp32"
@@ -210,7 +210,7 @@ def test_corrupt_cache_is_ignored_with_a_warning_and_rebuilt(kind, prepared_smal
 def test_valid_cache_is_reused_exactly(prepared_small, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
     first = measure_layer_costs(prepared_small, runs=3)
-    monkeypatch.setattr("lowbit.layer_costs._time", lambda *a, **k: pytest.fail("re-measured a cached layer"))
+    monkeypatch.setattr("lowbit.target.layer_costs._time", lambda *a, **k: pytest.fail("re-measured a cached layer"))
     with caplog.at_level(logging.WARNING, logger="lowbit"):
         assert measure_layer_costs(prepared_small, runs=3) == first
     assert not caplog.records
@@ -252,7 +252,7 @@ def test_corrupt_cache_does_not_stop_a_quantize_run(small_model_path, calib_arra
 
 
 def test_plan_timings_check_accepts_what_selection_writes_and_names_bad_fields(prepared_small):
-    from lowbit.latency_choice import check_plan_timings
+    from lowbit.target.latency_choice import check_plan_timings
 
     convs = [n.name for n in prepared_small.graph.node if n.op_type == "Conv"]
     slow = LayerCost.from_runs(convs[0], "Conv", {"fp32": _runs(0.3, 0.05, seed=1), "int8": _runs(0.6, 0.05, seed=2),

@@ -104,7 +104,7 @@ def test_data_fifo_or_device_is_refused_without_hanging(work, command):
 def test_eval_candidate_with_other_output_shape(work):
     from conftest import SmallConvNet, _init
 
-    from lowbit.load import export_torch
+    from lowbit.load.model import export_torch
 
     net = _init(SmallConvNet(), 0)
     net.head = torch.nn.Linear(16, 5)
@@ -175,7 +175,7 @@ def test_verbose_is_accepted_after_the_command(work):
 
 def test_internal_error_is_one_paragraph_with_a_bug_hint(work, monkeypatch, capsys):
     import lowbit
-    from lowbit.cli import main
+    from lowbit.cli.commands import main
 
     def broken(*a, **k):
         raise RuntimeError("an invariant lowbit relies on was broken")
@@ -195,7 +195,7 @@ def test_internal_error_is_one_paragraph_with_a_bug_hint(work, monkeypatch, caps
 # --- the library raises lowbit errors for user input ---------------------------------------------
 def test_library_raises_lowbit_errors(work, small_model_torch):
     import lowbit
-    from lowbit.load import load_model
+    from lowbit.load.model import load_model
     from lowbit.qat import fit
     from lowbit.transformers.pipeline import plan_int4
 

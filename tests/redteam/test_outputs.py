@@ -218,7 +218,7 @@ def test_failed_demo_leaves_an_earlier_runs_files_identical(tmp_path, monkeypatc
 
     monkeypatch.setattr(module, "quantize", fail)
     if demo == "doorbell":  # the face data is not needed to get this far
-        from lowbit.zoo.face_set import FaceSet
+        from lowbit.demo.zoo.face_set import FaceSet
 
         monkeypatch.setattr(module, "face_set", lambda: FaceSet(
             np.zeros((4, 150, 150, 3), np.uint8), ["a#0", "b#0", "c#0", "d#0"], ["photo"] * 4, list("abcd"),

@@ -20,10 +20,10 @@ from onnx import numpy_helper
 
 from lowbit.core.qparams import QParams, _expand
 from lowbit.data import Batch
-from lowbit.graph import GraphIndex
-from lowbit.observe import run_batch, session
-from lowbit.ops import weight_slots
-from lowbit.plan import QuantPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.session import run_batch, session
+from lowbit.onnx.ops import weight_slots
+from lowbit.plan.quant_plan import QuantPlan
 
 if TYPE_CHECKING:  # torch is imported where it is used: `import lowbit` stays light
     import torch

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from lowbit.graph import GraphIndex
+from lowbit.onnx.graph import GraphIndex
 
 def constant_value(g: GraphIndex, name: str) -> np.ndarray | None:
     """The value of an initializer or of a Constant node's output; None if computed at run time."""

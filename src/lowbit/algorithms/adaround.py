@@ -33,7 +33,7 @@ from lowbit.algorithms import _layer_data as ld
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
-from lowbit.plan import QuantPlan
+from lowbit.plan.quant_plan import QuantPlan
 
 if TYPE_CHECKING:  # torch is imported where it is used: `import lowbit` stays light
     import torch

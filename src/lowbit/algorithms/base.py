@@ -10,7 +10,7 @@ from typing import ClassVar
 import onnx
 
 from lowbit.data import FeedSource
-from lowbit.plan import QuantPlan
+from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
 from lowbit.registry import Registry
 

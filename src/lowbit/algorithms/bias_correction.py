@@ -30,10 +30,10 @@ from lowbit.algorithms._onnx_weights import bias_name, bias_value, has_constant_
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.data import Batch
 from lowbit.errors import ConfigError, DataError
-from lowbit.graph import GraphIndex
-from lowbit.names import Names
-from lowbit.peak_memory import release_free_memory
-from lowbit.plan import QuantPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.names import Names
+from lowbit.target.memory import release_free_memory
+from lowbit.plan.quant_plan import QuantPlan
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def _channel_sums(v: np.ndarray) -> tuple[np.ndarray, int]:
 def channel_means(model: onnx.ModelProto | bytes, names: list[str], calib) -> list[np.ndarray]:
     """Mean per channel (axis 1) of the tensors `names` over all calibration batches, streaming.
     `model` may be a serialized model that already outputs `names`."""
-    from lowbit.observe import session, with_outputs
+    from lowbit.onnx.session import session, with_outputs
 
     sess = session(model if isinstance(model, bytes) else with_outputs(model, names), arena=False)
     del model
@@ -84,7 +84,7 @@ def channel_means(model: onnx.ModelProto | bytes, names: list[str], calib) -> li
 
 def _session_means(sess, names: list[str], calib) -> list[np.ndarray]:
     """`channel_means` on a session that outputs `names`."""
-    from lowbit.observe import run_batch
+    from lowbit.onnx.session import run_batch
 
     sums: list[np.ndarray | None] = [None] * len(names)
     counts = [0] * len(names)
@@ -147,7 +147,7 @@ def mean_errors(model: onnx.ModelProto, plan: QuantPlan, calib, layers: list[Lay
     computed from the same quantized input (the simulation's): each layer's own error. The float
     layers are those of `reference` (default: `model`), the model before any correction."""
     from lowbit.emit.qdq import emit_simulation
-    from lowbit.observe import session, with_outputs
+    from lowbit.onnx.session import session, with_outputs
 
     sim, diffs = _with_reference_layers(emit_simulation(model, plan), reference or model, layers)
     release_free_memory()  # building the simulation's proto freed ~2x its size: gone before it is serialized
@@ -164,7 +164,7 @@ def correct_biases(model: onnx.ModelProto, plan: QuantPlan, layers: list[Layer],
                    errors: list[np.ndarray]) -> onnx.ModelProto:
     """Subtract `errors` from the layers' biases (adding a bias where a layer has none) and rebuild
     their int32 bias entries in the plan."""
-    from lowbit.planner import bias_plan
+    from lowbit.plan.planner import bias_plan
 
     for layer, err in zip(layers, errors):
         g = GraphIndex(model)

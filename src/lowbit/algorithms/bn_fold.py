@@ -23,8 +23,8 @@ import onnx
 from lowbit.algorithms._onnx_weights import (bias_value, layer_axes, own_weights, set_bias, set_initializer,
                                              single_consumer)
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
-from lowbit.graph import GraphIndex
-from lowbit.plan import QuantPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.plan.quant_plan import QuantPlan
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from lowbit.algorithms._onnx_weights import (bias_value, has_constant_bias, laye
                                              set_bias, set_initializer, single_consumer)
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
-from lowbit.graph import GraphIndex
-from lowbit.ops import clip_bounds
-from lowbit.plan import QuantPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.ops import clip_bounds
+from lowbit.plan.quant_plan import QuantPlan
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _to_relu(node: onnx.NodeProto) -> None:
 def absorb_high_bias(model: onnx.ModelProto, pairs: list[Pair], calib) -> onnx.ModelProto:
     """Move the part of layer 1's bias that its Relu never cuts (the observed minimum of its
     pre-activation, where positive) into layer 2's bias. Pairs must be in graph order."""
-    from lowbit.observe import run_batch, session, with_outputs
+    from lowbit.onnx.session import run_batch, session, with_outputs
 
     g = GraphIndex(model)
     nodes = {n.name: n for n in model.graph.node}

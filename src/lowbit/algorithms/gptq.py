@@ -25,8 +25,8 @@ import onnx
 from lowbit.algorithms import _layer_data as ld
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
-from lowbit.peak_memory import release_free_memory
-from lowbit.plan import QuantPlan
+from lowbit.target.memory import release_free_memory
+from lowbit.plan.quant_plan import QuantPlan
 
 log = logging.getLogger(__name__)
 

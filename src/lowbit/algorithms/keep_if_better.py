@@ -28,8 +28,8 @@ import onnx
 
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, algorithm_from_dict, register_algorithm
 from lowbit.errors import ConfigError
-from lowbit.peak_memory import release_free_memory
-from lowbit.plan import QuantPlan
+from lowbit.target.memory import release_free_memory
+from lowbit.plan.quant_plan import QuantPlan
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _gain_db(without: np.ndarray, with_it: np.ndarray, alpha: float, seed: int,
 
 
 def _squared_error(reference: np.ndarray, sim, batch) -> float:
-    from lowbit.observe import run_batch
+    from lowbit.onnx.session import run_batch
 
     err = float(np.sum(np.square(reference - run_batch(sim, batch)[0], dtype=np.float64)))
     release_free_memory()  # the run's buffers: the C heap would grow over the batches
@@ -115,7 +115,7 @@ class KeepIfBetter(Algorithm):
     def apply(self, model: onnx.ModelProto, plan: QuantPlan | None,
               ctx: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan | None]:
         from lowbit.emit.qdq import emit_simulation
-        from lowbit.observe import run_batch, session
+        from lowbit.onnx.session import run_batch, session
 
         if plan is None or ctx.calib is None:
             raise ConfigError("KeepIfBetter runs on a plan with calibration data (stage 'plan').")

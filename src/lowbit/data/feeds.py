@@ -52,7 +52,7 @@ class FeedSource:
     `len()` is the number of batches where it is cheaply known, else a TypeError.
 
     Each input's samples lie along its spec's `batch_axis`; inputs without one go unchanged with
-    every batch. `sequences=True` (stateful data, `lowbit.stateful`): every item is one sequence, cut
+    every batch. `sequences=True` (stateful data, `lowbit.data.stateful`): every item is one sequence, cut
     into batches of `batch_size` consecutive samples (steps) and never grouped with another
     item; each batch says whether it starts its sequence (`Batch.sequence_start`).
 

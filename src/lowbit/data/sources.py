@@ -48,7 +48,7 @@ def as_feeds(
     (arrays, tuples, dicts, (inputs, labels) pairs, torch tensors; a DataLoader), a zero-arg
     function returning a fresh iterable, or a FeedSource. `labels`: an array, a .npy/.txt path
     or a function(source) -> label. `sequences`: stateful data, one sequence per item (see
-    `FeedSource`; built by `lowbit.stateful.stateful_feeds`).
+    `FeedSource`; built by `lowbit.data.stateful.stateful_feeds`).
 
     >>> spec = InputSpec("x", ("N", 3, 8, 8), np.float32)
     >>> [b.feeds["x"].shape for b in as_feeds(np.zeros((5, 3, 8, 8), np.float32), [spec], batch_size=4)]

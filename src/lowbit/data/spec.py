@@ -72,7 +72,7 @@ class Batch:
     """One batch for the model: `feeds` (input name -> array, samples along each input's batch
     axis), optional `labels` (first axis = samples) and `source` (file or index it came from, for
     messages). `rows`: the number of samples, where the data layer knows it (inputs whose batch
-    axis is not 0). `sequence_start`: for stateful data (`lowbit.stateful`), True on the first
+    axis is not 0). `sequence_start`: for stateful data (`lowbit.data.stateful`), True on the first
     chunk of a sequence (its state inputs hold the initial state), False on later chunks (their
     state comes from the previous chunk's outputs); None for data without state.
 

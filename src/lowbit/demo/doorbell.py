@@ -12,12 +12,12 @@ import numpy as np
 from lowbit.api import VerifyOptions, compare_variants, quantize
 from lowbit.demo.face_pairs import door_rings, pair_decisions, ring_summary
 from lowbit.io import write_all
-from lowbit.load import export_torch
+from lowbit.load.model import export_torch
 from lowbit.metrics import verification_stats
-from lowbit.observe import session
+from lowbit.onnx.session import session
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
-from lowbit.zoo.face_set import VARIANTS, FaceSet, face_set
+from lowbit.demo.zoo.face_set import VARIANTS, FaceSet, face_set
 
 THRESHOLD = 0.6  # dlib's same-person distance threshold
 # The mixed plan's budget: mean embedding cosine to FP32 at most this far below 1 (the search keeps
@@ -42,7 +42,7 @@ def residents_of(ev: FaceSet) -> list[str]:
 
 
 def _inputs(fs: FaceSet) -> np.ndarray:
-    from lowbit.zoo.faces import chip_to_input
+    from lowbit.demo.zoo.faces import chip_to_input
 
     return np.stack([chip_to_input(c) for c in fs.chips])
 
@@ -51,7 +51,7 @@ def run_doorbell(out: Path, threads: tuple[int, ...] = (1,), latency_runs: int =
                  progress: Progress = null_progress) -> Report:
     import torch
 
-    from lowbit.zoo.face_descriptor import face_descriptor
+    from lowbit.demo.zoo.face_descriptor import face_descriptor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

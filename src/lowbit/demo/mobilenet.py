@@ -10,14 +10,14 @@ import numpy as np
 from lowbit.api import VerifyOptions, compare_variants, quantize
 from lowbit.data import ImagePreprocess
 from lowbit.io import atomic_write_bytes, write_all
-from lowbit.load import export_torch
+from lowbit.load.model import export_torch
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
 
 
 def photo_arrays(split: str, n: int) -> list[np.ndarray]:
     """n preprocessed (3, 224, 224) float32 crops of the split's real photos."""
-    from lowbit.zoo import iter_photo_crops
+    from lowbit.demo.zoo import iter_photo_crops
 
     pre = ImagePreprocess.imagenet()
     return [pre.apply(img) for img in iter_photo_crops(split, n)]
@@ -26,7 +26,7 @@ def photo_arrays(split: str, n: int) -> list[np.ndarray]:
 def labeled_arrays() -> tuple[list[np.ndarray], np.ndarray]:
     from PIL import Image
 
-    from lowbit.zoo import labeled_imagenet_photos
+    from lowbit.demo.zoo import labeled_imagenet_photos
 
     pre = ImagePreprocess.imagenet()
     photos = labeled_imagenet_photos()
@@ -38,7 +38,7 @@ def export_mobilenet(path: Path | None = None) -> "onnx.ModelProto":
     """MobileNetV2 with its ImageNet weights as ONNX; also written to `path` when given."""
     import torch
 
-    from lowbit.zoo import mobilenet_v2
+    from lowbit.demo.zoo import mobilenet_v2
 
     proto = export_torch(mobilenet_v2(pretrained=True), torch.zeros(1, 3, 224, 224))
     if path is not None:
@@ -75,6 +75,6 @@ def run_demo(out: Path, calib_n: int = 128, eval_n: int = 300, threads: tuple[in
 
 
 def _sources(split: str) -> list[str]:
-    from lowbit.zoo import photo_sources
+    from lowbit.demo.zoo import photo_sources
 
     return photo_sources(split)

@@ -23,12 +23,12 @@ from lowbit.core.qparams import QParams
 from lowbit.emit import subgraphs
 from lowbit.emit.metadata import record_plan
 from lowbit.emit.weight_storage import RECURRENT_SLOTS
-from lowbit.graph import GraphIndex
-from lowbit.names import Names
-from lowbit.hardware import target_traits
-from lowbit.ops import why_float
-from lowbit.plan import NodePlan, QuantPlan, TensorPlan
-from lowbit.prepare import drop_inferred_shapes, fingerprint
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.names import Names
+from lowbit.target.cpu import target_traits
+from lowbit.onnx.ops import why_float
+from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
+from lowbit.load.prepare import drop_inferred_shapes, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
 def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str = "auto"
                  ) -> tuple[onnx.ModelProto, QuantPlan]:
     """Dynamic INT8 model and its plan. On CPUs whose u8 x s8 kernels saturate (see
-    lowbit.hardware) the weights use ONNX Runtime's reduced 7-bit range, which is exact there."""
+    lowbit.target.cpu) the weights use ONNX Runtime's reduced 7-bit range, which is exact there."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     reduce_range = target_traits(target).u8s8_saturates

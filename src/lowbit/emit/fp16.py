@@ -11,10 +11,10 @@ from onnxconverter_common import float16
 from lowbit import __version__
 from lowbit.emit import subgraphs
 from lowbit.emit.metadata import record_plan
-from lowbit.graph import GraphIndex
-from lowbit.names import Names
-from lowbit.plan import NodePlan, QuantPlan
-from lowbit.prepare import drop_inferred_shapes, fingerprint
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.names import Names
+from lowbit.plan.quant_plan import NodePlan, QuantPlan
+from lowbit.load.prepare import drop_inferred_shapes, fingerprint
 
 log = logging.getLogger(__name__)
 

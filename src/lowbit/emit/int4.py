@@ -21,9 +21,9 @@ from onnx import helper, numpy_helper
 
 from lowbit.core.granularity import PerGroup
 from lowbit.errors import ConfigError
-from lowbit.graph import GraphIndex
-from lowbit.names import Names
-from lowbit.plan import QuantPlan, TensorPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.names import Names
+from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 
 MS_DOMAIN = "com.microsoft"
 

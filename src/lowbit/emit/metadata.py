@@ -12,8 +12,8 @@ import onnx
 
 from lowbit import __version__
 from lowbit.errors import ConfigError, ModelError
-from lowbit.latency_choice import PLAN_KEY as TIMINGS_KEY
-from lowbit.plan import QuantPlan
+from lowbit.target.latency_choice import PLAN_KEY as TIMINGS_KEY
+from lowbit.plan.quant_plan import QuantPlan
 
 SCALE, ZERO_POINT = "_s", "_z"  # as lowbit.emit.qdq names them (not imported: qdq imports this module)
 
@@ -48,10 +48,10 @@ def record_plan(model: onnx.ModelProto, plan: QuantPlan) -> None:
 
 def plan_from_model(model: onnx.ModelProto) -> QuantPlan:
     """The plan a lowbit model was made with; weight scales are read back from its initializers. The
-    record is checked like any plan (lowbit.plan_schema): a damaged or foreign one is a ModelError."""
+    record is checked like any plan (lowbit.plan.schema): a damaged or foreign one is a ModelError."""
     import json
 
-    from lowbit.plan_fit import plan_size_limit
+    from lowbit.plan.fit import plan_size_limit
 
     meta = {p.key: p.value for p in model.metadata_props}
     if PLAN_KEY not in meta:

@@ -21,10 +21,10 @@ from lowbit.core.granularity import PerChannel, PerGroup
 from lowbit.emit.metadata import record_plan
 from lowbit.emit.weight_storage import RECURRENT_SLOTS, StoredInt8, stored_int8_nodes, weight_only_int8
 from lowbit.errors import ModelError
-from lowbit.graph import GraphIndex
-from lowbit.names import Names
-from lowbit.ops import weight_slots
-from lowbit.plan import QuantPlan, TensorPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.names import Names
+from lowbit.onnx.ops import weight_slots
+from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 
 QDQ_MIN_OPSET = 13
 # Suffixes of the tensors the emitter adds. Short on purpose: every Q/DQ node repeats them, and on

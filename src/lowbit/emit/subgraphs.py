@@ -20,8 +20,8 @@ import onnx
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from lowbit.emit.weight_storage import stored_int8_nodes, weight_only_int8
-from lowbit.names import Names
-from lowbit.plan import NodePlan, QuantPlan
+from lowbit.onnx.names import Names
+from lowbit.plan.quant_plan import NodePlan, QuantPlan
 
 # Float tensors of 2+ dimensions or at least this many values are weights or tables (as emit.fp16).
 MIN_STORED_ELEMENTS = 256

@@ -17,10 +17,10 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from lowbit.emit.weight_storage import RECURRENT_SLOTS, stored_int8_nodes, weight_only_int8
-from lowbit.graph import GraphIndex
-from lowbit.names import Names
-from lowbit.ops import WEIGHTED_OPS, weight_slots
-from lowbit.plan import NodePlan, QuantPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.names import Names
+from lowbit.onnx.ops import WEIGHTED_OPS, weight_slots
+from lowbit.plan.quant_plan import NodePlan, QuantPlan
 
 # The fallback needs the float weights from before the plan-stage fits, kept in memory until emit;
 # above this size the weights' savings always exceed the Q/DQ nodes' bytes, so it is not kept.

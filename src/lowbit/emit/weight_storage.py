@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from lowbit.names import Names
+from lowbit.onnx.names import Names
 
 W8_GROUP = 32
 # The weights W (input) and R (recurrence) of recurrent layers, slots 1 and 2, each (directions,

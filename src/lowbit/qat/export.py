@@ -21,9 +21,9 @@ from onnx import numpy_helper
 
 from lowbit.emit import emit_qdq
 from lowbit.io import atomic_write_bytes, check_output_path
-from lowbit.plan import QuantPlan, TensorPlan
-from lowbit.planner import bias_plan
-from lowbit.prepare import fingerprint
+from lowbit.plan.quant_plan import QuantPlan, TensorPlan
+from lowbit.plan.planner import bias_plan
+from lowbit.load.prepare import fingerprint
 from lowbit.qat.graph import QATGraph
 
 

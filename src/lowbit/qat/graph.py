@@ -18,9 +18,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from lowbit.graph import GraphIndex
-from lowbit.ops import WEIGHTED_OPS, weight_slots
-from lowbit.plan import QuantPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.ops import WEIGHTED_OPS, weight_slots
+from lowbit.plan.quant_plan import QuantPlan
 from lowbit.qat.fake_quant import FakeQuant, round_ste
 from lowbit.qat.ops import OPS, run_op
 from lowbit.errors import ModelError

@@ -19,9 +19,9 @@ from lowbit.api import make_plan
 from lowbit.config import QuantConfig, as_config
 from lowbit.data import as_feeds
 from lowbit.errors import ConfigError, ModelError
-from lowbit.load import load_model
-from lowbit.plan import QuantPlan
-from lowbit.prepare import prepare as prepare_onnx
+from lowbit.load.model import load_model
+from lowbit.plan.quant_plan import QuantPlan
+from lowbit.load.prepare import prepare as prepare_onnx
 from lowbit.progress import Progress, null_progress
 from lowbit.qat.bn import BN_MODES, reintroduce_batchnorm
 from lowbit.qat.graph import QATGraph

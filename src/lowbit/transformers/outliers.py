@@ -31,9 +31,9 @@ from onnx import helper, numpy_helper
 
 from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
-from lowbit.graph import GraphIndex
-from lowbit.names import Names
-from lowbit.plan import QuantPlan
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.names import Names
+from lowbit.plan.quant_plan import QuantPlan
 
 log = logging.getLogger(__name__)
 

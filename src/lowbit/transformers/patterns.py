@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from lowbit.graph import GraphIndex
-from lowbit.ops import weight_slots
-from lowbit.plan import NodePlan
-from lowbit.selection import Selection
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.ops import weight_slots
+from lowbit.plan.quant_plan import NodePlan
+from lowbit.plan.selection import Selection
 
 _SHAPE_OPS = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast"}
 
@@ -222,7 +222,7 @@ def _after_gelu(g: GraphIndex, tensor: str, gelu_outputs: dict[str, str], depth:
 
 def transformer_selection(model: onnx.ModelProto, keep_float: tuple[str, ...] = (),
                           patterns: TransformerPatterns | None = None) -> Selection:
-    """A Selection (lowbit.selection) for `model`: linear layers in integers (inputs and weights
+    """A Selection (lowbit.plan.selection) for `model`: linear layers in integers (inputs and weights
     quantized, outputs float); everything else in float with its reason. `keep_float` holds glob
     patterns over node names, or `role:ffn_down`-style role names, kept in float."""
     g = GraphIndex(model)

@@ -27,11 +27,11 @@ from lowbit.core.granularity import PerGroup, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.data import as_feeds, specs_from_onnx
 from lowbit.errors import ConfigError, DataError, did_you_mean
-from lowbit.graph import GraphIndex
-from lowbit.observe import collect_stats
-from lowbit.plan import NodePlan, QuantPlan, TensorPlan
-from lowbit.planner import build_plan
-from lowbit.prepare import fingerprint
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.session import collect_stats
+from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
+from lowbit.plan.planner import build_plan
+from lowbit.load.prepare import fingerprint
 from lowbit.transformers.outliers import OutlierSplit
 from lowbit.transformers.patterns import find_patterns, transformer_selection
 
@@ -193,7 +193,7 @@ def embedding_in_blocks(model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
     """`plan` with the word-embedding table (half of a small encoder's weights) in 8-bit blocks, read
     by GatherBlockQuantized, which dequantizes only the rows an input uses: half the file at no
     measurable cost in accuracy or time."""
-    from lowbit.analysis.mixed import mixed_plan
+    from lowbit.search.mixed import mixed_plan
 
     choices = embedding_choices(model)
     if not choices:
@@ -215,7 +215,7 @@ def block_sensitivity(model: onnx.ModelProto, calib: Any, layers: Sequence[str],
     (round to nearest), on the first `max_batches` calibration batches: end-to-end, so a layer whose
     error the following layers amplify counts as sensitive."""
     from lowbit.emit.int4 import emit_int4_simulation
-    from lowbit.observe import run_batch, session
+    from lowbit.onnx.session import run_batch, session
 
     g = GraphIndex(model)
     batches = list(as_feeds(calib, specs_from_onnx(model)))[:max_batches]
@@ -246,7 +246,7 @@ def layer_sensitivity(model: onnx.ModelProto, plan: QuantPlan, calib: Any, tenso
     """SQNR (dB) of each planned weight's layer output, x W vs x fake_quant(W), on calibration
     inputs: low values mark the layers to keep at 8 bits."""
     from lowbit.algorithms._layer_data import prefix_model
-    from lowbit.observe import run_batch, session
+    from lowbit.onnx.session import run_batch, session
 
     g = GraphIndex(model)
     readers: dict[str, list[str]] = {}

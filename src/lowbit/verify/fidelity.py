@@ -8,9 +8,9 @@ import numpy as np
 
 from lowbit.data import Batch
 from lowbit.metrics.fidelity import cosine_per_sample
-from lowbit.observe import run_batch, session
+from lowbit.onnx.session import run_batch, session
 from lowbit.progress import Progress, null_progress
-from lowbit.stateful import StateCarry, run_carried
+from lowbit.data.stateful import StateCarry, run_carried
 from lowbit.verify.outputs import OutputStore
 
 
@@ -90,7 +90,7 @@ def compare_models(reference: bytes, candidates: dict[str, bytes], data: Iterabl
                    progress: Progress = null_progress, total: int | None = None, collect: bool = False
                    ) -> tuple[dict[str, FidelityAccumulator], int]:
     """Run the reference and every candidate on the same batches; one accumulator per candidate.
-    Stateful data (`lowbit.stateful`): every model carries its own state along each sequence.
+    Stateful data (`lowbit.data.stateful`): every model carries its own state along each sequence.
     `collect`: each accumulator also keeps its per-sample outputs (`.outputs`) and the reference's
     (`.reference`, shared), for the task metrics."""
     ref = session(reference)

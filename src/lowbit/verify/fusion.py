@@ -17,7 +17,7 @@ import tempfile
 import onnx
 import onnxruntime as ort
 
-from lowbit.plan import QuantPlan
+from lowbit.plan.quant_plan import QuantPlan
 
 # ops that move or reshape integers without arithmetic: not float islands when left unfused
 _DATA_MOVEMENT = {"QuantizeLinear", "DequantizeLinear", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",

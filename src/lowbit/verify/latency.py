@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from lowbit.observe import session
+from lowbit.onnx.session import session
 from lowbit.progress import Progress, null_progress
 
 
@@ -20,7 +20,7 @@ def measure_latency(models: dict[str, bytes], feeds: dict[str, np.ndarray], thre
                     keep_samples: bool = False, seed: int = 0, blocks: int = 1) -> dict[str, dict]:
     """{label: {str(threads): {median, p10, p90, runs[, samples, blocks]}}} in milliseconds, batch as
     given in `feeds`. Round r's samples of all variants were taken back to back; `blocks` groups of
-    rounds each use new sessions (see `speedup_interval`). Sessions as `lowbit.observe.session`
+    rounds each use new sessions (see `speedup_interval`). Sessions as `lowbit.onnx.session.session`
     makes them: worker threads do not spin-wait."""
     result: dict[str, dict] = {k: {} for k in models}
     labels = list(models)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lowbit.analysis.held import HoldCap
+from lowbit.search.held import HoldCap
 
 
 def sample_axis(shape: tuple[int, ...], samples: int) -> int | None:

@@ -20,8 +20,8 @@ import onnx
 
 from lowbit.data import Batch
 from lowbit.emit.qdq import deployed_integer_outputs, emit_forced_simulation, emit_simulation
-from lowbit.observe import run_batch, session
-from lowbit.plan import QuantPlan
+from lowbit.onnx.session import run_batch, session
+from lowbit.plan.quant_plan import QuantPlan
 
 PASS_FRACTION = 0.999
 

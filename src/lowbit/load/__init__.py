@@ -1,0 +1,1 @@
+"""Load stage: a path, ModelProto or torch module becomes a checked, prepared ModelProto."""
