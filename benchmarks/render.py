@@ -126,7 +126,7 @@ def model_bars(m: dict) -> list[dict]:
         value = float(sum(slower)) if parts else None
         bars.append(_bar(name + ", not slower beyond noise", value, lambda x: x == 0, "; ".join(parts) or "—"))
 
-    from lowbit.config import PRESETS
+    from lowbit.presets import PRESETS
 
     # lowbit variants that are not presets (the size-first block-wise INT4 of lowbit.transformers) are
     # in the table but not held to this bar

@@ -16,7 +16,7 @@ from torch import nn
 
 from lowbit.api import make_plan
 from lowbit.plan.clipping import output_sqnr
-from lowbit.config import preset, resolve_transformer
+from lowbit.presets import preset, resolve_transformer
 from lowbit.data import as_feeds, specs_from_onnx
 from lowbit.emit import emit_qdq
 from lowbit.load.model import load_model

@@ -18,7 +18,7 @@ import lowbit
 import lowbit.plan.regions as regions
 import lowbit.plan.selection as selection
 from lowbit.calibration import Percentile
-from lowbit.config import preset
+from lowbit.presets import preset
 from lowbit.onnx.graph import GraphIndex
 
 REPO = Path(__file__).resolve().parents[1]

@@ -172,7 +172,7 @@ def test_outlier_split_keeps_function_and_narrows_range():
 
 def test_int8_preset_picks_transformer_recipe(tiny, small_model_path, calib_arrays):
     import lowbit
-    from lowbit.config import preset, resolve_transformer
+    from lowbit.presets import preset, resolve_transformer
 
     cfg = resolve_transformer(preset("int8"), tiny)
     assert cfg.transformer is True and [a.registry_name for a in cfg.algorithms] == \
@@ -190,7 +190,7 @@ def test_int8_preset_picks_transformer_recipe(tiny, small_model_path, calib_arra
 
 def test_search_can_choose_4bit_blocks(tiny):
     import lowbit
-    from lowbit.config import preset
+    from lowbit.presets import preset
 
     fixed = [{"x": f["x"][:, :8]} for f in feeds(24, seed=4) if f["x"].shape[1] >= 8]
     cfg = preset("int8-transformer").with_(objective="size")

@@ -13,7 +13,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import lowbit  # noqa: E402
-from lowbit.config import preset  # noqa: E402
+from lowbit.presets import preset  # noqa: E402
 from lowbit.onnx.session import session  # noqa: E402
 from lowbit.transformers.metrics import cosines, nearest_neighbours  # noqa: E402
 from lowbit.transformers.text import embed, packed_feeds, real_sentences, text_feeds  # noqa: E402

@@ -6,11 +6,11 @@
 >>> print(result.report)
 """
 
-__version__ = "0.1.0"
-
+from lowbit.version import __version__
 from lowbit.api import QuantResult, VerifyOptions, evaluate, make_plan, quantize  # noqa: E402
 from lowbit.calibration import CALIBRATIONS, CalibrationMethod, MinMax  # noqa: E402
-from lowbit.config import PRESETS, QuantConfig, Scheme, preset  # noqa: E402
+from lowbit.presets import PRESETS, preset
+from lowbit.config import QuantConfig, Scheme  # noqa: E402
 from lowbit.core import (PerChannel, PerGroup, PerTensor, QDtype, QParams, int4, int8, uint4,  # noqa: E402
                          uint8)
 from lowbit.data import Batch, FeedSource, ImagePreprocess, InputSpec, as_feeds  # noqa: E402

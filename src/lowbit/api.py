@@ -14,7 +14,8 @@ import onnx
 from lowbit.algorithms import AlgorithmContext
 from lowbit.search.float_layers import restore_float_layers
 from lowbit.plan.clipping import choose_clipping, simulated_sqnr
-from lowbit.config import QuantConfig, as_config, resolve_transformer
+from lowbit.config import QuantConfig
+from lowbit.presets import as_config, resolve_transformer
 from lowbit.plan.regions import choose_elementwise, concats_to_split, elementwise_nodes
 from lowbit.data import FeedSource, as_feeds
 from lowbit.data.arrays import take_rows

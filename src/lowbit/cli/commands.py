@@ -86,8 +86,8 @@ VERBOSE_HELP = "log what each stage does; on an internal error, print its traceb
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lowbit import __version__
-    from lowbit.config import PRESETS
+    from lowbit.version import __version__
+    from lowbit.presets import PRESETS
 
     parser = argparse.ArgumentParser(prog="lowbit", description="Quantize FP32 models to FP16 / INT8 ONNX, with proof.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
@@ -303,7 +303,7 @@ def _batch_axes(values):
 def _quantize(args, progress):
     import lowbit
     from lowbit.data.stateful import parse_pairs
-    from lowbit.config import preset
+    from lowbit.presets import preset
 
     check_outputs({"-o/--output": args.output, "--save-plan": args.save_plan,
                           "--save-float-model": args.save_float_model, "--report-html": args.report_html,

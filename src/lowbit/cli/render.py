@@ -104,7 +104,7 @@ def print_internal_error(e: BaseException, verbose: bool) -> None:
 
 def print_list() -> None:
     from lowbit.calibration import CALIBRATIONS
-    from lowbit.config import PRESETS
+    from lowbit.presets import PRESETS
 
     t = Table(title="presets")
     t.add_column("name")

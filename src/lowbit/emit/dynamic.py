@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lowbit import __version__
+from lowbit.version import __version__
 from lowbit.core.dtypes import dtype_by_name
 from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams

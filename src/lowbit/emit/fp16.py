@@ -8,7 +8,7 @@ import warnings
 import onnx
 from onnxconverter_common import float16
 
-from lowbit import __version__
+from lowbit.version import __version__
 from lowbit.emit import subgraphs
 from lowbit.emit.metadata import record_plan
 from lowbit.onnx.graph import GraphIndex

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import onnx
 
-from lowbit import __version__
+from lowbit.version import __version__
 from lowbit.errors import ConfigError, ModelError
 from lowbit.target.latency_choice import PLAN_KEY as TIMINGS_KEY
 from lowbit.plan.quant_plan import QuantPlan

@@ -173,7 +173,7 @@ class _Surgery:
             new_nodes.append(node)
             new_nodes.extend(after.get(node.name, []))
         if self.simulate:  # after the rewiring: a block layer's input may be a dequantized activation
-            from lowbit.emit.int4 import quantize_block_inputs
+            from lowbit.emit.blocks import quantize_block_inputs
 
             opset = next((i.version for i in self.m.opset_import if i.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
             block_inits, new_nodes = quantize_block_inputs(new_nodes, index, self.plan, opset, self.names)

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx
 
-from lowbit import __version__
+from lowbit.version import __version__
 from lowbit.calibration import weight_range
 from lowbit.config import QuantConfig
 from lowbit.core.dtypes import QDtype, int32

@@ -16,7 +16,8 @@ import numpy as np
 import onnx
 
 from lowbit.api import make_plan
-from lowbit.config import QuantConfig, as_config
+from lowbit.config import QuantConfig
+from lowbit.presets import as_config
 from lowbit.data import as_feeds
 from lowbit.errors import ConfigError, ModelError
 from lowbit.load.model import load_model

@@ -7,7 +7,7 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lowbit import __version__
+from lowbit.version import __version__
 from lowbit.io import atomic_write_text
 
 REPORT_SCHEMA = "lowbit.report/1"

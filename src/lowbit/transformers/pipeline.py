@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lowbit import __version__
+from lowbit.version import __version__
 from lowbit.algorithms import AlgorithmContext
 from lowbit.algorithms.gptq import GPTQ
 from lowbit.algorithms.smoothquant import SmoothQuant
