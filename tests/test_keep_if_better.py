@@ -13,7 +13,7 @@ from test_algorithms_rounding import smooth_images, tiny_convnet
 import lowbit
 from lowbit import PerChannel, QuantConfig, Scheme
 from lowbit.algorithms import GPTQ, BiasCorrection, CrossLayerEqualization, KeepIfBetter
-from lowbit.algorithms.base import Algorithm
+from lowbit.plan.algorithm import Algorithm
 from lowbit.algorithms.keep_if_better import HOLDOUT, _gain_db, _Split
 from lowbit.core.dtypes import int4
 from lowbit.onnx.graph import GraphIndex

@@ -159,7 +159,7 @@ def test_gptq_in_hessian_chunks_rounds_the_same_without_torch(small_model_path, 
 import sys, numpy as np
 import lowbit
 from lowbit.algorithms import GPTQ
-from lowbit.algorithms.base import AlgorithmContext
+from lowbit.plan.algorithm import AlgorithmContext
 from lowbit.api import calibrate_plan
 from lowbit.config import preset
 from lowbit.data import as_feeds

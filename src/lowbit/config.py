@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from lowbit.calibration import CalibrationMethod, MinMax
-from lowbit.algorithms.base import Algorithm, algorithm_from_dict
+from lowbit.plan.algorithm import Algorithm, algorithm_from_dict
 from lowbit.calibration.base import calibration_from_dict
 from lowbit.core.dtypes import QDtype, dtype_by_name, int8, uint8
 from lowbit.core.granularity import Granularity, PerChannel, PerGroup, PerTensor, granularity_from_dict

@@ -3,7 +3,7 @@
 never write Q/DQ nodes itself."""
 
 from lowbit.algorithms.adaround import AdaRound
-from lowbit.algorithms.base import ALGORITHMS, Algorithm, AlgorithmContext, register_algorithm
+from lowbit.plan.algorithm import ALGORITHMS, Algorithm, AlgorithmContext, register_algorithm
 from lowbit.algorithms.bias_correction import BiasCorrection
 from lowbit.algorithms.bn_fold import BatchNormFolding
 from lowbit.algorithms.equalization import CrossLayerEqualization

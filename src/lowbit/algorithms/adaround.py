@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from lowbit.algorithms import _layer_data as ld
-from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
 from lowbit.plan.quant_plan import QuantPlan

@@ -27,7 +27,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lowbit.algorithms._onnx_weights import bias_name, bias_value, has_constant_bias, layer_axes, set_bias
-from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.data import Batch
 from lowbit.errors import ConfigError, DataError
 from lowbit.onnx.graph import GraphIndex

@@ -22,7 +22,7 @@ import onnx
 
 from lowbit.algorithms._onnx_weights import (bias_value, layer_axes, own_weights, set_bias, set_initializer,
                                              single_consumer)
-from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.onnx.graph import GraphIndex
 from lowbit.plan.quant_plan import QuantPlan
 

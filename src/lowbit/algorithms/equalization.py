@@ -33,7 +33,7 @@ import onnx
 
 from lowbit.algorithms._onnx_weights import (bias_value, has_constant_bias, layer_axes, own_weights,
                                              set_bias, set_initializer, single_consumer)
-from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.ops import clip_bounds

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from lowbit.algorithms import _layer_data as ld
-from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.target.memory import release_free_memory
 from lowbit.plan.quant_plan import QuantPlan

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from lowbit.algorithms.base import Algorithm, AlgorithmContext, algorithm_from_dict, register_algorithm
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, algorithm_from_dict, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.target.memory import release_free_memory
 from lowbit.plan.quant_plan import QuantPlan

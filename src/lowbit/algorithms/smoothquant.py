@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lowbit.algorithms import _layer_data as ld
-from lowbit.algorithms.base import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names

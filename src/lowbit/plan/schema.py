@@ -369,7 +369,7 @@ def _config(c: dict, precision: str) -> None:
             raise fail(path_of("config", key), v, f"not a valid {what} ({_reason(e)})") from None
 
     def _algorithms() -> None:
-        from lowbit.algorithms.base import algorithm_from_dict
+        from lowbit.plan.algorithm import algorithm_from_dict
 
         if not isinstance(c["algorithms"], list):
             raise fail(path_of("config", "algorithms"), c["algorithms"], "a list of algorithm records")
