@@ -109,20 +109,13 @@ def _as_path(x: Any) -> Path | None:
     return None
 
 
-def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any] = {},
-                  models: Iterable[Any] = ()) -> dict[str, Path]:
+def check_outputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any] = {}) -> dict[str, Path]:
     """Check a run's outputs together, before any work: each writable (`check_output_path`), no two
-    the same file, none the same file as an input, nor as an external-data file of a `models` path.
-    `outputs` / `inputs` map a label ('-o', '--calib', ...) to a path (inputs: or a list of paths);
-    None and non-path values (arrays, ModelProtos) are skipped. Returns {label: where its bytes go}."""
+    the same file, none the same file as an input (a model's external-data files too:
+    `lowbit.load.external_data.check_outputs_beside`). `outputs` / `inputs` map a label ('-o',
+    '--calib', ...) to a path (inputs: or a list of paths); None and non-path values (arrays,
+    ModelProtos) are skipped. Returns {label: where its bytes go}."""
     targets = {label: check_output_path(p, label) for label, p in outputs.items() if _as_path(p) is not None}
-    if targets and models:
-        from lowbit.load.external_data import external_data_files
-
-        inputs = dict(inputs)
-        for m in models:
-            if _as_path(m) is not None:
-                inputs[f"external data of {m}"] = external_data_files(m, list(targets.values()))
     seen: dict[Any, str] = {}
     for label, t in targets.items():
         path, ino = _identity(t)

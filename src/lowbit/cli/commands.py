@@ -12,6 +12,7 @@ from lowbit.cli.args import output_file as _output_file
 from lowbit.cli.args import positive_int as _positive_int
 from lowbit.errors import ConfigError, DataError, LowbitError, OutputError
 from lowbit.io import check_inputs, check_outputs, write_all
+from lowbit.load.external_data import check_outputs_beside
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -228,7 +229,7 @@ def _run(args):
     if args.command == "bench":
         from lowbit.target.speed_prediction import predict_speed
 
-        check_outputs({"--json": args.json}, {"model": args.model}, models=[args.model])
+        check_outputs_beside({"--json": args.json}, {"model": args.model}, [args.model])
         with render.progress_bar() as progress:
             prediction = predict_speed(args.model, threads=args.threads, progress=progress)
         if args.json:
@@ -305,11 +306,11 @@ def _quantize(args, progress):
     from lowbit.data.stateful import parse_pairs
     from lowbit.presets import preset
 
-    check_outputs({"-o/--output": args.output, "--save-plan": args.save_plan,
+    check_outputs_beside({"-o/--output": args.output, "--save-plan": args.save_plan,
                           "--save-float-model": args.save_float_model, "--report-html": args.report_html,
                           "--report-json": args.report_json, "--checkpoint": args.checkpoint},
                    {"model": args.model, "--calib": args.calib, "--eval": args.eval_data, "--plan": args.plan,
-                    "--labels": _labels_input(args)}, models=[args.model])
+                    "--labels": _labels_input(args)}, [args.model])
     check_inputs({"--calib": args.calib, "--eval": args.eval_data, "--labels": _labels_input(args)}, DataError)
     config = preset(args.precision)
     if args.keep_float:
@@ -343,9 +344,9 @@ def _quantize(args, progress):
 def _eval(args, progress):
     import lowbit
 
-    check_outputs({"--report-html": args.report_html, "--report-json": args.report_json},
+    check_outputs_beside({"--report-html": args.report_html, "--report-json": args.report_json},
                    {"reference": args.reference, "candidates": list(args.candidates), "--data": args.data,
-                    "--labels": _labels_input(args)}, models=[args.reference, *args.candidates])
+                    "--labels": _labels_input(args)}, [args.reference, *args.candidates])
     check_inputs({"--data": args.data, "--labels": _labels_input(args)}, DataError)
     report = lowbit.evaluate(args.reference, args.candidates, args.data, labels=_labels(args.labels),
                              preprocess=_preprocess(args), verify=_verify_opts(args), progress=progress,
@@ -357,9 +358,9 @@ def _eval(args, progress):
 def _analyze(args, progress):
     from lowbit.api import analyze
 
-    check_outputs({"--report-html": args.report_html, "--report-json": args.report_json},
+    check_outputs_beside({"--report-html": args.report_html, "--report-json": args.report_json},
                    {"model": args.model, "--calib": args.calib, "--eval": args.eval_data,
-                    "--labels": _labels_input(args)}, models=[args.model])
+                    "--labels": _labels_input(args)}, [args.model])
     check_inputs({"--calib": args.calib, "--eval": args.eval_data, "--labels": _labels_input(args)}, DataError)
     report = analyze(args.model, args.calib, args.eval_data, args.preset, metric=args.metric,
                      preprocess=_preprocess(args), labels=_labels(args.labels), eval_limit=args.eval_limit or 64,

@@ -12,9 +12,12 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from lowbit.data.spec import InputSpec
 from lowbit.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:  # types only: lowbit.data.spec resolves batch axes with this module
+    from lowbit.data.spec import InputSpec
 
 log = logging.getLogger(__name__)
 

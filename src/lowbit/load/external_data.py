@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -100,7 +102,7 @@ def external_data_files(model_path: str | Path, outputs: list[str | Path]) -> li
     """The external-data files an .onnx file reads, so that no output replaces one. They lie inside
     the model's folder, so the model is parsed only when an existing output lies there too; a model
     that cannot be read gives [] (loading it reports why)."""
-    from lowbit.io import read_regular_file
+    from lowbit.io import check_outputs, read_regular_file
 
     base = Path(model_path).resolve().parent
     if not any(Path(o).exists() and base in Path(o).resolve().parents for o in outputs):
@@ -115,3 +117,13 @@ def external_data_files(model_path: str | Path, outputs: list[str | Path]) -> li
         if t.data_location == TensorProto.EXTERNAL and loc and "\0" not in loc:
             files.append(base / loc)
     return files
+
+
+def check_outputs_beside(outputs: Mapping[str, Any], inputs: Mapping[str, Any], models: Iterable[Any]
+                         ) -> dict[str, Path]:
+    """`lowbit.io.check_outputs`, counting the external-data files of each `models` path as inputs
+    too: no output may replace a file a model reads."""
+    paths = [p for p in outputs.values() if isinstance(p, (str, os.PathLike)) and str(p)]
+    beside = {f"external data of {m}": external_data_files(m, paths) for m in models
+              if paths and isinstance(m, (str, os.PathLike)) and str(m)}
+    return check_outputs(outputs, {**inputs, **beside})

@@ -1,18 +1,24 @@
-"""The algorithm interface and registry."""
+"""The algorithm interface and registry (the algorithms themselves: lowbit.algorithms).
+
+It sits beside the plan, below the algorithms, so that a config (which names algorithms) and the
+plan schema (which checks their records) can use the registry without importing them."""
 
 from __future__ import annotations
 
 import abc
 import time
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import onnx
 
-from lowbit.data import FeedSource
-from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
 from lowbit.registry import Registry
+
+if TYPE_CHECKING:  # types only: the plan's schema checks algorithm records through this registry
+    from lowbit.config import QuantConfig
+    from lowbit.data import FeedSource
+    from lowbit.plan.quant_plan import QuantPlan
 
 
 @dataclass
@@ -20,7 +26,7 @@ class AlgorithmContext:
     """What an algorithm may use besides the model and the plan."""
 
     calib: FeedSource | None
-    config: "object"  # lowbit.config.QuantConfig (not imported: config imports algorithms)
+    config: QuantConfig
     progress: Progress = null_progress
     seed: int = 0
     # seconds per step, for the report ('plan:<step>'); never part of the plan (it must not vary)
