@@ -167,7 +167,7 @@ def test_mixed_is_closer_to_fp32_than_int8_fast(hybrid, mixed):
 
 
 def test_float_prefix_takes_the_closest_plan_only_past_the_margin(hybrid, mixed):
-    from lowbit.plan.float_prefix import choose_float_prefix
+    from lowbit.search.float_prefix import choose_float_prefix
 
     model, plan = mixed
     calib = as_feeds(images(32, 0), specs_from_onnx(hybrid))

@@ -161,8 +161,8 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
             plan.config["elementwise_choice"] = choice
         if clipping:
             plan.config["activation_clipping"] = clipping
-        if mixed:  # the first layers in float where clearly closer to FP32 (lowbit.plan.float_prefix)
-            from lowbit.plan.float_prefix import choose_float_prefix
+        if mixed:  # the first layers in float where clearly closer to FP32 (lowbit.search.float_prefix)
+            from lowbit.search.float_prefix import choose_float_prefix
 
             plan, prefix = choose_float_prefix(model, plan, calib)
             if prefix:
