@@ -12,40 +12,54 @@ import numpy as np
 import onnx
 
 from lowbit.algorithms import AlgorithmContext
-from lowbit.search.float_layers import restore_float_layers
-from lowbit.plan.clipping import choose_clipping, simulated_sqnr
+from lowbit.calibration import Percentile
 from lowbit.config import QuantConfig
-from lowbit.presets import as_config, resolve_transformer
-from lowbit.plan.regions import choose_elementwise, concats_to_split, elementwise_nodes
 from lowbit.data import FeedSource, as_feeds
 from lowbit.data.arrays import take_rows
+from lowbit.data.stateful import check_data_options, model_feeds
 from lowbit.emit import emit_qdq
-from lowbit.verify.energy import SOURCE as ENERGY_SOURCE
-from lowbit.verify.energy import ASSUMPTIONS as ENERGY_ASSUMPTIONS
-from lowbit.verify.energy import estimate as estimate_energy
-from lowbit.verify.energy import priced_precisions
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
-from lowbit.emit.size_check import TINY_MODEL, check_smaller, sizes
+from lowbit.emit.int4 import emit_mixed
 from lowbit.emit.shared_constants import share_identical_initializers
+from lowbit.emit.size_check import TINY_MODEL, check_smaller, sizes
 from lowbit.emit.subgraphs import describe, store_subgraph_weights
 from lowbit.emit.weight_only import WEIGHT_ONLY_MAX_BYTES, weight_only_plan
-from lowbit.target.cpu import target_traits
 from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_outputs
 from lowbit.load.model import LoadedModel, load_model
-from lowbit.onnx.session import collect_stats
-from lowbit.target.memory import peak_rss_mb, reset_peak_rss
-from lowbit.plan.quant_plan import QuantPlan
+from lowbit.load.prepare import PreparedModel, fingerprint, prepare
+from lowbit.metrics.spec import parse_metric
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.session import collect_stats, run_batch, session
+from lowbit.plan.clipping import choose_clipping, simulated_sqnr
 from lowbit.plan.fit import check_plan_fits, plan_to_apply
 from lowbit.plan.planner import build_plan
-from lowbit.load.prepare import PreparedModel, fingerprint, prepare
+from lowbit.plan.quant_plan import QuantPlan
+from lowbit.plan.recipes import block_inputs, mixed_selection, with_mse_ranges
+from lowbit.plan.regions import choose_elementwise, concats_to_split, elementwise_nodes
+from lowbit.plan.selection import select
+from lowbit.presets import as_config, resolve_transformer
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
-from lowbit.plan.selection import select
-from lowbit.data.stateful import check_data_options, model_feeds
+from lowbit.search import PlanEvaluator, analyze_layers
+from lowbit.search.budget import budget_metric, budget_outcome, budget_search
+from lowbit.search.float_layers import restore_float_layers
+from lowbit.search.float_prefix import choose_float_prefix
+from lowbit.target.cpu import target_traits
+from lowbit.target.latency_choice import PLAN_KEY
+from lowbit.target.layer_costs import measure_layer_costs
+from lowbit.target.memory import peak_rss_mb, reset_peak_rss
 from lowbit.target.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
+from lowbit.transformers.patterns import transformer_selection
+from lowbit.transformers.pipeline import embedding_in_blocks
 from lowbit.verify import check_parity, compare_models, kernel_check, measure_latency
+from lowbit.verify.energy import ASSUMPTIONS as ENERGY_ASSUMPTIONS
+from lowbit.verify.energy import SOURCE as ENERGY_SOURCE
+from lowbit.verify.energy import estimate as estimate_energy
+from lowbit.verify.energy import priced_precisions
+from lowbit.verify.latency import noise_warnings
+from lowbit.verify.task import fill_task_metrics
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +131,15 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     costs = None
     mixed = config.transformer == "mixed"  # each region its recipe (lowbit.plan.recipes)
     if config.objective == "latency" and (mixed or not config.transformer):
-        from lowbit.target.layer_costs import measure_layer_costs
-
         costs = measure_layer_costs(model, threads=1, progress=progress)
         t = _stage(timings, "plan:layer_costs", t)
     if mixed:
-        from lowbit.plan.recipes import block_inputs, mixed_selection, with_mse_ranges
-
         def choose(keep=None):
             return mixed_selection(model, config, costs, keep)
     else:
         def choose(keep=None):
             return select(model, config, costs, keep=keep)
     if config.transformer and not mixed:
-        from lowbit.transformers.patterns import transformer_selection
-
         selection = transformer_selection(model, config.keep_float)
     else:
         selection = choose()
@@ -162,15 +170,11 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
         if clipping:
             plan.config["activation_clipping"] = clipping
         if mixed:  # the first layers in float where clearly closer to FP32 (lowbit.search.float_prefix)
-            from lowbit.search.float_prefix import choose_float_prefix
-
             plan, prefix = choose_float_prefix(model, plan, calib)
             if prefix:
                 plan.config["float_prefix"] = prefix
     t = _stage(timings, "plan:clipping", t)
     if selection.layer_costs:  # the timings behind the layers kept in float for speed
-        from lowbit.target.latency_choice import PLAN_KEY
-
         plan.config[PLAN_KEY] = selection.layer_costs
     before_fit = model
     for alg in config.algorithms:
@@ -178,8 +182,6 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
             model, plan = alg.apply(model, plan, ctx)
             t = _stage(timings, f"plan:{alg.registry_name}", t)
     if config.transformer and not mixed:
-        from lowbit.transformers.pipeline import embedding_in_blocks
-
         plan = embedding_in_blocks(model, plan)
     # the plan describes the float model the algorithms produced: that is what it re-applies to
     plan.model_fingerprint = fingerprint(model)
@@ -296,7 +298,6 @@ def quantize(
         if budget:
             if eval_data is None:
                 raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
-            from lowbit.search.budget import budget_metric, budget_search
 
             metric = budget_metric(metric, original, eval_data, prepared.inputs, preprocess)
             qplan, search = budget_search(prepared, original, before_fit, qplan, cfg, eval_data, labels,
@@ -316,8 +317,6 @@ def quantize(
     elif cfg.precision == "int8-dynamic" and plan is None:
         qmodel, qplan = emit_dynamic(prepared.proto, target=cfg.target)
     else:
-        from lowbit.emit.int4 import emit_mixed
-
         qmodel = emit_mixed(prepared.proto, qplan)  # emit_qdq, plus block-wise weights the search chose
         # ONNX Runtime does not fuse Q/DQ inside If / Loop / Scan bodies: their weights are stored w8
         subgraph_note = describe(store_subgraph_weights(qmodel, "w8"))
@@ -363,8 +362,6 @@ def quantize(
     if subgraph_note:
         report.data["notes"].append(subgraph_note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     if cfg.precision == "int8" and plan is None and search is not None:
-        from lowbit.search.budget import budget_outcome
-
         report.data["search"] = search
         report.data["budget"] = budget_outcome(search, qplan.precision)
         if not search["met_budget"]:
@@ -421,10 +418,6 @@ def _verify_into(report: Report, reference: bytes,
     """Fill the report's variants: FP32 first, then each candidate. Fidelity and task metrics
     (`metric`, else inferred from the outputs: lowbit.verify.task) on `data`; top-1 accuracy on
     `labeled` when given (else on `data` if it has labels)."""
-    from lowbit.metrics.spec import parse_metric
-    from lowbit.verify.latency import noise_warnings
-    from lowbit.verify.task import fill_task_metrics
-
     variants = [_variant("fp32", "fp32", reference)]
     variants += [_variant(k, (p.precision if p else k), b) for k, (b, _, p) in candidates.items()]
     accs, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, data, progress, collect=True)
@@ -506,8 +499,6 @@ def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, 
 def _check_comparable(reference: bytes, candidates: dict[str, bytes], data: FeedSource) -> None:
     """Every candidate loads in ONNX Runtime and, on the first sample, gives as many outputs as the
     reference, each of the same shape (on the first batch): otherwise no metric can compare them."""
-    from lowbit.onnx.session import run_batch, session
-
     batch = next(iter(data), None)
     if batch is None:
         raise DataError("the evaluation data holds no samples.")
@@ -557,9 +548,6 @@ def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | s
 
     >>> print(lowbit.analyze("mbv2.onnx", calib, held_out).data["layers"][0])
     """
-    from lowbit.search import PlanEvaluator, analyze_layers
-    from lowbit.calibration import Percentile
-
     cfg = as_config(config)
     loaded = load_model(model)
     prepared = prepare(loaded)
@@ -596,8 +584,6 @@ def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | s
 
 def _worst_histograms(stats, plan: QuantPlan, worst, model) -> list[dict]:
     """Input-activation histograms of the worst layers, with the plan's clipping range."""
-    from lowbit.onnx.graph import GraphIndex
-
     g = GraphIndex(model)
     out = []
     for s in worst:

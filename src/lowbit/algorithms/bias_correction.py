@@ -27,13 +27,16 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lowbit.algorithms._onnx_weights import bias_name, bias_value, has_constant_bias, layer_axes, set_bias
-from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.data import Batch
+from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError, DataError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
-from lowbit.target.memory import release_free_memory
+from lowbit.onnx.session import run_batch, session, with_outputs
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.plan.planner import bias_plan
 from lowbit.plan.quant_plan import QuantPlan
+from lowbit.target.memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,6 @@ def _channel_sums(v: np.ndarray) -> tuple[np.ndarray, int]:
 def channel_means(model: onnx.ModelProto | bytes, names: list[str], calib) -> list[np.ndarray]:
     """Mean per channel (axis 1) of the tensors `names` over all calibration batches, streaming.
     `model` may be a serialized model that already outputs `names`."""
-    from lowbit.onnx.session import session, with_outputs
-
     sess = session(model if isinstance(model, bytes) else with_outputs(model, names), arena=False)
     del model
     return _session_means(sess, names, calib)
@@ -84,8 +85,6 @@ def channel_means(model: onnx.ModelProto | bytes, names: list[str], calib) -> li
 
 def _session_means(sess, names: list[str], calib) -> list[np.ndarray]:
     """`channel_means` on a session that outputs `names`."""
-    from lowbit.onnx.session import run_batch
-
     sums: list[np.ndarray | None] = [None] * len(names)
     counts = [0] * len(names)
     batch: Batch
@@ -146,9 +145,6 @@ def mean_errors(model: onnx.ModelProto, plan: QuantPlan, calib, layers: list[Lay
     """Per layer, the per-channel mean of (quantized layer output - float layer output), both
     computed from the same quantized input (the simulation's): each layer's own error. The float
     layers are those of `reference` (default: `model`), the model before any correction."""
-    from lowbit.emit.qdq import emit_simulation
-    from lowbit.onnx.session import session, with_outputs
-
     sim, diffs = _with_reference_layers(emit_simulation(model, plan), reference or model, layers)
     release_free_memory()  # building the simulation's proto freed ~2x its size: gone before it is serialized
     # serialized once, without a second ModelProto copy, and both dropped before the session runs:
@@ -164,8 +160,6 @@ def correct_biases(model: onnx.ModelProto, plan: QuantPlan, layers: list[Layer],
                    errors: list[np.ndarray]) -> onnx.ModelProto:
     """Subtract `errors` from the layers' biases (adding a bias where a layer has none) and rebuild
     their int32 bias entries in the plan."""
-    from lowbit.plan.planner import bias_plan
-
     for layer, err in zip(layers, errors):
         g = GraphIndex(model)
         node = g.nodes[layer.node]

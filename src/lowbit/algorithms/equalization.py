@@ -31,12 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lowbit.algorithms._onnx_weights import (bias_value, has_constant_bias, layer_axes, own_weights,
-                                             set_bias, set_initializer, single_consumer)
-from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.algorithms._onnx_weights import (bias_value, has_constant_bias, layer_axes, own_weights, set_bias,
+                                             set_initializer, single_consumer)
 from lowbit.errors import ConfigError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.ops import clip_bounds
+from lowbit.onnx.session import run_batch, session, with_outputs
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.plan.quant_plan import QuantPlan
 
 log = logging.getLogger(__name__)
@@ -206,8 +207,6 @@ def _to_relu(node: onnx.NodeProto) -> None:
 def absorb_high_bias(model: onnx.ModelProto, pairs: list[Pair], calib) -> onnx.ModelProto:
     """Move the part of layer 1's bias that its Relu never cuts (the observed minimum of its
     pre-activation, where positive) into layer 2's bias. Pairs must be in graph order."""
-    from lowbit.onnx.session import run_batch, session, with_outputs
-
     g = GraphIndex(model)
     nodes = {n.name: n for n in model.graph.node}
     todo = [p for p in pairs if p.absorbable and _no_padding(p.second, g)]

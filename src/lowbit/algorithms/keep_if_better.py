@@ -26,10 +26,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from lowbit.plan.algorithm import Algorithm, AlgorithmContext, algorithm_from_dict, register_algorithm
+from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
-from lowbit.target.memory import release_free_memory
+from lowbit.onnx.session import run_batch, session
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, algorithm_from_dict, register_algorithm
 from lowbit.plan.quant_plan import QuantPlan
+from lowbit.target.memory import release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,6 @@ def _gain_db(without: np.ndarray, with_it: np.ndarray, alpha: float, seed: int,
 
 
 def _squared_error(reference: np.ndarray, sim, batch) -> float:
-    from lowbit.onnx.session import run_batch
-
     err = float(np.sum(np.square(reference - run_batch(sim, batch)[0], dtype=np.float64)))
     release_free_memory()  # the run's buffers: the C heap would grow over the batches
     return err
@@ -114,9 +114,6 @@ class KeepIfBetter(Algorithm):
 
     def apply(self, model: onnx.ModelProto, plan: QuantPlan | None,
               ctx: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan | None]:
-        from lowbit.emit.qdq import emit_simulation
-        from lowbit.onnx.session import run_batch, session
-
         if plan is None or ctx.calib is None:
             raise ConfigError("KeepIfBetter runs on a plan with calibration data (stage 'plan').")
         batches = list(_Split(ctx.calib, True, self.samples))

@@ -25,12 +25,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lowbit.algorithms import _layer_data as ld
-from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.errors import ConfigError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
 from lowbit.onnx.session import run_batch, session
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.plan.quant_plan import QuantPlan
+from lowbit.transformers.patterns import find_patterns
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,6 @@ class SmoothQuant(Algorithm):
 def smoothable_inputs(model: onnx.ModelProto, roles: tuple[str, ...] = ()) -> dict[str, list[str]]:
     """{input tensor: [linear nodes reading it]} for the linear layers (MatMul with a constant
     (K, N) weight) to smooth; a tensor is smoothed only if every linear reader can be rescaled."""
-    from lowbit.transformers.patterns import find_patterns
-
     g = GraphIndex(model)
     p = find_patterns(model)
     groups: dict[str, list[str]] = {}

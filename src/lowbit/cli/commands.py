@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
+import signal
 import sys
 from pathlib import Path
 
+import lowbit
+from lowbit.api import VerifyOptions, analyze
+from lowbit.cli import render
 from lowbit.cli.args import output_file as _output_file
 from lowbit.cli.args import positive_int as _positive_int
+from lowbit.cli.qat import add_qat_parser, run_qat
+from lowbit.data import ImagePreprocess
+from lowbit.data.axes import parse_axis
+from lowbit.data.stateful import parse_pairs
+from lowbit.demo import run_demo
 from lowbit.errors import ConfigError, DataError, LowbitError, OutputError
 from lowbit.io import check_inputs, check_outputs, write_all
 from lowbit.load.external_data import check_outputs_beside
+from lowbit.metrics.spec import parse_metric
+from lowbit.presets import PRESETS, preset
+from lowbit.target.speed_prediction import predict_speed
+from lowbit.version import __version__
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -65,7 +79,6 @@ def _metric(args):
         if args.metric_option:
             raise ConfigError("--metric-option needs --metric NAME (the metric the options belong to).")
         return None
-    from lowbit.metrics.spec import parse_metric
 
     return parse_metric(args.metric, args.metric_option)
 
@@ -87,9 +100,6 @@ VERBOSE_HELP = "log what each stage does; on an internal error, print its traceb
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lowbit.version import __version__
-    from lowbit.presets import PRESETS
-
     parser = argparse.ArgumentParser(prog="lowbit", description="Quantize FP32 models to FP16 / INT8 ONNX, with proof.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
@@ -172,8 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=_positive_int, default=1, help="thread count to measure at (default 1)")
     b.add_argument("--json", type=_output_file, default=None, help="also write the per-layer table as JSON")
 
-    from lowbit.cli.qat import add_qat_parser
-
     add_qat_parser(sub)
     sub.add_parser("list", help="list presets, algorithms, metrics and calibration methods")
     return parser
@@ -184,8 +192,6 @@ def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised in a
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-
     # SIGTERM unwinds like Ctrl-C, so temp files are removed and no partial output is left.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     parser = build_parser()
@@ -194,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    from lowbit.cli import render
 
     try:
         report = _run(args)
@@ -221,20 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args):
     """Run the parsed command; returns the report to print (None where the command printed its own)."""
-    from lowbit.cli import render
-
     if args.command == "list":
         render.print_list()
         return None
     if args.command == "bench":
-        from lowbit.target.speed_prediction import predict_speed
-
         check_outputs_beside({"--json": args.json}, {"model": args.model}, [args.model])
         with render.progress_bar() as progress:
             prediction = predict_speed(args.model, threads=args.threads, progress=progress)
         if args.json:
-            import json
-
             write_all([(args.json, json.dumps(prediction, indent=1).encode())])
         render.print_speed_prediction(prediction)
         return None
@@ -246,8 +245,6 @@ def _run(args):
         if args.command == "eval":
             return _eval(args, progress)
         if args.command == "qat":
-            from lowbit.cli.qat import run_qat
-
             return run_qat(args, progress)
         if args.command == "analyze":
             return _analyze(args, progress)
@@ -255,7 +252,6 @@ def _run(args):
             from lowbit.demo.doorbell import run_doorbell
 
             return run_doorbell(args.out, threads=args.threads, latency_runs=args.latency_runs, progress=progress)
-        from lowbit.demo import run_demo
 
         return run_demo(args.out, calib_n=args.calib_n, eval_n=args.eval_n, threads=args.threads,
                         latency_runs=args.latency_runs, progress=progress)
@@ -279,14 +275,10 @@ def _write(items) -> None:
 
 
 def _verify_opts(args):
-    from lowbit.api import VerifyOptions
-
     return VerifyOptions(threads=args.threads, latency_runs=args.latency_runs, eval_limit=args.eval_limit)
 
 
 def _preprocess(args):
-    from lowbit.data import ImagePreprocess
-
     return ImagePreprocess.parse(args.preprocess) if args.preprocess else None
 
 
@@ -295,17 +287,11 @@ def _labels_input(args):
 
 
 def _batch_axes(values):
-    from lowbit.data.axes import parse_axis
-
     axes = dict(parse_axis(v) for v in values)
     return axes or None
 
 
 def _quantize(args, progress):
-    import lowbit
-    from lowbit.data.stateful import parse_pairs
-    from lowbit.presets import preset
-
     check_outputs_beside({"-o/--output": args.output, "--save-plan": args.save_plan,
                           "--save-float-model": args.save_float_model, "--report-html": args.report_html,
                           "--report-json": args.report_json, "--checkpoint": args.checkpoint},
@@ -342,8 +328,6 @@ def _quantize(args, progress):
 
 
 def _eval(args, progress):
-    import lowbit
-
     check_outputs_beside({"--report-html": args.report_html, "--report-json": args.report_json},
                    {"reference": args.reference, "candidates": list(args.candidates), "--data": args.data,
                     "--labels": _labels_input(args)}, [args.reference, *args.candidates])
@@ -356,8 +340,6 @@ def _eval(args, progress):
 
 
 def _analyze(args, progress):
-    from lowbit.api import analyze
-
     check_outputs_beside({"--report-html": args.report_html, "--report-json": args.report_json},
                    {"model": args.model, "--calib": args.calib, "--eval": args.eval_data,
                     "--labels": _labels_input(args)}, [args.model])

@@ -14,14 +14,27 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import lowbit
+from lowbit.api import QuantResult, VerifyOptions, compare_variants
 from lowbit.cli.args import output_file as _output_file
 from lowbit.cli.args import positive_int as _positive_int
+from lowbit.config import QuantConfig, Scheme
+from lowbit.core import PerChannel, dtype_by_name
+from lowbit.data import ImagePreprocess, as_feeds
+from lowbit.demo.datasets.fashion_mnist import _MAGIC_IMAGES, _MAGIC_LABELS, read_idx
 from lowbit.errors import ConfigError, DataError, ModelError
+from lowbit.io import check_inputs, check_outputs, check_regular_file, read_regular_file, write_all
+from lowbit.load.model import export_torch, load_model
+from lowbit.load.prepare import prepare
+from lowbit.onnx.session import session
+from lowbit.report import Report
 
 WEIGHT_BITS = {"int8": None, "int4": "int4"}
 
@@ -80,9 +93,6 @@ def _scale(x: np.ndarray, normalize: str | None) -> np.ndarray:
 
 def load_labeled(path: str, preprocess: Any, normalize: str | None, specs: Any) -> tuple[np.ndarray, np.ndarray]:
     """(inputs float32 (N, ...), labels int64 (N,)) from a class-folder tree, an .npz or an idx file."""
-    from lowbit.data import ImagePreprocess, as_feeds
-    from lowbit.demo.datasets.fashion_mnist import _MAGIC_IMAGES, _MAGIC_LABELS, read_idx
-
     p = Path(path)
     if not p.exists():
         raise DataError(f"data not found: {p}")
@@ -113,10 +123,6 @@ def load_labeled(path: str, preprocess: Any, normalize: str | None, specs: Any) 
 
 def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
     """The inputs and labels of an .npz file, refused by name when it is not one lowbit can use."""
-    import zipfile
-
-    from lowbit.io import check_regular_file
-
     check_regular_file(p, "data file", DataError)
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -149,8 +155,6 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model for lowbit: ONNX path or torch module, the FP32 ONNX reference)."""
     import torch
 
-    from lowbit.load.model import export_torch, load_model
-
     if Path(args.model).suffix == ".onnx":
         return args.model, load_model(args.model).proto
     if not args.arch or not args.input_shape:
@@ -160,9 +164,6 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as e:
         raise ConfigError(f"--arch {args.arch}: cannot import it ({e})") from None
-    import io
-
-    from lowbit.io import read_regular_file
 
     raw = read_regular_file(args.model, "checkpoint", ModelError)  # no device or FIFO is read
     try:
@@ -195,9 +196,6 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _check_label_range(reference: Any, x: np.ndarray, labels: dict[str, np.ndarray]) -> None:
     """Labels index the model's outputs: one outside [0, classes) would fail deep inside torch's loss."""
-    from lowbit.load.model import load_model
-    from lowbit.onnx.session import session
-
     sess = session(load_model(reference).proto)
     classes = int(sess.run(None, {sess.get_inputs()[0].name: x[:1]})[0].shape[-1])
     for flag, y in labels.items():
@@ -211,15 +209,7 @@ def run_qat(args: argparse.Namespace, progress: Any):
     """PTQ and QAT of the model with the same config; returns the report comparing both with FP32."""
     import torch
 
-    import lowbit
     import lowbit.qat as qat_api
-    from lowbit.api import QuantResult, VerifyOptions, compare_variants
-    from lowbit.config import QuantConfig, Scheme
-    from lowbit.core import PerChannel, dtype_by_name
-    from lowbit.load.prepare import prepare
-    from lowbit.load.model import load_model
-    from lowbit.io import check_inputs, check_outputs, write_all
-    from lowbit.report import Report
 
     # every output checked before training, and written together only after everything succeeded
     check_outputs({"-o/--output": args.output, "--save-plan": args.save_plan, "--report-html": args.report_html,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -11,7 +12,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 # a real terminal sets its own width; piped or redirected output gets room for the wide tables
+from lowbit.calibration import CALIBRATIONS
+from lowbit.metrics import METRICS
+from lowbit.presets import PRESETS
+
 console = Console(stderr=False, width=None if sys.stdout.isatty() else 200)
+from lowbit.algorithms import ALGORITHMS
+
 err_console = Console(stderr=True)
 
 
@@ -93,8 +100,6 @@ BUG_REPORT_HINT = ("This is a bug in lowbit, not in your input: please report it
 def print_internal_error(e: BaseException, verbose: bool) -> None:
     """An unexpected error: one paragraph with a bug-report hint; the traceback only with -v."""
     if verbose:
-        import traceback
-
         err_console.print(escape("".join(traceback.format_exception(e))), soft_wrap=True, highlight=False)
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
     err_console.print(f"[bold red]lowbit internal error[/bold red] ({type(e).__name__}): {escape(first)}. "
@@ -103,17 +108,12 @@ def print_internal_error(e: BaseException, verbose: bool) -> None:
 
 
 def print_list() -> None:
-    from lowbit.calibration import CALIBRATIONS
-    from lowbit.presets import PRESETS
-
     t = Table(title="presets")
     t.add_column("name")
     t.add_column("what it does")
     for name, (_, doc) in PRESETS.items():
         t.add_row(name, doc)
     console.print(t)
-    from lowbit.algorithms import ALGORITHMS
-    from lowbit.metrics import METRICS
 
     for title, reg in (("algorithms", ALGORITHMS), ("metrics", METRICS)):
         t2 = Table(title=title)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import TensorProto
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,6 @@ class QDtype:
     @property
     def onnx_type(self) -> int:
         """The ONNX TensorProto element type for this grid."""
-        from onnx import TensorProto  # onnx is a required dependency; the enum is pure data
-
         table = {
             ("int", 4): TensorProto.INT4, ("uint", 4): TensorProto.UINT4,
             ("int", 8): TensorProto.INT8, ("uint", 8): TensorProto.UINT8,

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Union
 
 import numpy as np
+from onnx import helper
+
+from lowbit.data.axes import resolve_batch_axes
+from lowbit.errors import ModelError
 
 if TYPE_CHECKING:
     import onnx
@@ -106,10 +110,6 @@ def specs_from_onnx(model: onnx.ModelProto) -> list[InputSpec]:
     >>> specs[0]                                           # doctest: +SKIP
     InputSpec(name='input', shape=('N', 3, 224, 224), dtype=dtype('float32'))
     """
-    from onnx import helper
-
-    from lowbit.errors import ModelError
-
     initializers = {init.name for init in model.graph.initializer}
     specs = []
     for value in model.graph.input:
@@ -132,6 +132,5 @@ def specs_from_onnx(model: onnx.ModelProto) -> list[InputSpec]:
                     dims.append(d.dim_param or None)
             shape = tuple(dims)
         specs.append(InputSpec(value.name, shape, dtype))  # type: ignore[arg-type]
-    from lowbit.data.axes import resolve_batch_axes
 
     return resolve_batch_axes(specs)  # each input's batch axis, as far as the graph shows it

@@ -25,7 +25,9 @@ import numpy as np
 import onnx
 
 from lowbit.data import Batch, FeedSource, InputSpec, as_feeds
+from lowbit.data.axes import resolve_batch_axes
 from lowbit.errors import ConfigError, DataError, did_you_mean
+from lowbit.onnx.session import run_batch, session
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +140,6 @@ class StateCarry:
 
 def run_carried(sess: Any, batch: Batch, names: list[str] | None, carry: StateCarry) -> tuple[list[np.ndarray], Batch]:
     """Run `batch` with `carry`'s state; the values of `names` (None: all outputs) and the batch as fed."""
-    from lowbit.onnx.session import run_batch
-
     fed = Batch(carry.feeds(batch), batch.labels, batch.source, batch.rows, batch.sequence_start)
     wanted = [o.name for o in sess.get_outputs()] if names is None else list(names)
     extra = [o for o in carry.pairs.values() if o not in wanted]
@@ -190,8 +190,6 @@ class StatefulSource(FeedSource):
             carry.keep(outputs, fed, fed.feeds)
 
     def _run(self, batch: Batch) -> list[np.ndarray]:
-        from lowbit.onnx.session import run_batch, session
-
         if self._sess is None:
             self._sess = session(self._model)
         return run_batch(self._sess, batch, self.state_outputs)
@@ -219,8 +217,6 @@ def model_feeds(data: Any, model: onnx.ModelProto, specs: Sequence[InputSpec], *
     """`data` for `model`: each input on its batch axis (`batch_axes` given, the rest inferred),
     as sequences with the state carried where `stateful` pairs state inputs with outputs.
     `kw` go to `as_feeds` (labels, preprocess, limit, skip_bad, batch_size)."""
-    from lowbit.data.axes import resolve_batch_axes
-
     specs = resolve_batch_axes(specs, batch_axes) if batch_axes else list(specs)
     if stateful:
         return stateful_feeds(data, model, specs, stateful, **kw)
@@ -230,8 +226,6 @@ def model_feeds(data: Any, model: onnx.ModelProto, specs: Sequence[InputSpec], *
 def check_data_options(model: onnx.ModelProto, specs: Sequence[InputSpec],
                        batch_axes: Mapping[str, int | None] | None, stateful: Mapping[str, str] | None) -> None:
     """`batch_axes` and `stateful` checked against the model before any work."""
-    from lowbit.data.axes import resolve_batch_axes
-
     if batch_axes is not None:
         if not isinstance(batch_axes, Mapping):
             raise ConfigError(f"batch_axes must map input names to an axis or None, e.g. {{'state': 1}}; got {batch_axes!r}.")

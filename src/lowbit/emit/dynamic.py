@@ -15,20 +15,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from lowbit.version import __version__
 from lowbit.core.dtypes import dtype_by_name
 from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.emit import subgraphs
+from lowbit.emit.fp16 import early_layers
 from lowbit.emit.metadata import record_plan
-from lowbit.emit.weight_storage import RECURRENT_SLOTS
+from lowbit.emit.weight_storage import RECURRENT_SLOTS, stored_int8_nodes, weight_only_int8
+from lowbit.load.prepare import drop_inferred_shapes, fingerprint
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
-from lowbit.target.cpu import target_traits
 from lowbit.onnx.ops import why_float
 from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
-from lowbit.load.prepare import drop_inferred_shapes, fingerprint
+from lowbit.target.cpu import target_traits
+from lowbit.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,6 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
                  ) -> tuple[onnx.ModelProto, QuantPlan]:
     """Dynamic INT8 model and its plan. On CPUs whose u8 x s8 kernels saturate (see
     lowbit.target.cpu) the weights use ONNX Runtime's reduced 7-bit range, which is exact there."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     reduce_range = target_traits(target).u8s8_saturates
     src = onnx.shape_inference.infer_shapes(gemm_to_matmul(model))
     with tempfile.TemporaryDirectory(prefix="lowbit-dyn-") as tmp:
@@ -90,10 +90,6 @@ STORED_SLOTS = {"Conv": (1,), **RECURRENT_SLOTS}
 def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     """Each Conv's and recurrent layer's own constant FP32 weights stored as INT8 + scales
     (lowbit.emit.weight_storage), except in the network's first layers."""
-    from lowbit.emit.weight_storage import stored_int8_nodes, weight_only_int8
-
-    from lowbit.emit.fp16 import early_layers
-
     g = GraphIndex(model)
     early = early_layers(model)  # FP32, as the fp16 preset keeps them: rounding there is amplified most
     head: list[onnx.NodeProto] = []

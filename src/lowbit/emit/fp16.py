@@ -5,16 +5,19 @@ from __future__ import annotations
 import logging
 import warnings
 
+import numpy as np
 import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 from onnxconverter_common import float16
 
-from lowbit.version import __version__
 from lowbit.emit import subgraphs
 from lowbit.emit.metadata import record_plan
+from lowbit.load.prepare import drop_inferred_shapes, fingerprint
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
 from lowbit.plan.quant_plan import NodePlan, QuantPlan
-from lowbit.load.prepare import drop_inferred_shapes, fingerprint
+from lowbit.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,6 @@ EARLY_FP32_WEIGHT_BUDGET = 0.01
 def early_layers(model: onnx.ModelProto, budget: float = EARLY_FP32_WEIGHT_BUDGET) -> dict[str, str]:
     """{node: reason} for the start of the network, cut where a single tensor carries everything
     forward (so one Cast is the only boundary), with at most `budget` of all weights."""
-    import numpy as np
-
     g = GraphIndex(model)
     nodes = list(g.graph.node)
     weights = [sum(int(np.prod(g.initializers[i].dims)) for i in n.input
@@ -98,9 +99,6 @@ def emit_fp16_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, QuantPla
     """FP16 storage, FP32 arithmetic: every large float initializer is stored in FP16 and Cast back to
     FP32, a Cast ONNX Runtime folds once at load. For CPUs without FP16 arithmetic (x86: ONNX Runtime
     has no FP16 kernels there, and an FP16 graph runs 0.6-0.9x of FP32): half the file, FP32 speed."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
     out = onnx.ModelProto()
     out.CopyFrom(model)
     drop_inferred_shapes(out)  # FP32's kernels, FP32's fusions
@@ -162,8 +160,6 @@ def emit_fp16(model: onnx.ModelProto, keep_io_types: bool = True) -> tuple[onnx.
 
 
 def _loads(model: onnx.ModelProto) -> bool:
-    import onnxruntime as ort
-
     so = ort.SessionOptions()
     so.log_severity_level = 4
     try:
@@ -176,8 +172,6 @@ def _loads(model: onnx.ModelProto) -> bool:
 def _unshare_small_constants(model: onnx.ModelProto, max_elements: int = 1024) -> onnx.ModelProto:
     """Give each node its own copy of small shared initializers (Clip bounds, shapes): the FP16
     converter types a shared constant once, which breaks it for the nodes kept in FP32."""
-    import numpy as np
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = GraphIndex(m)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import json
 import zlib
 
 import numpy as np
 import onnx
 
-from lowbit.version import __version__
 from lowbit.errors import ConfigError, ModelError
-from lowbit.target.latency_choice import PLAN_KEY as TIMINGS_KEY
+from lowbit.plan.fit import plan_size_limit
 from lowbit.plan.quant_plan import QuantPlan
+from lowbit.target.latency_choice import PLAN_KEY as TIMINGS_KEY
+from lowbit.version import __version__
 
 SCALE, ZERO_POINT = "_s", "_z"  # as lowbit.emit.qdq names them (not imported: qdq imports this module)
 
@@ -49,10 +51,6 @@ def record_plan(model: onnx.ModelProto, plan: QuantPlan) -> None:
 def plan_from_model(model: onnx.ModelProto) -> QuantPlan:
     """The plan a lowbit model was made with; weight scales are read back from its initializers. The
     record is checked like any plan (lowbit.plan.schema): a damaged or foreign one is a ModelError."""
-    import json
-
-    from lowbit.plan.fit import plan_size_limit
-
     meta = {p.key: p.value for p in model.metadata_props}
     if PLAN_KEY not in meta:
         raise ModelError("this model carries no lowbit plan (it was not written by lowbit).")

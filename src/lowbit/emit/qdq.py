@@ -18,6 +18,7 @@ import onnx.version_converter
 from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.core.granularity import PerChannel, PerGroup
+from lowbit.emit.blocks import quantize_block_inputs
 from lowbit.emit.metadata import record_plan
 from lowbit.emit.weight_storage import RECURRENT_SLOTS, StoredInt8, stored_int8_nodes, weight_only_int8
 from lowbit.errors import ModelError
@@ -173,8 +174,6 @@ class _Surgery:
             new_nodes.append(node)
             new_nodes.extend(after.get(node.name, []))
         if self.simulate:  # after the rewiring: a block layer's input may be a dequantized activation
-            from lowbit.emit.blocks import quantize_block_inputs
-
             opset = next((i.version for i in self.m.opset_import if i.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
             block_inits, new_nodes = quantize_block_inputs(new_nodes, index, self.plan, opset, self.names)
             g.initializer.extend(block_inits)

@@ -15,6 +15,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from lowbit.errors import ModelError
+from lowbit.io import check_outputs, read_regular_file
 
 
 def _tensors(graph: onnx.GraphProto):
@@ -102,8 +103,6 @@ def external_data_files(model_path: str | Path, outputs: list[str | Path]) -> li
     """The external-data files an .onnx file reads, so that no output replaces one. They lie inside
     the model's folder, so the model is parsed only when an existing output lies there too; a model
     that cannot be read gives [] (loading it reports why)."""
-    from lowbit.io import check_outputs, read_regular_file
-
     base = Path(model_path).resolve().parent
     if not any(Path(o).exists() and base in Path(o).resolve().parents for o in outputs):
         return []

@@ -16,6 +16,10 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from lowbit.errors import ModelError
+from lowbit.io import read_regular_file
+from lowbit.load.checks import check_graph, check_tensor_sizes, check_text
+from lowbit.load.external_data import load_external_data_safely
+from lowbit.load.upgrade import upgrade_opset
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +71,6 @@ MAX_MODEL_FILE_BYTES = 2**31 - 1
 
 
 def _load_path(path: Path) -> LoadedModel:
-    from lowbit.io import read_regular_file
-
     # refuses devices, FIFOs and symlinks to them (/dev/zero would be read until memory runs out)
     # and over-large files, before reading a byte
     data = read_regular_file(path, "model file", ModelError, MAX_MODEL_FILE_BYTES)
@@ -80,8 +82,6 @@ def _load_path(path: Path) -> LoadedModel:
     del data
     if not proto.graph.node and not proto.graph.input:
         raise ModelError(f"{path} is not an ONNX model: it holds no graph (is it another kind of file?).")
-    from lowbit.load.external_data import load_external_data_safely
-    from lowbit.load.checks import check_tensor_sizes, check_text
 
     check_text(proto, str(path))
     check_tensor_sizes(proto.graph, str(path))  # before reading external data or allocating
@@ -99,9 +99,6 @@ def opset_of(proto: onnx.ModelProto) -> int:
 
 def _check(proto: onnx.ModelProto, where: str) -> onnx.ModelProto:
     """The checked model; opsets older than MIN_OPSET raised to it (lowbit.load.upgrade)."""
-    from lowbit.load.checks import check_graph, check_tensor_sizes, check_text
-    from lowbit.load.upgrade import upgrade_opset
-
     check_text(proto, where)
     check_tensor_sizes(proto.graph, where)
     check_graph(proto.graph, {imp.domain for imp in proto.opset_import}, where)

@@ -16,10 +16,11 @@ import onnx
 import onnxruntime as ort
 
 from lowbit.data import InputSpec, specs_from_onnx
+from lowbit.emit.subgraphs import share_duplicates
 from lowbit.errors import ModelError
 from lowbit.load.model import LoadedModel
-from lowbit.onnx.names import Names
 from lowbit.load.upgrade import lift_constants
+from lowbit.onnx.names import Names
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,6 @@ def prepare(loaded: LoadedModel, optimize: bool = True) -> PreparedModel:
     # catches what it leaves, and every Constant when not optimizing: weights are initializers
     lift_constants(proto)
     if optimize:  # ONNX Runtime's folding copies an outer weight into each subgraph reading it
-        from lowbit.emit.subgraphs import share_duplicates
-
         share_duplicates(proto)
     name_nodes(proto)
     own_shared_biases(proto)

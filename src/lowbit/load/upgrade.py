@@ -14,6 +14,7 @@ import logging
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from lowbit.errors import ModelError
@@ -89,8 +90,6 @@ def check_same_outputs(original: onnx.ModelProto, converted: onnx.ModelProto, wh
     """ONNX Runtime runs both on the same random inputs; the outputs must agree. When the original
     itself cannot run on made-up inputs (a fixed-size reshape, say), the check says so in the log
     and the converted model's own loading is checked instead."""
-    import onnxruntime as ort
-
     def run(m: onnx.ModelProto, feeds):
         so = ort.SessionOptions()
         so.log_severity_level = 3

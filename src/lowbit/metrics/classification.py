@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from lowbit.errors import DataError
 from lowbit.metrics.base import Metric, ratio, register_metric
 
 
@@ -47,14 +48,10 @@ class Top1Accuracy(Metric):
 
     def per_sample(self, reference, candidate, labels=None):
         if labels is None:
-            from lowbit.errors import DataError
-
             raise DataError("top1-accuracy needs labels (--labels).")
         lab = np.asarray(labels).reshape(-1)
         pred = _scores(candidate).argmax(axis=1)
         if len(lab) != len(pred):
-            from lowbit.errors import DataError
-
             raise DataError(f"top1-accuracy: {len(lab)} labels for {len(pred)} samples.")
         return ratio(pred == lab, np.ones(len(lab)))
 

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from lowbit.errors import ConfigError
 from lowbit.metrics.spec import MetricChoice, metric_callable
 
 Z95 = 1.959963984540054
@@ -85,8 +86,6 @@ def _inputs(choice: MetricChoice, outputs: dict[str, np.ndarray]):
     keys = choice.outputs or tuple(names[:used])
     missing = [k for k in keys if k not in outputs]
     if missing:
-        from lowbit.errors import ConfigError
-
         raise ConfigError(f"metric {choice.name} reads output {missing[0]!r}, which the model does not have; "
                           f"its outputs: {', '.join(names)}.")
     arrays = [outputs[k] for k in keys]

@@ -7,6 +7,7 @@ It is JSON: a user can read, diff, edit and re-apply it (`lowbit quantize --plan
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from lowbit.core.dtypes import dtype_by_name
 from lowbit.core.granularity import PerGroup, PerTensor, granularity_from_dict
 from lowbit.core.qparams import QParams
 from lowbit.errors import ConfigError
+from lowbit.io import atomic_write_text, read_regular_file
 from lowbit.plan.schema import PLAN_SCHEMA, check_plan_dict
 
 # A plan file is read whole into memory: refuse anything larger before reading it. The full plan of
@@ -171,17 +173,11 @@ class QuantPlan:
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON, atomically."""
-        from lowbit.io import atomic_write_text
-
         return atomic_write_text(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path, max_bytes: int = MAX_PLAN_BYTES) -> "QuantPlan":
         """The plan saved at `path`, checked (see from_dict). Files over `max_bytes` are refused unread."""
-        import os
-
-        from lowbit.io import read_regular_file
-
         p = Path(path)
         try:
             size = os.stat(p).st_size

@@ -15,8 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from lowbit.config import Scheme
 from lowbit.core.dtypes import QDtype, dtype_by_name
 from lowbit.errors import ConfigError, LowbitError, did_you_mean
+from lowbit.plan.algorithm import algorithm_from_dict
+from lowbit.target.cpu import TARGETS
+from lowbit.target.latency_choice import check_plan_timings
 
 PLAN_SCHEMA = "lowbit.plan/1"
 
@@ -347,21 +351,15 @@ def _config(c: dict, precision: str) -> None:
             raise fail(path_of("config", key), c[key], f"config.{key} is {what}")
 
     def _target() -> None:
-        from lowbit.target.cpu import TARGETS
-
         if c["target"] not in TARGETS:
             raise fail(path_of("config", "target"), c["target"], "a target is one of " + ", ".join(TARGETS))
 
     def _timings() -> None:
-        from lowbit.target.latency_choice import check_plan_timings
-
         why = check_plan_timings(c["layer_costs"])
         if why:
             raise fail(path_of("config", "layer_costs"), c["layer_costs"], f"config.layer_costs {why}")
 
     def _built(key: str, what: str) -> None:
-        from lowbit.config import Scheme
-
         v = _obj(path_of("config", key), c[key], f"a {what}")
         try:
             Scheme.from_dict(v)
@@ -369,8 +367,6 @@ def _config(c: dict, precision: str) -> None:
             raise fail(path_of("config", key), v, f"not a valid {what} ({_reason(e)})") from None
 
     def _algorithms() -> None:
-        from lowbit.plan.algorithm import algorithm_from_dict
-
         if not isinstance(c["algorithms"], list):
             raise fail(path_of("config", "algorithms"), c["algorithms"], "a list of algorithm records")
         for i, a in enumerate(c["algorithms"]):

@@ -16,15 +16,17 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
 from lowbit.emit import emit_qdq
 from lowbit.io import atomic_write_bytes, check_output_path
-from lowbit.plan.quant_plan import QuantPlan, TensorPlan
-from lowbit.plan.planner import bias_plan
 from lowbit.load.prepare import fingerprint
+from lowbit.plan.planner import bias_plan
+from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 from lowbit.qat.graph import QATGraph
+from lowbit.verify.parity import output_step
 
 
 @dataclass
@@ -67,10 +69,6 @@ def to_plan(qat: QATGraph) -> tuple[onnx.ModelProto, QuantPlan]:
 def output_parity(model: onnx.ModelProto, qat: QATGraph, plan: QuantPlan, inputs: Any) -> dict:
     """ONNX Runtime vs the fake-quant module on `inputs`: worst difference in steps of each output's
     8-bit grid over its calibrated range (the parity unit of `lowbit.verify`), and top-1 agreement."""
-    import onnxruntime as ort
-
-    from lowbit.verify.parity import output_step
-
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     args = tuple(a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a)) for a in args)
     so = ort.SessionOptions()

@@ -7,6 +7,7 @@ each epoch. It also runs a DistributedDataParallel-wrapped module (see `lowbit.q
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import time
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import ConfigError, ModelError
-from lowbit.io import check_output_path, read_regular_file
+from lowbit.io import atomic_write_bytes, check_output_path, read_regular_file
 from lowbit.progress import Progress, null_progress
 
 
@@ -127,8 +128,6 @@ _HISTORY_KEYS = ["epoch", "loss", "accuracy", "seconds"]
 
 def _resume(path: str, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, int, list[dict]]:
     """(step, epochs done, history) from a checkpoint `fit` saved, into `model` and `opt`."""
-    import io
-
     raw = read_regular_file(path, "checkpoint", ModelError)
     try:
         state = torch.load(io.BytesIO(raw), weights_only=True)  # never arbitrary unpickling
@@ -147,10 +146,6 @@ def _resume(path: str, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[in
 def _save_checkpoint(path: str, model: nn.Module, opt: torch.optim.Optimizer, step: int, epoch: int,
                      history: list[dict]) -> None:
     """Everything needed to resume, as tensors and plain types only (loadable with weights_only)."""
-    import io
-
-    from lowbit.io import atomic_write_bytes
-
     rows = torch.tensor([[float("nan") if h.get(k) is None else float(h[k]) for k in _HISTORY_KEYS] for h in history],
                         dtype=torch.float64)
     buf = io.BytesIO()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any, Callable
 
-from lowbit.report.verdict import metric_parts, verdicts
+from lowbit.report.verdict import metric_parts, metric_text, verdicts
 
 
 def _e(x: Any) -> str:
@@ -72,6 +72,4 @@ def verdict_lines(r: dict) -> str:
 
 
 def verdict_badge(m: dict) -> str:
-    from lowbit.report.verdict import metric_text
-
     return metric_text(m)

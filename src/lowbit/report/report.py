@@ -7,18 +7,19 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lowbit.version import __version__
+import numpy as np
+import onnx
+import onnxruntime
+
 from lowbit.io import atomic_write_text
+from lowbit.report.verdict import verdicts
+from lowbit.version import __version__
 
 REPORT_SCHEMA = "lowbit.report/1"
 
 
 def versions() -> dict[str, str | None]:
     """Versions of everything that decides the numbers, for the report and for reproducibility."""
-    import numpy
-    import onnx
-    import onnxruntime
-
     try:
         import torch
 
@@ -26,7 +27,7 @@ def versions() -> dict[str, str | None]:
     except ImportError:  # pragma: no cover
         torch_version = None
     return {"lowbit": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
-            "numpy": numpy.__version__, "torch": torch_version, "python": platform.python_version()}
+            "numpy": np.__version__, "torch": torch_version, "python": platform.python_version()}
 
 
 def _fmt(v, spec: str = ".4f") -> str:
@@ -72,8 +73,6 @@ class Report:
     def verdicts(self) -> list[dict]:
         """One line per variant: size, speed, headline metric with n and interval, parity, status
         (`lowbit.report.verdict`); kept in the dict as 'verdict' whenever it is rendered."""
-        from lowbit.report.verdict import verdicts
-
         self.data["verdict"] = verdicts(self.data)
         return self.data["verdict"]
 
@@ -192,8 +191,6 @@ def metric_cell(m: dict | None) -> str:
 
 
 def _json_default(o):
-    import numpy as np
-
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

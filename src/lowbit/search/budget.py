@@ -10,16 +10,24 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lowbit.config import QuantConfig
+from lowbit.data import FeedSource, as_feeds
+from lowbit.errors import ConfigError
+from lowbit.load.prepare import PreparedModel
+from lowbit.metrics import METRICS
+from lowbit.metrics.infer import choose_metrics
+from lowbit.metrics.spec import parse_metric
+from lowbit.onnx.session import run_batch, session
+from lowbit.plan.quant_plan import QuantPlan
+from lowbit.progress import Progress
 from lowbit.search.evaluate import PlanEvaluator
 from lowbit.search.held import HoldCap, batch_nbytes
 from lowbit.search.mixed import four_bit_weight_choices, linear_block_choices
 from lowbit.search.precision import search_precisions
 from lowbit.search.sensitivity import analyze_layers
-from lowbit.config import QuantConfig
-from lowbit.data import FeedSource, as_feeds
-from lowbit.plan.quant_plan import QuantPlan
-from lowbit.load.prepare import PreparedModel
-from lowbit.progress import Progress
+from lowbit.target.layer_costs import measure_layer_costs
+from lowbit.transformers.pipeline import block_choices
+from lowbit.verify.outputs import OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +40,6 @@ MIN_SAMPLES_IN_BUDGET = 10
 def too_few_samples(metric: Any, max_drop: float | None, n_search: int) -> str | None:
     """A warning where `max_drop` of a metric that counts samples (top-1 agreement) is too few of the
     `n_search` search samples to measure; None otherwise."""
-    from lowbit.metrics import METRICS
-
     counts = getattr(METRICS.create(metric) if isinstance(metric, str) else metric, "counts_samples", False)
     if max_drop is None or not counts or max_drop * n_search >= MIN_SAMPLES_IN_BUDGET:
         return None
@@ -73,14 +79,10 @@ def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit
     floor = min_metric if min_metric is not None else evaluator.reference_score - max_drop
     costs = None
     if cfg.objective == "latency":
-        from lowbit.target.layer_costs import measure_layer_costs
-
         costs = measure_layer_costs(prepared.proto, progress=progress)
     ranking = analyze_layers(prepared.proto, plan, evaluator, ways=("all_but",), progress=progress)
     choices = None
     if cfg.transformer is True:  # 4-bit MatMul weights and a block-quantized embedding table
-        from lowbit.transformers.pipeline import block_choices
-
         choices = block_choices(prepared.proto, plan)
     else:  # 4-bit Conv / Gemm weights on the int8 kernels; 8-bit blocks for linear layers
         choices = four_bit_weight_choices(prepared.proto, plan)
@@ -118,11 +120,6 @@ def budget_metric(metric: Any, reference: onnx.ModelProto, eval_data: Any, input
     """The budget's metric as a MetricChoice: the user's, else the one the reference's outputs on the
     first `samples` evaluation samples show (lowbit.metrics.infer), so budget and report agree. The
     search scores the model's first output."""
-    from lowbit.errors import ConfigError
-    from lowbit.metrics.infer import choose_metrics
-    from lowbit.metrics.spec import parse_metric
-    from lowbit.onnx.session import run_batch, session
-
     sess = session(reference.SerializeToString(), threads=1)
     names = [o.name for o in sess.get_outputs()]
     if metric is not None:
@@ -131,7 +128,6 @@ def budget_metric(metric: Any, reference: onnx.ModelProto, eval_data: Any, input
             raise ConfigError(f"the budget search scores the model's first output ({names[0]}); metric "
                               f"{choice.name} names {choice.outputs[0]}.")
         return choice
-    from lowbit.verify.outputs import OutputStore
 
     store = OutputStore(names)
     for i, batch in enumerate(as_feeds(eval_data, inputs, preprocess=preprocess, limit=samples)):

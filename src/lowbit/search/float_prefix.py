@@ -19,7 +19,9 @@ import onnx
 from lowbit.data import Batch
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.ops import weight_slots
+from lowbit.plan.clipping import SAMPLES, simulated_sqnr
 from lowbit.plan.quant_plan import QuantPlan
+from lowbit.search.mixed import mixed_plan
 
 PREFIX_BUDGET = 0.01
 MARGIN_DB = 1.0
@@ -48,9 +50,6 @@ def prefix_layers(model: onnx.ModelProto, plan: QuantPlan, budget: float = PREFI
 def choose_float_prefix(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable[Batch],
                         budget: float = PREFIX_BUDGET, margin: float = MARGIN_DB) -> tuple[QuantPlan, dict]:
     """(plan, record): `plan` or the plan with its first layers in float (see module doc)."""
-    from lowbit.search.mixed import mixed_plan
-    from lowbit.plan.clipping import SAMPLES, simulated_sqnr
-
     layers = prefix_layers(model, plan, budget)
     if not layers:
         return plan, {}

@@ -13,11 +13,18 @@ table, `lowbit.transformers.pipeline.block_choices`): weight-only, the layer's i
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
-from lowbit.core.granularity import PerGroup
+from lowbit.core.dtypes import int4, int8
+from lowbit.core.granularity import PerChannel, PerGroup
+from lowbit.core.qparams import QParams
+from lowbit.emit.int4 import check_linear_gemm
+from lowbit.emit.weight_storage import w8_layout
+from lowbit.errors import ConfigError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.ops import PASSTHROUGH_OPS, weight_slots
+from lowbit.plan.planner import bias_plan
 from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
 
 
@@ -93,8 +100,6 @@ def mixed_plan(model: onnx.ModelProto, base: QuantPlan, precisions: dict[str, st
 def _narrow_weights(plan: QuantPlan, g: GraphIndex, name: str, w: TensorPlan) -> None:
     """Layer `name` keeps its integer kernel with weights on `w`'s grid; its int32 bias follows the
     new weight scale (bias scale = input scale x weight scale)."""
-    from lowbit.plan.planner import bias_plan
-
     node = g.nodes[name]
     w_idx, b_idx, _ = weight_slots(node, g)
     x = plan.tensors.get(node.input[0])
@@ -111,10 +116,6 @@ def four_bit_weight_choices(model: onnx.ModelProto, plan: QuantPlan, min_weights
     """{layer: {'w4': TensorPlan}}: 4-bit symmetric per-channel weights for each INT8 Conv / Gemm of
     `plan` with at least `min_weights` weights. They run on the same int8 kernels (the emitter stores
     INT4 and Casts, folded at load), so for the search they cost nothing in speed and halve the bytes."""
-    from lowbit.core.dtypes import int4
-    from lowbit.core.granularity import PerChannel
-    from lowbit.core.qparams import QParams
-
     g = GraphIndex(model)
     out: dict[str, dict[str, TensorPlan]] = {}
     for name in layer_nodes(plan):
@@ -136,11 +137,6 @@ def linear_block_choices(model: onnx.ModelProto, plan: QuantPlan, group: int = 3
     MatMul of `plan` with a constant weight whose K divides into blocks, run by MatMulNBits in int8
     with its input quantized per block at run time. For a batch-1 classifier that is 2.5x faster
     than FP32's Gemm on AVX2 and far closer to FP32 than a per-tensor static INT8 input."""
-    from lowbit.core.dtypes import int8
-    from lowbit.core.qparams import QParams
-    from lowbit.emit.int4 import check_linear_gemm
-    from lowbit.errors import ConfigError
-
     g = GraphIndex(model)
     out: dict[str, dict[str, TensorPlan]] = {}
     for name in layer_nodes(plan):
@@ -165,10 +161,6 @@ def plan_size_bytes(model: onnx.ModelProto, plan: QuantPlan, g: GraphIndex | Non
     """Bytes of weights the mix stores: 1 per INT8 weight, 2 per FP16, 4 per FP32; block-wise
     weights their bits / 8 per weight plus one FP32 scale per block; a 'w8' layer 1 per weight plus
     an FP16 scale per group (`lowbit.emit.weight_storage`), its other constants FP32."""
-    import numpy as np
-
-    from lowbit.emit.weight_storage import w8_layout
-
     g = g or GraphIndex(model)
     per = {"int8": 1, "fp16": 2}
     total = 0

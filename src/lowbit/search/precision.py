@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from lowbit.search.evaluate import PlanEvaluator
-from lowbit.search.mixed import layer_nodes, mixed_plan, plan_size_bytes
-from lowbit.search.sensitivity import LayerSensitivity
+from lowbit.emit.fp16 import early_layers
 from lowbit.onnx.graph import GraphIndex
 from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
+from lowbit.search.evaluate import PlanEvaluator
+from lowbit.search.mixed import layer_nodes, mixed_plan, plan_size_bytes
+from lowbit.search.sensitivity import LayerSensitivity
 
 
 @dataclass
@@ -92,8 +93,6 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
     # a float layer keeps FP16 weights: FP32 fidelity at half the size, same speed on CPUs without
     # FP16 arithmetic; the network's first layers FP32, as the fp16 preset keeps them (an FP16
     # rounding there alone cost MobileNetV2 1% top-1 agreement, for under 1% of the weights)
-    from lowbit.emit.fp16 import early_layers
-
     early = early_layers(model)
 
     def up(names: list[str]) -> dict[str, str]:

@@ -13,6 +13,8 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from lowbit.errors import ConfigError, did_you_mean
+
 
 @dataclass(frozen=True)
 class CpuTraits:
@@ -56,8 +58,6 @@ TARGETS = {
 
 
 def target_traits(name: str) -> CpuTraits:
-    from lowbit.errors import ConfigError, did_you_mean
-
     if name not in TARGETS:
         raise ConfigError(f"unknown target '{name}'." + did_you_mean(name, TARGETS))
     return TARGETS[name] or this_cpu()

@@ -29,11 +29,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
+from lowbit.algorithms.smoothquant import channel_absmax
 from lowbit.errors import ConfigError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.plan.quant_plan import QuantPlan
+from lowbit.transformers.patterns import find_patterns
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,6 @@ class OutlierSplit(Algorithm):
 
     def split(self, model: onnx.ModelProto, calib) -> tuple[onnx.ModelProto, dict[str, list[int]]]:
         """(rewritten model, {input tensor: outlier channels}) for `model`'s linear MatMuls."""
-        from lowbit.algorithms.smoothquant import channel_absmax
-        from lowbit.transformers.patterns import find_patterns
-
         g = GraphIndex(model)
         groups: dict[str, list[str]] = {}
         for name in find_patterns(model).linear:

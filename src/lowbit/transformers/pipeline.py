@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lowbit.version import __version__
 from lowbit.algorithms import AlgorithmContext
+from lowbit.algorithms._layer_data import prefix_model
 from lowbit.algorithms.gptq import GPTQ
 from lowbit.algorithms.smoothquant import SmoothQuant
 from lowbit.calibration import MSE
@@ -26,14 +26,17 @@ from lowbit.core.dtypes import dtype_by_name, int4, uint8
 from lowbit.core.granularity import PerGroup, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.data import as_feeds, specs_from_onnx
+from lowbit.emit.int4 import emit_int4_simulation
 from lowbit.errors import ConfigError, DataError, did_you_mean
-from lowbit.onnx.graph import GraphIndex
-from lowbit.onnx.session import collect_stats
-from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
-from lowbit.plan.planner import build_plan
 from lowbit.load.prepare import fingerprint
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.session import collect_stats, run_batch, session
+from lowbit.plan.planner import build_plan
+from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
+from lowbit.search.mixed import mixed_plan
 from lowbit.transformers.outliers import OutlierSplit
 from lowbit.transformers.patterns import find_patterns, transformer_selection
+from lowbit.version import __version__
 
 # Chosen on held-out calibration sentences of all-MiniLM-L6-v2 (not the evaluation split): column
 # order by decreasing Hessian diagonal and 10% dampening lowered the weight error by a third
@@ -193,8 +196,6 @@ def embedding_in_blocks(model: onnx.ModelProto, plan: QuantPlan) -> QuantPlan:
     """`plan` with the word-embedding table (half of a small encoder's weights) in 8-bit blocks, read
     by GatherBlockQuantized, which dequantizes only the rows an input uses: half the file at no
     measurable cost in accuracy or time."""
-    from lowbit.search.mixed import mixed_plan
-
     choices = embedding_choices(model)
     if not choices:
         return plan
@@ -214,9 +215,6 @@ def block_sensitivity(model: onnx.ModelProto, calib: Any, layers: Sequence[str],
     """{layer: output error energy / output energy} with only that MatMul's weight in int4 blocks
     (round to nearest), on the first `max_batches` calibration batches: end-to-end, so a layer whose
     error the following layers amplify counts as sensitive."""
-    from lowbit.emit.int4 import emit_int4_simulation
-    from lowbit.onnx.session import run_batch, session
-
     g = GraphIndex(model)
     batches = list(as_feeds(calib, specs_from_onnx(model)))[:max_batches]
     ref = [run_batch(session(model), b)[0].astype(np.float64) for b in batches]
@@ -245,9 +243,6 @@ def _most_sensitive(sensitivity: dict[str, float], sizes: dict[str, int], fracti
 def layer_sensitivity(model: onnx.ModelProto, plan: QuantPlan, calib: Any, tensors: Sequence[str]) -> dict[str, float]:
     """SQNR (dB) of each planned weight's layer output, x W vs x fake_quant(W), on calibration
     inputs: low values mark the layers to keep at 8 bits."""
-    from lowbit.algorithms._layer_data import prefix_model
-    from lowbit.onnx.session import run_batch, session
-
     g = GraphIndex(model)
     readers: dict[str, list[str]] = {}
     for t in tensors:

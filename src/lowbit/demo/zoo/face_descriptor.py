@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lowbit.demo.zoo._face_weights import read_tfjs_weights
 from lowbit.errors import ModelError
 
 SETUP_HINT = "Run `bash scripts/setup_faces.sh` to install lowbit's offline face data."
@@ -156,8 +157,6 @@ def state_dict_from_tfjs(weights: dict[str, np.ndarray]) -> dict[str, torch.Tens
 
 
 def _state() -> dict[str, torch.Tensor]:
-    from lowbit.demo.zoo._face_weights import read_tfjs_weights
-
     return state_dict_from_tfjs(read_tfjs_weights(face_api_manifest()))
 
 

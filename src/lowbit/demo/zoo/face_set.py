@@ -24,6 +24,7 @@ from PIL import Image
 from lowbit.demo.zoo.face_descriptor import MATCH_THRESHOLD, faces_data_dir
 from lowbit.demo.zoo.faces import (align_box, cnn_face_boxes, dlib_embeddings, group_photos, hog_face_boxes,
                                    labeled_faces, load_rgb)
+from lowbit.io import atomic_write_bytes
 
 VARIANTS = ("photo", "mirror", "box +8%", "box -8%", "half size", "darker")
 CACHE_NAME = "face_set_v2.npz"
@@ -140,8 +141,6 @@ def _name_faces(note: str, names: list[str]) -> str:
 
 def face_set(cache: Path | None = None) -> FaceSet:
     """The cached ``build_face_set()``; an unreadable or stale cache is rebuilt."""
-    from lowbit.io import atomic_write_bytes
-
     cache = cache or faces_data_dir() / CACHE_NAME
     try:
         with np.load(cache, allow_pickle=False) as z:

