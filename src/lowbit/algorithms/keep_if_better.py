@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
+from lowbit.core.fidelity import decibels, sqnr_db
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
 from lowbit.onnx.session import run_batch, session
@@ -39,18 +40,14 @@ HOLDOUT = 4  # every 4th calibration batch judges, the others fit
 MIN_BATCHES = 8  # below this the algorithm fits all batches and is judged on them too
 
 
-def _db(signal: float, noise: float) -> float:
-    return float("inf") if noise == 0.0 else float(10.0 * np.log10(signal / noise))
-
-
 def _gain_db(without: np.ndarray, with_it: np.ndarray, alpha: float, seed: int,
              draws: int = 2000) -> tuple[float, float]:
     """(output SQNR gain in dB, its one-sided `alpha` lower bound): paired bootstrap over inputs."""
-    gain = _db(without.sum(), with_it.sum())
+    gain = sqnr_db(without.sum(), with_it.sum())
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(without), size=(draws, len(without)))
     a, b = without[idx].sum(axis=1), with_it[idx].sum(axis=1)
-    gains = 10.0 * np.log10(np.maximum(a, 1e-300) / np.maximum(b, 1e-300))
+    gains = decibels(np.maximum(a, 1e-300) / np.maximum(b, 1e-300))
     return gain, float(np.quantile(gains, alpha))
 
 
@@ -175,8 +172,8 @@ class KeepIfBetter(Algorithm):
         log.info("%s: output SQNR gain %.2f dB (%.0f%% lower bound %.2f dB): %s", name, gain,
                  100 * self.confidence, low, "kept" if kept else "dropped")
         choices = dict(chosen_plan.config.get("algorithm_choices", {}))
-        choices[name] = {"kept": kept, "sqnr_with_db": _db(signal.sum(), noise_with.sum()),
-                         "sqnr_without_db": _db(signal.sum(), noise_without.sum()),
+        choices[name] = {"kept": kept, "sqnr_with_db": sqnr_db(signal.sum(), noise_with.sum()),
+                         "sqnr_without_db": sqnr_db(signal.sum(), noise_without.sum()),
                          "gain_lower_bound_db": low, "confidence": self.confidence,
                          "min_gain_db": self.min_gain_db,
                          "samples": len(batches), "held_out": not in_sample,

@@ -7,22 +7,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from lowbit.core.fidelity import cosine_per_sample, sqnr
 from lowbit.metrics.base import Metric, ratio, register_metric
-
-
-def _rows(x) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x.reshape(len(x), -1)
-
-
-def cosine_per_sample(reference, candidate) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine, defined) per sample. Two zero vectors have no angle: undefined (0, False), left out
-    of the mean. A zero candidate where the reference is not zero is a failure: cosine 0."""
-    r, c = _rows(reference), _rows(candidate)
-    nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
-    defined = nr > 0
-    cos = np.where((nr > 0) & (nc > 0), np.sum(r * c, axis=1) / np.maximum(nr * nc, 1e-300), 0.0)
-    return np.where(defined, cos, 0.0), defined
 
 
 @register_metric("top1-agreement")
@@ -64,6 +50,4 @@ class Sqnr(Metric):
     cand)^2) pooled over all samples; infinite when they are identical."""
 
     def score(self, reference, candidate, labels=None) -> float:
-        r = np.asarray(reference, np.float64)
-        noise = np.sum((r - candidate) ** 2)
-        return float("inf") if noise == 0 else float(10 * np.log10(np.sum(r * r) / noise))
+        return sqnr(reference, candidate)

@@ -21,6 +21,7 @@ import onnx
 from lowbit.calibration import Percentile
 from lowbit.calibration.histogram import HistogramObserver
 from lowbit.config import QuantConfig
+from lowbit.core.fidelity import sqnr_db
 from lowbit.data import Batch
 from lowbit.emit.qdq import emit_simulation
 from lowbit.onnx.session import CalibrationStats, run_batch, session
@@ -35,7 +36,7 @@ def output_sqnr(reference: list[np.ndarray], candidate: list[np.ndarray]) -> flo
     ref = np.concatenate([r.reshape(-1) for r in reference]).astype(np.float64)
     err = ref - np.concatenate([c.reshape(-1) for c in candidate]).astype(np.float64)
     noise = float(np.sum(err * err))
-    return float("inf") if noise == 0.0 else float(10.0 * np.log10(np.sum(ref * ref) / noise))
+    return sqnr_db(np.sum(ref * ref), noise)
 
 
 def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], QuantPlan], stats: CalibrationStats, config: QuantConfig,

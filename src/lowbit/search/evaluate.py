@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from lowbit.search.checkpoint import load_checkpoint, save_checkpoint
-from lowbit.search.float_layers import restore_float_layers
-from lowbit.search.held import MAX_HELD_BYTES, MAX_HELD_SAMPLES, HoldCap, batch_nbytes
+from lowbit.core.fidelity import sqnr
 from lowbit.data import Batch
 from lowbit.emit import emit_simulation
 from lowbit.metrics import METRICS, Metric
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.quant_plan import QuantPlan
+from lowbit.search.checkpoint import load_checkpoint, save_checkpoint
+from lowbit.search.float_layers import restore_float_layers
+from lowbit.search.held import MAX_HELD_BYTES, MAX_HELD_SAMPLES, HoldCap, batch_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,7 @@ class PlanEvaluator:
             return Score(*self.cache[key])
         self.evaluations += 1
         out = self.outputs(plan)
-        noise = float(np.sum((self.reference.astype(np.float64) - out) ** 2))
-        sqnr = float("inf") if noise == 0 else float(10 * np.log10(np.sum(self.reference.astype(np.float64) ** 2) / noise))
-        score = Score(float(self.score_fn(self.reference, out, self.labels)), sqnr)
+        score = Score(float(self.score_fn(self.reference, out, self.labels)), sqnr(self.reference, out))
         if self.checkpoint is not None:
             self.cache[key] = [score.metric, score.sqnr_db]
             if not save_checkpoint(self.checkpoint, self.cache):

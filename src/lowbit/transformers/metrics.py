@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from lowbit.core.fidelity import cosine_per_sample
 from lowbit.metrics.base import Metric, register_metric
 
 
@@ -30,8 +31,9 @@ def nearest_neighbours(emb: np.ndarray) -> np.ndarray:
 
 
 def cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """Per-sample cosine of candidate to reference, (N,)."""
-    return np.sum(_unit(reference) * _unit(candidate), axis=1)
+    """Per-sample cosine of candidate to reference, (N,) (`lowbit.core.fidelity.cosine_per_sample`;
+    0 where either vector is zero)."""
+    return cosine_per_sample(reference, candidate)[0]
 
 
 @register_metric("nn-preserved")

@@ -23,6 +23,7 @@ from lowbit.algorithms.smoothquant import SmoothQuant
 from lowbit.calibration import MSE
 from lowbit.config import QuantConfig, Scheme
 from lowbit.core.dtypes import dtype_by_name, int4, uint8
+from lowbit.core.fidelity import sqnr_db
 from lowbit.core.granularity import PerGroup, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.data import as_feeds, specs_from_onnx
@@ -257,4 +258,4 @@ def layer_sensitivity(model: onnx.ModelProto, plan: QuantPlan, calib: Any, tenso
                 y = x @ w
                 sig[t] += float(np.sum(y * y))
                 err[t] += float(np.sum((y - x @ plan.tensors[t].qparams.fake_quantize(w)) ** 2))
-    return {t: 10 * np.log10(sig[t] / max(err[t], 1e-30)) for t in tensors}
+    return {t: sqnr_db(sig[t], max(err[t], 1e-30)) for t in tensors}

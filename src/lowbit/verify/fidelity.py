@@ -6,11 +6,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from lowbit.core.fidelity import cosine_per_sample, sqnr_db
 from lowbit.data import Batch
-from lowbit.metrics.fidelity import cosine_per_sample
+from lowbit.data.stateful import StateCarry, run_carried
 from lowbit.onnx.session import run_batch, session
 from lowbit.progress import Progress, null_progress
-from lowbit.data.stateful import StateCarry, run_carried
 from lowbit.verify.outputs import OutputStore
 
 
@@ -65,16 +65,13 @@ class FidelityAccumulator:
                 self.labeled += lab.size
 
     def result(self) -> dict:
-        def sqnr(s: float, e: float) -> float:
-            return float("inf") if e == 0 else float(10 * np.log10(max(s, 1e-300) / e))
-
         out = {
             "samples": self.samples,
-            "sqnr_db": sqnr(self.signal[0], self.noise[0]) if self.samples else None,
+            "sqnr_db": sqnr_db(max(self.signal[0], 1e-300), self.noise[0]) if self.samples else None,
             "cosine": self.cos_sum / self.cos_n if self.cos_n else None,
             "top1_agreement": self.agree / self.samples if self.samples and self.classifier else None,
             "kl": self.kl_sum / self.samples if self.samples and self.classifier else None,
-            "per_output_sqnr_db": {n: sqnr(s, e) for n, s, e in zip(self.names, self.signal, self.noise)},
+            "per_output_sqnr_db": {n: sqnr_db(max(s, 1e-300), e) for n, s, e in zip(self.names, self.signal, self.noise)},
         }
         return out
 
