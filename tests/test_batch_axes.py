@@ -16,7 +16,8 @@ from lowbit.cli.commands import main
 from lowbit.data import InputSpec, as_feeds, specs_from_onnx
 from lowbit.data.axes import parse_axis, resolve_batch_axes
 from lowbit.errors import ConfigError, DataError
-from lowbit.onnx.session import collect_stats, session
+from lowbit.calibration.collect import collect_stats
+from lowbit.onnx.session import session
 from lowbit.data.stateful import model_feeds, parse_pairs
 from lowbit.verify import compare_models
 

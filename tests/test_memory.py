@@ -161,7 +161,7 @@ import lowbit
 from lowbit.algorithms import GPTQ
 from lowbit.plan.algorithm import AlgorithmContext
 from lowbit.api import calibrate_plan
-from lowbit.config import preset
+from lowbit.presets import preset
 from lowbit.data import as_feeds
 from lowbit.load.model import load_model
 from lowbit.load.prepare import prepare

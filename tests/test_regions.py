@@ -149,7 +149,7 @@ def test_elementwise_polynomial_goes_float_when_clearly_closer(monkeypatch) -> N
     assert good.plan.nodes["cube"].precision == "fp32" and "elementwise" in good.plan.nodes["cube"].reason
     assert good.plan.nodes["fc1"].precision == "int8" and good.plan.nodes["fc2"].precision == "int8"
 
-    monkeypatch.setattr("lowbit.api.choose_elementwise", lambda a, b: {"float": False})
+    monkeypatch.setattr("lowbit.plan.calibrate.choose_elementwise", lambda a, b: {"float": False})
     naive = lowbit.quantize(model, _config(), calib, verify=None)
     assert naive.plan.nodes["cube"].precision == "int8"
 

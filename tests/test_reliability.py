@@ -114,7 +114,7 @@ def test_shard_merged_calibration_gives_identical_plan_and_model(small_model_pat
     from lowbit.data import as_feeds
     from lowbit.emit import emit_qdq
     from lowbit.load.model import load_model
-    from lowbit.onnx.session import collect_stats
+    from lowbit.calibration.collect import collect_stats
     from lowbit.plan.planner import build_plan
     from lowbit.load.prepare import prepare
     from lowbit.plan.selection import select

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from lowbit.algorithms import AlgorithmContext
 from lowbit.calibration import Percentile
+from lowbit.calibration.collect import collect_stats
 from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
 from lowbit.data.arrays import take_rows
 from lowbit.data.stateful import check_data_options, model_feeds
-from lowbit.emit import emit_qdq
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
 from lowbit.emit.int4 import emit_mixed
 from lowbit.emit.shared_constants import share_identical_initializers
-from lowbit.emit.size_check import TINY_MODEL, check_smaller, sizes
+from lowbit.emit.size_check import TINY_MODEL, Sizes, check_smaller, sizes
 from lowbit.emit.subgraphs import describe, store_subgraph_weights
 from lowbit.emit.weight_only import WEIGHT_ONLY_MAX_BYTES, weight_only_plan
 from lowbit.errors import ConfigError, DataError, ModelError
@@ -31,28 +30,19 @@ from lowbit.load.model import LoadedModel, load_model
 from lowbit.load.prepare import PreparedModel, fingerprint, prepare
 from lowbit.metrics.spec import parse_metric
 from lowbit.onnx.graph import GraphIndex
-from lowbit.onnx.session import collect_stats, run_batch, session
-from lowbit.plan.clipping import choose_clipping, simulated_sqnr
+from lowbit.onnx.session import run_batch, session
+from lowbit.plan.calibrate import calibrate
 from lowbit.plan.fit import check_plan_fits, plan_to_apply
-from lowbit.plan.planner import build_plan
 from lowbit.plan.quant_plan import QuantPlan
-from lowbit.plan.recipes import block_inputs, mixed_selection, with_mse_ranges
-from lowbit.plan.regions import choose_elementwise, concats_to_split, elementwise_nodes
-from lowbit.plan.selection import select
 from lowbit.presets import as_config, resolve_transformer
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
 from lowbit.search import PlanEvaluator, analyze_layers
-from lowbit.search.budget import budget_metric, budget_outcome, budget_search
+from lowbit.search.budget import Budget, budget_metric, budget_outcome, budget_search
 from lowbit.search.float_layers import restore_float_layers
-from lowbit.search.float_prefix import choose_float_prefix
 from lowbit.target.cpu import target_traits
-from lowbit.target.latency_choice import PLAN_KEY
-from lowbit.target.layer_costs import measure_layer_costs
 from lowbit.target.memory import peak_rss_mb, reset_peak_rss
 from lowbit.target.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
-from lowbit.transformers.patterns import transformer_selection
-from lowbit.transformers.pipeline import embedding_in_blocks
 from lowbit.verify import check_parity, compare_models, kernel_check, measure_latency
 from lowbit.verify.energy import ASSUMPTIONS as ENERGY_ASSUMPTIONS
 from lowbit.verify.energy import SOURCE as ENERGY_SOURCE
@@ -96,10 +86,17 @@ class VerifyOptions:
                               f"got {self.threads!r}.")
 
 
-def _stage(timings: dict[str, float], name: str, t0: float) -> float:
-    now = time.perf_counter()
-    timings[name] = timings.get(name, 0.0) + now - t0
-    return now
+class _Clock:
+    """Seconds per stage of one call (`QuantResult.timings`)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self.start = self.t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + now - self.t
+        self.t = now
 
 
 def make_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSource,
@@ -115,77 +112,36 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
                    ) -> tuple[onnx.ModelProto, QuantPlan, onnx.ModelProto]:
     """`make_plan`, also returning the float model before the plan-stage algorithms fitted layers to
     their INT8 grids (what a layer kept in float should run with). `timings` gets seconds per step
-    ('plan:<step>': each algorithm, layer costs, calibration, clipping)."""
-    timings = {} if timings is None else timings
-    t = time.perf_counter()
-    config = resolve_transformer(config, prepared.proto)
-    ctx = AlgorithmContext(calib, config, progress, config.seed, timings)
-    model = prepared.proto
-    # not kept past this point: where the caller handed over its only reference (quantize does),
-    # the unfitted model is freed as soon as a float algorithm has made its own
-    del prepared
-    for alg in config.algorithms:
-        if alg.stage == "float":
-            model, _ = alg.apply(model, None, ctx)
-            t = _stage(timings, f"plan:{alg.registry_name}", t)
-    costs = None
-    mixed = config.transformer == "mixed"  # each region its recipe (lowbit.plan.recipes)
-    if config.objective == "latency" and (mixed or not config.transformer):
-        costs = measure_layer_costs(model, threads=1, progress=progress)
-        t = _stage(timings, "plan:layer_costs", t)
-    if mixed:
-        def choose(keep=None):
-            return mixed_selection(model, config, costs, keep)
-    else:
-        def choose(keep=None):
-            return select(model, config, costs, keep=keep)
-    if config.transformer and not mixed:
-        selection = transformer_selection(model, config.keep_float)
-    else:
-        selection = choose()
-    method = config.activations.calibration
-    stats = collect_stats(model, selection.to_observe, calib, lambda name: method, progress)
-    t = _stage(timings, "plan:calibrate", t)
-    split: dict[str, str] = {}
-    if mixed or not config.transformer:  # Concats of very different ranges stay float (lowbit.plan.regions)
-        split = concats_to_split(model, selection, stats, config)
-        if split:
-            selection = choose(split)
+    ('plan:<step>': each algorithm, layer costs, calibration, clipping). The stage itself, which
+    also returns the calibration statistics: `lowbit.plan.calibrate.calibrate`."""
+    c = calibrate(prepared.proto, resolve_transformer(config, prepared.proto), calib, progress, timings)
+    return c.model, c.plan, c.before_fit
 
-    def plan_for(sel, cfg):  # block linear inputs of a mixed model on MSE ranges (transformer recipe)
-        plan = build_plan(model, sel, stats, cfg)
-        return with_mse_ranges(plan, stats, cfg, block_inputs(model, sel)) if mixed else plan
-    if config.transformer and not mixed:
-        plan = build_plan(model, selection, stats, config)
-    else:  # the clipping level whose plan is closest to FP32 at the output (lowbit.plan.clipping)
-        plan, clipped, clipping = choose_clipping(model, lambda c: plan_for(selection, c), stats, config, calib)
-        elementwise = elementwise_nodes(selection) if clipping else {}
-        if elementwise:  # elementwise arithmetic in float where that is clearly closer (lowbit.plan.regions)
-            alt = plan_for(choose({**split, **elementwise}), clipped)
-            sqnr = simulated_sqnr(model, {"float": alt}, calib)["float"]
-            choice = choose_elementwise(clipping["levels"][str(clipping["chosen"])], sqnr)
-            if choice["float"]:
-                plan = alt
-            plan.config["elementwise_choice"] = choice
-        if clipping:
-            plan.config["activation_clipping"] = clipping
-        if mixed:  # the first layers in float where clearly closer to FP32 (lowbit.search.float_prefix)
-            plan, prefix = choose_float_prefix(model, plan, calib)
-            if prefix:
-                plan.config["float_prefix"] = prefix
-    t = _stage(timings, "plan:clipping", t)
-    if selection.layer_costs:  # the timings behind the layers kept in float for speed
-        plan.config[PLAN_KEY] = selection.layer_costs
-    before_fit = model
-    for alg in config.algorithms:
-        if alg.stage == "plan":
-            model, plan = alg.apply(model, plan, ctx)
-            t = _stage(timings, f"plan:{alg.registry_name}", t)
-    if config.transformer and not mixed:
-        plan = embedding_in_blocks(model, plan)
-    # the plan describes the float model the algorithms produced: that is what it re-applies to
-    plan.model_fingerprint = fingerprint(model)
-    return model, plan, before_fit
+
+@dataclass
+class _Job:
+    """One quantize call's state as its stages hand it on. `prepared.proto` is the float model the
+    plan applies to; a stage that replaces it drops the previous one (one float model alive)."""
+
+    loaded: LoadedModel
+    prepared: PreparedModel
+    source_sizes: Sizes  # the output must be smaller (checked after emit)
+    cfg: QuantConfig
+    plan: QuantPlan | None = None
+    reapplied: bool = False  # the plan was given, not calibrated
+    before_fit: onnx.ModelProto | None = None  # float weights for layers kept in float
+    reference: onnx.ModelProto | None = None  # the prepared FP32 model, kept for a budget search
+    calib: FeedSource | None = None
+    search: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def take_float_model(self) -> onnx.ModelProto:
+        """The float model, handed over: the job keeps no reference to it meanwhile."""
+        proto, self.prepared = self.prepared.proto, replace(self.prepared, proto=onnx.ModelProto())
+        return proto
+
+    def set_float_model(self, proto: onnx.ModelProto) -> None:
+        self.prepared = replace(self.prepared, proto=proto)
 
 
 def quantize(
@@ -237,165 +193,219 @@ def quantize(
     ...                          preprocess=ImagePreprocess.imagenet())
     >>> print(result.report)
     """
-    cfg = as_config(config)
-    timings: dict[str, float] = {}
-    t = t_start = time.perf_counter()
+    clock = _Clock()
     reset_peak_rss()
-    search = calib = None
-    subgraph_note = weight_only_note = ""
-    before_fit = None
-    # the output is checked before any work and written only after everything that can fail has run
-    # (verification included): a failed run leaves an earlier output as it was
-    inputs = {"model": model, "calib_data": calib_data, "eval_data": eval_data, "plan": plan, "labels": labels}
+    # the outputs are checked before any work and written only after everything that can fail has
+    # run (verification included): a failed run leaves an earlier output as it was
     outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
-    out_target = check_outputs(outputs, inputs).get("output")
+    out_target = check_outputs(outputs, {"model": model, "calib_data": calib_data, "eval_data": eval_data,
+                                         "plan": plan, "labels": labels}).get("output")
+    job = _load(model, example_inputs, as_config(config), outputs, batch_axes, stateful, keep_loaded=verify is not None)
+    if plan is None:  # the recipe (CNN / transformer / mixed regions), chosen once
+        job.cfg = resolve_transformer(job.cfg, job.prepared.proto)
+    clock.lap("load+prepare")
+    budget = Budget(metric, max_drop, min_metric, search_evals) if max_drop is not None or min_metric is not None \
+        else None
+    if plan is not None:
+        _reapply(job, plan)
+    elif job.cfg.precision == "int8":
+        job.calib = _calibration_feeds(job, calib_data, preprocess, calib_limit, skip_bad, batch_axes, stateful)
+        _calibrate(job, budget is not None, progress, clock.timings)
+        clock.lap("calibrate+plan")
+        if budget is not None:
+            metric = _search(job, budget, eval_data, labels, preprocess, verify, progress, checkpoint)
+            clock.lap("search")
+    qmodel, qbytes = _emit(job, config if isinstance(config, str) else None)
+    clock.lap("emit")
+    report = _quantize_report(job, output, clock)
+    if verify is not None:
+        _verify_quantized(job, report, (qbytes, eval_data, calib_data, labels, preprocess),
+                          verify, progress, metric, batch_axes, stateful, skip_bad)
+        clock.timings["verify"] = time.perf_counter() - clock.t
+    out_path = _write_output(report, out_target, output, qbytes, keep_failed)
+    return QuantResult(qmodel, job.plan, report, out_path, clock.timings, job.prepared.proto)
+
+
+def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, batch_axes: Any, stateful: Any,
+          keep_loaded: bool) -> _Job:
+    """Load and prepare stages; the data options checked against the model before any work."""
     loaded = load_model(model, example_inputs)
-    source_sizes = sizes(loaded.proto)  # the output must be smaller (checked after emit)
+    source_sizes = sizes(loaded.proto)
     check_outputs(outputs, {"model file": list(loaded.files)})
     prepared = prepare(loaded)
-    check_data_options(prepared.proto, prepared.inputs, batch_axes, stateful)  # before any work
-    if verify is None:  # the loaded model is only verification's reference: not kept without it
+    check_data_options(prepared.proto, prepared.inputs, batch_axes, stateful)
+    if not keep_loaded:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
-    if plan is None:
-        cfg = resolve_transformer(cfg, prepared.proto)
-    t = _stage(timings, "load+prepare", t)
+    return _Job(loaded, prepared, source_sizes, cfg)
 
-    if plan is not None:
-        qplan = plan_to_apply(plan, prepared.proto)  # checked like user input (lowbit.plan.schema)
-        if qplan.config.get("weights"):  # a transformer plan records its recipe under 'transformer'
-            cfg = QuantConfig.from_dict({**qplan.config, "transformer": bool(qplan.config.get("transformer"))})
-        if qplan.precision != "int8":
-            raise ConfigError(f"re-applying a plan works for static int8 plans; this one is '{qplan.precision}'. "
-                              f"Quantize again with precision '{qplan.precision}' instead.")
-        if qplan.model_fingerprint and qplan.model_fingerprint != prepared.fingerprint:
-            changed = [a["name"] for a in qplan.config.get("algorithms", [])]
-            if changed:
-                raise ConfigError(
-                    f"this plan was made with algorithms that change the float weights ({', '.join(changed)}), "
-                    "so it applies to the float model they produced, not to this one. Re-apply it to the model "
-                    "saved with --save-float-model (API: result.float_model).")
-            log.warning("the plan was made for another model (fingerprint %s, this model %s)",
-                        qplan.model_fingerprint, prepared.fingerprint)
-        _check_plan_fits(qplan, prepared)
-    elif cfg.precision == "int8":
-        if calib_data is None:
-            raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
-                            "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
-        calib = model_feeds(calib_data, prepared.proto, prepared.inputs, batch_axes=batch_axes, stateful=stateful,
-                            preprocess=preprocess, limit=calib_limit, skip_bad=skip_bad)
-        budget = max_drop is not None or min_metric is not None
-        original = prepared.proto if budget else None
-        # calibrate_plan gets the only reference to the prepared model (popped from a list: no local
-        # here keeps it), so the copies the algorithms make replace it instead of adding to it
-        handed = [prepared]
-        prepared = PreparedModel(onnx.ModelProto(), prepared.name, prepared.source, prepared.inputs)
-        float_model, qplan, before_fit = calibrate_plan(handed.pop(), cfg, calib, progress, timings)
-        prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
-        if not budget and source_sizes.file > WEIGHT_ONLY_MAX_BYTES:
-            before_fit = None  # only float layers (the search's, a weight-only fallback) need the unfitted weights
-        t = _stage(timings, "calibrate+plan", t)
-        search = None
-        if budget:
-            if eval_data is None:
-                raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
 
-            metric = budget_metric(metric, original, eval_data, prepared.inputs, preprocess)
-            qplan, search = budget_search(prepared, original, before_fit, qplan, cfg, eval_data, labels,
-                                          preprocess, metric.metric, max_drop, min_metric, search_evals,
-                                          verify.eval_limit if verify is not None else None, progress,
-                                          checkpoint)
-            # the layers the search kept in float run with their float weights, not their INT8 fits
-            float_model = restore_float_layers(float_model, before_fit, qplan)
-            qplan.model_fingerprint = fingerprint(float_model)
-            prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
-            t = _stage(timings, "search", t)
+def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
+    """A saved static INT8 plan, checked like user input (`lowbit.plan.schema`) and against the
+    model it is applied to; its own config replaces the call's."""
+    plan = plan_to_apply(given, job.prepared.proto)
+    if plan.config.get("weights"):  # a transformer plan records its recipe under 'transformer'
+        job.cfg = QuantConfig.from_dict({**plan.config, "transformer": bool(plan.config.get("transformer"))})
+    if plan.precision != "int8":
+        raise ConfigError(f"re-applying a plan works for static int8 plans; this one is '{plan.precision}'. "
+                          f"Quantize again with precision '{plan.precision}' instead.")
+    if plan.model_fingerprint and plan.model_fingerprint != job.prepared.fingerprint:
+        changed = [a["name"] for a in plan.config.get("algorithms", [])]
+        if changed:
+            raise ConfigError(
+                f"this plan was made with algorithms that change the float weights ({', '.join(changed)}), "
+                "so it applies to the float model they produced, not to this one. Re-apply it to the model "
+                "saved with --save-float-model (API: result.float_model).")
+        log.warning("the plan was made for another model (fingerprint %s, this model %s)",
+                    plan.model_fingerprint, job.prepared.fingerprint)
+    check_plan_fits(plan, job.prepared.proto)
+    job.plan, job.reapplied = plan, True
 
-    if cfg.precision == "fp16" and plan is None:
+
+def _calibration_feeds(job: _Job, calib_data: Any, preprocess: Any, limit: int | None, skip_bad: bool,
+                       batch_axes: Any, stateful: Any) -> FeedSource:
+    if calib_data is None:
+        raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
+                        "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
+    p = job.prepared
+    return model_feeds(calib_data, p.proto, p.inputs, batch_axes=batch_axes, stateful=stateful,
+                       preprocess=preprocess, limit=limit, skip_bad=skip_bad)
+
+
+def _calibrate(job: _Job, budget: bool, progress: Progress, timings: dict[str, float]) -> None:
+    """Plan stage (`lowbit.plan.calibrate`). The float model is handed over, so the copies the
+    algorithms make replace it instead of adding to it (a budget search keeps the prepared model
+    as its reference)."""
+    job.reference = job.prepared.proto if budget else None
+    c = calibrate(job.take_float_model(), job.cfg, job.calib, progress, timings)
+    job.set_float_model(c.model)
+    job.plan = c.plan
+    # only float layers (the search's, a weight-only fallback) need the unfitted weights
+    job.before_fit = c.before_fit if budget or job.source_sizes.file <= WEIGHT_ONLY_MAX_BYTES else None
+
+
+def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, preprocess: Any, verify: VerifyOptions | None,
+            progress: Progress, checkpoint: str | Path | None) -> Any:
+    """The precision search within the accuracy budget (`lowbit.search.budget`); returns the metric
+    it used, which the report then leads with."""
+    if eval_data is None:
+        raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
+    inputs = job.prepared.inputs
+    choice = budget_metric(budget.metric, job.reference, eval_data, inputs, preprocess)
+    feeds = as_feeds(eval_data, inputs, labels=labels, preprocess=preprocess,
+                     limit=verify.eval_limit if verify is not None else None)
+    job.plan, job.search = budget_search(job.prepared.proto, job.plan, job.cfg, feeds,
+                                         replace(budget, metric=choice.metric), reference=job.reference,
+                                         float_weights=job.before_fit, checkpoint=checkpoint, progress=progress)
+    # the layers the search kept in float run with their float weights, not their INT8 fits
+    float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
+    job.plan.model_fingerprint = fingerprint(float_model)
+    job.set_float_model(float_model)
+    return choice
+
+
+def _emit(job: _Job, preset_name: str | None) -> tuple[onnx.ModelProto, bytes]:
+    """Emit stage: the plan (or, for fp16 / int8-dynamic, the preset) becomes the deployable model,
+    which must be smaller than its input."""
+    cfg, float_model = job.cfg, job.prepared.proto
+    if cfg.precision == "fp16" and not job.reapplied:
         fp16_arithmetic = target_traits(cfg.target).fp16
-        qmodel, qplan = (emit_fp16(prepared.proto, cfg.keep_io_types) if fp16_arithmetic
-                         else emit_fp16_weights(prepared.proto))
-    elif cfg.precision == "int8-dynamic" and plan is None:
-        qmodel, qplan = emit_dynamic(prepared.proto, target=cfg.target)
+        qmodel, job.plan = emit_fp16(float_model, cfg.keep_io_types) if fp16_arithmetic else emit_fp16_weights(float_model)
+    elif cfg.precision == "int8-dynamic" and not job.reapplied:
+        qmodel, job.plan = emit_dynamic(float_model, target=cfg.target)
     else:
-        qmodel = emit_mixed(prepared.proto, qplan)  # emit_qdq, plus block-wise weights the search chose
-        # ONNX Runtime does not fuse Q/DQ inside If / Loop / Scan bodies: their weights are stored w8
-        subgraph_note = describe(store_subgraph_weights(qmodel, "w8"))
-        share_identical_initializers(qmodel)  # zero points, passthrough scales, weights copied per layer
-        if (plan is None and search is None and before_fit is not None
-                and source_sizes.file >= TINY_MODEL and qmodel.ByteSize() >= source_sizes.file):
-            # the Q/DQ nodes cost more than the INT8 weights save (lowbit.emit.weight_only); test-sized
-            # models may grow, as check_smaller allows
-            why = (f"quantizing the activations made the file {qmodel.ByteSize():,} bytes, not smaller than the "
-                   f"input's {source_sizes.file:,}")
-            qplan = weight_only_plan(prepared.proto, qplan, why)
-            float_model = restore_float_layers(prepared.proto, before_fit, qplan)
-            qplan.model_fingerprint = fingerprint(float_model)
-            prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
-            qmodel = emit_mixed(prepared.proto, qplan)
-            subgraph_note = describe(store_subgraph_weights(qmodel, "w8"))
-            share_identical_initializers(qmodel)
-            weight_only_note = f"All layers weight-only INT8 (FP32 arithmetic): {why}."
+        qmodel = _emit_int8(job)
     qbytes = qmodel.SerializeToString()
-    check_smaller(config if isinstance(config, str) else qplan.precision, source_sizes, qmodel, len(qbytes))
-    t = _stage(timings, "emit", t)
+    check_smaller(preset_name or job.plan.precision, job.source_sizes, qmodel, len(qbytes))
+    return qmodel, qbytes
 
-    timings["total_quantize"] = time.perf_counter() - t_start
-    quantizer = {"wall_s": timings["total_quantize"], "peak_rss_mb": peak_rss_mb(),
-                 "stages": dict(timings)}
 
+def _emit_int8(job: _Job) -> onnx.ModelProto:
+    """QDQ (plus block-wise weights the search chose); where the Q/DQ nodes cost more than the INT8
+    weights save, the weight-only form of the plan (`lowbit.emit.weight_only`)."""
+    qmodel, note = _emit_static(job.prepared.proto, job.plan)
+    size = job.source_sizes.file
+    if (not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL
+            and qmodel.ByteSize() >= size):  # test-sized models may grow, as check_smaller allows
+        why = (f"quantizing the activations made the file {qmodel.ByteSize():,} bytes, not smaller than the "
+               f"input's {size:,}")
+        job.plan = weight_only_plan(job.prepared.proto, job.plan, why)
+        float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
+        job.plan.model_fingerprint = fingerprint(float_model)
+        job.set_float_model(float_model)
+        qmodel, note = _emit_static(job.prepared.proto, job.plan)
+        job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {why}.")
+    if note:
+        job.notes.append(note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
+    return qmodel
+
+
+def _emit_static(float_model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, str]:
+    qmodel = emit_mixed(float_model, plan)  # emit_qdq, plus block-wise weights the search chose
+    # ONNX Runtime does not fuse Q/DQ inside If / Loop / Scan bodies: their weights are stored w8
+    note = describe(store_subgraph_weights(qmodel, "w8"))
+    share_identical_initializers(qmodel)  # zero points, passthrough scales, weights copied per layer
+    return qmodel, note
+
+
+def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Report:
+    clock.timings["total_quantize"] = time.perf_counter() - clock.start
+    plan, loaded = job.plan, job.loaded
     report = Report({
-        "title": f"lowbit: {loaded.name} -> {qplan.precision}",
+        "title": f"lowbit: {loaded.name} -> {plan.precision}",
         "model": {"name": loaded.name, "source": loaded.source},
-        "precision": qplan.precision,
+        "precision": plan.precision,
         "output_path": str(output) if output is not None else None,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "nodes": nodes_summary(qplan),
-        "quantizer": quantizer,
+        "nodes": nodes_summary(plan),
+        "quantizer": {"wall_s": clock.timings["total_quantize"], "peak_rss_mb": peak_rss_mb(),
+                      "stages": dict(clock.timings)},
     })
-    if qplan.precision == "int8":
-        report.data["layer_precisions"] = [{"name": n.name, "precision": n.precision} for n in qplan.nodes.values()
+    if plan.precision == "int8":
+        report.data["layer_precisions"] = [{"name": n.name, "precision": n.precision} for n in plan.nodes.values()
                                            if n.op not in ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze")]
-    if calib is not None:
-        _note_skipped(report, "calibration", calib)
-    if weight_only_note:
-        report.data["notes"].append(weight_only_note)
-    if subgraph_note:
-        report.data["notes"].append(subgraph_note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
-    if cfg.precision == "int8" and plan is None and search is not None:
-        report.data["search"] = search
-        report.data["budget"] = budget_outcome(search, qplan.precision)
-        if not search["met_budget"]:
+    if job.calib is not None:
+        _note_skipped(report, "calibration", job.calib)
+    report.data["notes"] += job.notes
+    if job.search is not None:
+        report.data["search"] = job.search
+        report.data["budget"] = budget_outcome(job.search, plan.precision)
+        if not job.search["met_budget"]:
             report.data["notes"].append(
-                f"The accuracy budget ({search['metric']} >= {search['floor']:.4f}) was not met within "
-                f"{search['evaluations']} evaluations; the best mix found is returned.")
-    if verify is not None:
-        data = eval_data if eval_data is not None else calib_data
-        if eval_data is None:
-            report.data["notes"].append("No held-out data given: fidelity is measured on the calibration data.")
-        if data is not None:
-            float_model = prepared.proto
-            eval_feeds = model_feeds(data, loaded.proto, prepared.inputs, batch_axes=batch_axes, stateful=stateful,
-                                     labels=labels, preprocess=preprocess, limit=verify.eval_limit, skip_bad=skip_bad)
-            _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, float_model, qplan)},
-                         eval_feeds, verify, progress, metric=metric)
-            _note_skipped(report, "evaluation", eval_feeds)
-        else:
-            report.data["notes"].append("No data given: fidelity, parity and latency were not measured.")
-        timings["verify"] = time.perf_counter() - t
-    out_path = None
+                f"The accuracy budget ({job.search['metric']} >= {job.search['floor']:.4f}) was not met within "
+                f"{job.search['evaluations']} evaluations; the best mix found is returned.")
+    return report
+
+
+def _verify_quantized(job: _Job, report: Report, given: tuple, verify: VerifyOptions, progress: Progress,
+                      metric: Any, batch_axes: Any, stateful: Any, skip_bad: bool) -> None:
+    """Verify stage: fidelity, task metric, parity, kernels, energy and latency against the FP32
+    model, on the held-out data (else the calibration data)."""
+    qbytes, eval_data, calib_data, labels, preprocess = given
+    data = eval_data if eval_data is not None else calib_data
+    if eval_data is None:
+        report.data["notes"].append("No held-out data given: fidelity is measured on the calibration data.")
+    if data is None:
+        report.data["notes"].append("No data given: fidelity, parity and latency were not measured.")
+        return
+    loaded, plan = job.loaded, job.plan
+    feeds = model_feeds(data, loaded.proto, job.prepared.inputs, batch_axes=batch_axes, stateful=stateful,
+                        labels=labels, preprocess=preprocess, limit=verify.eval_limit, skip_bad=skip_bad)
+    _verify_into(report, loaded.proto.SerializeToString(), {plan.precision: (qbytes, job.prepared.proto, plan)},
+                 feeds, verify, progress, metric=metric)
+    _note_skipped(report, "evaluation", feeds)
+
+
+def _write_output(report: Report, target: Path | None, output: str | Path | None, qbytes: bytes,
+                  keep_failed: bool) -> Path | None:
+    """Write the model, unless the accuracy budget was missed on the held-out data."""
     missed = report.data.get("budget", {}).get("met") is False
     if missed:
         log.warning("the accuracy budget was missed on the held-out data: %s",
                     "the output is written anyway (keep_failed)" if keep_failed else "nothing is written")
-    if out_target is not None and (keep_failed or not missed):
-        atomic_write_bytes(out_target, qbytes)
-        out_path = Path(output)
-    return QuantResult(qmodel, qplan, report, out_path, timings, prepared.proto)
-
-
-def _check_plan_fits(plan: QuantPlan, prepared: PreparedModel) -> None:
-    """Every node and tensor the plan names is in the model, with the op, type and shape it assumes."""
-    check_plan_fits(plan, prepared.proto)
+    if target is None or (missed and not keep_failed):
+        return None
+    atomic_write_bytes(target, qbytes)
+    return Path(output)
 
 
 def nodes_summary(plan: QuantPlan) -> dict:
@@ -548,17 +558,19 @@ def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | s
 
     >>> print(lowbit.analyze("mbv2.onnx", calib, held_out).data["layers"][0])
     """
-    cfg = as_config(config)
     loaded = load_model(model)
     prepared = prepare(loaded)
-    cfg = resolve_transformer(cfg, prepared.proto)
+    cfg = resolve_transformer(as_config(config), prepared.proto)
     calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess)
-    float_model, plan, before_fit = calibrate_plan(prepared, cfg, calib, progress)
+    c = calibrate(prepared.proto, cfg, calib, progress)
+    float_model, plan = c.model, c.plan
     acts = [n for n, t in plan.tensors.items() if t.role == "activation"]
-    stats = collect_stats(float_model, acts, calib, lambda name: Percentile(99.99), progress)
+    stats = c.stats  # histograms of the activations, as the plan's ranges were chosen from them
+    if not all(hasattr(stats.observers.get(n), "counts") for n in acts):  # a config without histograms
+        stats = collect_stats(float_model, acts, calib, lambda name: Percentile(99.99), progress)
     evaluator = PlanEvaluator(float_model, as_feeds(eval_data, prepared.inputs, labels=labels,
                                                     preprocess=preprocess, limit=eval_limit), metric,
-                              reference=prepared.proto, float_weights=before_fit)
+                              reference=prepared.proto, float_weights=c.before_fit)
     ranking = analyze_layers(float_model, plan, evaluator, stats, ways, progress)
     full = evaluator.score(plan)
     report = Report({"title": f"lowbit analyze: {loaded.name}", "model": {"name": loaded.name, "source": loaded.source},

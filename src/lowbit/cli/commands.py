@@ -21,7 +21,7 @@ from lowbit.data.axes import parse_axis
 from lowbit.data.stateful import parse_pairs
 from lowbit.demo import run_demo
 from lowbit.errors import ConfigError, DataError, LowbitError, OutputError
-from lowbit.io import check_inputs, check_outputs, write_all
+from lowbit.io import check_inputs, write_all
 from lowbit.load.external_data import check_outputs_beside
 from lowbit.metrics.spec import parse_metric
 from lowbit.presets import PRESETS, preset

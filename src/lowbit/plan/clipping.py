@@ -24,7 +24,8 @@ from lowbit.config import QuantConfig
 from lowbit.core.fidelity import sqnr_db
 from lowbit.data import Batch
 from lowbit.emit.qdq import emit_simulation
-from lowbit.onnx.session import CalibrationStats, run_batch, session
+from lowbit.calibration.collect import CalibrationStats
+from lowbit.onnx.session import run_batch, session
 from lowbit.plan.quant_plan import QuantPlan
 
 # the configured level is always a candidate; these are added

@@ -16,7 +16,7 @@ from lowbit.target.cpu import target_traits
 from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
 from lowbit.onnx.graph import GraphIndex
-from lowbit.onnx.session import CalibrationStats
+from lowbit.calibration.collect import CalibrationStats
 from lowbit.onnx.ops import WEIGHTED_OPS, weight_slots
 from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 from lowbit.load.prepare import fingerprint

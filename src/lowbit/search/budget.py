@@ -4,6 +4,7 @@ precisions on one half of the held-out data, confirm the result on the other hal
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,12 @@ import onnx
 from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
 from lowbit.errors import ConfigError
-from lowbit.load.prepare import PreparedModel
 from lowbit.metrics import METRICS
 from lowbit.metrics.infer import choose_metrics
 from lowbit.metrics.spec import parse_metric
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.quant_plan import QuantPlan
-from lowbit.progress import Progress
+from lowbit.progress import Progress, null_progress
 from lowbit.search.evaluate import PlanEvaluator
 from lowbit.search.held import HoldCap, batch_nbytes
 from lowbit.search.mixed import four_bit_weight_choices, linear_block_choices
@@ -63,35 +63,48 @@ def split_halves(feeds: FeedSource, cap: HoldCap | None = None) -> tuple[list, l
     return halves
 
 
-def budget_search(prepared: PreparedModel, original: onnx.ModelProto, before_fit: onnx.ModelProto,
-                  plan: QuantPlan, cfg: QuantConfig, eval_data: Any, labels: Any, preprocess: Any, metric: Any,
-                  max_drop: float | None, min_metric: float | None, max_evals: int, limit: int | None,
-                  progress: Progress, checkpoint: str | Path | None = None) -> tuple[QuantPlan, dict]:
-    """(plan, search record). `original`: the user's FP32 model, the reference; `before_fit`: the float
-    model before plan-stage algorithms, whose weights the layers kept in float run with."""
-    feeds = as_feeds(eval_data, prepared.inputs, labels=labels, preprocess=preprocess, limit=limit)
+@dataclass(frozen=True)
+class Budget:
+    """An accuracy budget: `metric` (a Metric, a registry name or a callable, higher is better) at
+    least `min_metric`, or at most `max_drop` below the reference model's score; the search spends
+    at most `max_evals` evaluations."""
+
+    metric: Any
+    max_drop: float | None = None
+    min_metric: float | None = None
+    max_evals: int = 40
+
+
+def budget_search(model: onnx.ModelProto, plan: QuantPlan, cfg: QuantConfig, feeds: FeedSource, budget: Budget, *,
+                  reference: onnx.ModelProto, float_weights: onnx.ModelProto | None,
+                  checkpoint: str | Path | None = None, progress: Progress = null_progress) -> tuple[QuantPlan, dict]:
+    """(plan, search record) for the calibrated `plan` of the float `model`, searched on half of the
+    held-out `feeds` and confirmed on the other half. `reference`: the user's FP32 model;
+    `float_weights`: the float model before plan-stage algorithms, whose weights the layers kept in
+    float run with."""
+    metric, max_drop, min_metric, max_evals = budget.metric, budget.max_drop, budget.min_metric, budget.max_evals
     cap = HoldCap()
     search_half, holdout_half = split_halves(feeds, cap)
     if cap.hit:
         log.warning(cap.message(f"--max-drop / --min-metric evaluation data ({feeds.description})"))
-    evaluator = PlanEvaluator(prepared.proto, search_half, metric, checkpoint, reference=original,
-                              float_weights=before_fit)
+    evaluator = PlanEvaluator(model, search_half, metric, checkpoint, reference=reference,
+                              float_weights=float_weights)
     floor = min_metric if min_metric is not None else evaluator.reference_score - max_drop
     costs = None
     if cfg.objective == "latency":
-        costs = measure_layer_costs(prepared.proto, progress=progress)
-    ranking = analyze_layers(prepared.proto, plan, evaluator, ways=("all_but",), progress=progress)
+        costs = measure_layer_costs(model, progress=progress)
+    ranking = analyze_layers(model, plan, evaluator, ways=("all_but",), progress=progress)
     choices = None
     if cfg.transformer is True:  # 4-bit MatMul weights and a block-quantized embedding table
-        choices = block_choices(prepared.proto, plan)
+        choices = block_choices(model, plan)
     else:  # 4-bit Conv / Gemm weights on the int8 kernels; 8-bit blocks for linear layers
-        choices = four_bit_weight_choices(prepared.proto, plan)
-        for name, options in linear_block_choices(prepared.proto, plan).items():
+        choices = four_bit_weight_choices(model, plan)
+        for name, options in linear_block_choices(model, plan).items():
             choices.setdefault(name, {}).update(options)
-    confirm = PlanEvaluator(prepared.proto, holdout_half, metric, reference=original, float_weights=before_fit)
+    confirm = PlanEvaluator(model, holdout_half, metric, reference=reference, float_weights=float_weights)
     # CNN layers kept in float are then tried on INT8-stored weights (transformers: 4-bit blocks);
     # a choice that fails the budget on the held-out half backs off its last refinements
-    result = search_precisions(prepared.proto, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
+    result = search_precisions(model, plan, evaluator, floor, ranking, costs, cfg.objective, max_evals,
                                progress, choices, weight_only=cfg.transformer is not True,
                                holds_elsewhere=lambda p: confirm.score(p).metric >= floor)
     held = confirm.score(result.plan)

@@ -12,7 +12,7 @@ from lowbit.search.evaluate import PlanEvaluator
 from lowbit.search.mixed import layer_nodes, mixed_plan
 from lowbit.core.granularity import PerTensor
 from lowbit.onnx.graph import GraphIndex
-from lowbit.onnx.session import CalibrationStats
+from lowbit.calibration.collect import CalibrationStats
 from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
 

@@ -31,7 +31,8 @@ from lowbit.emit.int4 import emit_int4_simulation
 from lowbit.errors import ConfigError, DataError, did_you_mean
 from lowbit.load.prepare import fingerprint
 from lowbit.onnx.graph import GraphIndex
-from lowbit.onnx.session import collect_stats, run_batch, session
+from lowbit.calibration.collect import collect_stats
+from lowbit.onnx.session import run_batch, session
 from lowbit.plan.planner import build_plan
 from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
 from lowbit.search.mixed import mixed_plan
