@@ -210,7 +210,7 @@ def test_clipping_level_is_chosen_by_output_error(small_model_path, calib_arrays
     import lowbit
 
     r = lowbit.quantize(small_model_path, "int8", calib_arrays, verify=None)
-    clip = r.plan.config["activation_clipping"]
+    clip = r.plan.decisions.activation_clipping
     levels = {float(k): v for k, v in clip["levels"].items()}
     assert set(levels) >= {99.99, 99.999, 100.0} and clip["samples"] == len(calib_arrays)
     assert levels[clip["chosen"]] == max(levels.values())

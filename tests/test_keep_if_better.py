@@ -65,7 +65,7 @@ def test_helpful_rounding_is_kept_and_harmful_change_dropped() -> None:
     model, calib = tiny_convnet(), smooth_images(16, 1)
     plain = lowbit.quantize(model, _config(KeepIfBetter(_ScaleWeights(1.0), min_gain_db=0.0)), calib, verify=None)
     harmed = lowbit.quantize(model, _config(KeepIfBetter(_ScaleWeights(0.5))), calib, verify=None)
-    record = harmed.plan.config["algorithm_choices"]["scale-weights (test)"]
+    record = harmed.plan.decisions.algorithm_choices["scale-weights (test)"]
     assert record["kept"] is False and record["held_out"] and record["samples"] == 4
     assert record["sqnr_with_db"] < record["sqnr_without_db"]
     weights = [{i.name: i.SerializeToString() for i in r.model.graph.initializer} for r in (harmed, plain)]
@@ -73,7 +73,7 @@ def test_helpful_rounding_is_kept_and_harmful_change_dropped() -> None:
 
     gptq = lowbit.quantize(model, _config(KeepIfBetter(GPTQ(block_size=8, threads=1), min_gain_db=0.0)), calib,
                            verify=None)
-    record = gptq.plan.config["algorithm_choices"]["gptq"]
+    record = gptq.plan.decisions.algorithm_choices["gptq"]
     assert record["sqnr_with_db"] > record["sqnr_without_db"]  # 4-bit weights: GPTQ beats plain rounding
     assert record["kept"] is (record["gain_lower_bound_db"] > 0.0)
 

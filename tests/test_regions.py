@@ -144,7 +144,7 @@ def test_elementwise_polynomial_goes_float_when_clearly_closer(monkeypatch) -> N
     calib, held = rng.normal(size=(256, 16)).astype(np.float32), rng.normal(size=(128, 16)).astype(np.float32)
     ref = _run(model, held)
     good = lowbit.quantize(model, _config(), calib, verify=None)
-    choice = good.plan.config["elementwise_choice"]
+    choice = good.plan.decisions.elementwise_choice
     assert choice["float"] and choice["sqnr_float_db"] > choice["sqnr_int8_db"] + regions.ELEMENTWISE_MARGIN_DB
     assert good.plan.nodes["cube"].precision == "fp32" and "elementwise" in good.plan.nodes["cube"].reason
     assert good.plan.nodes["fc1"].precision == "int8" and good.plan.nodes["fc2"].precision == "int8"
@@ -223,5 +223,5 @@ def test_yolov8n_int8_detection_f1(tmp_path) -> None:
 @pytest.mark.slow
 def test_magika_int8_top1_agreement(tmp_path) -> None:
     agree, res = _zoo_score("magika", tmp_path)
-    assert res.plan.config["elementwise_choice"]["float"]
+    assert res.plan.decisions.elementwise_choice["float"]
     assert agree >= 0.9  # measured 0.95 (0.06 with the GELU / layer-norm arithmetic in INT8)

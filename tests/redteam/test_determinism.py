@@ -14,7 +14,7 @@ import pytest
 import lowbit
 from lowbit.target import layer_cost_cache
 from lowbit.emit.metadata import plan_from_model
-from lowbit.target.latency_choice import MARGIN, PLAN_KEY, estimate_ratio
+from lowbit.target.latency_choice import MARGIN, estimate_ratio
 from lowbit.target.layer_costs import LayerCost, measure_layer_costs
 from lowbit.load.model import load_model
 from lowbit.load.prepare import prepare
@@ -94,12 +94,12 @@ def test_timings_stay_out_of_the_model_file(small_model_path, calib_arrays, tmp_
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
     r = lowbit.quantize(small_model_path, LATENCY, calib_arrays, verify=None)
     plan = r.plan
-    plan.config[PLAN_KEY] = {"some-conv": {"fp32_ms": 0.2, "int8_ms": 0.5}}
+    plan.decisions.layer_costs = {"some-conv": {"fp32_ms": 0.2, "int8_ms": 0.5}}
     a = lowbit.quantize(small_model_path, LATENCY, plan=plan, verify=None).model
-    del plan.config[PLAN_KEY]
+    plan.decisions.layer_costs = None
     b = lowbit.quantize(small_model_path, LATENCY, plan=plan, verify=None).model
     assert a.SerializeToString() == b.SerializeToString()
-    assert PLAN_KEY not in plan_from_model(a).config
+    assert plan_from_model(a).decisions.layer_costs is None
 
 
 def test_saved_plan_reapplies_byte_identically_without_measuring(small_model_path, calib_arrays, tmp_path,
@@ -139,13 +139,13 @@ def test_plan_records_timings_of_layers_kept_for_speed(small_model_path, calib_a
     monkeypatch.setattr(selection.keep_float_for_speed, "__defaults__", (0.5,))
     r = lowbit.quantize(small_model_path, LATENCY, calib_arrays, verify=None)
     assert r.plan.nodes[stem].precision == "fp32"
-    t = r.plan.config[PLAN_KEY][stem]
+    t = r.plan.decisions.layer_costs[stem]
     assert t["int8_ms"] == pytest.approx(0.6, rel=0.05) and t["fp32_ms"] == pytest.approx(0.3, rel=0.05)
     assert t["ratio_iqr"][0] > 1 + MARGIN and t["runs"] == 15
     # the saved plan carries them; the model file does not, and re-applying needs no timing
     r.plan.save(tmp_path / "plan.json")
-    assert json.loads((tmp_path / "plan.json").read_text())["config"][PLAN_KEY][stem]["runs"] == 15
-    assert PLAN_KEY not in plan_from_model(r.model).config
+    assert json.loads((tmp_path / "plan.json").read_text())["config"]["layer_costs"][stem]["runs"] == 15
+    assert plan_from_model(r.model).decisions.layer_costs is None
     monkeypatch.setattr("lowbit.target.layer_costs.measure_layer_costs", lambda *a, **k: pytest.fail("measured"))
     again = lowbit.quantize(small_model_path, LATENCY, plan=tmp_path / "plan.json", verify=None)
     assert again.model.SerializeToString() == r.model.SerializeToString()

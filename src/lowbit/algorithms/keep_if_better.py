@@ -7,7 +7,7 @@ some networks and not on others: on dlib's face ResNet GPTQ raised the INT8 embe
 this wrapper: the plan is simulated with and without the algorithm's weights, each followed by the
 algorithms in `then` (bias correction: what GPTQ gains before it, bias correction mostly gains
 without it, 3.7 of MobileNetV2's 4.3 dB), and GPTQ's weights are kept only if the output SQNR vs
-FP32 rises clearly. The decision and both SQNRs go into plan.config["algorithm_choices"].
+FP32 rises clearly. The decision and both SQNRs go into plan.decisions.algorithm_choices.
 
 The comparison uses calibration batches the algorithms did not fit: every `HOLDOUT`-th batch
 (up to `samples` of them) is held out of their data; a model calibrated on fewer than MIN_BATCHES
@@ -171,7 +171,7 @@ class KeepIfBetter(Algorithm):
         chosen_model, chosen_plan = then(base_model, base_plan, ctx)
         log.info("%s: output SQNR gain %.2f dB (%.0f%% lower bound %.2f dB): %s", name, gain,
                  100 * self.confidence, low, "kept" if kept else "dropped")
-        choices = dict(chosen_plan.config.get("algorithm_choices", {}))
+        choices = dict(chosen_plan.decisions.algorithm_choices or {})
         choices[name] = {"kept": kept, "sqnr_with_db": sqnr_db(signal.sum(), noise_with.sum()),
                          "sqnr_without_db": sqnr_db(signal.sum(), noise_without.sum()),
                          "gain_lower_bound_db": low, "confidence": self.confidence,
@@ -179,5 +179,5 @@ class KeepIfBetter(Algorithm):
                          "samples": len(batches), "held_out": not in_sample,
                          "criterion": "output SQNR of the simulated plan vs FP32 on calibration batches "
                                       + ("the algorithm also fitted" if in_sample else "it did not fit")}
-        chosen_plan.config["algorithm_choices"] = choices
+        chosen_plan.decisions.algorithm_choices = choices
         return chosen_model, chosen_plan

@@ -77,7 +77,7 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
     out = drop_inferred_shapes(_conv_weights_in_int8(out, plan))
     # quantize_dynamic does not reach into If / Loop / Scan bodies: their weights are stored as w8
     subgraphs.record(plan, subgraphs.store_subgraph_weights(out, "w8"))
-    plan.config["reduce_range"] = reduce_range
+    plan.decisions.reduce_range = reduce_range
     record_plan(out, plan)
     return out, plan
 

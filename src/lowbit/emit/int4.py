@@ -15,6 +15,8 @@ byte, the even index in the low nibble).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -178,7 +180,6 @@ def emit_mixed(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     block = {k: t for k, t in plan.tensors.items() if t.role == "weight" and isinstance(t.qparams.granularity, PerGroup)}
     if not block:
         return emit_qdq(model, plan)
-    qdq = QuantPlan(plan.precision, plan.nodes, {k: t for k, t in plan.tensors.items() if k not in block},
-                    plan.observed, plan.folded, plan.config, plan.model_fingerprint, plan.lowbit_version)
+    qdq = dataclasses.replace(plan, tensors={k: t for k, t in plan.tensors.items() if k not in block})
     out = emit_qdq(model, qdq)
     return emit_int4(out, QuantPlan(plan.precision, plan.nodes, block))

@@ -14,7 +14,6 @@ import onnx
 from lowbit.errors import ConfigError, ModelError
 from lowbit.plan.fit import plan_size_limit
 from lowbit.plan.quant_plan import QuantPlan
-from lowbit.target.latency_choice import PLAN_KEY as TIMINGS_KEY
 from lowbit.version import __version__
 
 SCALE, ZERO_POINT = "_s", "_z"  # as lowbit.emit.qdq names them (not imported: qdq imports this module)
@@ -26,10 +25,10 @@ ENCODING = "zlib+base64"
 def record_plan(model: onnx.ModelProto, plan: QuantPlan) -> None:
     """Store the plan, compressed and without per-channel weight scales (they are the model's own
     initializers), plus a hash of the full plan: the file says how it was made at ~1% of its size.
-    The timings behind latency choices (plan.config["layer_costs"]) stay out: they are one run's
+    The timings behind latency choices (plan.decisions.layer_costs) stay out: they are one run's
     noise, and two runs that make the same choices must write the same bytes."""
-    if TIMINGS_KEY in plan.config:
-        plan = dataclasses.replace(plan, config={k: v for k, v in plan.config.items() if k != TIMINGS_KEY})
+    if plan.decisions.layer_costs is not None:
+        plan = dataclasses.replace(plan, decisions=dataclasses.replace(plan.decisions, layer_costs=None))
     full = plan.to_json(include_weight_params=True)
     compact = plan.to_json(include_weight_params=False).encode()
     entries = {

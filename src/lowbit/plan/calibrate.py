@@ -32,8 +32,7 @@ from lowbit.plan.regions import choose_elementwise, concats_to_split, elementwis
 from lowbit.plan.selection import Selection, select
 from lowbit.progress import Progress, null_progress
 from lowbit.search.float_prefix import choose_float_prefix
-from lowbit.target.latency_choice import PLAN_KEY
-from lowbit.target.layer_costs import measure_layer_costs
+from lowbit.target import layer_costs  # called through the module: tests replace the measurement
 from lowbit.transformers.patterns import transformer_selection
 from lowbit.transformers.pipeline import embedding_in_blocks
 
@@ -78,7 +77,7 @@ def calibrate(model: onnx.ModelProto, config: QuantConfig, calib: FeedSource, pr
     model, _ = _run_algorithms("float", model, None, config, ctx, clock)
     costs = None
     if config.objective == "latency" and kind != "transformer":
-        costs = measure_layer_costs(model, threads=1, progress=progress)
+        costs = layer_costs.measure_layer_costs(model, threads=1, progress=progress)
         clock.lap("plan:layer_costs")
 
     def choose(keep=None) -> Selection:
@@ -96,7 +95,7 @@ def calibrate(model: onnx.ModelProto, config: QuantConfig, calib: FeedSource, pr
         plan, selection = _measured_plan(model, config, calib, stats, selection, choose, mixed=kind == "mixed")
     clock.lap("plan:clipping")
     if selection.layer_costs:  # the timings behind the layers kept in float for speed
-        plan.config[PLAN_KEY] = selection.layer_costs
+        plan.decisions.layer_costs = selection.layer_costs
     before_fit = model
     model, plan = _run_algorithms("plan", model, plan, config, ctx, clock)
     if kind == "transformer":
@@ -138,11 +137,11 @@ def _measured_plan(model: onnx.ModelProto, config: QuantConfig, calib: FeedSourc
         choice = choose_elementwise(clipping["levels"][str(clipping["chosen"])], sqnr)
         if choice["float"]:
             plan = alt
-        plan.config["elementwise_choice"] = choice
+        plan.decisions.elementwise_choice = choice
     if clipping:
-        plan.config["activation_clipping"] = clipping
+        plan.decisions.activation_clipping = clipping
     if mixed:
         plan, prefix = choose_float_prefix(model, plan, calib)
         if prefix:
-            plan.config["float_prefix"] = prefix
+            plan.decisions.float_prefix = prefix
     return plan, selection

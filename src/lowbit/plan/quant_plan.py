@@ -18,6 +18,7 @@ from lowbit.core.granularity import PerGroup, PerTensor, granularity_from_dict
 from lowbit.core.qparams import QParams
 from lowbit.errors import ConfigError
 from lowbit.io import atomic_write_text, read_regular_file
+from lowbit.plan.decisions import Decisions
 from lowbit.plan.schema import PLAN_SCHEMA, check_plan_dict
 
 # A plan file is read whole into memory: refuse anything larger before reading it. The full plan of
@@ -99,6 +100,8 @@ class QuantPlan:
     config: dict = field(default_factory=dict)
     model_fingerprint: str = ""
     lowbit_version: str = ""
+    # what lowbit chose for this model and why (not the user's config; written into "config" in files)
+    decisions: Decisions = field(default_factory=Decisions)
 
     # --- queries -----------------------------------------------------------------------------
     def quantized_nodes(self) -> list[NodePlan]:
@@ -118,7 +121,7 @@ class QuantPlan:
             "lowbit_version": self.lowbit_version,
             "precision": self.precision,
             "model_fingerprint": self.model_fingerprint,
-            "config": self.config,
+            "config": {**self.config, **self.decisions.to_dict()},
             "nodes": {k: v.to_dict() for k, v in self.nodes.items()},
             "tensors": {k: v.to_dict(include_weight_params or v.role == "activation")
                         for k, v in self.tensors.items()},
@@ -134,15 +137,17 @@ class QuantPlan:
         """The plan of a dict as `to_dict` writes it, checked field by field first (lowbit.plan.schema):
         a ConfigError names the first bad field by its JSON path."""
         check_plan_dict(d)
+        config, decisions = Decisions.split(d.get("config", {}))
         return cls(
             precision=d["precision"],
             nodes={k: NodePlan(k, v["op"], v["precision"], v.get("reason", "")) for k, v in d["nodes"].items()},
             tensors={k: TensorPlan.from_dict(k, v) for k, v in d["tensors"].items()},
             observed={k: (float(v[0]), float(v[1])) for k, v in d.get("observed", {}).items()},
             folded=dict(d.get("folded", {})),
-            config=d.get("config", {}),
+            config=config,
             model_fingerprint=d.get("model_fingerprint", ""),
             lowbit_version=d.get("lowbit_version", ""),
+            decisions=decisions,
         )
 
     def check(self) -> "QuantPlan":

@@ -35,7 +35,7 @@ class Selection:
     folded: dict[str, str] = field(default_factory=dict)
     # float graph outputs observed for the parity tolerance
     observed: list[str] = field(default_factory=list)
-    # layers kept in float for speed -> the timings that decided it (plan.config["layer_costs"])
+    # layers kept in float for speed -> the timings that decided it (plan.decisions.layer_costs)
     layer_costs: dict[str, dict] = field(default_factory=dict)
     # activations calibrated to their full range (not clipped) -> why (lowbit.plan.regions)
     full_range: dict[str, str] = field(default_factory=dict)
@@ -87,7 +87,7 @@ def keep_float_for_speed(model, costs: dict, budget: float = FLOAT_WEIGHT_BUDGET
     weight until `budget` of all weights is used. Layers within noise go the default way (INT8).
 
     The reasons hold no measured numbers (they are recorded in the model file, which must not vary
-    with timing noise); the timings are returned apart for plan.config["layer_costs"]."""
+    with timing noise); the timings are returned apart for plan.decisions.layer_costs."""
     g = GraphIndex(model)
 
     def n_weights(name: str) -> int:

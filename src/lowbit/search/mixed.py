@@ -13,6 +13,8 @@ table, `lowbit.transformers.pipeline.block_choices`): weight-only, the layer's i
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 
@@ -90,7 +92,7 @@ def mixed_plan(model: onnx.ModelProto, base: QuantPlan, precisions: dict[str, st
             nodes[node.name].precision, nodes[node.name].reason = "fp32", "no integer neighbour"
     plan = QuantPlan(precision=base.precision, nodes=nodes, folded=folded, config=dict(base.config),
                      observed=dict(base.observed), model_fingerprint=base.model_fingerprint,
-                     lowbit_version=base.lowbit_version)
+                     lowbit_version=base.lowbit_version, decisions=dataclasses.replace(base.decisions))
     plan.tensors = {k: t for k, t in base.tensors.items() if k in need and k not in blocks} | blocks
     for name, w in narrower.items():
         _narrow_weights(plan, g, name, w)
