@@ -38,27 +38,30 @@ def progress_bar():
 
 
 def print_report(report) -> None:
+    """The report as rich tables and lines, read through its schema (`lowbit.report.schema`)."""
+    typed = report.typed()
+    data = typed.extra  # the sections the schema keeps as recorded (tables, search, metric, ...)
     header, rows = report.rows()
-    table = Table(title=report.data.get("title", "lowbit report"), header_style="bold")
+    table = Table(title=typed.title, header_style="bold")
     for h in header:  # escaped: '[p10-p90]' and '[0.91-0.96]' are text, not rich markup
         table.add_column(escape(h), justify="left" if h == "variant" else "right")
     for r in rows:
         table.add_row(*[escape(c) for c in r])
     console.print(table)
-    skipped = report.skipped
+    skipped = (typed.nodes or {}).get("skipped", [])
     if skipped:
         console.print(f"[dim]{len(skipped)} node(s) kept in float, e.g. "
                       + "; ".join(f"{s['name']} ({s['reason']})" for s in skipped[:3]) + "[/dim]")
-    for extra in report.data.get("tables", []):
+    for extra in data.get("tables", []):
         t = Table(title=extra.get("title"), header_style="bold")
         for h in extra["header"]:
             t.add_column(str(h))
         for r in extra["rows"]:
             t.add_row(*[str(c) for c in r])
         console.print(t)
-    for note in report.data.get("notes", []):
+    for note in typed.notes:
         console.print(f"[dim]note: {note}[/dim]")
-    search = report.data.get("search")
+    search = data.get("search")
     if search:
         chosen = search["chosen"]
         console.print(f"precision search: {search['metric']} floor {search['floor']:.4f}; chosen mix scores "
@@ -69,15 +72,15 @@ def print_report(report) -> None:
                          if search.get("backed_off") else ""))
         if search.get("warning"):
             console.print(f"[yellow]warning: {search['warning']}[/yellow]")
-    metric = report.data.get("metric")
+    metric = data.get("metric")
     if metric:
         how = {"given": "given", "inferred": "inferred", "generic": "generic"}.get(metric.get("source"), "")
         console.print(f"[dim]headline metric {metric['headline']} ({how}: {escape(metric.get('reason') or '-')}): "
                       f"{escape(metric.get('definition') or '')}[/dim]")
-    if report.data.get("energy_assumptions"):
-        console.print("[dim]energy uJ (est.): " + escape(" ".join(report.data["energy_assumptions"])) + "[/dim]")
-    if report.data.get("output_path"):
-        console.print(f"wrote {report.data['output_path']}")
+    if data.get("energy_assumptions"):
+        console.print("[dim]energy uJ (est.): " + escape(" ".join(data["energy_assumptions"])) + "[/dim]")
+    if typed.output_path:
+        console.print(f"wrote {typed.output_path}")
     for v in report.verdicts():
         style = {"OK": "green", "LOW": "yellow"}.get(v["status"], "bold red")
         console.print(f"[{style}]{escape(v['text'])}[/{style}]", soft_wrap=True)

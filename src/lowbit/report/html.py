@@ -44,9 +44,8 @@ def _f(x: Any, spec: str = ".2f", suffix: str = "") -> str | None:
 
 
 def _frac(x: Any) -> float | None:
-    """A rate given as a fraction in [0, 1]; a value above 1 is taken as already in percent."""
-    n = _num(x)
-    return None if n is None else (n / 100 if n > 1 else n)
+    """A rate: a fraction in [0, 1], as the report's schema states (lowbit.report.schema)."""
+    return _num(x)
 
 
 def _pct(x: Any, spec: str = ".2f") -> str | None:

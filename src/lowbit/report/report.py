@@ -12,10 +12,9 @@ import onnx
 import onnxruntime
 
 from lowbit.io import atomic_write_text
+from lowbit.report.schema import REPORT_SCHEMA, ReportData, Variant
 from lowbit.report.verdict import verdicts
 from lowbit.version import __version__
-
-REPORT_SCHEMA = "lowbit.report/1"
 
 
 def versions() -> dict[str, str | None]:
@@ -84,10 +83,14 @@ class Report:
         self.verdicts()
         return json.dumps(self.data, indent=1, default=_json_default)
 
+    def typed(self) -> ReportData:
+        """The report as its schema types it (`lowbit.report.schema`), as the renderers read it."""
+        return ReportData.from_dict(json.loads(self.to_json()))
+
     def to_html(self) -> str:
         from lowbit.report.html import render_html
 
-        return render_html(json.loads(self.to_json()))
+        return render_html(self.typed().to_dict())
 
     def save_json(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_json())
@@ -97,9 +100,10 @@ class Report:
 
     def rows(self) -> tuple[list[str], list[list[str]]]:
         """The summary table: a header and one row per variant (shared by text and rich output)."""
-        ref = self.variants[0] if self.variants else {}
-        ref_size = ref.get("size_bytes") or 0
-        threads = sorted({t for v in self.variants for t in (v.get("latency_ms") or {})}, key=int)
+        variants = self.typed().variants
+        ref = variants[0] if variants else Variant("-")
+        ref_size = ref.size_bytes or 0
+        threads = sorted({t for v in variants for t in v.latency_ms}, key=int)
         header = ["variant", "size MB", "% of FP32"] + [f"{t}-thread ms [p10-p90] (speed-up)" for t in threads]
         names = metric_columns(self.variants)
         if names:  # task metrics: each with its interval; the sample counts go in the header
@@ -108,28 +112,28 @@ class Report:
             header += ["top-1 agree", "SQNR dB", "cosine", "KL"]
         header += ["top-1 acc", "energy uJ (est.)", "parity"]
         rows = []
-        for v in self.variants:
-            size = v.get("size_bytes") or 0
-            row = [v["label"], f"{size / 1e6:.2f}", f"{100 * size / ref_size:.1f}%" if ref_size else "-"]
+        for v in variants:
+            size = v.size_bytes or 0
+            row = [v.label, f"{size / 1e6:.2f}", f"{100 * size / ref_size:.1f}%" if ref_size else "-"]
             for t in threads:
-                lat = (v.get("latency_ms") or {}).get(t)
-                base = (ref.get("latency_ms") or {}).get(t)
+                lat = v.latency_ms.get(t)
+                base = ref.latency_ms.get(t)
                 if lat:
                     speed = f" ({base['median'] / lat['median']:.2f}x)" if base else ""
                     spread = f" [{lat['p10']:.2f}-{lat['p90']:.2f}]" if "p10" in lat and "p90" in lat else ""
                     row.append(f"{lat['median']:.2f}{spread}{speed}")
                 else:
                     row.append("-")
-            f = v.get("fidelity") or {}
-            acc = v.get("accuracy") or {}
-            par = v.get("parity")
+            f = v.fidelity or {}
+            acc = v.accuracy or {}
+            par = v.parity
             if names:
-                got = {(m["name"], tuple(m.get("outputs") or ())): m for m in v.get("metrics") or []}
+                got = {(m["name"], tuple(m.get("outputs") or ())): m for m in v.extra.get("metrics") or []}
                 row += [metric_cell(got.get(key)) for key in metric_keys(self.variants)]
             else:
                 row += [_fmt(f.get("top1_agreement"), ".3f"), _fmt(f.get("sqnr_db"), ".1f"),
                         _fmt(f.get("cosine"), ".5f"), _fmt(f.get("kl"), ".4f")]
-            row += [_fmt(acc.get("top1"), ".3f"), _fmt(v.get("energy_uj"), ".0f"),
+            row += [_fmt(acc.get("top1"), ".3f"), _fmt(v.energy_uj, ".0f"),
                     "-" if not par else f"{'pass' if par['passed'] else 'FAIL'} {100 * par['within_one_step']:.2f}%"]
             rows.append(row)
         return header, rows
