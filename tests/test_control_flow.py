@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
 from lowbit.cli.commands import main
-from lowbit.emit.subgraphs import scopes
 from lowbit.errors import ModelError
+from lowbit.onnx.scopes import scopes
 
 RNG = np.random.default_rng(0)
 C, T, N, H = 64, 64, 64, 32  # channels, time steps, MatMul outputs, LSTM hidden size

@@ -151,7 +151,7 @@ def test_import_lowbit_stays_light() -> None:
     import subprocess
     import sys
 
-    code = "import sys, lowbit, lowbit.cli; print(sorted({'torch', 'matplotlib'} & set(sys.modules)))"
+    code = "import sys, lowbit, lowbit.cli.commands; print(sorted({'torch', 'matplotlib'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -23,11 +23,11 @@ from lowbit.core.qparams import QParams
 from lowbit.emit import subgraphs
 from lowbit.emit.fp16 import early_layers
 from lowbit.emit.metadata import record_plan
-from lowbit.emit.weight_storage import RECURRENT_SLOTS, stored_int8_nodes, weight_only_int8
+from lowbit.emit.weight_storage import stored_int8_nodes, weight_only_int8
 from lowbit.load.prepare import drop_inferred_shapes, fingerprint
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
-from lowbit.onnx.ops import why_float
+from lowbit.onnx.ops import RECURRENT_SLOTS, why_float
 from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
 from lowbit.target.cpu import target_traits
 from lowbit.version import __version__

@@ -20,11 +20,11 @@ from onnx import TensorProto, helper, numpy_helper
 from lowbit.core.granularity import PerChannel, PerGroup
 from lowbit.emit.blocks import quantize_block_inputs
 from lowbit.emit.metadata import record_plan
-from lowbit.emit.weight_storage import RECURRENT_SLOTS, StoredInt8, stored_int8_nodes, weight_only_int8
+from lowbit.emit.weight_storage import StoredInt8, stored_int8_nodes, weight_only_int8
 from lowbit.errors import ModelError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
-from lowbit.onnx.ops import weight_slots
+from lowbit.onnx.ops import RECURRENT_SLOTS, weight_slots
 from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 
 QDQ_MIN_OPSET = 13

@@ -13,7 +13,7 @@ import hashlib
 import onnx
 from onnx import TensorProto
 
-from lowbit.emit.subgraphs import is_below, scopes
+from lowbit.onnx.scopes import is_below, scopes
 
 
 def _digest(t: TensorProto) -> str:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import onnx
 from onnx import AttributeProto, TensorProto
 
-from lowbit.emit.subgraphs import is_below, scopes
 from lowbit.errors import ModelError
+from lowbit.onnx.scopes import is_below, scopes
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.DOUBLE)
 TINY_MODEL = 64 * 1024

@@ -16,10 +16,10 @@ import dataclasses
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from lowbit.emit.weight_storage import RECURRENT_SLOTS, stored_int8_nodes, weight_only_int8
+from lowbit.emit.weight_storage import stored_int8_nodes, weight_only_int8
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
-from lowbit.onnx.ops import WEIGHTED_OPS, weight_slots
+from lowbit.onnx.ops import RECURRENT_SLOTS, WEIGHTED_OPS, weight_slots
 from lowbit.plan.quant_plan import NodePlan, QuantPlan
 
 # The fallback needs the float weights from before the plan-stage fits, kept in memory until emit;

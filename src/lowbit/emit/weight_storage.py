@@ -20,10 +20,6 @@ from onnx import TensorProto, helper, numpy_helper
 from lowbit.onnx.names import Names
 
 W8_GROUP = 32
-# The weights W (input) and R (recurrence) of recurrent layers, slots 1 and 2, each (directions,
-# gates x hidden, K). ONNX Runtime has no integer LSTM / GRU / RNN kernel, so every INT8 preset stores
-# them this way (axis 0: one scale per group of 32 along the flattened gates x K).
-RECURRENT_SLOTS = {"LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}
 INTEGERS, SCALE = "_w8", "_s"  # as lowbit.emit.qdq names its constants
 _FP16_MIN_NORMAL, _FP16_MAX = 2.0 ** -14, 65504.0
 

@@ -16,11 +16,11 @@ import onnx
 import onnxruntime as ort
 
 from lowbit.data import InputSpec, specs_from_onnx
-from lowbit.emit.subgraphs import share_duplicates
 from lowbit.errors import ModelError
 from lowbit.load.model import LoadedModel
 from lowbit.load.upgrade import lift_constants
 from lowbit.onnx.names import Names
+from lowbit.onnx.scopes import share_duplicates
 
 log = logging.getLogger(__name__)
 

@@ -72,3 +72,8 @@ def clip_bounds(node: onnx.NodeProto, g: GraphIndex) -> tuple[float | None, floa
     if g.attr(node, "max") is not None:
         hi = float(g.attr(node, "max"))
     return lo, hi
+
+# The weights W (input) and R (recurrence) of recurrent layers, slots 1 and 2, each (directions,
+# gates x hidden, K). ONNX Runtime has no integer LSTM / GRU / RNN kernel, so every INT8 preset stores
+# them weight-only (lowbit.emit.weight_storage; axis 0: one scale per group of 32 along gates x K).
+RECURRENT_SLOTS = {"LSTM": (1, 2), "GRU": (1, 2), "RNN": (1, 2)}

@@ -13,13 +13,12 @@ import numpy as np
 from onnx import TensorProto
 
 from lowbit.config import QuantConfig
-from lowbit.emit.weight_storage import RECURRENT_SLOTS
 from lowbit.onnx.graph import GraphIndex
-from lowbit.target.latency_choice import MARGIN
-from lowbit.onnx.ops import (ACTIVATION_OPS, FOLDABLE_ACTIVATIONS, PASSTHROUGH_OPS, WEIGHTED_OPS, clip_bounds,
-                             weight_slots, why_float)
+from lowbit.onnx.ops import (ACTIVATION_OPS, FOLDABLE_ACTIVATIONS, PASSTHROUGH_OPS, RECURRENT_SLOTS, WEIGHTED_OPS,
+                             clip_bounds, weight_slots, why_float)
 from lowbit.plan.quant_plan import NodePlan
 from lowbit.plan.regions import find_regions
+from lowbit.target.latency_choice import MARGIN
 
 
 @dataclass
