@@ -110,9 +110,10 @@ def test_parity_catches_saturating_kernels(small_model_path, calib_arrays, eval_
 def _emulate_avx2_kernels(monkeypatch):
     """Parity's ONNX Runtime session computes its 1x1 INT8 convolutions as an AVX2 CPU without
     VNNI does (tests/isa_emulation.py), whatever CPU runs the test."""
-    import lowbit.api
-    import lowbit.verify.parity as parity
     from isa_emulation import SaturatingSession
+
+    import lowbit.verify.parity as parity
+    import lowbit.verify.variants as variants
 
     real_check, real_session = parity.check_parity, parity.session
 
@@ -130,7 +131,7 @@ def _emulate_avx2_kernels(monkeypatch):
         finally:
             monkeypatch.setattr(parity, "session", real_session)
 
-    monkeypatch.setattr(lowbit.api, "check_parity", check)
+    monkeypatch.setattr(variants, "check_parity", check)
 
 
 @pytest.mark.parametrize("target,saturates", [("vnni", True), ("avx2", False)])
@@ -259,10 +260,10 @@ def test_report_renders_everywhere(small_model_path, calib_arrays, eval_arrays, 
 
 
 def test_latency_objective_keeps_slow_int8_layers_in_float(small_model_path):
-    from lowbit.target.layer_costs import LayerCost
     from lowbit.load.model import load_model
     from lowbit.load.prepare import prepare
     from lowbit.plan.selection import select
+    from lowbit.target.layer_costs import LayerCost
 
     model = prepare(load_model(small_model_path)).proto
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]

@@ -15,7 +15,6 @@ from lowbit.calibration import Percentile
 from lowbit.calibration.collect import collect_stats
 from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
-from lowbit.data.arrays import take_rows
 from lowbit.data.stateful import check_data_options, model_feeds
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
@@ -28,8 +27,6 @@ from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_outputs
 from lowbit.load.model import LoadedModel, load_model
 from lowbit.load.prepare import PreparedModel, fingerprint, prepare
-from lowbit.metrics.spec import parse_metric
-from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.calibrate import calibrate
 from lowbit.plan.fit import check_plan_fits, plan_to_apply
@@ -40,16 +37,11 @@ from lowbit.report import Report
 from lowbit.search import PlanEvaluator, analyze_layers
 from lowbit.search.budget import Budget, budget_metric, budget_outcome, budget_search
 from lowbit.search.float_layers import restore_float_layers
+from lowbit.search.sensitivity import worst_histograms
 from lowbit.target.cpu import target_traits
 from lowbit.target.memory import peak_rss_mb, reset_peak_rss
 from lowbit.target.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
-from lowbit.verify import check_parity, compare_models, kernel_check, measure_latency
-from lowbit.verify.energy import ASSUMPTIONS as ENERGY_ASSUMPTIONS
-from lowbit.verify.energy import SOURCE as ENERGY_SOURCE
-from lowbit.verify.energy import estimate as estimate_energy
-from lowbit.verify.energy import priced_precisions
-from lowbit.verify.latency import noise_warnings
-from lowbit.verify.task import fill_task_metrics
+from lowbit.verify.variants import VerifyOptions, verify_into
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +57,6 @@ class QuantResult:
     timings: dict[str, float] = field(default_factory=dict)
     # the prepared float model the plan applies to (for simulation and later comparisons)
     float_model: onnx.ModelProto | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class VerifyOptions:
-    """How much proof to gather. Latency takes the most time: `threads=()` skips it."""
-
-    threads: tuple[int, ...] = (1, 2)
-    latency_runs: int = 30
-    parity_batches: int = 16
-    eval_limit: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("latency_runs", "parity_batches") + (("eval_limit",) if self.eval_limit is not None else ()):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"VerifyOptions.{name} must be a whole number of at least 1; got {value!r}.")
-        if any(not isinstance(t, int) or t < 1 for t in self.threads):
-            raise ConfigError(f"VerifyOptions.threads must be thread counts of at least 1 (or () to skip latency); "
-                              f"got {self.threads!r}.")
 
 
 class _Clock:
@@ -390,7 +363,7 @@ def _verify_quantized(job: _Job, report: Report, given: tuple, verify: VerifyOpt
     loaded, plan = job.loaded, job.plan
     feeds = model_feeds(data, loaded.proto, job.prepared.inputs, batch_axes=batch_axes, stateful=stateful,
                         labels=labels, preprocess=preprocess, limit=verify.eval_limit, skip_bad=skip_bad)
-    _verify_into(report, loaded.proto.SerializeToString(), {plan.precision: (qbytes, job.prepared.proto, plan)},
+    verify_into(report, loaded.proto.SerializeToString(), {plan.precision: (qbytes, job.prepared.proto, plan)},
                  feeds, verify, progress, metric=metric)
     _note_skipped(report, "evaluation", feeds)
 
@@ -414,61 +387,6 @@ def nodes_summary(plan: QuantPlan) -> dict:
         "skipped": [{"name": n.name, "op": n.op, "reason": n.reason} for n in plan.float_nodes()],
         "folded": [{"name": k, "into": v} for k, v in plan.folded.items()],
     }
-
-
-def _variant(label: str, precision: str, model_bytes: bytes) -> dict:
-    return {"label": label, "precision": precision, "size_bytes": len(model_bytes), "latency_ms": {},
-            "fidelity": None, "accuracy": None, "parity": None, "energy_uj": None}
-
-
-def _verify_into(report: Report, reference: bytes,
-                 candidates: dict[str, tuple[bytes, onnx.ModelProto | None, QuantPlan | None]],
-                 data: FeedSource, opts: VerifyOptions, progress: Progress, labeled: FeedSource | None = None,
-                 metric: Any = None) -> None:
-    """Fill the report's variants: FP32 first, then each candidate. Fidelity and task metrics
-    (`metric`, else inferred from the outputs: lowbit.verify.task) on `data`; top-1 accuracy on
-    `labeled` when given (else on `data` if it has labels)."""
-    variants = [_variant("fp32", "fp32", reference)]
-    variants += [_variant(k, (p.precision if p else k), b) for k, (b, _, p) in candidates.items()]
-    accs, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, data, progress, collect=True)
-    ref_acc = None
-    for v in variants[1:]:
-        acc = accs[v["label"]]
-        v["fidelity"] = acc.result()
-        ref_acc, v["accuracy"] = acc.accuracy()
-    variants[0]["accuracy"] = ref_acc
-    if labeled is not None:
-        accs_l, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, labeled, progress)
-        for v in variants[1:]:
-            variants[0]["accuracy"], v["accuracy"] = accs_l[v["label"]].accuracy()
-    variants[0]["fidelity"] = {"samples": variants[1]["fidelity"]["samples"] if len(variants) > 1 else 0,
-                               "sqnr_db": None, "cosine": 1.0, "top1_agreement": 1.0, "kl": 0.0}
-    report.data["variants"] = variants
-    fill_task_metrics(report.data, variants, accs, None if metric is None else parse_metric(metric))
-    del accs  # the held outputs
-    for v in variants[1:]:
-        qbytes, float_model, plan = candidates[v["label"]]
-        if float_model is not None and plan is not None and plan.precision == "int8":
-            v["parity"] = check_parity(qbytes, float_model, plan, data, opts.parity_batches)
-            v["kernels"] = kernel_check(qbytes, plan)
-        if float_model is not None and plan is not None:
-            # priced on what executes: FP16 without FP16 arithmetic (x86) computes in FP32
-            fp16 = target_traits(plan.config.get("target") or "auto").fp16
-            v["energy_uj"] = estimate_energy(float_model, priced_precisions(plan, qbytes, fp16))["total_uj"]
-            if variants[0]["energy_uj"] is None:
-                variants[0]["energy_uj"] = estimate_energy(float_model)["total_uj"]
-                report.data["energy_source"] = ENERGY_SOURCE
-                report.data["energy_assumptions"] = list(ENERGY_ASSUMPTIONS)
-    if opts.threads:
-        first = next(iter(data))  # one sample: each input cut on its own batch axis
-        axes = getattr(data, "axes", {})
-        feeds = {k: take_rows(a, axes.get(k, 0), slice(0, 1)) for k, a in first.feeds.items()}
-        models = {"fp32": reference, **{k: b for k, (b, _, _) in candidates.items()}}
-        lat = measure_latency(models, feeds, opts.threads, opts.latency_runs, progress=progress)
-        for v in variants:
-            v["latency_ms"] = lat[v["label"]]
-        report.data["notes"] += noise_warnings(lat)
-    report.data["variants"] = variants
 
 
 def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, preprocess: Any = None,
@@ -501,7 +419,7 @@ def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, 
     ref_bytes = ref.proto.SerializeToString()
     cand_bytes = {k: m.proto.SerializeToString() for k, m in loaded.items()}
     _check_comparable(ref_bytes, cand_bytes, feeds)
-    _verify_into(report, ref_bytes, {k: (b, None, None) for k, b in cand_bytes.items()}, feeds, verify, progress,
+    verify_into(report, ref_bytes, {k: (b, None, None) for k, b in cand_bytes.items()}, feeds, verify, progress,
                  metric=metric)
     return report
 
@@ -546,7 +464,7 @@ def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data:
     feeds = as_feeds(eval_data, specs, preprocess=preprocess, limit=verify.eval_limit)
     lab = as_feeds(labeled[0], specs, labels=labeled[1], preprocess=preprocess) if labeled else None
     cands = {k: (r.model.SerializeToString(), r.float_model, r.plan) for k, r in results.items()}
-    _verify_into(report, ref.proto.SerializeToString(), cands, feeds, verify, progress, lab)
+    verify_into(report, ref.proto.SerializeToString(), cands, feeds, verify, progress, lab)
     return report
 
 
@@ -590,34 +508,8 @@ def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | s
         "rows": [[s.name, s.op, f"{s.only_this_metric:.4f}", f"{s.all_but_this_metric:.4f}",
                   f"{s.only_this_sqnr_db:.1f}", "; ".join(s.causes) or "-", "; ".join(s.fixes) or "-"]
                  for s in ranking]}]
-    report.data["histograms"] = _worst_histograms(stats, plan, ranking[:4], float_model)
+    report.data["histograms"] = worst_histograms(stats, plan, ranking[:4], float_model)
     return report
-
-
-def _worst_histograms(stats, plan: QuantPlan, worst, model) -> list[dict]:
-    """Input-activation histograms of the worst layers, with the plan's clipping range."""
-    g = GraphIndex(model)
-    out = []
-    for s in worst:
-        x = g.nodes[s.name].input[0]
-        obs = stats.observers.get(x)
-        t = plan.tensors.get(x)
-        if obs is None or t is None or not hasattr(obs, "counts"):
-            continue
-        counts = np.asarray(obs.counts)
-        edges = np.linspace(-obs.radius, obs.radius, len(counts) + 1)
-        used = np.nonzero(counts)[0]
-        if used.size == 0:
-            continue
-        a, b = used[0], used[-1] + 1
-        factor = max(1, (b - a) // 120)  # ~120 bars are enough to see the tail
-        b = a + ((b - a + factor - 1) // factor) * factor
-        c = np.pad(counts, (0, max(0, b - len(counts))))[a:b].reshape(-1, factor).sum(axis=1)
-        out.append({"layer": s.name, "tensor": x, "counts": c.tolist(),
-                    "edges": np.linspace(edges[a], edges[a] + (b - a) * (edges[1] - edges[0]), len(c) + 1).tolist(),
-                    "clip": list(t.calibrated_range or ()),
-                    "observed": list(obs.observed_range())})
-    return out
 
 
 def _note_skipped(report: Report, what: str, feeds: FeedSource) -> None:

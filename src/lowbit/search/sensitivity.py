@@ -8,13 +8,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from lowbit.search.evaluate import PlanEvaluator
-from lowbit.search.mixed import layer_nodes, mixed_plan
+from lowbit.calibration.collect import CalibrationStats
 from lowbit.core.granularity import PerTensor
 from lowbit.onnx.graph import GraphIndex
-from lowbit.calibration.collect import CalibrationStats
 from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
+from lowbit.search.evaluate import PlanEvaluator
+from lowbit.search.mixed import layer_nodes, mixed_plan
 
 OUTLIER_RATIO = 4.0      # max |x| over the 99.99th percentile beyond which outliers set the range
 SPREAD_RATIO = 100.0     # per-channel weight range spread worth equalizing
@@ -103,4 +103,30 @@ def analyze_layers(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEvalu
         progress("analyze", i + 1, len(layers))
     # most sensitive first: what the layer alone breaks, then what keeping it in float recovers
     out.sort(key=lambda s: (s.only_this_metric, s.only_this_sqnr_db, -s.all_but_this_metric))
+    return out
+
+
+def worst_histograms(stats, plan: QuantPlan, worst, model) -> list[dict]:
+    """Input-activation histograms of the worst layers, with the plan's clipping range."""
+    g = GraphIndex(model)
+    out = []
+    for s in worst:
+        x = g.nodes[s.name].input[0]
+        obs = stats.observers.get(x)
+        t = plan.tensors.get(x)
+        if obs is None or t is None or not hasattr(obs, "counts"):
+            continue
+        counts = np.asarray(obs.counts)
+        edges = np.linspace(-obs.radius, obs.radius, len(counts) + 1)
+        used = np.nonzero(counts)[0]
+        if used.size == 0:
+            continue
+        a, b = used[0], used[-1] + 1
+        factor = max(1, (b - a) // 120)  # ~120 bars are enough to see the tail
+        b = a + ((b - a + factor - 1) // factor) * factor
+        c = np.pad(counts, (0, max(0, b - len(counts))))[a:b].reshape(-1, factor).sum(axis=1)
+        out.append({"layer": s.name, "tensor": x, "counts": c.tolist(),
+                    "edges": np.linspace(edges[a], edges[a] + (b - a) * (edges[1] - edges[0]), len(c) + 1).tolist(),
+                    "clip": list(t.calibrated_range or ()),
+                    "observed": list(obs.observed_range())})
     return out
