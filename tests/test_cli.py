@@ -77,7 +77,7 @@ def test_list_shows_presets_and_calibrations(capsys):
 ])
 def test_errors_are_one_paragraph_without_traceback(argv, pattern, small_model_path, tmp_path):
     argv = [str(small_model_path) if a == "MODEL" else a for a in argv]
-    proc = subprocess.run([sys.executable, "-m", "lowbit.cli.commands", *argv], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "lowbit.cli", *argv], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert pattern.split("'")[0] in proc.stderr
