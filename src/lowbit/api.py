@@ -177,12 +177,11 @@ def quantize(
     if plan is None:  # the recipe (CNN / transformer / mixed regions), chosen once
         job.cfg = resolve_transformer(job.cfg, job.prepared.proto)
     clock.lap("load+prepare")
-    budget = Budget(metric, max_drop, min_metric, search_evals) if max_drop is not None or min_metric is not None \
-        else None
     if plan is not None:
         _reapply(job, plan)
     elif job.cfg.precision == "int8":
         job.calib = _calibration_feeds(job, calib_data, preprocess, calib_limit, skip_bad, batch_axes, stateful)
+        budget = Budget(metric, max_drop, min_metric, search_evals) if (max_drop, min_metric) != (None, None) else None
         _calibrate(job, budget is not None, progress, clock.timings)
         clock.lap("calibrate+plan")
         if budget is not None:
