@@ -6,16 +6,15 @@
 >>> print(result.report)
 """
 
-from lowbit.version import __version__
 from lowbit.api import QuantResult, VerifyOptions, evaluate, make_plan, quantize  # noqa: E402
 from lowbit.calibration import CALIBRATIONS, CalibrationMethod, MinMax  # noqa: E402
-from lowbit.presets import PRESETS, preset
 from lowbit.config import QuantConfig, Scheme  # noqa: E402
-from lowbit.core import (PerChannel, PerGroup, PerTensor, QDtype, QParams, int4, int8, uint4,  # noqa: E402
-                         uint8)
+from lowbit.core import PerChannel, PerGroup, PerTensor, QDtype, QParams, int4, int8, uint4, uint8  # noqa: E402
 from lowbit.data import Batch, FeedSource, ImagePreprocess, InputSpec, as_feeds  # noqa: E402
 from lowbit.errors import ConfigError, DataError, LowbitError, ModelError, OutputError  # noqa: E402
+from lowbit.package import __version__
 from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan  # noqa: E402
+from lowbit.presets import PRESETS, preset
 from lowbit.report import Report  # noqa: E402
 
 __all__ = [

@@ -24,9 +24,9 @@ from lowbit.errors import ConfigError, DataError, LowbitError, OutputError
 from lowbit.io import check_inputs, write_all
 from lowbit.load.external_data import check_outputs_beside
 from lowbit.metrics.spec import parse_metric
+from lowbit.package import __version__
 from lowbit.presets import PRESETS, preset
 from lowbit.target.speed_prediction import predict_speed
-from lowbit.version import __version__
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1

@@ -28,9 +28,9 @@ from lowbit.load.prepare import drop_inferred_shapes, fingerprint
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
 from lowbit.onnx.ops import RECURRENT_SLOTS, why_float
+from lowbit.package import __version__
 from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
 from lowbit.target.cpu import target_traits
-from lowbit.version import __version__
 
 log = logging.getLogger(__name__)
 

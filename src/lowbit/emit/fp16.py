@@ -16,8 +16,8 @@ from lowbit.emit.metadata import record_plan
 from lowbit.load.prepare import drop_inferred_shapes, fingerprint
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
+from lowbit.package import __version__
 from lowbit.plan.quant_plan import NodePlan, QuantPlan
-from lowbit.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import numpy as np
 import onnx
 
 from lowbit.errors import ConfigError, ModelError
+from lowbit.package import __version__
 from lowbit.plan.fit import plan_size_limit
 from lowbit.plan.quant_plan import QuantPlan
-from lowbit.version import __version__
 
 SCALE, ZERO_POINT = "_s", "_z"  # as lowbit.emit.qdq names them (not imported: qdq imports this module)
 

@@ -8,19 +8,19 @@ import logging
 import numpy as np
 import onnx
 
-from lowbit.version import __version__
 from lowbit.calibration import weight_range
+from lowbit.calibration.collect import CalibrationStats
 from lowbit.config import QuantConfig
 from lowbit.core.dtypes import QDtype, int32
-from lowbit.target.cpu import target_traits
 from lowbit.core.granularity import PerChannel, PerTensor
 from lowbit.core.qparams import QParams
-from lowbit.onnx.graph import GraphIndex
-from lowbit.calibration.collect import CalibrationStats
-from lowbit.onnx.ops import WEIGHTED_OPS, weight_slots
-from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 from lowbit.load.prepare import fingerprint
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.ops import WEIGHTED_OPS, weight_slots
+from lowbit.package import __version__
+from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 from lowbit.plan.selection import Selection
+from lowbit.target.cpu import target_traits
 
 log = logging.getLogger(__name__)
 

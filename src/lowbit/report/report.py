@@ -12,9 +12,9 @@ import onnx
 import onnxruntime
 
 from lowbit.io import atomic_write_text
+from lowbit.package import __version__
 from lowbit.report.schema import REPORT_SCHEMA, ReportData, Variant
 from lowbit.report.verdict import verdicts
-from lowbit.version import __version__
 
 
 def versions() -> dict[str, str | None]:

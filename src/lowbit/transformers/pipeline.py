@@ -21,6 +21,7 @@ from lowbit.algorithms._layer_data import prefix_model
 from lowbit.algorithms.gptq import GPTQ
 from lowbit.algorithms.smoothquant import SmoothQuant
 from lowbit.calibration import MSE
+from lowbit.calibration.collect import collect_stats
 from lowbit.config import QuantConfig, Scheme
 from lowbit.core.dtypes import dtype_by_name, int4, uint8
 from lowbit.core.fidelity import sqnr_db
@@ -31,14 +32,13 @@ from lowbit.emit.int4 import emit_int4_simulation
 from lowbit.errors import ConfigError, DataError, did_you_mean
 from lowbit.load.prepare import fingerprint
 from lowbit.onnx.graph import GraphIndex
-from lowbit.calibration.collect import collect_stats
 from lowbit.onnx.session import run_batch, session
+from lowbit.package import __version__
 from lowbit.plan.planner import build_plan
 from lowbit.plan.quant_plan import NodePlan, QuantPlan, TensorPlan
 from lowbit.search.mixed import mixed_plan
 from lowbit.transformers.outliers import OutlierSplit
 from lowbit.transformers.patterns import find_patterns, transformer_selection
-from lowbit.version import __version__
 
 # Chosen on held-out calibration sentences of all-MiniLM-L6-v2 (not the evaluation split): column
 # order by decreasing Hessian diagonal and 10% dampening lowered the weight error by a third
