@@ -10,9 +10,10 @@ from pathlib import Path
 import lowbit
 
 SRC = Path(lowbit.__file__).parent
-# optional or heavy third-party packages: imported where used, so `import lowbit` stays light
+# optional or heavy packages: imported where used, so `import lowbit` stays light and works without
+# them (rich: drawn only when progress is asked for; tomllib: Python 3.11+, config files only)
 LAZY_OK = {"torch", "torchvision", "matplotlib", "PIL", "dlib", "skimage", "sklearn", "transformers", "tokenizers",
-           "pydoc_data"}
+           "pydoc_data", "threadpoolctl", "tomllib", "tomli", "rich"}
 
 
 def _modules() -> dict[str, Path]:
