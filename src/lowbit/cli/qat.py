@@ -30,7 +30,8 @@ from lowbit.core import PerChannel, dtype_by_name
 from lowbit.data import ImagePreprocess, as_feeds
 from lowbit.demo.datasets.fashion_mnist import _MAGIC_IMAGES, _MAGIC_LABELS, read_idx
 from lowbit.errors import ConfigError, DataError, ModelError
-from lowbit.io import check_inputs, check_outputs, check_regular_file, read_regular_file, write_all
+from lowbit.io import check_inputs, check_regular_file, read_regular_file, write_all
+from lowbit.load.external_data import check_outputs_beside
 from lowbit.load.model import export_torch, load_model
 from lowbit.load.prepare import prepare
 from lowbit.onnx.session import session
@@ -212,9 +213,9 @@ def run_qat(args: argparse.Namespace, progress: Any):
     import lowbit.qat as qat_api
 
     # every output checked before training, and written together only after everything succeeded
-    check_outputs({"-o/--output": args.output, "--save-plan": args.save_plan, "--report-html": args.report_html,
-                   "--report-json": args.report_json},
-                  {"model": args.model, "--train": args.train, "--eval": args.eval_data}, models=[args.model])
+    check_outputs_beside({"-o/--output": args.output, "--save-plan": args.save_plan, "--report-html": args.report_html,
+                          "--report-json": args.report_json},
+                         {"model": args.model, "--train": args.train, "--eval": args.eval_data}, [args.model])
     check_inputs({"--train": args.train, "--eval": args.eval_data}, DataError)
     torch.manual_seed(args.seed)
     model, reference = _load_model(args)
