@@ -49,7 +49,10 @@ def run_cli(*args: str | os.PathLike, cwd: Path | None = None, timeout: float = 
 
     with tempfile.TemporaryDirectory() as d:
         peak_file = Path(d) / "peak_kb"
-        e = dict(os.environ, COLUMNS="200", LOWBIT_TEST_PEAK_FILE=str(peak_file), **(env or {}))
+        extra = dict(env or {})
+        if "PYTHONPATH" in extra and os.environ.get("PYTHONPATH"):  # keep finding the lowbit under test
+            extra["PYTHONPATH"] += os.pathsep + os.environ["PYTHONPATH"]
+        e = dict(os.environ, COLUMNS="200", LOWBIT_TEST_PEAK_FILE=str(peak_file), **extra)
         p = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT_PEAK, *map(str, args)], cwd=cwd, env=e,
                            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         peak_kb = float(peak_file.read_text()) if peak_file.is_file() else float("nan")
