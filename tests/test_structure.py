@@ -11,9 +11,10 @@ import lowbit
 
 SRC = Path(lowbit.__file__).parent
 # optional or heavy packages: imported where used, so `import lowbit` stays light and works without
-# them (rich: drawn only when progress is asked for; tomllib: Python 3.11+, config files only)
+# them (rich: drawn only when progress is asked for; tomllib: Python 3.11+, config files only;
+# benchmarks: the zoo table, in a checkout only)
 LAZY_OK = {"torch", "torchvision", "matplotlib", "PIL", "dlib", "skimage", "sklearn", "transformers", "tokenizers",
-           "pydoc_data", "threadpoolctl", "tomllib", "tomli", "rich"}
+           "pydoc_data", "threadpoolctl", "tomllib", "tomli", "rich", "benchmarks"}
 
 
 def _modules() -> dict[str, Path]:
