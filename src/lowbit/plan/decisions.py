@@ -31,6 +31,24 @@ class Decisions:
     # int8-dynamic: 7-bit weights because the target's u8 x s8 kernel saturates (lowbit.target.cpu)
     reduce_range: bool | None = None
 
+    def get(self, name: str, default=None):
+        """A decision by its name in plan files (None where not made: `default`)."""
+        value = getattr(self, name) if name in self._names() else None
+        return default if value is None else value
+
+    def __getitem__(self, name: str):
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+    @classmethod
+    def _names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
     def to_dict(self) -> dict:
         """The recorded decisions, in the order the pipeline makes them."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
@@ -38,6 +56,6 @@ class Decisions:
     @classmethod
     def split(cls, config: dict) -> tuple[dict, "Decisions"]:
         """(the configuration, the decisions) of a plan file's "config" object."""
-        names = {f.name for f in fields(cls)}
+        names = cls._names()
         return ({k: v for k, v in config.items() if k not in names},
                 cls(**{k: v for k, v in config.items() if k in names}))
