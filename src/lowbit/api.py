@@ -208,6 +208,7 @@ def quantize(
     verify: VerifyOptions | None = VerifyOptions(),
     progress: Progress = null_progress,
     keep_failed: bool = False,
+    recover: Any = None,
 ) -> QuantResult:
     """Quantize `model` (ONNX path, ModelProto, or torch.nn.Module with `example_inputs`).
 
@@ -227,6 +228,8 @@ def quantize(
     `stateful` pairs state inputs with the outputs that carry them ({"state": "stateN"}): each
     item of the data is then one sequence, run chunk by chunk with its state carried, in
     calibration and in evaluation (`lowbit.stateful`).
+    `recover` (a `lowbit.recover.Recover`): after calibration, fine-tune the plan to match the FP32
+    model's outputs on the calibration data (label-free distillation, within its time/step budget).
     `output` is checked before any work (not an input, not a device; a symlink is written through)
     and written only after verification succeeded: a failed run leaves an earlier file as it was.
 
@@ -287,6 +290,10 @@ def quantize(
         handed = [prepared]
         prepared = PreparedModel(onnx.ModelProto(), prepared.name, prepared.source, prepared.inputs)
         float_model, qplan, before_fit = calibrate_plan(handed.pop(), cfg, calib, progress, timings)
+        if recover is not None:  # distil FP32 (the unfitted float model) into the plan (lowbit.recover)
+            from lowbit.recover import recover_plan
+
+            float_model, qplan = recover_plan(float_model, qplan, before_fit, calib, recover, progress, timings)
         prepared = PreparedModel(float_model, prepared.name, prepared.source, prepared.inputs)
         if not budget and source_sizes.file > WEIGHT_ONLY_MAX_BYTES:
             before_fit = None  # only float layers (the search's, a weight-only fallback) need the unfitted weights

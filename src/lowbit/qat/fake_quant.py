@@ -68,6 +68,7 @@ class FakeQuant(nn.Module):
         self.activation = activation
         self.qp = max(1, self.qmax - int(zp.min().item()))
         self.enabled = True
+        self.drop = 0.0  # QDrop (Wei et al. 2022): while training, this fraction of elements stays float
 
     @property
     def axis(self) -> int | None:
@@ -87,7 +88,10 @@ class FakeQuant(nn.Module):
         if self.learn_scale and self.training:
             n = x[0].numel() if self.activation and x.dim() > 0 else x.numel() // max(1, scale.numel())
             scale = grad_scale(scale, 1.0 / math.sqrt(max(1, n) * self.qp))
-        return fake_quantize(x, self._shaped(scale, x), self._shaped(self.zero_point, x), self.qmin, self.qmax)
+        y = fake_quantize(x, self._shaped(scale, x), self._shaped(self.zero_point, x), self.qmin, self.qmax)
+        if self.drop > 0 and self.training:
+            y = torch.where(torch.rand_like(x) < self.drop, x, y)
+        return y
 
     def qparams(self) -> QParams:
         """The current (learned) quantizer as lowbit QParams, for the plan."""
