@@ -39,7 +39,7 @@ from lowbit.plan import QuantPlan
 from lowbit.plan_fit import check_plan_fits, plan_to_apply
 from lowbit.planner import build_plan
 from lowbit.prepare import PreparedModel, fingerprint, prepare
-from lowbit.progress import Progress, null_progress
+from lowbit.progress import Progress, accepts_progress, null_progress
 from lowbit.report import Report
 from lowbit.selection import select
 from lowbit.stateful import check_data_options, model_feeds
@@ -111,6 +111,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     del prepared
     for alg in config.algorithms:
         if alg.stage == "float":
+            progress(alg.registry_name, 0, None)  # announced: some run minutes without a count
             model, _ = alg.apply(model, None, ctx)
             t = _stage(timings, f"plan:{alg.registry_name}", t)
     costs = None
@@ -149,6 +150,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     if config.transformer and not mixed:
         plan = build_plan(model, selection, stats, config)
     else:  # the clipping level whose plan is closest to FP32 at the output (lowbit.clipping)
+        progress("clipping", 0, None)
         plan, clipped, clipping = choose_clipping(model, lambda c: plan_for(selection, c), stats, config, calib)
         elementwise = elementwise_nodes(selection) if clipping else {}
         if elementwise:  # elementwise arithmetic in float where that is clearly closer (lowbit.regions)
@@ -174,6 +176,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     before_fit = model
     for alg in config.algorithms:
         if alg.stage == "plan":
+            progress(alg.registry_name, 0, None)
             model, plan = alg.apply(model, plan, ctx)
             t = _stage(timings, f"plan:{alg.registry_name}", t)
     if config.transformer and not mixed:
@@ -185,6 +188,7 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     return model, plan, before_fit
 
 
+@accepts_progress
 def quantize(
     model: Any,
     config: QuantConfig | str | None = "int8",
@@ -206,7 +210,7 @@ def quantize(
     batch_axes: dict[str, int | None] | None = None,
     stateful: dict[str, str] | None = None,
     verify: VerifyOptions | None = VerifyOptions(),
-    progress: Progress = null_progress,
+    progress: Progress | bool = null_progress,
     keep_failed: bool = False,
     recover: Any = None,
 ) -> QuantResult:
@@ -232,6 +236,8 @@ def quantize(
     model's outputs on the calibration data (label-free distillation, within its time/step budget).
     `output` is checked before any work (not an input, not a device; a symlink is written through)
     and written only after verification succeeded: a failed run leaves an earlier file as it was.
+    `progress=True` draws progress on stderr (rich bars in a terminal, one line per stage with its
+    elapsed time elsewhere); a callable(stage, done, total) receives it instead (lowbit.progress).
 
     >>> result = lowbit.quantize("mobilenet_v2.onnx", "int8", "calib/", output="mbv2.int8.onnx",
     ...                          preprocess=ImagePreprocess.imagenet())
@@ -249,9 +255,11 @@ def quantize(
     inputs = {"model": model, "calib_data": calib_data, "eval_data": eval_data, "plan": plan, "labels": labels}
     outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
     out_target = check_outputs(outputs, inputs).get("output")
+    progress("load", 0, None)
     loaded = load_model(model, example_inputs)
     source_sizes = sizes(loaded.proto)  # the output must be smaller (checked after emit)
     check_outputs(outputs, {"model file": list(loaded.files)})
+    progress("prepare", 0, None)
     prepared = prepare(loaded)
     check_data_options(prepared.proto, prepared.inputs, batch_axes, stateful)  # before any work
     if verify is None:  # the loaded model is only verification's reference: not kept without it
@@ -324,6 +332,7 @@ def quantize(
     else:
         from lowbit.emit.int4 import emit_mixed
 
+        progress("emit", 0, None)
         qmodel = emit_mixed(prepared.proto, qplan)  # emit_qdq, plus block-wise weights the search chose
         # ONNX Runtime does not fuse Q/DQ inside If / Loop / Scan bodies: their weights are stored w8
         subgraph_note = describe(store_subgraph_weights(qmodel, "w8"))
@@ -350,10 +359,11 @@ def quantize(
     quantizer = {"wall_s": timings["total_quantize"], "peak_rss_mb": peak_rss_mb(),
                  "stages": dict(timings)}
 
+    label = _label(qplan)  # 'w4a8', not 'int8', where the weights are 4-bit
     report = Report({
-        "title": f"lowbit: {loaded.name} -> {qplan.precision}",
+        "title": f"lowbit: {loaded.name} -> {label}",
         "model": {"name": loaded.name, "source": loaded.source},
-        "precision": qplan.precision,
+        "precision": label,
         "output_path": str(output) if output is not None else None,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "nodes": nodes_summary(qplan),
@@ -385,7 +395,7 @@ def quantize(
             float_model = prepared.proto
             eval_feeds = model_feeds(data, loaded.proto, prepared.inputs, batch_axes=batch_axes, stateful=stateful,
                                      labels=labels, preprocess=preprocess, limit=verify.eval_limit, skip_bad=skip_bad)
-            _verify_into(report, loaded.proto.SerializeToString(), {qplan.precision: (qbytes, float_model, qplan)},
+            _verify_into(report, loaded.proto.SerializeToString(), {label: (qbytes, float_model, qplan)},
                          eval_feeds, verify, progress, metric=metric)
             _note_skipped(report, "evaluation", eval_feeds)
         else:
@@ -415,6 +425,13 @@ def nodes_summary(plan: QuantPlan) -> dict:
     }
 
 
+def _label(plan: QuantPlan) -> str:
+    """What a plan's run is called in reports: its precision, or 'w4a8' for 4-bit weights."""
+    from lowbit.config import run_label
+
+    return run_label(plan.precision, (plan.config.get("weights") or {}).get("dtype"))
+
+
 def _variant(label: str, precision: str, model_bytes: bytes) -> dict:
     return {"label": label, "precision": precision, "size_bytes": len(model_bytes), "latency_ms": {},
             "fidelity": None, "accuracy": None, "parity": None, "energy_uj": None}
@@ -432,7 +449,7 @@ def _verify_into(report: Report, reference: bytes,
     from lowbit.verify.task import fill_task_metrics
 
     variants = [_variant("fp32", "fp32", reference)]
-    variants += [_variant(k, (p.precision if p else k), b) for k, (b, _, p) in candidates.items()]
+    variants += [_variant(k, (_label(p) if p else k), b) for k, (b, _, p) in candidates.items()]
     accs, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, data, progress, collect=True)
     ref_acc = None
     for v in variants[1:]:
@@ -452,7 +469,9 @@ def _verify_into(report: Report, reference: bytes,
     for v in variants[1:]:
         qbytes, float_model, plan = candidates[v["label"]]
         if float_model is not None and plan is not None and plan.precision == "int8":
+            progress("parity", 0, None)
             v["parity"] = check_parity(qbytes, float_model, plan, data, opts.parity_batches)
+            progress("kernel check", 0, None)
             v["kernels"] = kernel_check(qbytes, plan)
         if float_model is not None and plan is not None:
             # priced on what executes: FP16 without FP16 arithmetic (x86) computes in FP32
@@ -474,12 +493,13 @@ def _verify_into(report: Report, reference: bytes,
     report.data["variants"] = variants
 
 
+@accepts_progress
 def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, preprocess: Any = None,
-             verify: VerifyOptions = VerifyOptions(), progress: Progress = null_progress,
+             verify: VerifyOptions = VerifyOptions(), progress: Progress | bool = null_progress,
              metric: Any = None) -> Report:
     """Compare one or more candidate ONNX models (made by lowbit or not) with a reference on `data`;
     `metric` (a name with options, 'detection-yolo:conf=0.25', a Metric or a callable) is the
-    report's headline, else it is inferred from the reference's outputs.
+    report's headline, else it is inferred from the reference's outputs. `progress`: as quantize's.
 
     >>> print(lowbit.evaluate("mbv2.onnx", "mbv2.int8.onnx", "eval/", preprocess=ImagePreprocess.imagenet()))
     """
@@ -530,13 +550,14 @@ def _check_comparable(reference: bytes, candidates: dict[str, bytes], data: Feed
                              "be compared. Give a candidate quantized from this reference.")
 
 
+@accepts_progress
 def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data: Any, *,
                      labeled: tuple[Any, Any] | None = None, preprocess: Any = None,
                      verify: VerifyOptions = VerifyOptions(), progress: Progress = null_progress,
                      title: str | None = None) -> Report:
     """One report comparing the FP32 `reference` with several quantize() results side by side.
 
-    `labeled` = (data, labels) adds top-1 accuracy.
+    `labeled` = (data, labels) adds top-1 accuracy. `progress`: as quantize's (True draws it on stderr).
     """
     ref = load_model(reference)
     specs = prepare(ref, optimize=False).inputs
@@ -555,11 +576,13 @@ def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data:
     return report
 
 
+@accepts_progress
 def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | str = "int8", *,
             metric: Any = "top1-agreement", preprocess: Any = None, labels: Any = None, eval_limit: int | None = 64,
             ways: tuple[str, ...] = ("only", "all_but"), progress: Progress = null_progress) -> Report:
     """Per-layer sensitivity of `model` under `config`, measured both ways, with statistics, the
-    likely cause of each problem in plain words, and the fix lowbit would apply.
+    likely cause of each problem in plain words, and the fix lowbit would apply. `progress`: as
+    quantize's (True draws it on stderr).
 
     >>> print(lowbit.analyze("mbv2.onnx", calib, held_out).data["layers"][0])
     """

@@ -258,6 +258,20 @@ def preset(name: str) -> QuantConfig:
     return PRESETS[name][0]()
 
 
+def run_label(precision: str, weights_dtype: str | None = None) -> str:
+    """The name a run is reported under: its precision, with the weight width where that is not the
+    precision's own ('w4a8': 4-bit weights, 8-bit activations; never reported as 'int8').
+
+    >>> run_label("int8", "int4")
+    'w4a8'
+    """
+    if precision != "int8" or weights_dtype in (None, "int8", "uint8"):
+        return precision
+    from lowbit.core.dtypes import dtype_by_name
+
+    return f"w{dtype_by_name(weights_dtype).bits}a8"
+
+
 def as_config(config: QuantConfig | str | None) -> QuantConfig:
     if config is None:
         return preset("int8")

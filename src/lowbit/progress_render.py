@@ -26,7 +26,8 @@ def _key(stage: str) -> str:
 
 
 def _count(done: int, total: int | None) -> str:
-    return f"{done}/{total}" if total else f"{done}"
+    """'3/8', '40' (no total known), '' (a step without a count)."""
+    return f"{done}/{total}" if total else f"{done}" if done else ""
 
 
 class StageLines:
@@ -53,7 +54,8 @@ class StageLines:
 
     def _end_stage(self) -> None:
         if self.stage is not None:
-            self._line(f"{self._name()} done: {_count(self.done, self.total)} in "
+            count = _count(self.done, self.total)
+            self._line(f"{self._name()} done{': ' + count if count else ''} in "
                        f"{time.monotonic() - self.stage_t0:.1f} s")
         self.stage = None
 
@@ -81,7 +83,8 @@ class StageLines:
                     if self.stage is None:
                         self._line("working ...")
                     else:
-                        self._line(f"{self._name()}: {_count(self.done, self.total)}, "
+                        count = _count(self.done, self.total)
+                        self._line(f"{self._name()}: {count + ', ' if count else ''}still working, "
                                    f"{time.monotonic() - self.stage_t0:.0f} s in this stage")
 
     def close(self) -> None:
