@@ -2,8 +2,9 @@
 
     python -m benchmarks.zoo.summary        # reads benchmarks/zoo/results.json
 
-Each cell: the task metric vs FP32 / size in % of FP32 / 1-thread speed-up; 'refused' where lowbit
-exited 2 with its reason (see results.md), 'error' where a peer failed.
+Each cell: the task metric vs FP32 / size in % of FP32 / 1-thread speed-up ('(slower)' where its 95%
+interval lies wholly below 1); 'refused' where lowbit exited 2 with its reason (see results.md),
+'error' where a peer failed.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ README = HERE.parents[1] / "README.md"
 def cell(r: dict | None) -> str:
     if r is None:
         return "—"
-    if "metric" in r:
-        return f"{r['metric']:.3f} / {r['size_pct']:.0f}% / {r['speedup']:.2f}x"
+    if "metric" in r:  # slower: FP32's speed-up interval wholly below 1 (benchmarks/zoo/run.py)
+        return f"{r['metric']:.3f} / {r['size_pct']:.0f}% / {r['speedup']:.2f}x" + (" (slower)" if r.get("slower") else "")
     if r.get("traceback"):
         return "TRACEBACK"
     return "refused" if str(r.get("rc")) == "2" else "error"
@@ -42,7 +43,9 @@ def matrix(results: list[dict]) -> str:
 
 def main() -> None:
     results = json.loads((HERE / "results.json").read_text())
-    block = ("<!-- zoo:start -->\n" + matrix(results) + "\n<!-- zoo:end -->")
+    machines = sorted({r["machine"] for r in results if r.get("machine")})
+    note = "".join(f"\n\nSpeed-ups at 1 thread on {m}." for m in machines)
+    block = ("<!-- zoo:start -->\n" + matrix(results) + note + "\n<!-- zoo:end -->")
     text = README.read_text()
     if "<!-- zoo:start -->" not in text:
         raise SystemExit("README.md has no <!-- zoo:start --> / <!-- zoo:end --> markers")
