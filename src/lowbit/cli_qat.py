@@ -64,6 +64,8 @@ def add_qat_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--latency-runs", type=_positive_int, default=30)
     p.add_argument("--report-html", type=_output_file, default=None)
     p.add_argument("--report-json", type=_output_file, default=None)
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON on stdout (and nothing else there; the summary goes to stderr)")
     return p
 
 

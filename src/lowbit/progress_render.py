@@ -44,6 +44,7 @@ class StageLines:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="lowbit-progress", daemon=True)
+        self._line("started")  # the first stage may be minutes away (exporting, reading data)
         self._thread.start()
 
     def _line(self, text: str) -> None:
@@ -77,7 +78,7 @@ class StageLines:
             self.done, self.total = done, total if total is not None else self.total
 
     def _beat(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(min(1.0, self.heartbeat_s / 3)):
             with self._lock:
                 if time.monotonic() - self.last_line >= self.heartbeat_s:
                     if self.stage is None:
