@@ -285,19 +285,27 @@ def quantize(
             log.warning("the plan was made for another model (fingerprint %s, this model %s)",
                         qplan.model_fingerprint, prepared.fingerprint)
         _check_plan_fits(qplan, prepared)
-    elif cfg.precision == "int8":
+    elif cfg.precision in ("int8", "int4"):
         if calib_data is None:
-            raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
+            raise DataError(f"static {cfg.precision} needs calibration data (calib_data / --calib): a few hundred "
                             "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
         calib = model_feeds(calib_data, prepared.proto, prepared.inputs, batch_axes=batch_axes, stateful=stateful,
                             preprocess=preprocess, limit=calib_limit, skip_bad=skip_bad)
         budget = max_drop is not None or min_metric is not None
+        if budget and cfg.precision == "int4":
+            raise ConfigError("an accuracy budget (max_drop / min_metric) searches int8 mixes; give an int8 preset "
+                              "(the search itself moves layers to 4-bit weights where the budget allows).")
         original = prepared.proto if budget else None
         # calibrate_plan gets the only reference to the prepared model (popped from a list: no local
         # here keeps it), so the copies the algorithms make replace it instead of adding to it
         handed = [prepared]
         prepared = PreparedModel(onnx.ModelProto(), prepared.name, prepared.source, prepared.inputs)
-        float_model, qplan, before_fit = calibrate_plan(handed.pop(), cfg, calib, progress, timings)
+        if cfg.precision == "int4":  # MatMulNBits blocks + w4a8 Conv (lowbit.int4_recipe)
+            from lowbit.int4_recipe import calibrate_int4
+
+            float_model, qplan, before_fit = calibrate_int4(handed.pop(), cfg, calib, progress, timings)
+        else:
+            float_model, qplan, before_fit = calibrate_plan(handed.pop(), cfg, calib, progress, timings)
         if recover is not None:  # distil FP32 (the unfitted float model) into the plan (lowbit.recover)
             from lowbit.recover import recover_plan
 
@@ -426,9 +434,12 @@ def nodes_summary(plan: QuantPlan) -> dict:
 
 
 def _label(plan: QuantPlan) -> str:
-    """What a plan's run is called in reports: its precision, or 'w4a8' for 4-bit weights."""
+    """What a plan's run is called in reports: its precision, 'w4a8' for 4-bit weights on the int8
+    kernels, 'int4' for the int4 preset's blocks (lowbit.int4_recipe records its group size)."""
     from lowbit.config import run_label
 
+    if plan.precision == "int8" and plan.config.get("group_size"):
+        return "int4"
     return run_label(plan.precision, (plan.config.get("weights") or {}).get("dtype"))
 
 

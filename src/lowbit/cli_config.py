@@ -22,6 +22,11 @@ def add_config_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--algorithms", default=None, metavar="A,B,...",
                    help="the algorithms to run instead of the preset's, e.g. cle,gptq,bias-correction; "
                         "keep-if-better:gptq wraps one; 'none' runs none (options: --config)")
+    q.add_argument("--block-size", type=int, default=None, metavar="N",
+                   help="--preset int4: weights in blocks of N along K (a power of two >= 16; default 32)")
+    q.add_argument("--accuracy-level", type=int, choices=range(5), default=None, metavar="0-4",
+                   help="--preset int4: MatMulNBits' compute, 0 float (default) or 4 int8 (input quantized per "
+                        "block at run time: faster)")
     q.add_argument("--print-config", action="store_true",
                    help="print the resolved config (preset, --config and the flags above) as TOML and exit")
 
@@ -53,6 +58,16 @@ def resolve_config(args):
         changes["objective"] = args.objective
     if args.target:
         changes["target"] = args.target
+    if (args.block_size is not None or args.accuracy_level is not None) and config.precision != "int4":
+        raise ConfigError(f"--block-size and --accuracy-level set MatMulNBits' blocks of precision 'int4' "
+                          f"(--preset int4); this config's precision is '{config.precision}'.")
+    if args.block_size is not None:
+        from lowbit.core.granularity import PerGroup
+
+        w = config.weights
+        changes["weights"] = w.__class__(w.dtype, PerGroup(0, args.block_size), w.symmetric, w.calibration)
+    if args.accuracy_level is not None:
+        changes["accuracy_level"] = args.accuracy_level
     if changes:
         config = config.with_(**changes)
     if name and config != preset(name):

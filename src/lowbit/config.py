@@ -12,7 +12,7 @@ from lowbit.core.dtypes import QDtype, dtype_by_name, int8, uint8
 from lowbit.core.granularity import Granularity, PerChannel, PerGroup, PerTensor, granularity_from_dict
 from lowbit.errors import ConfigError, did_you_mean
 
-PRECISIONS = ("fp16", "int8", "int8-dynamic")
+PRECISIONS = ("fp16", "int8", "int8-dynamic", "int4")
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,9 @@ class QuantConfig:
     # CPU the model is for: 'auto' (this machine), 'avx2', 'vnni', 'arm64'. Decides the weight grid.
     target: str = "auto"
     seed: int = 0
+    # int4 only: MatMulNBits' compute. 0 = float (the 4-bit blocks are unpacked in the kernel), 4 = int8
+    # (its input quantized per block at run time: faster, a little further from FP32). lowbit.int4_recipe
+    accuracy_level: int = 0
     extras: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +108,16 @@ class QuantConfig:
                               + did_you_mean(self.objective, ("latency", "size")))
         if self.transformer not in (True, False, "auto", "mixed"):
             raise ConfigError(f"transformer must be True, False, 'auto' or 'mixed'; got {self.transformer!r}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4) or isinstance(self.accuracy_level, bool):
+            raise ConfigError(f"accuracy_level is MatMulNBits' compute level, 0 (float) to 4 (int8); got "
+                              f"{self.accuracy_level!r}")
+        if self.precision == "int4":
+            from lowbit.int4_recipe import check_int4_weights
+
+            check_int4_weights(self.weights)
+        elif self.accuracy_level:
+            raise ConfigError(f"accuracy_level is for precision 'int4' (MatMulNBits blocks); this config's "
+                              f"precision is '{self.precision}'")
         if isinstance(self.keep_float, str):
             object.__setattr__(self, "keep_float", (self.keep_float,))
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
@@ -134,6 +147,8 @@ class QuantConfig:
             "objective": self.objective,
             "transformer": self.transformer,
             "seed": self.seed,
+            # only where it means something: an int8 plan's config (and its model's bytes) stay as they were
+            **({"accuracy_level": self.accuracy_level} if self.precision == "int4" else {}),
         }
 
     @classmethod
@@ -150,6 +165,7 @@ class QuantConfig:
             objective=d.get("objective", "latency"),
             transformer=d.get("transformer", False),
             seed=d.get("seed", 0),
+            accuracy_level=d.get("accuracy_level", 0),
         )
 
 
@@ -179,6 +195,19 @@ def _w4a8() -> QuantConfig:
     # it. GPTQ, not AdaRound, by default: on 2 CPU cores AdaRound takes an hour on MobileNetV2
     # (QuantConfig(algorithms=(AdaRound(time_budget_s=...),)) when that time is there).
     return QuantConfig(precision="int8", weights=Scheme(int4, PerChannel(axis=0), symmetric=True),
+                       activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
+                       algorithms=(GPTQ(),), objective="size")
+
+
+def _int4() -> QuantConfig:
+    from lowbit.algorithms import GPTQ
+    from lowbit.calibration import Percentile
+    from lowbit.core.dtypes import int4
+
+    # MatMul / Gemm: 4-bit weights in blocks of 32 along K (MatMulNBits); Conv: 4-bit per-channel
+    # weights on the int8 kernel with 8-bit activations (no 4-bit Conv kernel exists). GPTQ rounds
+    # both (lowbit.int4_recipe).
+    return QuantConfig(precision="int4", weights=Scheme(int4, PerGroup(0, 32), symmetric=True),
                        activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
                        algorithms=(GPTQ(),), objective="size")
 
@@ -239,6 +268,9 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
                          "GPTQ weights."),
     "w4a8": (_w4a8, "4-bit per-channel weights with error-minimising rounding (GPTQ), 8-bit activations: "
                      "the smallest model."),
+    "int4": (_int4, "4-bit weights: MatMul / Gemm in blocks of 32 along K run by MatMulNBits (weight-only, "
+                     "float activations; --block-size, --accuracy-level), Conv 4-bit per channel on the int8 "
+                     "kernel with 8-bit activations, embedding tables in 4-bit blocks; GPTQ rounding."),
     "int8-fast": (lambda: QuantConfig(precision="int8"),
                   "Static INT8 QDQ, quantize fast: min-max calibration, no optimisation."),
     "int8-dynamic": (lambda: QuantConfig(precision="int8-dynamic"),

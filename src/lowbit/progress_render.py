@@ -44,7 +44,6 @@ class StageLines:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="lowbit-progress", daemon=True)
-        self._line("started")  # the first stage may be minutes away (exporting, reading data)
         self._thread.start()
 
     def _line(self, text: str) -> None:

@@ -26,6 +26,24 @@ from lowbit.names import Names
 from lowbit.plan import QuantPlan, TensorPlan
 
 MS_DOMAIN = "com.microsoft"
+# plan.config["storage"] of the int4 preset's plans: the compute level of its 4-bit MatMulNBits nodes
+_LEVEL = "MatMulNBits accuracy_level="
+
+
+def storage_record(level: int) -> str:
+    """What plan.config['storage'] holds for 4-bit blocks computed at `level` (0 float, 4 int8)."""
+    return f"{_LEVEL}{int(level)}"
+
+
+def accuracy_level(plan: QuantPlan) -> int:
+    """The compute level of `plan`'s 4-bit MatMulNBits nodes (0: float, unless the plan says)."""
+    record = str((plan.config or {}).get("storage") or "")
+    return int(record[len(_LEVEL):]) if record.startswith(_LEVEL) and record[len(_LEVEL):].isdigit() else 0
+
+
+def _int8_input(bits: int, level: int) -> bool:
+    """True where MatMulNBits quantizes its input per block to int8 at run time."""
+    return bits == 8 or level == 4
 
 
 def check_block_plan(t: TensorPlan, length: int) -> int:
@@ -65,12 +83,12 @@ def check_linear_gemm(node: onnx.NodeProto, g: GraphIndex) -> None:
 
 
 def matmul_nbits(node: onnx.NodeProto, w_name: str, bias: list[str], k: int, n: int, bits: int,
-                 size: int) -> onnx.NodeProto:
-    """`w_name`: the prefix of the packed weight's `_nb` / `_nbs` initializers."""
-    """The MatMulNBits node reading `w_name`'s packed blocks. 8-bit blocks compute in int8 (accuracy
-    level 4: the input is quantized per block at run time); ONNX Runtime's float path for 8-bit
-    blocks dequantizes on every call and ran at a tenth of FP32's speed on AVX2."""
-    extra = {"accuracy_level": 4} if bits == 8 else {}
+                 size: int, level: int = 0) -> onnx.NodeProto:
+    """The MatMulNBits node reading `w_name`'s packed blocks (`w_name`: the prefix of their `_nb` /
+    `_nbs` initializers). 8-bit blocks always compute in int8 (accuracy level 4: the input is
+    quantized per block at run time); ONNX Runtime's float path for 8-bit blocks dequantizes on every
+    call and ran at a tenth of FP32's speed on AVX2. 4-bit blocks compute at `level`."""
+    extra = {"accuracy_level": 4} if _int8_input(bits, level) else {}
     inputs = [node.input[0], f"{w_name}_nb", f"{w_name}_nbs"] + (["", ""] + bias if bias else [])
     return helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name, domain=MS_DOMAIN,
                             K=k, N=n, bits=bits, block_size=size, **extra)
@@ -83,6 +101,7 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     out.CopyFrom(model)
     g = GraphIndex(out)
     names = Names(out)
+    level = accuracy_level(plan)
     stored: dict[str, str] = {}  # weight -> prefix of its packed `_nb` / `_nbs` initializers
     replaced: set[str] = set()
     nodes = []
@@ -104,7 +123,7 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             size = t.qparams.granularity.size
             q = t.qparams.quantize(w).T                                  # (N, K)
             scales = np.asarray(t.qparams.scale, np.float32).T           # (N, K / size)
-            nodes.append(matmul_nbits(node, p, [], k, n, bits, size))
+            nodes.append(matmul_nbits(node, p, [], k, n, bits, size, level))
         elif node.op_type == "Gemm":
             check_linear_gemm(node, g)
             n, k = w.shape                                                # transB: (N, K)
@@ -112,7 +131,7 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             size = t.qparams.granularity.size
             q = t.qparams.quantize(w)                                    # (N, K)
             scales = np.asarray(t.qparams.scale, np.float32)             # (N, K / size)
-            nodes.append(matmul_nbits(node, p, list(node.input[2:3]), k, n, bits, size))
+            nodes.append(matmul_nbits(node, p, list(node.input[2:3]), k, n, bits, size, level))
         elif node.op_type == "Gather" and int(g.attr(node, "axis", 0)) == 0:
             v, d = w.shape
             bits = check_block_plan(t, d)
@@ -166,15 +185,17 @@ def emit_int4_simulation(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelP
 
 def quantize_block_inputs(nodes: list[onnx.NodeProto], g: GraphIndex, plan: QuantPlan, opset: int,
                           names: Names | None = None) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
-    """(new initializers, `nodes`) with, before each MatMul / Gemm on 8-bit block weights, what
+    """(new initializers, `nodes`) with, before each MatMul / Gemm whose block weights compute in
+    int8 (8-bit blocks; 4-bit ones at accuracy level 4), what
     MatMulNBits' int8 path does to its input (`block_input_fake_quant`), for simulations. `g`
     indexes a model holding the weights (for K)."""
     names = names if names is not None else Names(g.model)
+    level = accuracy_level(plan)
     inits, out = [], []
     for node in nodes:
         t = plan.tensors.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
         q = t.qparams if t is not None and t.role == "weight" else None
-        if q is not None and isinstance(q.granularity, PerGroup) and q.dtype.bits == 8:
+        if q is not None and isinstance(q.granularity, PerGroup) and _int8_input(q.dtype.bits, level):
             shape = g.constant(t.name).shape
             k = int(shape[1] if node.op_type == "Gemm" else shape[0])
             prefix = names.fresh_prefix(f"{node.name}_blockq", _BLOCKQ_MADE)
@@ -235,4 +256,4 @@ def emit_mixed(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     qdq = QuantPlan(plan.precision, plan.nodes, {k: t for k, t in plan.tensors.items() if k not in block},
                     plan.observed, plan.folded, plan.config, plan.model_fingerprint, plan.lowbit_version)
     out = emit_qdq(model, qdq)
-    return emit_int4(out, QuantPlan(plan.precision, plan.nodes, block))
+    return emit_int4(out, QuantPlan(plan.precision, plan.nodes, block, config=plan.config))
