@@ -45,7 +45,8 @@ def test_every_preset_round_trips_through_toml(name):
     import tomllib
 
     text = config_to_toml(preset(name), name)
-    assert config_from_dict(tomllib.loads(text))[0] == preset(name)
+    config, extras = config_from_dict(tomllib.loads(text))
+    assert config == preset(name) and extras == {"metric": None, "recover": None}
     body = {k: v for k, v in tomllib.loads(text).items() if k != "preset"}  # every key written out
     assert config_from_dict(body)[0] == preset(name)
 
@@ -112,6 +113,30 @@ def test_each_metric_reaches_the_quantize_call(small_model_path, calib_file, tmp
     main(["quantize", str(small_model_path), "--calib", str(calib_file), "-o", str(tmp_path / "m.onnx"),
           "--config", str(tmp_path / "c.toml")])
     assert seen[-1] == "top5-agreement"
+
+
+def test_recover_from_the_flag_or_the_file_reaches_the_quantize_call(small_model_path, calib_file, tmp_path,
+                                                                     monkeypatch, capsys):
+    import lowbit
+
+    pytest.importorskip("torch")
+    seen = []
+
+    def fake_quantize(*args, recover=None, **kwargs):
+        seen.append(recover)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(lowbit, "quantize", fake_quantize)
+    base = ["quantize", str(small_model_path), "--calib", str(calib_file), "-o", str(tmp_path / "m.onnx")]
+    main([*base, "--recover", "90s"])
+    assert seen[-1].budget == "90s"
+    capsys.readouterr()
+    assert main(["quantize", "--print-config", "--preset", "int8", "--recover", "500steps"]) == 0
+    (tmp_path / "r.toml").write_text(capsys.readouterr().out)
+    main([*base, "--config", str(tmp_path / "r.toml")])
+    assert seen[-1].budget == "500steps" and seen[-1].holdout == 0.2
+    assert main([*base, "--recover", "ten minutes"]) == 2
+    assert "'10m'" in capsys.readouterr().err
 
 
 def test_list_names_a_selector_for_every_entry():

@@ -354,15 +354,16 @@ def _quantize(args, progress):
     check_inputs({"--calib": args.calib, "--eval": args.eval_data, "--labels": _labels_input(args)}, DataError)
     from lowbit.cli_config import resolve_config
 
-    config, name, file_metric = resolve_config(args)
+    config, name, extras = resolve_config(args)
     # by name where the flags changed nothing: errors and reports then name the preset the user chose
     # (no output= here: the model is written with the plan and reports, together, once all succeeded)
     result = lowbit.quantize(
         args.model, name or config, args.calib, eval_data=args.eval_data, labels=_labels(args.labels),
         preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
-        min_metric=args.min_metric, metric=_metric(args) or file_metric, checkpoint=args.checkpoint, skip_bad=args.skip_bad,
-        batch_axes=_batch_axes(args.batch_axis), stateful=parse_pairs(args.stateful) or None,
-        verify=None if args.no_verify else _verify_opts(args), progress=progress,
+        min_metric=args.min_metric, metric=_metric(args) or extras["metric"], checkpoint=args.checkpoint,
+        skip_bad=args.skip_bad, batch_axes=_batch_axes(args.batch_axis),
+        stateful=parse_pairs(args.stateful) or None, verify=None if args.no_verify else _verify_opts(args),
+        progress=progress, **({"recover": extras["recover"]} if extras["recover"] is not None else {}),
     )
     report = result.report
     if (report.data.get("budget") or {}).get("met") is False and not args.keep_failed:

@@ -27,20 +27,24 @@ def add_config_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--accuracy-level", type=int, choices=range(5), default=None, metavar="0-4",
                    help="--preset int4: MatMulNBits' compute, 0 float (default) or 4 int8 (input quantized per "
                         "block at run time: faster)")
+    q.add_argument("--recover", default=None, metavar="BUDGET",
+                   help="after calibration, fine-tune the plan to match FP32 on the calibration data (no labels) "
+                        "for a budget such as 10m or 500steps (lowbit.recover; needs torch)")
     q.add_argument("--print-config", action="store_true",
                    help="print the resolved config (preset, --config and the flags above) as TOML and exit")
 
 
 def resolve_config(args):
-    """(QuantConfig, preset name or None, metric from the config file or None). The preset name is
-    kept where the flags changed nothing, so reports and errors name the preset the user chose."""
+    """(QuantConfig, preset name or None, {'metric': ..., 'recover': ...} from the config file and
+    the flags). The preset name is kept where the flags changed nothing, so reports and errors name
+    the preset the user chose."""
     from lowbit.config import preset
     from lowbit.config_file import algorithms_from, calibration_from, load_config
 
     name = args.precision
-    metric = None
+    extras = {"metric": None, "recover": None}
     if args.config:
-        config, metric = load_config(args.config, preset(name) if name else None)
+        config, extras = load_config(args.config, preset(name) if name else None)
         name = _preset_of(args.config) or name
     else:
         name = name or "int8"
@@ -72,7 +76,11 @@ def resolve_config(args):
         config = config.with_(**changes)
     if name and config != preset(name):
         name = None
-    return config, name, metric
+    if args.recover:
+        from lowbit.config_file import recover_from
+
+        extras["recover"] = recover_from(args.recover, "--recover")
+    return config, name, extras
 
 
 def _preset_of(path) -> str | None:
@@ -92,5 +100,5 @@ def print_config(args) -> str:
     """The resolved config as TOML (what --print-config prints)."""
     from lowbit.config_file import config_to_toml
 
-    config, name, metric = resolve_config(args)
-    return config_to_toml(config, name, args.metric or metric)
+    config, name, extras = resolve_config(args)
+    return config_to_toml(config, name, args.metric or extras["metric"], extras["recover"])

@@ -3,8 +3,10 @@ of its common fields (`--calibration percentile:99.99`, `--algorithms cle,gptq,b
 
 The file mirrors `QuantConfig.to_dict()`: the same keys, tables for the schemes, an array of tables
 for the algorithms. `preset = "int8"` starts from a preset (its other keys override it); without it
-the file starts from `QuantConfig()`'s defaults, as the Python API does. `metric` (the report's
-headline metric, a `quantize()` argument rather than a QuantConfig field) may be given too.
+the file starts from `QuantConfig()`'s defaults, as the Python API does. Two `quantize()` arguments
+may be given too: `metric` (the report's headline metric, 'detection-yolo:conf=0.25') and `recover`
+(label-free fine-tuning after calibration, lowbit.recover: a budget such as "10m", or a table of
+`Recover`'s options).
 `lowbit quantize --print-config --preset NAME` writes a preset's whole config in this form:
 
     preset = "int8"
@@ -33,7 +35,7 @@ from typing import Any
 from lowbit.errors import ConfigError, did_you_mean
 
 # keys of the file beyond QuantConfig's own fields
-EXTRA_KEYS = ("preset", "metric")
+EXTRA_KEYS = ("preset", "metric", "recover")
 _SCHEME_KEYS = ("dtype", "granularity", "symmetric", "calibration")
 _GRANULARITY_KINDS = ("per_tensor", "per_channel", "per_group")
 
@@ -172,7 +174,8 @@ def _scalar(text: str):
 
 def config_from_dict(d: dict, base=None, where: str = "config"):
     """A QuantConfig from the file's keys (see the module docstring), on top of `base` (a QuantConfig;
-    default QuantConfig()). Returns (config, metric or None)."""
+    default QuantConfig()). Returns (config, {'metric': ..., 'recover': ...}): the quantize()
+    arguments the file gives (None where it does not)."""
     from lowbit.config import QuantConfig, preset
 
     fields = _config_fields()
@@ -201,8 +204,6 @@ def config_from_dict(d: dict, base=None, where: str = "config"):
             changes[key] = tuple(value)
         else:
             changes[key] = value
-    if "recover" in changes and "recover" not in fields:  # pragma: no cover - until recover lands
-        raise ConfigError(f"{where}: 'recover' is not available in this version of lowbit.")
     try:
         config = dataclasses.replace(config, **changes)
     except TypeError as e:  # a field QuantConfig does not take
@@ -215,7 +216,25 @@ def config_from_dict(d: dict, base=None, where: str = "config"):
             raise ConfigError(f"{where}: metric is a name with options such as 'detection-yolo:conf=0.25'; "
                               f"got {metric!r}.")
         parse_metric(metric, [])  # checked now: a bad name fails before any work
-    return config, metric
+    return config, {"metric": metric, "recover": recover_from(d["recover"], where) if "recover" in d else None}
+
+
+def recover_from(spec: Any, where: str = "recover"):
+    """A lowbit.recover.Recover from a budget ("10m", "500steps") or a table of its options."""
+    import inspect
+
+    from lowbit.api import quantize
+
+    if "recover" not in inspect.signature(quantize).parameters:  # pragma: no cover - builds without recover
+        raise ConfigError(f"{where}: 'recover' is not available in this version of lowbit.")
+    from lowbit.recover import Recover  # needs torch: lowbit.extras names the extra to install
+
+    if isinstance(spec, str):
+        return Recover(spec)
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: recover is a budget such as \"10m\" or \"500steps\", or a table of its "
+                          f"options ({{ budget = \"10m\", holdout = 0.2 }}); got {spec!r}.")
+    return Recover(**_check_options("recover", "Recover", Recover, spec))
 
 
 def _scheme(d: Any, base, where: str):
@@ -251,9 +270,11 @@ def _scheme(d: Any, base, where: str):
 
 
 def load_config(path: str | Path, base=None):
-    """(QuantConfig, metric or None) from a TOML file; errors name the file and the bad key.
+    """(QuantConfig, {'metric': ..., 'recover': ...}) from a TOML file; errors name the file and the
+    bad key.
 
-    >>> config, metric = load_config("lowbit.toml")   # doctest: +SKIP
+    >>> config, args = load_config("lowbit.toml")   # doctest: +SKIP
+    >>> lowbit.quantize("model.onnx", config, "calib/", **args)   # doctest: +SKIP
     """
     import tomllib
 
@@ -303,8 +324,9 @@ def _value(v: Any) -> str:
     raise ConfigError(f"cannot write {v!r} to a config file")
 
 
-def config_to_toml(config, preset_name: str | None = None, metric: str | None = None) -> str:
-    """The whole of `config` as TOML that `load_config` reads back into an equal QuantConfig."""
+def config_to_toml(config, preset_name: str | None = None, metric: str | None = None, recover=None) -> str:
+    """The whole of `config` as TOML that `load_config` reads back into an equal QuantConfig (and the
+    quantize() arguments `metric` and `recover` where given)."""
     d = config.to_dict()
     lines = ["# lowbit quantization config: lowbit quantize MODEL --config THIS_FILE --calib DATA -o OUT.onnx",
              "# Keys mirror lowbit.QuantConfig; `lowbit list` names every calibration method and algorithm."]
@@ -323,4 +345,7 @@ def config_to_toml(config, preset_name: str | None = None, metric: str | None = 
         lines += ["", f"[{name}]"] + [f"{_key(k)} = {_value(v)}" for k, v in t.items() if v is not None]
     for a in algorithms:
         lines += ["", "[[algorithms]]"] + [f"{_key(k)} = {_value(v)}" for k, v in a.items() if v is not None]
+    if recover is not None:
+        lines += ["", "[recover]"] + [f"{_key(k)} = {_value(v)}" for k, v in dataclasses.asdict(recover).items()
+                                      if v is not None]
     return "\n".join(lines) + "\n"
