@@ -4,8 +4,8 @@ The library only calls `progress(stage, done, total)` (lowbit.progress); these r
 into something a person can follow:
 - in a terminal, one rich bar per stage: a stage's bar stops (its timer too) when it completes or
   when the next stage starts; a count that goes back (a second pass of the same stage) opens a new
-  bar ("gptq (pass 2)") instead of moving the old one backwards; the running bar's timer ticks
-  while a long single step computes;
+  bar ("gptq (pass 2)") instead of moving the old one backwards; a first bar, always running,
+  pulses with the run's elapsed time while a long single step computes;
 - piped or redirected, one line when a stage starts and one when it ends, each with the elapsed
   time, and a heartbeat line whenever `heartbeat_s` pass without one (the piped demo was silent for
   7.5 minutes before).
@@ -104,6 +104,8 @@ class RichBars:
         self.bar = Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console or Console(stderr=True), transient=True)
         self.bar.start()
+        # always running: its pulse and timer show the run is alive while a stage's count stands still
+        self.overall = self.bar.add_task("lowbit", total=None)
         self.current = None  # (key, task id, passes)
         self.done = 0
 
@@ -128,6 +130,7 @@ class RichBars:
 
     def close(self) -> None:
         self._finish()
+        self.bar.stop_task(self.overall)
         self.bar.stop()
 
 
