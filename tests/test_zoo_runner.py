@@ -47,4 +47,4 @@ def test_results_name_the_machine_and_the_int8_stages():
            "stages": {"plan:calibrate": 4.0, "emit": 0.1, "total_quantize": 29.0}}
     text = run.render([rec, {**rec, "config": "fp16", "speedup": 0.9, "speedup_ci": [0.85, 0.95], "slower": True}])
     assert "Machine: cpu X" in text and "1.90 [1.80, 2.00]" in text and "0.90 [0.85, 0.95] SLOWER" in text
-    assert "| magika | 29.0 | plan:calibrate | 4.0 |" in text
+    assert "| magika | 29.0 | - | plan:calibrate | 4.0 |" in text

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ PRESETS = ("fp16", "int8", "int8-fast", "int8-transformer", "w4a8", "int8-dynami
 PEERS = ("ort-static", "ort-dynamic")
 LOWBIT = Path(sys.executable).with_name("lowbit")
 # recurrent models: calibrated on whole utterances with their state carried (zdata.save_sequences)
-MIN_ROUNDS, MAX_ROUNDS = 40, 600  # interleaved latency rounds: at least enough for a 95% interval
+MIN_ROUNDS, MAX_ROUNDS = 30, 600  # interleaved latency rounds: at least enough for a 95% interval
 MACHINE = ""  # set by main(): machine() at the start of the run
 STATEFUL = {"vad_stream": ["--stateful", "state->stateN"], "vad_sequence": ["--stateful", "h->hn,c->cn"]}
 
@@ -64,7 +63,7 @@ def run_all(sess: ort.InferenceSession, entry: ZooModel, runs: list[dict]) -> np
     return np.concatenate(outs).astype(np.float64)
 
 
-def latency(fp32: Path, cand: Path, feeds: dict, budget_s: float = 4.0, blocks: int = 4) -> dict:
+def latency(fp32: Path, cand: Path, feeds: dict, budget_s: float = 2.5, blocks: int = 3) -> dict:
     """FP32 and the candidate at 1 thread, timed interleaved in shuffled order each round, in
     `blocks` groups of rounds with fresh sessions (lowbit.verify.latency): the speed-up is the ratio
     of the medians, with a 95% bootstrap interval over blocks and rounds. 'slower' only where the
@@ -103,6 +102,14 @@ def quantize_cmd(config: str, model: Path, folder: Path, out: Path, data: str = 
     if data in STATEFUL:
         return cmd + ["--calib", str(zdata.save_sequences(data, folder)), *STATEFUL[data]]
     return cmd + ["--calib", str(folder / "calib.npz")]
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes so far."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def report_path(out: Path) -> Path:
@@ -154,7 +161,7 @@ def measure(entry: ZooModel, config: str, model: Path, folder: Path, runs, refer
     for stale in [*folder.glob(f"{config}.*onnx*"), report_path(out)]:
         stale.unlink(missing_ok=True)
     cmd = quantize_cmd(config, model, folder, out, entry.data)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _children_cpu()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(HERE.parents[1]),
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -162,7 +169,9 @@ def measure(entry: ZooModel, config: str, model: Path, folder: Path, runs, refer
     except subprocess.TimeoutExpired as e:
         rc, text = "timeout", f"{e.stdout or ''}{e.stderr or ''}"
         text = text.decode() if isinstance(text, bytes) else text
+    # CPU seconds of the quantizer process: on a shared machine its wall time also counts other jobs
     rec = {"model": entry.name, "config": config, "rc": rc, "wall_s": round(time.perf_counter() - t0, 1),
+           "cpu_s": round(_children_cpu() - cpu0, 1),
            "traceback": "Traceback (most recent call last)" in text, "machine": MACHINE}
     stages = stage_seconds(report_path(out))
     if stages:
@@ -228,14 +237,16 @@ def render(results: list[dict]) -> str:
     timed = [r for r in results if r["config"] == "int8" and r.get("stages")]
     if timed:
         lines += ["", "## `int8`: where the quantization time goes", "",
-                  "Seconds per stage from the report of each run (`quantizer.stages`); the dominant stage is the "
-                  "innermost one that took longest. On a machine shared with other jobs wall time exceeds CPU time.",
-                  "", "| model | total s | dominant stage | s | other stages over 1 s |", "|---|---|---|---|---|"]
+                  "Wall seconds per stage from the report of each run (`quantizer.stages`); the dominant stage is the "
+                  "innermost one that took longest; CPU s: user + system seconds of the quantizer process (on a "
+                  "machine shared with other jobs its wall time exceeds that).",
+                  "", "| model | total s | CPU s | dominant stage | s | other stages over 1 s |", "|---|---|---|---|---|---|"]
         for r in timed:
             st, (dom, dom_s) = r["stages"], r.get("dominant_stage") or dominant_stage(r["stages"])
             others = ", ".join(f"{k} {v:.1f}" for k, v in sorted(st.items(), key=lambda kv: -kv[1])
                                if k not in (dom, "total_quantize", "calibrate+plan") and v >= 1.0)
-            lines.append(f"| {r['model']} | {st.get('total_quantize', r['wall_s']):.1f} | {dom} | {dom_s:.1f} | {others} |")
+            lines.append(f"| {r['model']} | {st.get('total_quantize', r['wall_s']):.1f} | {r.get('cpu_s', '-')} | {dom} "
+                         f"| {dom_s:.1f} | {others} |")
     return "\n".join(lines) + "\n"
 
 
