@@ -23,7 +23,7 @@ import onnx
 from lowbit.core.granularity import PerChannel, PerGroup
 from lowbit.errors import ConfigError
 from lowbit.graph import GraphIndex
-from lowbit.plan import QuantPlan, TensorPlan
+from lowbit.plan import TensorPlan
 
 
 def check_int4_weights(scheme) -> None:
