@@ -15,7 +15,7 @@ def add_config_args(q: argparse.ArgumentParser) -> None:
                    help=f"a preset: one of {', '.join(PRESETS)} (default int8; see lowbit list)")
     q.add_argument("--config", default=None, metavar="FILE.toml",
                    help="a TOML file mirroring lowbit.QuantConfig (schemes, calibration, algorithms, keep_float, "
-                        "target, metric); --print-config writes one to start from")
+                        "target, objective; metric and recover too); --print-config writes one to start from")
     q.add_argument("--calibration", default=None, metavar="NAME[:VALUE]",
                    help="how activation ranges are chosen: minmax, percentile:99.99, mse, entropy, moving_average "
                         "(NAME:key=value,... for several options)")
@@ -26,7 +26,7 @@ def add_config_args(q: argparse.ArgumentParser) -> None:
                    help="--preset int4: weights in blocks of N along K (a power of two >= 16; default 32)")
     q.add_argument("--accuracy-level", type=int, choices=range(5), default=None, metavar="0-4",
                    help="--preset int4: MatMulNBits' compute, 0 float (default) or 4 int8 (input quantized per "
-                        "block at run time: faster)")
+                        "block at run time; on MiniLM here no faster: measure on your CPU)")
     q.add_argument("--recover", default=None, metavar="BUDGET",
                    help="after calibration, fine-tune the plan to match FP32 on the calibration data (no labels) "
                         "for a budget such as 10m or 500steps (lowbit.recover; needs torch)")

@@ -90,7 +90,8 @@ class QuantConfig:
     target: str = "auto"
     seed: int = 0
     # int4 only: MatMulNBits' compute. 0 = float (the 4-bit blocks are unpacked in the kernel), 4 = int8
-    # (its input quantized per block at run time: faster, a little further from FP32). lowbit.int4_recipe
+    # (its input quantized per block at run time). On MiniLM (AVX-512 VNNI, 128 tokens) 4 ran at 0.84x
+    # of FP32 where 0 ran at 1.02x, at the same fidelity: 0 by default. lowbit.int4_recipe
     accuracy_level: int = 0
     extras: dict = field(default_factory=dict, compare=False)
 
