@@ -9,7 +9,11 @@ calibration data, augmented where it is images; a held-out slice of that data pi
 ships and stops training early. The result leaves through the same emitter as PTQ.
 """
 
-from lowbit.recover.options import Recover, parse_budget
-from lowbit.recover.pipeline import recover_plan
+from lowbit.extras import require
+
+require("torch", "recover (fine-tuning the quantized plan)")
+
+from lowbit.recover.options import Recover, parse_budget  # noqa: E402
+from lowbit.recover.pipeline import recover_plan  # noqa: E402
 
 __all__ = ["Recover", "recover_plan", "parse_budget"]

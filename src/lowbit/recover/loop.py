@@ -171,8 +171,9 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
         step += 1
         if step % opts.eval_every == 0:
             ev = scorer()
-            hist.evals.append({"step": step, "train_loss": float(loss), **ev})
-            log.info("recover step %d: loss %.4f, held-out score %.4f%s", step, float(loss), ev["score"],
+            hist.evals.append({"step": step, "train_loss": float(loss.detach()), **ev})
+            log.info("recover step %d (%.0f s): loss %.4f, held-out score %.4f%s", step,
+                     time.perf_counter() - start, float(loss.detach()), ev["score"],
                      f", top-1 agreement {ev['top1_agreement']:.3f}" if "top1_agreement" in ev else "")
             if ev["score"] < best_score:
                 best_score, best_state, bad, hist.best_step = ev["score"], copy.deepcopy(qat.state_dict()), 0, step
