@@ -149,7 +149,9 @@ def _check_sample_shape(p: Path, x: np.ndarray, specs: Any) -> None:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model for lowbit: ONNX path or torch module, the FP32 ONNX reference)."""
-    import torch
+    from lowbit.extras import require
+
+    torch = require("torch", "lowbit qat (quantization-aware training)")
 
     from lowbit.load import export_torch, load_model
 
@@ -211,7 +213,9 @@ def _check_label_range(reference: Any, x: np.ndarray, labels: dict[str, np.ndarr
 
 def run_qat(args: argparse.Namespace, progress: Any):
     """PTQ and QAT of the model with the same config; returns the report comparing both with FP32."""
-    import torch
+    from lowbit.extras import require
+
+    torch = require("torch", "lowbit qat (quantization-aware training)")
 
     import lowbit
     import lowbit.qat as qat_api

@@ -36,7 +36,9 @@ def labeled_arrays() -> tuple[list[np.ndarray], np.ndarray]:
 
 def export_mobilenet(path: Path | None = None) -> "onnx.ModelProto":
     """MobileNetV2 with its ImageNet weights as ONNX; also written to `path` when given."""
-    import torch
+    from lowbit.extras import require
+
+    torch = require("torch", "the demo (MobileNetV2's weights come as a torch module)")
 
     from lowbit.zoo import mobilenet_v2
 

@@ -19,11 +19,11 @@ def versions() -> dict[str, str | None]:
     import onnx
     import onnxruntime
 
-    try:
-        import torch
+    from importlib.metadata import PackageNotFoundError, version
 
-        torch_version = torch.__version__
-    except ImportError:  # pragma: no cover
+    try:  # read from the installed metadata: importing torch costs seconds, and it is optional
+        torch_version = version("torch")
+    except PackageNotFoundError:
         torch_version = None
     return {"lowbit": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": numpy.__version__, "torch": torch_version, "python": platform.python_version()}
