@@ -32,6 +32,10 @@ def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def teacher_onnx() -> onnx.ModelProto:
+    return trained_teacher()
+
+
+def trained_teacher() -> onnx.ModelProto:
     """A small CNN trained on the stripe task (a real, converged float model, not random weights)."""
     from torch import nn
 
