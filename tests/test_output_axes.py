@@ -85,3 +85,9 @@ def test_every_map_output_gets_the_headline_metric():
     names = [(ch.name, ch.outputs) for ch in choose_metrics(maps)]
     assert names[:3] == [("mask-iou", ("notes",)), ("mask-iou", ("onsets",)), ("mask-iou", ("contour",))]
     assert ("sqnr", ("contour",)) in names
+
+
+def test_a_sigmoid_map_rounded_past_one_is_still_a_probability_map():
+    maps = np.random.default_rng(3).uniform(0, 1, (2, 1, 32, 32)).astype(np.float32)
+    maps[0, 0, 0, 0] = np.float32(1.0000001)   # PP-OCRv4 det's FP32 sigmoid reaches this
+    assert choose_metrics({"sigmoid_0.tmp_0": maps})[0].name == "mask-iou"
