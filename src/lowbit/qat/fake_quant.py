@@ -38,8 +38,47 @@ def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int
                   ) -> torch.Tensor:
     """(clip(round(x / scale) + zp, qmin, qmax) - zp) * scale with STE; scale, zp broadcast to x."""
-    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+        return _FakeQuantize.apply(x, scale, zero_point, qmin, qmax)
+    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
+
+
+def _reduce_to(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum a broadcast gradient back to `shape` (the scale's shape)."""
+    if g.shape == shape:
+        return g
+    dims = tuple(i for i in range(g.dim()) if i >= g.dim() - len(shape) and shape[i - g.dim() + len(shape)] == 1
+                 or i < g.dim() - len(shape))
+    return g.sum(dim=dims, keepdim=True).reshape(shape)
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """The same forward as above, saving only x for the backward pass (the STE and LSQ gradients are
+    recomputed from it): training memory is that of the float graph, not five tensors per quantizer."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):  # noqa: ANN001 - autograd's signature
+        ctx.save_for_backward(x, scale, zero_point)
+        ctx.bounds = (qmin, qmax)
+        q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+        return (q - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        x, scale, zp = ctx.saved_tensors
+        qmin, qmax = ctx.bounds
+        xs = x / scale
+        r = torch.round(xs)
+        q = r + zp
+        below, above = q < qmin, q > qmax
+        inside = ~(below | above)
+        gx = grad * inside if ctx.needs_input_grad[0] else None
+        gs = None
+        if ctx.needs_input_grad[1]:  # LSQ: round(x/s) - x/s inside the grid, the clipped level outside
+            ds = torch.where(inside, r - xs, torch.where(below, qmin - zp, qmax - zp).to(x.dtype))
+            gs = _reduce_to(grad * ds, scale.shape)
+        return gx, gs, None, None, None
 
 
 class FakeQuant(nn.Module):
