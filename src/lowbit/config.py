@@ -207,10 +207,12 @@ def _int4() -> QuantConfig:
 
     # MatMul / Gemm: 4-bit weights in blocks of 32 along K (MatMulNBits); Conv: 4-bit per-channel
     # weights on the int8 kernel with 8-bit activations (no 4-bit Conv kernel exists). GPTQ rounds
-    # both (lowbit.int4_recipe).
+    # both (lowbit.int4_recipe), columns by decreasing Hessian diagonal with 10% dampening, as in the
+    # transformer recipe: on MiniLM calibration sentences the fit did not see (not the evaluation
+    # split) mean cosine 0.9790 -> 0.9822, worst 0.927 -> 0.950 against the paper's defaults.
     return QuantConfig(precision="int4", weights=Scheme(int4, PerGroup(0, 32), symmetric=True),
                        activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
-                       algorithms=(GPTQ(),), objective="size")
+                       algorithms=(GPTQ(percdamp=0.1, act_order=True),), objective="size")
 
 
 def _int8_transformer() -> QuantConfig:
