@@ -601,6 +601,10 @@ def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | s
     from lowbit.calibration import Percentile
 
     cfg = as_config(config)
+    if cfg.precision == "int4":
+        raise ConfigError("analyze ranks the layers of a static int8 plan; the int4 preset's blocks are not one. "
+                          "Analyze 'w4a8' (4-bit weights on the int8 kernels) or compare an int4 model with "
+                          "FP32 by `lowbit eval`.")
     loaded = load_model(model)
     prepared = prepare(loaded)
     cfg = resolve_transformer(cfg, prepared.proto)
