@@ -81,6 +81,17 @@ class _FakeQuantize(torch.autograd.Function):
         return gx, gs, None, None, None
 
 
+def _fused_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, axis: int | None,
+                         qmin: int, qmax: int) -> torch.Tensor:
+    """Training's fake quantization: torch's fused kernels with the same STE and LSQ gradients, 3-4x
+    faster than the composed ops. They multiply by 1/scale, so a value on a rounding tie may land
+    one step from QuantizeLinear's (a few in a million); evaluation and export use `fake_quantize`."""
+    if axis is None:
+        return torch._fake_quantize_learnable_per_tensor_affine(x, scale.reshape(1), zero_point.reshape(1),
+                                                                 qmin, qmax, 1.0)
+    return torch._fake_quantize_learnable_per_channel_affine(x, scale, zero_point, axis % x.dim(), qmin, qmax, 1.0)
+
+
 class FakeQuant(nn.Module):
     """One quantizer of the plan, trainable: per-tensor (activations) or per-channel (weights).
 
@@ -127,7 +138,10 @@ class FakeQuant(nn.Module):
         if self.learn_scale and self.training:
             n = x[0].numel() if self.activation and x.dim() > 0 else x.numel() // max(1, scale.numel())
             scale = grad_scale(scale, 1.0 / math.sqrt(max(1, n) * self.qp))
-        y = fake_quantize(x, self._shaped(scale, x), self._shaped(self.zero_point, x), self.qmin, self.qmax)
+        if self.training and torch.is_grad_enabled() and x.dtype == torch.float32:
+            y = _fused_fake_quantize(x, scale, self.zero_point, self.axis, self.qmin, self.qmax)
+        else:
+            y = fake_quantize(x, self._shaped(scale, x), self._shaped(self.zero_point, x), self.qmin, self.qmax)
         if self.drop > 0 and self.training:
             y = torch.where(torch.rand_like(x) < self.drop, x, y)
         return y
