@@ -74,7 +74,8 @@ def _eval_report() -> dict:
                        "definition": "F1 at IoU 0.5"},
             "nodes": {"skipped": [{"name": n, "op": "Mul", "reason": "kept FP32: " + "long reason " * 8}
                                   for n in LAYERS]},
-            "layers": [{"name": n, "op": "Conv", "precision": "int8", "sqnr_db": 20.0 + i} for i, n in enumerate(LAYERS)],
+            "layers": [{"name": n, "op": "Conv", "precision": "int8", "sqnr_db": 20.0 + i}
+                       for i, n in enumerate(LAYERS)],
             "notes": ["Latency at 2 thread(s) is noisy."]}
 
 
