@@ -68,3 +68,32 @@ def test_default_headline_is_the_task_metric(name, tmp_path):
     assert metrics[0]["name"] == entry.metric and metrics[0]["n"] >= n and metrics[0]["value"] is not None
     if entry.output:  # the output the zoo scores is scored by the same metric (basic-pitch's notes)
         assert any(m["name"] == entry.metric and m["outputs"] == [entry.output] for m in metrics), metrics
+
+
+def test_eval_scores_onnx_runtimes_own_int8_detector(tmp_path):
+    """`lowbit eval` needs no lowbit-made candidate: YOLOv8n quantized by ONNX Runtime's
+    quantize_static and quantize_dynamic, scored by --metric detection-yolo."""
+    from benchmarks.zoo import models
+    from benchmarks.zoo.data import load_runs, save_runs
+    from benchmarks.zoo.peer import main as ort_quantize
+
+    if not (models.cache_dir() / "runs" / "yolov8n-nudenet" / "eval.npz").exists():
+        pytest.skip("zoo data not built: run bash scripts/setup_zoo.sh")
+    fp32 = models.fetch("yolov8n-nudenet")
+    folder = models.cache_dir() / "runs" / "yolov8n-nudenet"
+    save_runs(load_runs(folder / "calib_runs.npz")[:2], tmp_path / "calib_runs.npz")
+    for kind in ("static", "dynamic"):
+        ort_quantize(kind, str(fp32), str(tmp_path / "calib_runs.npz"), str(tmp_path / f"ort-{kind}.onnx"))
+    runs = load_runs(folder / "eval.npz")[:6]
+    np.savez(tmp_path / "eval.npz", images=np.concatenate([r["images"] for r in runs]))
+    p = subprocess.run([str(LOWBIT), "eval", str(fp32), str(tmp_path / "ort-static.onnx"),
+                        str(tmp_path / "ort-dynamic.onnx"), "--data", str(tmp_path / "eval.npz"), "--metric",
+                        "detection-yolo", "--threads", "1", "--latency-runs", "2", "--report-json",
+                        str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["metric"]["headline"] == "detection-yolo" and report["metric"]["source"] == "given"
+    for v in report["variants"][1:]:
+        head = v["metrics"][0]
+        assert head["name"] == "detection-yolo" and head["n"] == 6 and 0.0 <= head["value"] <= 1.0, v["label"]
