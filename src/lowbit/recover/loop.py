@@ -31,7 +31,7 @@ from lowbit.recover.options import Recover
 from lowbit.recover.teacher import Teacher
 
 log = logging.getLogger(__name__)
-EVAL_BATCH = 32
+EVAL_BATCH = 16
 
 
 @dataclass
