@@ -273,7 +273,10 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
                      "the smallest model."),
     "int4": (_int4, "4-bit weights: MatMul / Gemm in blocks of 32 along K run by MatMulNBits (weight-only, "
                      "float activations; --block-size, --accuracy-level), Conv 4-bit per channel on the int8 "
-                     "kernel with 8-bit activations, embedding tables in 4-bit blocks; GPTQ rounding."),
+                     "kernel with 8-bit activations, embedding tables in 4-bit blocks; GPTQ rounding. For "
+                     "transformer / MatMul weights (MiniLM: 16.6% of FP32, cosine 0.982); a CNN loses much "
+                     "(MobileNetV2 top-1 agreement 0.53): there --preset int8 --max-drop moves only the layers "
+                     "that tolerate it to 4 bits."),
     "int8-fast": (lambda: QuantConfig(precision="int8"),
                   "Static INT8 QDQ, quantize fast: min-max calibration, no optimisation."),
     "int8-dynamic": (lambda: QuantConfig(precision="int8-dynamic"),
