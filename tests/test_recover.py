@@ -142,7 +142,7 @@ def test_held_out_slice_is_never_trained_on_and_step_budget_holds(teacher_onnx):
     assert hist.steps == 7 and hist.stopped == "budget"
     assert len(seen) == 1 + 7  # the held-out targets once, then one batch per step
     assert all(r.tobytes() in train for batch in seen[1:] for r in batch)
-    assert hist.best_step in (0, 3, 6)
+    assert hist.best_step in (0, 3, 6, 7)
 
 
 def test_time_budget_holds(teacher_onnx):

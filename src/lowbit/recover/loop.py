@@ -148,6 +148,11 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
             dist.all_reduce(stop, op=dist.ReduceOp.MAX)  # every rank stops at the same step
         if float(stop) > 0:
             hist.stopped = "budget"
+            if step % opts.eval_every:  # the steps since the last evaluation get theirs
+                ev = scorer()
+                hist.evals.append({"step": step, **ev})
+                if ev["score"] < best_score:
+                    best_score, best_state, hist.best_step = ev["score"], copy.deepcopy(qat.state_dict()), step
             break
         for g in opt.param_groups:  # cosine decay over the budget (steps or time, whichever is nearer)
             g["lr"] = g["base_lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))

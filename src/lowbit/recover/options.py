@@ -50,11 +50,11 @@ class Recover:
 
     budget: str = DEFAULT_BUDGET
     holdout: float = 0.2
-    batch_size: int = 16
+    batch_size: int = 8
     augment: bool = True
     lr: float = 1e-3
     patience: int = 6
-    eval_every: int = 20
+    eval_every: int = 10
     qdrop: float = 0.0
     seed: int = 0
 
