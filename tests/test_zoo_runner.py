@@ -48,3 +48,18 @@ def test_results_name_the_machine_and_the_int8_stages():
     text = run.render([rec, {**rec, "config": "fp16", "speedup": 0.9, "speedup_ci": [0.85, 0.95], "slower": True}])
     assert "Machine: cpu X" in text and "1.90 [1.80, 2.00]" in text and "0.90 [0.85, 0.95] SLOWER" in text
     assert "| magika | 29.0 | - | plan:calibrate | 4.0 |" in text
+
+
+def test_thread_clock_is_for_one_thread_only(tmp_path):
+    import pytest
+
+    from lowbit.verify.latency import measure_latency
+
+    model = _conv(tmp_path / "m.onnx", 8).read_bytes()
+    feeds = {"x": np.zeros((1, 3, 32, 32), np.float32)}
+    with pytest.raises(ValueError, match="1-thread"):
+        measure_latency({"m": model}, feeds, threads=(1, 2), runs=2, clock="thread")
+    with pytest.raises(ValueError, match="clock must be"):
+        measure_latency({"m": model}, feeds, threads=(1,), runs=2, clock="cpu")
+    t = measure_latency({"m": model}, feeds, threads=(1,), runs=5, clock="thread")["m"]["1"]
+    assert 0 < t["median"] < 1000
