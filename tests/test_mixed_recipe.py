@@ -140,8 +140,13 @@ def test_each_region_gets_its_recipe(hybrid, mixed):
     assert plan.config["transformer"] == "mixed"
     convs = [n for n in plan.nodes.values() if n.op == "Conv"]
     assert len(convs) == 3 and all(n.precision == "int8" and n.reason.startswith("integer kernel") for n in convs)
+    measured = {n for n in plan.config.get("float_choice", {}).get("layers", [])}  # lowbit.float_choice
+    assert len(measured) <= 2
     for name in linears:
         node, np_ = ops[name], plan.nodes[name]
+        if name in measured:
+            assert np_.precision == "fp16" and "float_choice" in np_.reason, np_
+            continue
         assert np_.precision == "int8" and "transformer recipe" in np_.reason, np_
         x = plan.tensors[node.input[0]]
         root = plan.tensors[x.method[len("shared:"):]] if x.method.startswith("shared:") else x
@@ -152,7 +157,8 @@ def test_each_region_gets_its_recipe(hybrid, mixed):
     reasons = set(FLOAT_REASONS.values()) | {BLOCK_FLOAT_REASON}
     for name in floats:  # float with the transformer recipe's reason, or a Reshape moving a linear's input
         n = plan.nodes[name]
-        assert (n.precision == "fp32" and n.reason in reasons) or n.reason == "moves integers with its input's scale", n
+        measured_io = "float_choice" in n.reason or n.reason == "no integer neighbour"  # around a measured choice
+        assert (n.precision == "fp32" and (n.reason in reasons or measured_io)) or n.reason == "moves integers with its input's scale", n
 
 
 def test_mixed_is_closer_to_fp32_than_int8_fast(hybrid, mixed):

@@ -168,6 +168,13 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
             plan, prefix = choose_float_prefix(model, plan, calib)
             if prefix:
                 plan.config["float_prefix"] = prefix
+            from lowbit.float_choice import choose_float_layers  # measured error: lowbit.float_choice
+
+            t = _stage(timings, "plan:clipping", t)
+            plan, choice = choose_float_layers(model, plan, calib)
+            if choice:
+                plan.config["float_choice"] = choice
+            t = _stage(timings, "plan:float_choice", t)
     t = _stage(timings, "plan:clipping", t)
     if selection.layer_costs:  # the timings behind the layers kept in float for speed
         from lowbit.latency_choice import PLAN_KEY

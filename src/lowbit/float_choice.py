@@ -29,7 +29,7 @@ import onnx
 
 from lowbit.data import Batch
 from lowbit.graph import GraphIndex
-from lowbit.ops import WEIGHTED_OPS, weight_slots
+from lowbit.ops import PASSTHROUGH_OPS, WEIGHTED_OPS, weight_slots
 from lowbit.plan import QuantPlan
 
 FLOAT_BUDGET = 0.10  # share of the layer weights that may move to FP16 (+2.5% of the FP32 file at most)
@@ -150,7 +150,9 @@ def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable
         u = by_layer[name]
         if used + u.weights > budget * total:
             continue
-        precisions = {n: "fp32" for c in [*chosen, name] for n in by_layer[c].nodes}
+        # data movement is left to mixed_plan: it follows its neighbours (a Reshape feeding an INT8 layer)
+        precisions = {n: "fp32" for c in [*chosen, name] for n in by_layer[c].nodes
+                      if g.nodes[n].op_type not in PASSTHROUGH_OPS}
         precisions.update({c: "fp16" for c in [*chosen, name]})
         cand = mixed_plan(model, plan, precisions, g)
         sess = session(emit_simulation(model, cand), arena=False)
@@ -173,6 +175,7 @@ def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable
               "layers": chosen}
     for c in tried:
         if c["kept"]:
-            for n in c["nodes"]:
-                best_plan.nodes[n].reason = REASON.format(jump=c["error_jump_db"], gain=c["gain_db"])
+            for n in c["nodes"]:  # the nodes this choice moved out of INT8
+                if plan.nodes[n].precision == "int8" and best_plan.nodes[n].precision != "int8":
+                    best_plan.nodes[n].reason = REASON.format(jump=c["error_jump_db"], gain=c["gain_db"])
     return best_plan, record
