@@ -70,7 +70,7 @@ def test_default_headline_is_the_task_metric(name, tmp_path):
         assert any(m["name"] == entry.metric and m["outputs"] == [entry.output] for m in metrics), metrics
 
 
-def test_eval_scores_onnx_runtimes_own_int8_detector(tmp_path):
+def test_eval_scores_onnx_runtimes_own_int8_detector(tmp_path, monkeypatch):
     """`lowbit eval` needs no lowbit-made candidate: YOLOv8n quantized by ONNX Runtime's
     quantize_static and quantize_dynamic, scored by --metric detection-yolo."""
     from benchmarks.zoo import models
@@ -82,6 +82,7 @@ def test_eval_scores_onnx_runtimes_own_int8_detector(tmp_path):
     fp32 = models.fetch("yolov8n-nudenet")
     folder = models.cache_dir() / "runs" / "yolov8n-nudenet"
     save_runs(load_runs(folder / "calib_runs.npz")[:2], tmp_path / "calib_runs.npz")
+    monkeypatch.chdir(tmp_path)  # ORT's quantizers leave scratch files in the working folder
     for kind in ("static", "dynamic"):
         ort_quantize(kind, str(fp32), str(tmp_path / "calib_runs.npz"), str(tmp_path / f"ort-{kind}.onnx"))
     runs = load_runs(folder / "eval.npz")[:6]
