@@ -32,7 +32,7 @@ PRESETS = ("fp16", "int8", "int8-fast", "int8-transformer", "w4a8", "int8-dynami
 PEERS = ("ort-static", "ort-dynamic")
 LOWBIT = Path(sys.executable).with_name("lowbit")
 # recurrent models: calibrated on whole utterances with their state carried (zdata.save_sequences)
-MIN_ROUNDS, MAX_ROUNDS = 30, 600  # interleaved latency rounds: at least enough for a 95% interval
+MIN_ROUNDS, MAX_ROUNDS = 20, 400  # interleaved latency rounds: at least enough for a 95% interval
 MACHINE = ""  # set by main(): machine() at the start of the run
 STATEFUL = {"vad_stream": ["--stateful", "state->stateN"], "vad_sequence": ["--stateful", "h->hn,c->cn"]}
 
@@ -63,7 +63,7 @@ def run_all(sess: ort.InferenceSession, entry: ZooModel, runs: list[dict]) -> np
     return np.concatenate(outs).astype(np.float64)
 
 
-def latency(fp32: Path, cand: Path, feeds: dict, budget_s: float = 2.5, blocks: int = 3) -> dict:
+def latency(fp32: Path, cand: Path, feeds: dict, budget_s: float = 0.8, blocks: int = 2) -> dict:
     """FP32 and the candidate at 1 thread, timed interleaved in shuffled order each round by the
     calling thread's CPU time, in `blocks` groups of rounds with fresh sessions
     (lowbit.verify.latency): the speed-up is the ratio
