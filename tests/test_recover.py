@@ -163,3 +163,45 @@ def test_too_little_data_is_a_clear_error(teacher_onnx):
     calib, _ = _images(24, seed=5)
     with pytest.raises(DataError, match="at least 32 calibration samples"):
         lowbit.quantize(teacher_onnx, _w4_config(), calib, verify=None, recover=Recover("5steps"))
+
+
+def test_qat_graph_runs_a_transformer_encoder_as_onnx_runtime_does():
+    """Embeddings (Gather), positions (Range/Slice), the attention mask (Cast/Where/Expand), layer norm,
+    erf GELU and softmax: the float graph in torch equals ONNX Runtime."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from lowbit.load import export_torch
+    from lowbit.plan import QuantPlan
+    from lowbit.prepare import prepare
+    from lowbit.load import load_model
+    from lowbit.qat.graph import QATGraph
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(50, 16), nn.Embedding(32, 16)
+            self.ln1, self.ln2 = nn.LayerNorm(16), nn.LayerNorm(16)
+            self.qkv, self.out, self.ff = nn.Linear(16, 48), nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, ids, mask):
+            pos = torch.arange(ids.shape[1]).unsqueeze(0)
+            h = self.ln1(self.tok(ids) + self.pos(pos))
+            q, k, v = self.qkv(h).split(16, -1)
+            b, t = ids.shape
+            q, k, v = (z.reshape(b, t, 2, 8).transpose(1, 2) for z in (q, k, v))
+            bias = torch.where(mask.bool()[:, None, None, :], 0.0, -1e4)
+            att = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5 + bias, -1)
+            h = self.ln2(h + self.out((att @ v).transpose(1, 2).reshape(b, t, 16)))
+            return h + nn.functional.gelu(self.ff(h))
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    proto = prepare(load_model(export_torch(Encoder().eval(), (ids, mask)))).proto
+    q = QATGraph(proto, QuantPlan("int8")).eval()
+    feeds = dict(zip(q.input_names, (ids.numpy(), mask.numpy())))
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    with torch.no_grad():
+        got = q(*[torch.from_numpy(feeds[n]) for n in q.input_names]).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)

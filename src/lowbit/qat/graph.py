@@ -51,7 +51,8 @@ class QATGraph(nn.Module):
         self.input_names = list(g.graph_inputs)
         self.output_names = list(g.graph_outputs)
         self.nodes = [(n.name, n.op_type, list(n.input), list(n.output),
-                       {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}) for n in model.graph.node]
+                       {**{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}, "_n_out": len(n.output)})
+                      for n in model.graph.node]
 
         trainable: set[str] = set()
         for n in model.graph.node:
@@ -182,7 +183,12 @@ class QATGraph(nn.Module):
                     args.append(fq_env[name])
                 else:
                     args.append(env[name])
-            store(outs[0], fold(self, args[0], attrs) if fold is not None else run_op(op_type, args, attrs))
+            result = fold(self, args[0], attrs) if fold is not None else run_op(op_type, args, attrs)
+            if isinstance(result, (tuple, list)):  # Split and other multi-output ops
+                for name, value in zip(outs, result):
+                    store(name, value)
+            else:
+                store(outs[0], result)
             del args
             for name in self._free_after[i]:
                 env.pop(name, None)

@@ -257,6 +257,17 @@ def onnx_numpy(t):
     return numpy_helper.to_array(t).copy()
 
 
+@op("Split")
+def _split(x, a):
+    axis = int(a.get("axis", 0)) % x[0].dim()
+    sizes = x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("split")
+    if sizes is None:  # equal parts (the last smaller where it does not divide)
+        n, parts = x[0].shape[axis], int(a.get("num_outputs", a["_n_out"]))
+        sizes = [-(-n // parts)] * (parts - 1)
+        sizes.append(n - sum(sizes))
+    return torch.split(x[0], [int(s) for s in sizes], dim=axis)
+
+
 OPS["Equal"] = lambda x, a: torch.eq(x[0], x[1])
 OPS["Greater"] = lambda x, a: torch.gt(x[0], x[1])
 OPS["GreaterOrEqual"] = lambda x, a: torch.ge(x[0], x[1])
