@@ -128,8 +128,8 @@ def test_held_out_slice_is_never_trained_on_and_step_budget_holds(teacher_onnx):
     torch.set_num_threads(1)
     calib, _ = _images(64, seed=3)
     qat, teacher, data = _setup_run(teacher_onnx, calib)
-    held = {r.tobytes() for r in data.held[qat.input_names[0]]}
-    train = {r.tobytes() for r in data.train[qat.input_names[0]]}
+    held = {r.tobytes() for r in data.held.groups[0][qat.input_names[0]]}
+    train = {r.tobytes() for r in data.train.groups[0][qat.input_names[0]]}
     assert len(held) == 16 and not held & train and len(held | train) == 64
     seen: list[np.ndarray] = []
 

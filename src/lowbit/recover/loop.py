@@ -25,7 +25,7 @@ from lowbit.progress import Progress, null_progress
 from lowbit.qat import distributed
 from lowbit.qat.graph import QATGraph
 from lowbit.recover.augment import augment_images, is_image
-from lowbit.recover.data import Split
+from lowbit.recover.data import Samples, Split
 from lowbit.recover.losses import kinds, output_loss
 from lowbit.recover.options import Recover
 from lowbit.recover.teacher import Teacher
@@ -70,38 +70,39 @@ def _param_groups(qat: QATGraph, lr: float) -> list[dict]:
 
 class _Scorer:
     """Held-out score: each output's distillation loss over its PTQ value, summed (lower is better),
-    and the top-1 agreement of classifier outputs; this rank scores rows rank::world."""
+    and the top-1 agreement of classifier outputs; this rank scores samples rank::world."""
 
-    def __init__(self, qat: QATGraph, held: dict[str, np.ndarray], teacher: Teacher) -> None:
+    def __init__(self, qat: QATGraph, held: Samples, teacher: Teacher) -> None:
         rank, world = distributed.world()
         self.qat = qat
-        self.feeds = {k: v[rank::world] for k, v in held.items()}
-        self.targets = [torch.from_numpy(t) for t in teacher(self.feeds)]
-        self.kinds = kinds(self.targets)
-        self.trainable = [t.is_floating_point() for t in self.targets]
-        self.norms = [1.0] * len(self.targets)
+        mine = np.arange(rank, len(held), world)
+        self.parts = [feeds for i in range(0, len(mine), EVAL_BATCH) for feeds in held.take(mine[i:i + EVAL_BATCH])]
+        self.targets = [[torch.from_numpy(t) for t in teacher(feeds)] for feeds in self.parts]
+        first = self.targets[0]
+        self.kinds = kinds(first)
+        self.trainable = [t.is_floating_point() for t in first]
+        self.norms = [1.0] * len(first)
 
     def raw(self) -> tuple[list[float], float | None]:
         was = self.qat.training
         self.qat.eval()
-        n = len(next(iter(self.feeds.values())))
-        sums = torch.zeros(len(self.targets) + 2, dtype=torch.float64)
+        n_out = len(self.kinds)
+        sums = torch.zeros(n_out + 2, dtype=torch.float64)
         with torch.no_grad():
-            for i in range(0, n, EVAL_BATCH):
-                xs = [torch.from_numpy(self.feeds[k][i:i + EVAL_BATCH]) for k in self.qat.input_names]
-                out = self.qat(*xs)
+            for feeds, targets in zip(self.parts, self.targets):
+                out = self.qat(*[torch.from_numpy(feeds[k]) for k in self.qat.input_names])
                 out = out if isinstance(out, tuple) else (out,)
-                rows = xs[0].shape[0]
-                for j, (s, t, kind) in enumerate(zip(out, self.targets, self.kinds)):
+                rows = targets[0].shape[0]
+                for j, (s, t, kind) in enumerate(zip(out, targets, self.kinds)):
                     if self.trainable[j]:
-                        sums[j] += float(output_loss(kind, s, t[i:i + rows])) * rows
+                        sums[j] += float(output_loss(kind, s, t)) * rows
                     if kind == "kl" and j == self.kinds.index("kl"):
-                        sums[-2] += float((s.argmax(1) == t[i:i + rows].argmax(1)).sum())
+                        sums[-2] += float((s.argmax(1) == t.argmax(1)).sum())
                 sums[-1] += rows
         self.qat.train(was)
         sums = _sum_all(sums)
         total = float(sums[-1])
-        losses = [float(sums[j]) / total for j in range(len(self.targets))]
+        losses = [float(sums[j]) / total for j in range(n_out)]
         agree = float(sums[-2]) / total if "kl" in self.kinds else None
         return losses, agree
 
@@ -137,7 +138,7 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
     hist.evals.append({"step": 0, **first})
     best_score, best_state, bad = first["score"], copy.deepcopy(qat.state_dict()), 0
     n_train = data.n_train
-    images = {k for k, v in data.train.items() if opts.augment and is_image(v.shape)}
+    images = {k for k, v in data.train.groups[0].items() if opts.augment and is_image(v.shape)}
     qat.train()
     step = 0
     while True:
@@ -159,19 +160,34 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
         rng = np.random.default_rng([opts.seed, step])
         idx = rng.choice(n_train, size=opts.batch_size, replace=n_train < opts.batch_size)
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        feeds = {}
-        for k, v in data.train.items():
-            x = torch.from_numpy(v[idx])
-            if k in images:
-                x = augment_images(x, gen)
-            feeds[k] = x[rank::world].contiguous()
-        targets = [torch.from_numpy(t) for t in teacher({k: v.numpy() for k, v in feeds.items()})]
-        out = model(*[feeds[k] for k in qat.input_names])
-        out = out if isinstance(out, tuple) else (out,)
-        loss = sum(output_loss(kind, s, t) / norm for s, t, kind, norm, ok
-                   in zip(out, targets, scorer.kinds, scorer.norms, scorer.trainable) if ok)
+        if data.train.one_shape:  # augment the global batch (same draws on every rank), then take this rank's rows
+            parts = []
+            for feeds in data.train.take(idx):
+                parts.append({k: (augment_images(torch.from_numpy(v), gen) if k in images else torch.from_numpy(v))
+                              [rank::world].contiguous() for k, v in feeds.items()})
+        else:
+            parts = [{k: torch.from_numpy(v) for k, v in feeds.items()} for feeds in data.train.take(idx[rank::world])]
+        rows = sum(next(iter(p.values())).shape[0] for p in parts)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros(())
+        # ranks may hold different numbers of shape groups: then gradients are averaged by hand, once
+        manual = world > 1 and not data.train.one_shape
+        for feeds in parts:  # one forward pass per shape; the loss is the mean over this rank's samples
+            targets = [torch.from_numpy(t) for t in teacher({k: v.numpy() for k, v in feeds.items()})]
+            out = (qat if manual else model)(*[feeds[k] for k in qat.input_names])
+            out = out if isinstance(out, tuple) else (out,)
+            part = sum(output_loss(kind, s, t) / norm for s, t, kind, norm, ok
+                       in zip(out, targets, scorer.kinds, scorer.norms, scorer.trainable) if ok)
+            w = next(iter(feeds.values())).shape[0] / rows
+            (part * w).backward()
+            loss = loss + part.detach() * w
+        if manual:
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
         opt.step()
         step += 1
         if step % opts.eval_every == 0:
