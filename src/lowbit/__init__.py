@@ -7,6 +7,7 @@
 """
 
 __version__ = "0.1.0"
+"""The version of this lowbit."""
 
 from lowbit.api import QuantResult, VerifyOptions, evaluate, make_plan, quantize  # noqa: E402
 from lowbit.calibration import CALIBRATIONS, CalibrationMethod, MinMax  # noqa: E402

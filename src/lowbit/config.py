@@ -283,6 +283,7 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
                      "No calibration data: INT8 MatMul/Gemm weights with activations quantized at run time; "
                      "Conv weights stored INT8 and computed in FP32 (ONNX Runtime's dynamic Conv is slow)."),
 }
+"""Preset name -> (QuantConfig factory, one-line description); `preset(name)` builds one."""
 
 
 def preset(name: str) -> QuantConfig:
