@@ -255,16 +255,21 @@ def fetch_minilm(say: Say) -> None:
     _done("minilm", changed, f"all-MiniLM-L6-v2 at {model}", say)
 
 
-def _zoo_modules():
-    """benchmarks.zoo's models and data: importable from the repository checkout only."""
+def checkout_root() -> Path:
+    """The repository checkout lowbit runs from (src/lowbit/__init__.py), where benchmarks/ is."""
     import lowbit
 
+    return Path(lowbit.__file__).resolve().parents[2]
+
+
+def _zoo_modules():
+    """benchmarks.zoo's models and data: importable from the repository checkout only."""
     try:
         from benchmarks.zoo import data, models
         return models, data
     except ImportError:
         pass
-    root = Path(lowbit.__file__).resolve().parents[2]  # src/lowbit/__init__.py in a checkout
+    root = checkout_root()
     if not (root / "benchmarks" / "zoo" / "models.py").is_file():
         raise SetupError("zoo: the zoo's models and data are defined in the repository's benchmarks/zoo, which "
                          "this installation of lowbit does not include. Clone the repository, `pip install -e .` "
