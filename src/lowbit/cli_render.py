@@ -74,6 +74,12 @@ def compact_table(report) -> tuple[list[str], list[list[str]]]:
         merged_h.append(h)
         for r, out in zip(rows, merged):
             out.append(_SPREAD.sub("", r[i]) if "-thread" in header[i] else r[i])
+    # a metric no variant has does not apply to this model (a detector's top-1 accuracy): not shown
+    for j in reversed(range(2, len(merged_h))):
+        if all(r[j] == "-" for r in merged):
+            del merged_h[j]
+            for r in merged:
+                del r[j]
     # drop whole columns from the right until the table fits (rich adds 3 per column + 1)
     while len(merged_h) > 3:
         widths = [max(len(h), *(len(r[j]) for r in merged)) for j, h in enumerate(merged_h)]

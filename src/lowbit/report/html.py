@@ -93,9 +93,18 @@ def _threads(variants: list[dict]) -> list[str]:
     return sorted({str(k) for v in variants for k in _dict(v.get("latency_ms"))}, key=plots._thread_key)
 
 
+def _candidates(r: dict) -> list[str] | None:
+    """The compared files' labels where the report compares models lowbit did not plan (`lowbit
+    eval`: no plan summary, 'precision' holding only the candidates' names), else None."""
+    labels = [str(v.get("label")) for v in _dicts(r.get("variants"))[1:]]
+    return labels if labels and "nodes" not in r and r.get("precision") == ", ".join(labels) else None
+
+
 def _header(r: dict) -> str:
     model = _dict(r.get("model"))
-    meta = [("Model", model.get("name")), ("Source", model.get("source")), ("Precision", r.get("precision")),
+    files = _candidates(r)
+    precision = ("Candidates", ", ".join(files)) if files else ("Precision", r.get("precision"))
+    meta = [("Model", model.get("name")), ("Source", model.get("source")), precision,
             ("Created", r.get("created")), ("Output", r.get("output_path"))]
     items = "".join(f"<span>{k}: <b>{_e(v)}</b></span>" for k, v in meta if v not in (None, ""))
     return f'<header><h1>{_e(r.get("title") or _TITLE)}</h1><div class="meta">{items}</div></header>'
@@ -140,10 +149,11 @@ def _verdicts(variants: list[dict]) -> str:
     return f'<h2>Verdict</h2><div class="cards">{"".join(cards)}</div>{note}'
 
 
-def _summary(variants: list[dict]) -> str:
+def _summary(variants: list[dict], files: bool = False) -> str:
+    """`files`: the candidates are files lowbit did not plan; their 'precision' is only their name."""
     ref, ref_label = variants[0], variants[0].get("label") or "reference"
     ref_size, ref_acc = _num(ref.get("size_bytes")), _frac(_dict(ref.get("accuracy")).get("top1"))
-    rows: list[tuple[str, Callable[[dict, bool], str | None]]] = [
+    rows: list[tuple[str, Callable[[dict, bool], str | None]]] = [] if files else [
         ("Precision", lambda v, r: _e(v.get("precision")) or None)]
 
     def size(v: dict, is_ref: bool) -> str | None:
@@ -368,8 +378,9 @@ def render_html(report: dict) -> str:
     r = _dict(report)
     variants = _dicts(r.get("variants"))
     lowbit_version = _dict(r.get("versions")).get("lowbit")
+    files = _candidates(r) is not None
     parts = [_header(r), _analysis_summary(r), _verdicts(variants) if len(variants) > 1 else "",
-             (_summary(variants) + html_task.headline_note(r) + _charts(variants)) if variants
+             (_summary(variants, files) + html_task.headline_note(r) + _charts(variants)) if variants
              else _no_variants(r), html_task.energy_assumptions(r),
              _analysis_charts(r), _extra_tables(r.get("tables")),
              _nodes(_dict(r.get("nodes"))), _layers(r.get("layers")),
