@@ -131,14 +131,14 @@ def apt_install(packages: list[str], target: str, why: str, say: Say) -> None:
     """apt-get install `packages` (as root or with passwordless sudo), else one paragraph naming
     the command to run."""
     cmd = f"apt-get install -y {' '.join(packages)}"
-    prefix = root_command() if shutil.which("apt-get") else None
+    need = f"{target} needs the Debian package(s) {', '.join(packages)} ({why})"
+    if shutil.which("apt-get") is None:
+        raise SetupError(f"{need}, and apt-get is not on PATH: install the same software with this system's "
+                         f"package manager, then `lowbit data fetch {target}` again.")
+    prefix = root_command()
     if prefix is None:
-        raise SetupError(
-            f"{target} needs the Debian package(s) {', '.join(packages)} ({why}). Installing them needs root, "
-            f"and this user is not root and has no passwordless sudo"
-            + ("" if shutil.which("apt-get") else " (and apt-get is not on PATH)")
-            + f". Run as root: `apt-get update && {cmd}` (on a system without apt, install the same software "
-            f"with its package manager), then `lowbit data fetch {target}` again.")
+        raise SetupError(f"{need}. Installing them needs root, and this user is not root and has no passwordless "
+                         f"sudo. Run as root: `apt-get update && {cmd}`, then `lowbit data fetch {target}` again.")
     say(f"{target}: {' '.join(prefix + ['apt-get'])} install {' '.join(packages)}")
     env = ["env", "DEBIAN_FRONTEND=noninteractive"]
     _run([*prefix, *env, "apt-get", "update", "-qq"], "apt-get update")
