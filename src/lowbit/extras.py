@@ -39,5 +39,8 @@ def require(module: str, feature: str) -> ModuleType:
             raise
         extra, dist = EXTRAS.get(top, (None, top))
         how = f"pip install 'lowbit[{extra}]'" if extra else f"pip install {dist}"
+        if top == "torch":  # an unpinned torch from PyPI is the multi-GB CUDA build
+            how = ("pip install torch --index-url https://download.pytorch.org/whl/cpu, then "
+                   f"{how} (the CPU build first: plain PyPI torch is the multi-GB CUDA one)")
         raise MissingExtra(f"{feature}: this needs {dist}, which is not installed here; {how}. Quantizing ONNX "
                            "models needs neither torch nor matplotlib.") from None
