@@ -43,3 +43,12 @@ def test_eval_html_names_candidates_by_file():
     quantized = render_html({"title": "lowbit: m -> int8", "precision": "int8", "nodes": {},
                              "variants": [_variant("fp32"), _variant("int8")]})
     assert "Precision: <b>int8</b>" in quantized and '<th scope="row">Precision</th>' in quantized
+
+
+def test_printed_report_drops_columns_that_do_not_apply():
+    """`print(report)` in Python shows the same columns as the terminal table: none all '-'."""
+    report = Report({"variants": [_variant("fp32", dict(F1, value=1.0)), _variant("int8", F1, parity=PASS)]})
+    header, rows = report.rows()
+    assert "top-1 acc" not in header and "energy uJ (est.)" not in header
+    assert header[-2:] == ["detection-yolo (n=99)", "parity"] and rows[1][-1].startswith("pass")
+    assert "top-1 acc" not in str(report)

@@ -133,6 +133,10 @@ class Report:
             row += [_fmt(acc.get("top1"), ".3f"), _fmt(v.get("energy_uj"), ".0f"),
                     "-" if not par else f"{'pass' if par['passed'] else 'FAIL'} {100 * par['within_one_step']:.2f}%"]
             rows.append(row)
+        # a column no variant has a value for does not apply to this model (a detector's top-1 acc)
+        keep = [i for i in range(len(header)) if i < 3 or any(r[i] != "-" for r in rows)] if rows else []
+        if keep:
+            header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
         return header, rows
 
     def __str__(self) -> str:
