@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowbit.core.granularity import PerChannel, PerTensor
+from lowbit.core.granularity import PerChannel, PerGroup, PerTensor
 from lowbit.core.qparams import MIN_SCALE, QParams
 
 
@@ -105,6 +105,8 @@ class FakeQuant(nn.Module):
         self.granularity = qparams.granularity
         self.narrow = qparams.narrow
         self.qmin, self.qmax = qparams.dtype.bounds(qparams.narrow)
+        # blocks: scales have the weight's shape with the axis divided by the block size
+        self.scale_shape, self.zp_shape = np.asarray(qparams.scale).shape, np.asarray(qparams.zero_point).shape
         scale = torch.as_tensor(np.asarray(qparams.scale, dtype=np.float32)).reshape(-1)
         zp = torch.as_tensor(np.asarray(qparams.zero_point, dtype=np.float32)).reshape(-1)
         if learn_scale:
@@ -131,6 +133,14 @@ class FakeQuant(nn.Module):
         view[self.axis % x.dim()] = -1
         return p.reshape(view)
 
+    def _blocked(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if p.numel() == 1:
+            return p.reshape(())
+        axis, size = self.granularity.axis % x.dim(), self.granularity.size
+        blocks = list(x.shape)
+        blocks[axis] = -(-x.shape[axis] // size)
+        return p.reshape(blocks).repeat_interleave(size, dim=axis).narrow(axis, 0, x.shape[axis])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
@@ -138,6 +148,8 @@ class FakeQuant(nn.Module):
         if self.learn_scale and self.training:
             n = x[0].numel() if self.activation and x.dim() > 0 else x.numel() // max(1, scale.numel())
             scale = grad_scale(scale, 1.0 / math.sqrt(max(1, n) * self.qp))
+        if isinstance(self.granularity, PerGroup):  # blocks along the axis: each step repeated over its block
+            return fake_quantize(x, self._blocked(scale, x), self._blocked(self.zero_point, x), self.qmin, self.qmax)
         if self.training and torch.is_grad_enabled() and x.dtype == torch.float32:
             y = _fused_fake_quantize(x, scale, self.zero_point, self.axis, self.qmin, self.qmax)
         else:
@@ -152,6 +164,8 @@ class FakeQuant(nn.Module):
         zp = self.zero_point.detach().cpu().numpy().astype(np.int64)
         if isinstance(self.granularity, PerTensor):
             scale, zp = scale.reshape(()), zp.reshape(())
+        elif isinstance(self.granularity, PerGroup):
+            scale, zp = scale.reshape(self.scale_shape), zp.reshape(self.zp_shape)
         return QParams(self.dtype, self.granularity, scale, zp, self.narrow)
 
     def extra_repr(self) -> str:
