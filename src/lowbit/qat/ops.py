@@ -268,6 +268,34 @@ def _split(x, a):
     return torch.split(x[0], [int(s) for s in sizes], dim=axis)
 
 
+@op("Resize")
+def _resize(x, a):
+    """Nearest (asymmetric, floor: what exporters emit for Upsample) and linear (half_pixel) resizing."""
+    inp = x[0]
+    scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else None
+    sizes = x[3] if len(x) > 3 and x[3] is not None and x[3].numel() else None
+    if sizes is not None:
+        out = [int(v) for v in sizes.tolist()[2:]]
+    elif scales is not None:
+        if any(float(v) != 1.0 for v in scales.tolist()[:2]):
+            raise ModelError("Resize of the batch or channel axis is not supported in QAT")
+        out = [int(d * float(f)) for d, f in zip(inp.shape[2:], scales.tolist()[2:])]
+    else:
+        raise ModelError("Resize without scales or sizes is not supported in QAT")
+    mode = a.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    nearest = a.get("nearest_mode", b"round_prefer_floor")
+    nearest = nearest.decode() if isinstance(nearest, bytes) else nearest
+    if mode == "nearest" and ctm == "asymmetric" and nearest == "floor":
+        return F.interpolate(inp, size=out, mode="nearest")
+    if mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners") and inp.dim() == 4:
+        return F.interpolate(inp, size=out, mode="bilinear", align_corners=ctm == "align_corners")
+    raise ModelError(f"Resize mode '{mode}' with '{ctm}' coordinates is not supported in QAT "
+                     "(nearest/asymmetric/floor and linear/half_pixel are)")
+
+
 OPS["Equal"] = lambda x, a: torch.eq(x[0], x[1])
 OPS["Greater"] = lambda x, a: torch.gt(x[0], x[1])
 OPS["GreaterOrEqual"] = lambda x, a: torch.ge(x[0], x[1])
