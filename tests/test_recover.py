@@ -205,3 +205,37 @@ def test_qat_graph_runs_a_transformer_encoder_as_onnx_runtime_does():
     with torch.no_grad():
         got = q(*[torch.from_numpy(feeds[n]) for n in q.input_names]).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_qat_graph_runs_a_detector_neck_as_onnx_runtime_does():
+    """YOLO-style ops: Split, nearest Resize (Upsample), Concat, MaxPool, Sigmoid-gated activations."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from lowbit.load import export_torch, load_model
+    from lowbit.plan import QuantPlan
+    from lowbit.prepare import prepare
+    from lowbit.qat.graph import QATGraph
+
+    class Neck(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 1, 1)
+            self.up, self.pool = nn.Upsample(scale_factor=2, mode="nearest"), nn.MaxPool2d(5, 1, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = h * torch.sigmoid(h)
+            p, q = h.split(4, 1)
+            y = torch.cat([self.up(self.b(h)), self.up(torch.cat([p, self.pool(q)], 1))], 1)
+            return torch.softmax(y.flatten(2), -1)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    proto = prepare(load_model(export_torch(Neck().eval(), x))).proto
+    q = QATGraph(proto, QuantPlan("int8")).eval()
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {q.input_names[0]: x.numpy()})[0]
+    with torch.no_grad():
+        got = q(x).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-6)
