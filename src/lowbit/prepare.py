@@ -154,10 +154,8 @@ def prepare(loaded: LoadedModel, optimize: bool = True) -> PreparedModel:
     lift_constants(proto)
     if optimize:  # ONNX Runtime's folding copies an outer weight into each subgraph reading it
         from lowbit.emit.subgraphs import share_duplicates
-        from lowbit.fold_affine import fold_conv_affine
 
         share_duplicates(proto)
-        fold_conv_affine(proto)  # Conv -> Mul / Add by constants ORT's fusions miss (Paddle exports)
     name_nodes(proto)
     own_shared_biases(proto)
     try:
