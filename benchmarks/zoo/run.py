@@ -219,7 +219,9 @@ def speed_cell(r: dict) -> str:
 
 
 def render(results: list[dict]) -> str:
-    machines = sorted({r["machine"] for r in results if r.get("machine")})
+    from benchmarks.zoo.summary import machines as machine_lines
+
+    machines = machine_lines(results)
     lines = ["# lowbit zoo: every preset and ORT's quantizers on pip-shipped ONNX models", "",
              "Task metric of each quantized model vs FP32 on held-out realistic data (see "
              "`benchmarks/zoo/models.py`); size in % of the FP32 file; speed-up = FP32 / quantized "

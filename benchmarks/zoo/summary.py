@@ -41,10 +41,20 @@ def matrix(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def machines(results: list[dict]) -> list[str]:
+    """Each machine of the run once, with the range of the load averages its runs started at."""
+    loads: dict[str, list[float]] = {}
+    for r in results:
+        head, _, load = str(r.get("machine") or "").partition("; load average ")
+        if head:
+            loads.setdefault(head, []).extend([float(load.split()[0])] if load else [])
+    return [f"{h}; load average {min(v):.1f}-{max(v):.1f} at the starts of its runs (shared machine)" if v else h
+            for h, v in loads.items()]
+
+
 def main() -> None:
     results = json.loads((HERE / "results.json").read_text())
-    machines = sorted({r["machine"] for r in results if r.get("machine")})
-    note = "".join(f"\n\nSpeed-ups at 1 thread on {m}." for m in machines)
+    note = "".join(f"\n\nSpeed-ups at 1 thread (CPU time of the thread running the graph) on {m}." for m in machines(results))
     block = ("<!-- zoo:start -->\n" + matrix(results) + note + "\n<!-- zoo:end -->")
     text = README.read_text()
     if "<!-- zoo:start -->" not in text:
