@@ -1,4 +1,4 @@
-"""The zoo's results as one matrix (model x preset), written into README.md between markers.
+"""The zoo's results as one matrix (model x preset), written into benchmarks/README.md between markers.
 
     python -m benchmarks.zoo.summary        # reads benchmarks/zoo/results.json
 
@@ -17,7 +17,7 @@ from benchmarks.zoo.models import ZOO
 from benchmarks.zoo.run import PEERS, PRESETS
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parents[1] / "README.md"
+README = HERE.parent / "README.md"  # benchmarks/README.md
 
 
 def cell(r: dict | None) -> str:
@@ -58,7 +58,7 @@ def main() -> None:
     block = ("<!-- zoo:start -->\n" + matrix(results) + note + "\n<!-- zoo:end -->")
     text = README.read_text()
     if "<!-- zoo:start -->" not in text:
-        raise SystemExit("README.md has no <!-- zoo:start --> / <!-- zoo:end --> markers")
+        raise SystemExit("benchmarks/README.md has no <!-- zoo:start --> / <!-- zoo:end --> markers")
     README.write_text(re.sub(r"<!-- zoo:start -->.*<!-- zoo:end -->", lambda _: block, text, flags=re.S))
     print(block)
 
