@@ -256,8 +256,8 @@ def _finite(x: object) -> object:
 
 
 def update_readme(markdown: str) -> None:
-    """Put the latest full results between the README's benchmark markers."""
-    readme = HERE.parent / "README.md"
+    """Put the latest full results between the benchmark markers of benchmarks/README.md."""
+    readme = HERE / "README.md"
     start, end = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
     text = readme.read_text()
     if start in text and end in text:

@@ -72,7 +72,7 @@ def test_tfjs_reader_rejects_short_shards(tmp_path):
 
 def test_missing_data_gives_setup_hint(monkeypatch, tmp_path):
     monkeypatch.setattr(fd, "faces_data_dir", lambda: tmp_path)
-    with pytest.raises(ModelError, match="setup_faces.sh"):
+    with pytest.raises(ModelError, match="data fetch doorbell"):
         fd.face_descriptor()
 
 

@@ -34,4 +34,4 @@ def test_every_public_callable_has_a_docstring():
 
 def test_presets_build():
     for name in lowbit.PRESETS:
-        assert lowbit.preset(name).precision in ("int8", "fp16", "int8-dynamic")
+        assert lowbit.preset(name).precision in ("int8", "int4", "fp16", "int8-dynamic")

@@ -188,7 +188,7 @@ def test_idx_reader_checks_headers(tmp_path):
         f.write(b"\x00\x00\x08\x03" + (3).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(2 * 784))
     with pytest.raises(DataError, match="truncated"):
         fashion_mnist.read_idx(short, b"\x00\x00\x08\x03")
-    with pytest.raises(DataError, match="setup_fashion_mnist"):
+    with pytest.raises(DataError, match="data fetch fashion-mnist"):
         fashion_mnist.load("test", root=tmp_path / "nowhere")
 
 

@@ -70,9 +70,9 @@ def test_mobilenet_v2_untrained_runs() -> None:
 
 def test_missing_weights_package_names_setup_script(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("lowbit.demo.zoo._packages.importlib.util.find_spec", lambda name: None)
-    with pytest.raises(ModelError, match="setup_data.sh"):
+    with pytest.raises(ModelError, match="data fetch demo"):
         mobilenet_v2()
-    with pytest.raises(ModelError, match="setup_data.sh"):
+    with pytest.raises(ModelError, match="data fetch demo"):
         labeled_imagenet_photos()
 
 

@@ -29,10 +29,11 @@ from lowbit.load.model import LoadedModel, load_model
 from lowbit.load.prepare import PreparedModel, fingerprint, prepare
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.calibrate import calibrate
+from lowbit.plan.int4_recipe import calibrate_int4
 from lowbit.plan.fit import check_plan_fits, plan_to_apply
 from lowbit.plan.quant_plan import QuantPlan
 from lowbit.presets import as_config, resolve_transformer
-from lowbit.progress import Progress, null_progress
+from lowbit.progress import Progress, accepts_progress, null_progress
 from lowbit.report import Report
 from lowbit.search import PlanEvaluator, analyze_layers
 from lowbit.search.budget import Budget, budget_metric, budget_outcome, budget_search
@@ -41,7 +42,7 @@ from lowbit.search.sensitivity import worst_histograms
 from lowbit.target.cpu import target_traits
 from lowbit.target.memory import peak_rss_mb, reset_peak_rss
 from lowbit.target.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
-from lowbit.verify.variants import VerifyOptions, verify_into
+from lowbit.verify.variants import VerifyOptions, plan_label, verify_into
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class _Job:
         self.prepared = replace(self.prepared, proto=proto)
 
 
+@accepts_progress
 def quantize(
     model: Any,
     config: QuantConfig | str | None = "int8",
@@ -138,8 +140,9 @@ def quantize(
     batch_axes: dict[str, int | None] | None = None,
     stateful: dict[str, str] | None = None,
     verify: VerifyOptions | None = VerifyOptions(),
-    progress: Progress = null_progress,
+    progress: Progress | bool = null_progress,
     keep_failed: bool = False,
+    recover: Any = None,
 ) -> QuantResult:
     """Quantize `model` (ONNX path, ModelProto, or torch.nn.Module with `example_inputs`).
 
@@ -159,8 +162,12 @@ def quantize(
     `stateful` pairs state inputs with the outputs that carry them ({"state": "stateN"}): each
     item of the data is then one sequence, run chunk by chunk with its state carried, in
     calibration and in evaluation (`lowbit.data.stateful`).
+    `recover` (a `lowbit.recover.Recover`): after calibration, fine-tune the plan to match the FP32
+    model's outputs on the calibration data (label-free distillation, within its time/step budget).
     `output` is checked before any work (not an input, not a device; a symlink is written through)
     and written only after verification succeeded: a failed run leaves an earlier file as it was.
+    `progress=True` draws progress on stderr (rich bars in a terminal, one line per stage with its
+    elapsed time elsewhere); a callable(stage, done, total) receives it instead (lowbit.progress).
 
     >>> result = lowbit.quantize("mobilenet_v2.onnx", "int8", "calib/", output="mbv2.int8.onnx",
     ...                          preprocess=ImagePreprocess.imagenet())
@@ -173,21 +180,21 @@ def quantize(
     outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
     out_target = check_outputs(outputs, {"model": model, "calib_data": calib_data, "eval_data": eval_data,
                                          "plan": plan, "labels": labels}).get("output")
-    job = _load(model, example_inputs, as_config(config), outputs, batch_axes, stateful, keep_loaded=verify is not None)
+    job = _load(model, example_inputs, as_config(config), outputs, (batch_axes, stateful), verify, progress)
     if plan is None:  # the recipe (CNN / transformer / mixed regions), chosen once
         job.cfg = resolve_transformer(job.cfg, job.prepared.proto)
     clock.lap("load+prepare")
     if plan is not None:
         _reapply(job, plan)
-    elif job.cfg.precision == "int8":
+    elif job.cfg.precision in ("int8", "int4"):
         job.calib = _calibration_feeds(job, calib_data, preprocess, calib_limit, skip_bad, batch_axes, stateful)
         budget = Budget(metric, max_drop, min_metric, search_evals) if (max_drop, min_metric) != (None, None) else None
-        _calibrate(job, budget is not None, progress, clock.timings)
+        _calibrate(job, budget is not None, recover, progress, clock.timings)
         clock.lap("calibrate+plan")
         if budget is not None:
             metric = _search(job, budget, eval_data, labels, preprocess, verify, progress, checkpoint)
             clock.lap("search")
-    qmodel, qbytes = _emit(job, config if isinstance(config, str) else None)
+    qmodel, qbytes = _emit(job, config if isinstance(config, str) else None, progress)
     clock.lap("emit")
     report = _quantize_report(job, output, clock)
     if verify is not None:
@@ -198,15 +205,18 @@ def quantize(
     return QuantResult(qmodel, job.plan, report, out_path, clock.timings, job.prepared.proto)
 
 
-def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, batch_axes: Any, stateful: Any,
-          keep_loaded: bool) -> _Job:
-    """Load and prepare stages; the data options checked against the model before any work."""
+def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data_options: tuple,
+          verify: VerifyOptions | None, progress: Progress) -> _Job:
+    """Load and prepare stages; the data options (batch axes, stateful pairs) checked against the
+    model before any work."""
+    progress("load", 0, None)
     loaded = load_model(model, example_inputs)
     source_sizes = sizes(loaded.proto)
     check_outputs(outputs, {"model file": list(loaded.files)})
+    progress("prepare", 0, None)
     prepared = prepare(loaded)
-    check_data_options(prepared.proto, prepared.inputs, batch_axes, stateful)
-    if not keep_loaded:  # the loaded model is only verification's reference: not kept without it
+    check_data_options(prepared.proto, prepared.inputs, *data_options)
+    if verify is None:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
     return _Job(loaded, prepared, source_sizes, cfg)
 
@@ -236,23 +246,35 @@ def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
 def _calibration_feeds(job: _Job, calib_data: Any, preprocess: Any, limit: int | None, skip_bad: bool,
                        batch_axes: Any, stateful: Any) -> FeedSource:
     if calib_data is None:
-        raise DataError("static int8 needs calibration data (calib_data / --calib): a few hundred "
+        raise DataError(f"static {job.cfg.precision} needs calibration data (calib_data / --calib): a few hundred "
                         "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
     p = job.prepared
     return model_feeds(calib_data, p.proto, p.inputs, batch_axes=batch_axes, stateful=stateful,
                        preprocess=preprocess, limit=limit, skip_bad=skip_bad)
 
 
-def _calibrate(job: _Job, budget: bool, progress: Progress, timings: dict[str, float]) -> None:
-    """Plan stage (`lowbit.plan.calibrate`). The float model is handed over, so the copies the
-    algorithms make replace it instead of adding to it (a budget search keeps the prepared model
-    as its reference)."""
+def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timings: dict[str, float]) -> None:
+    """Plan stage (`lowbit.plan.calibrate`; the int4 preset: `lowbit.plan.int4_recipe`), then, if
+    asked, distillation of FP32 into the plan (`lowbit.recover`). The float model is handed over, so
+    the copies the algorithms make replace it instead of adding to it (a budget search keeps the
+    prepared model as its reference)."""
+    if budget and job.cfg.precision == "int4":
+        raise ConfigError("an accuracy budget (max_drop / min_metric) searches int8 mixes; give an int8 preset "
+                          "(the search itself moves layers to 4-bit weights where the budget allows).")
     job.reference = job.prepared.proto if budget else None
-    c = calibrate(job.take_float_model(), job.cfg, job.calib, progress, timings)
-    job.set_float_model(c.model)
-    job.plan = c.plan
+    if job.cfg.precision == "int4":  # MatMulNBits blocks + w4a8 Conv
+        float_model, plan, before_fit = calibrate_int4(job.take_float_model(), job.cfg, job.calib, progress, timings)
+    else:
+        c = calibrate(job.take_float_model(), job.cfg, job.calib, progress, timings)
+        float_model, plan, before_fit = c.model, c.plan, c.before_fit
+    if recover is not None:  # distil FP32 (the unfitted float model) into the plan; torch, imported here
+        from lowbit.recover import recover_plan
+
+        float_model, plan = recover_plan(float_model, plan, before_fit, job.calib, recover, progress, timings)
+    job.set_float_model(float_model)
+    job.plan = plan
     # only float layers (the search's, a weight-only fallback) need the unfitted weights
-    job.before_fit = c.before_fit if budget or job.source_sizes.file <= WEIGHT_ONLY_MAX_BYTES else None
+    job.before_fit = before_fit if budget or job.source_sizes.file <= WEIGHT_ONLY_MAX_BYTES else None
 
 
 def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, preprocess: Any, verify: VerifyOptions | None,
@@ -275,7 +297,7 @@ def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, preprocess: 
     return choice
 
 
-def _emit(job: _Job, preset_name: str | None) -> tuple[onnx.ModelProto, bytes]:
+def _emit(job: _Job, preset_name: str | None, progress: Progress) -> tuple[onnx.ModelProto, bytes]:
     """Emit stage: the plan (or, for fp16 / int8-dynamic, the preset) becomes the deployable model,
     which must be smaller than its input."""
     cfg, float_model = job.cfg, job.prepared.proto
@@ -285,15 +307,16 @@ def _emit(job: _Job, preset_name: str | None) -> tuple[onnx.ModelProto, bytes]:
     elif cfg.precision == "int8-dynamic" and not job.reapplied:
         qmodel, job.plan = emit_dynamic(float_model, target=cfg.target)
     else:
-        qmodel = _emit_int8(job)
+        qmodel = _emit_int8(job, progress)
     qbytes = qmodel.SerializeToString()
     check_smaller(preset_name or job.plan.precision, job.source_sizes, qmodel, len(qbytes))
     return qmodel, qbytes
 
 
-def _emit_int8(job: _Job) -> onnx.ModelProto:
+def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
     """QDQ (plus block-wise weights the search chose); where the Q/DQ nodes cost more than the INT8
     weights save, the weight-only form of the plan (`lowbit.emit.weight_only`)."""
+    progress("emit", 0, None)
     qmodel, note = _emit_static(job.prepared.proto, job.plan)
     size = job.source_sizes.file
     if (not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL
@@ -322,10 +345,11 @@ def _emit_static(float_model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.Mo
 def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Report:
     clock.timings["total_quantize"] = time.perf_counter() - clock.start
     plan, loaded = job.plan, job.loaded
+    label = plan_label(plan)  # 'w4a8', not 'int8', where the weights are 4-bit
     report = Report({
-        "title": f"lowbit: {loaded.name} -> {plan.precision}",
+        "title": f"lowbit: {loaded.name} -> {label}",
         "model": {"name": loaded.name, "source": loaded.source},
-        "precision": plan.precision,
+        "precision": label,
         "output_path": str(output) if output is not None else None,
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "nodes": nodes_summary(plan),
@@ -362,7 +386,7 @@ def _verify_quantized(job: _Job, report: Report, given: tuple, verify: VerifyOpt
     loaded, plan = job.loaded, job.plan
     feeds = model_feeds(data, loaded.proto, job.prepared.inputs, batch_axes=batch_axes, stateful=stateful,
                         labels=labels, preprocess=preprocess, limit=verify.eval_limit, skip_bad=skip_bad)
-    verify_into(report, loaded.proto.SerializeToString(), {plan.precision: (qbytes, job.prepared.proto, plan)},
+    verify_into(report, loaded.proto.SerializeToString(), {plan_label(plan): (qbytes, job.prepared.proto, plan)},
                  feeds, verify, progress, metric=metric)
     _note_skipped(report, "evaluation", feeds)
 
@@ -388,12 +412,14 @@ def nodes_summary(plan: QuantPlan) -> dict:
     }
 
 
+@accepts_progress
+
 def evaluate(reference: Any, candidates: Any, data: Any, *, labels: Any = None, preprocess: Any = None,
-             verify: VerifyOptions = VerifyOptions(), progress: Progress = null_progress,
+             verify: VerifyOptions = VerifyOptions(), progress: Progress | bool = null_progress,
              metric: Any = None) -> Report:
     """Compare one or more candidate ONNX models (made by lowbit or not) with a reference on `data`;
     `metric` (a name with options, 'detection-yolo:conf=0.25', a Metric or a callable) is the
-    report's headline, else it is inferred from the reference's outputs.
+    report's headline, else it is inferred from the reference's outputs. `progress`: as quantize's.
 
     >>> print(lowbit.evaluate("mbv2.onnx", "mbv2.int8.onnx", "eval/", preprocess=ImagePreprocess.imagenet()))
     """
@@ -442,13 +468,15 @@ def _check_comparable(reference: bytes, candidates: dict[str, bytes], data: Feed
                              "be compared. Give a candidate quantized from this reference.")
 
 
+@accepts_progress
+
 def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data: Any, *,
                      labeled: tuple[Any, Any] | None = None, preprocess: Any = None,
                      verify: VerifyOptions = VerifyOptions(), progress: Progress = null_progress,
                      title: str | None = None) -> Report:
     """One report comparing the FP32 `reference` with several quantize() results side by side.
 
-    `labeled` = (data, labels) adds top-1 accuracy.
+    `labeled` = (data, labels) adds top-1 accuracy. `progress`: as quantize's (True draws it on stderr).
     """
     ref = load_model(reference)
     specs = prepare(ref, optimize=False).inputs
@@ -467,17 +495,25 @@ def compare_variants(reference: Any, results: dict[str, QuantResult], eval_data:
     return report
 
 
+@accepts_progress
+
 def analyze(model: Any, calib_data: Any, eval_data: Any, config: QuantConfig | str = "int8", *,
             metric: Any = "top1-agreement", preprocess: Any = None, labels: Any = None, eval_limit: int | None = 64,
             ways: tuple[str, ...] = ("only", "all_but"), progress: Progress = null_progress) -> Report:
     """Per-layer sensitivity of `model` under `config`, measured both ways, with statistics, the
-    likely cause of each problem in plain words, and the fix lowbit would apply.
+    likely cause of each problem in plain words, and the fix lowbit would apply. `progress`: as
+    quantize's (True draws it on stderr).
 
     >>> print(lowbit.analyze("mbv2.onnx", calib, held_out).data["layers"][0])
     """
+    cfg = as_config(config)
+    if cfg.precision == "int4":
+        raise ConfigError("analyze ranks the layers of a static int8 plan; the int4 preset's blocks are not one. "
+                          "Analyze 'w4a8' (4-bit weights on the int8 kernels) or compare an int4 model with "
+                          "FP32 by `lowbit eval`.")
     loaded = load_model(model)
     prepared = prepare(loaded)
-    cfg = resolve_transformer(as_config(config), prepared.proto)
+    cfg = resolve_transformer(cfg, prepared.proto)
     calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess)
     c = calibrate(prepared.proto, cfg, calib, progress)
     float_model, plan = c.model, c.plan

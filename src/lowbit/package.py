@@ -4,3 +4,4 @@ A module of its own, so that the modules that record the version import it from 
 the package root that imports them."""
 
 __version__ = "0.1.0"
+"""The version of this lowbit."""

@@ -12,7 +12,7 @@ from lowbit.algorithms import GPTQ, BiasCorrection, CrossLayerEqualization, Keep
 from lowbit.calibration import MSE, Percentile
 from lowbit.config import QuantConfig, Scheme
 from lowbit.core.dtypes import int4, uint8
-from lowbit.core.granularity import PerChannel, PerTensor
+from lowbit.core.granularity import PerChannel, PerGroup, PerTensor
 from lowbit.errors import ConfigError, did_you_mean
 from lowbit.plan.recipes import is_hybrid
 from lowbit.transformers.outliers import OutlierSplit
@@ -39,6 +39,17 @@ def _w4a8() -> QuantConfig:
     return QuantConfig(precision="int8", weights=Scheme(int4, PerChannel(axis=0), symmetric=True),
                        activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
                        algorithms=(GPTQ(),), objective="size")
+
+
+def _int4() -> QuantConfig:
+    # MatMul / Gemm: 4-bit weights in blocks of 32 along K (MatMulNBits); Conv: 4-bit per-channel
+    # weights on the int8 kernel with 8-bit activations (no 4-bit Conv kernel exists). GPTQ rounds
+    # both (lowbit.plan.int4_recipe), columns by decreasing Hessian diagonal with 10% dampening, as in the
+    # transformer recipe: on MiniLM calibration sentences the fit did not see (not the evaluation
+    # split) mean cosine 0.9790 -> 0.9822, worst 0.927 -> 0.950 against the paper's defaults.
+    return QuantConfig(precision="int4", weights=Scheme(int4, PerGroup(0, 32), symmetric=True),
+                       activations=Scheme(uint8, PerTensor(), symmetric=False, calibration=Percentile(99.99)),
+                       algorithms=(GPTQ(percdamp=0.1, act_order=True),), objective="size")
 
 
 def _int8_transformer() -> QuantConfig:
@@ -85,12 +96,19 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
                          "GPTQ weights."),
     "w4a8": (_w4a8, "4-bit per-channel weights with error-minimising rounding (GPTQ), 8-bit activations: "
                      "the smallest model."),
+    "int4": (_int4, "4-bit weights: MatMul / Gemm in blocks of 32 along K run by MatMulNBits (weight-only, "
+                     "float activations; --block-size, --accuracy-level), Conv 4-bit per channel on the int8 "
+                     "kernel with 8-bit activations, embedding tables in 4-bit blocks; GPTQ rounding. For "
+                     "transformer / MatMul weights (MiniLM: 16.6% of FP32, cosine 0.982); a CNN loses much "
+                     "(MobileNetV2 top-1 agreement 0.53): there --preset int8 --max-drop moves only the layers "
+                     "that tolerate it to 4 bits."),
     "int8-fast": (lambda: QuantConfig(precision="int8"),
                   "Static INT8 QDQ, quantize fast: min-max calibration, no optimisation."),
     "int8-dynamic": (lambda: QuantConfig(precision="int8-dynamic"),
                      "No calibration data: INT8 MatMul/Gemm weights with activations quantized at run time; "
                      "Conv weights stored INT8 and computed in FP32 (ONNX Runtime's dynamic Conv is slow)."),
 }
+"""Preset name -> (QuantConfig factory, one-line description); `preset(name)` builds one."""
 
 
 def preset(name: str) -> QuantConfig:

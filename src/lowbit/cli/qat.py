@@ -78,6 +78,8 @@ def add_qat_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--latency-runs", type=_positive_int, default=30)
     p.add_argument("--report-html", type=_output_file, default=None)
     p.add_argument("--report-json", type=_output_file, default=None)
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON on stdout (and nothing else there; the summary goes to stderr)")
     return p
 
 
@@ -154,7 +156,9 @@ def _check_sample_shape(p: Path, x: np.ndarray, specs: Any) -> None:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model for lowbit: ONNX path or torch module, the FP32 ONNX reference)."""
-    import torch
+    from lowbit.extras import require
+
+    torch = require("torch", "lowbit qat (quantization-aware training)")
 
     if Path(args.model).suffix == ".onnx":
         return args.model, load_model(args.model).proto
@@ -208,7 +212,9 @@ def _check_label_range(reference: Any, x: np.ndarray, labels: dict[str, np.ndarr
 
 def run_qat(args: argparse.Namespace, progress: Any):
     """PTQ and QAT of the model with the same config; returns the report comparing both with FP32."""
-    import torch
+    from lowbit.extras import require
+
+    torch = require("torch", "lowbit qat (quantization-aware training)")
 
     import lowbit.qat as qat_api
 

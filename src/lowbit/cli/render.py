@@ -2,66 +2,126 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from contextlib import contextmanager
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-# a real terminal sets its own width; piped or redirected output gets room for the wide tables
-from lowbit.calibration import CALIBRATIONS
-from lowbit.metrics import METRICS
-from lowbit.presets import PRESETS
+# Tables are made to fit 100 columns (details are in the HTML / JSON reports); a terminal narrower
+# than that wraps them. Piped output gets the same 100, never a cut line.
+WIDTH = 100
+console = Console(stderr=False, width=None if sys.stdout.isatty() else WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else WIDTH)
+QUIET = False
 
-console = Console(stderr=False, width=None if sys.stdout.isatty() else 200)
-from lowbit.algorithms import ALGORITHMS
 
-err_console = Console(stderr=True)
+def configure(json_stdout: bool = False, quiet: bool = False) -> None:
+    """--json: stdout holds only the JSON, so the human summary goes to stderr. -q: no progress, no
+    tables; errors, warnings and verdict lines only."""
+    global console, QUIET
+    QUIET = quiet
+    if json_stdout:
+        console = err_console
+
+
+def note(text: str) -> None:
+    """A plain line of the summary (not shown with -q)."""
+    if not QUIET:
+        console.print(escape(text), soft_wrap=True, highlight=False)
+
+
+def print_interrupted() -> None:
+    err_console.print("[yellow]interrupted: no partial output was left behind.[/yellow]")
 
 
 @contextmanager
 def progress_bar():
-    """A progress callback for the library: one bar per stage, shown while that stage runs."""
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
-        tasks: dict[str, int] = {}
+    """A progress callback for the library, drawn on stderr (lowbit.progress.render): rich bars in a
+    terminal, one line per stage with elapsed time when piped; nothing with -q."""
+    if QUIET:
+        from lowbit.progress import null_progress
 
-        def callback(stage: str, done: int, total: int | None = None) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
+        yield null_progress
+        return
+    from lowbit.progress.render import live_progress
 
-        yield callback
+    with live_progress(sys.stderr) as progress:
+        yield progress
+
+
+_SPREAD = re.compile(r" \[[^\]]*\]")  # ' [p10-p90]' in a latency cell or header
+
+
+def compact_table(report) -> tuple[list[str], list[list[str]]]:
+    """The report's summary table within WIDTH columns: size and its share in one cell, latency
+    without its spread, then the metrics, accuracy and parity as they fit, in that order (the
+    HTML / JSON reports hold them all)."""
+    header, rows = report.rows()
+    cols = list(range(len(header)))
+    merged_h = ["variant", "size MB (% FP32)"]
+    merged = [[r[0], f"{r[1]} ({r[2]})" if r[2] != "-" else r[1]] for r in rows]
+    keep = []
+    for i in cols[3:]:
+        h = header[i]
+        if h.startswith("energy"):
+            continue  # estimated: in the HTML / JSON report
+        keep.append(i)
+    for i in keep:
+        h = _SPREAD.sub("", header[i]).replace(" (speed-up)", "")
+        merged_h.append(h)
+        for r, out in zip(rows, merged):
+            out.append(_SPREAD.sub("", r[i]) if "-thread" in header[i] else r[i])
+    # a metric no variant has does not apply to this model (a detector's top-1 accuracy): not shown
+    for j in reversed(range(2, len(merged_h))):
+        if all(r[j] == "-" for r in merged):
+            del merged_h[j]
+            for r in merged:
+                del r[j]
+    # drop whole columns from the right until the table fits (rich adds 3 per column + 1)
+    while len(merged_h) > 3:
+        widths = [max(len(h), *(len(r[j]) for r in merged)) for j, h in enumerate(merged_h)]
+        if sum(widths) + 3 * len(widths) + 1 <= WIDTH:
+            break
+        drop = max(range(3, len(merged_h)), key=lambda j: (widths[j] > 24, j))
+        del merged_h[drop]
+        for r in merged:
+            del r[drop]
+    return merged_h, merged
 
 
 def print_report(report) -> None:
-    """The report as rich tables and lines, read through its schema (`lowbit.report.schema`)."""
-    typed = report.typed()
-    data = typed.extra  # the sections the schema keeps as recorded (tables, search, metric, ...)
-    header, rows = report.rows()
-    table = Table(title=typed.title, header_style="bold")
-    for h in header:  # escaped: '[p10-p90]' and '[0.91-0.96]' are text, not rich markup
-        table.add_column(escape(h), justify="left" if h == "variant" else "right")
-    for r in rows:
-        table.add_row(*[escape(c) for c in r])
-    console.print(table)
-    skipped = (typed.nodes or {}).get("skipped", [])
+    if QUIET:
+        for v in report.verdicts():
+            err_console.print(escape(v["text"]), soft_wrap=True, highlight=False)
+        return
+    if report.variants:  # --no-verify measures nothing: no empty table
+        header, rows = compact_table(report)
+        table = Table(title=escape(report.data.get("title", "lowbit report")), header_style="bold")
+        for h in header:  # escaped: '[0.91-0.96]' is text, not rich markup
+            table.add_column(escape(h), justify="left" if h == "variant" else "right")
+        for r in rows:
+            table.add_row(*[escape(c) for c in r])
+        console.print(table)
+    else:
+        console.print(escape(report.data.get("title", "lowbit report")), highlight=False)
+    skipped = report.skipped
     if skipped:
         console.print(f"[dim]{len(skipped)} node(s) kept in float, e.g. "
-                      + "; ".join(f"{s['name']} ({s['reason']})" for s in skipped[:3]) + "[/dim]")
-    for extra in data.get("tables", []):
-        t = Table(title=extra.get("title"), header_style="bold")
+                      + escape("; ".join(f"{s['name']} ({s['reason']})" for s in skipped[:3])) + "[/dim]")
+    for extra in report.data.get("tables", []):
+        t = Table(title=escape(str(extra.get("title") or "")), header_style="bold")
         for h in extra["header"]:
-            t.add_column(str(h))
+            t.add_column(escape(str(h)), overflow="fold")
         for r in extra["rows"]:
-            t.add_row(*[str(c) for c in r])
+            t.add_row(*[escape(str(c)) for c in r])
         console.print(t)
-    for note in typed.notes:
-        console.print(f"[dim]note: {note}[/dim]")
-    search = data.get("search")
+    for n in report.data.get("notes", []):
+        console.print(f"[dim]note: {escape(n)}[/dim]")
+    search = report.data.get("search")
     if search:
         chosen = search["chosen"]
         console.print(f"precision search: {search['metric']} floor {search['floor']:.4f}; chosen mix scores "
@@ -110,30 +170,82 @@ def print_internal_error(e: BaseException, verbose: bool) -> None:
                          "with the command you ran and the traceback above."), soft_wrap=True)
 
 
-def print_list() -> None:
-    t = Table(title="presets")
-    t.add_column("name")
-    t.add_column("what it does")
-    for name, (_, doc) in PRESETS.items():
-        t.add_row(name, doc)
-    console.print(t)
+def _summary(doc: str | None, limit: int = 260) -> str:
+    """The first sentences of a docstring's first paragraph (whole sentences, about `limit` chars)."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    out = ""
+    for sentence in re.split(r"(?<=\.)\s+(?=[A-Z`(])", para):
+        if out and len(out) + len(sentence) > limit:
+            break
+        out = f"{out} {sentence}".strip()
+    return out
 
-    for title, reg in (("algorithms", ALGORITHMS), ("metrics", METRICS)):
-        t2 = Table(title=title)
-        t2.add_column("name")
-        t2.add_column("what it does")
-        for name, cls in reg.items():
-            if hasattr(cls, "definition"):  # a metric: its whole definition, options included
-                t2.add_row(name, cls.definition())
-            else:
-                t2.add_row(name, (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "")
-        console.print(t2)
-    c = Table(title="calibration methods")
-    c.add_column("name")
-    c.add_column("what it does")
+
+def _options(cls) -> str:
+    import dataclasses
+
+    fields = [f for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
+    return ", ".join(f"{f.name}={f.default!r}".replace("'", "") for f in fields)
+
+
+def list_text(width: int = WIDTH) -> str:
+    """`lowbit list`: every preset, calibration method, algorithm, target and metric, each with the
+    flag and the config-file key that select it. Plain text (no markup to lose, nothing cut)."""
+    import textwrap
+
+    from lowbit.algorithms import ALGORITHMS
+    from lowbit.calibration import CALIBRATIONS
+    from lowbit.presets import PRESETS
+    from lowbit.target.cpu import TARGETS, target_traits
+    from lowbit.metrics import METRICS
+
+    lines: list[str] = []
+
+    def section(title: str, how: str) -> None:
+        lines.extend(["", title.upper(), *textwrap.wrap(how, width, initial_indent="  ", subsequent_indent="  ")])
+
+    def entry(name: str, select: str, text: str) -> None:
+        lines.append(f"  {name:<22} {select}")
+        lines.extend(textwrap.wrap(text, width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+
+    section("presets", "quantize --preset NAME; in a --config file: preset = \"NAME\". "
+                       "quantize --print-config --preset NAME prints a preset's whole config.")
+    for name, (_, doc) in PRESETS.items():
+        entry(name, f"--preset {name}", doc)
+    section("calibration methods", "how activation ranges are chosen. quantize --calibration NAME[:VALUE] (VALUE "
+                                   "sets the first option; NAME:key=value,... several); in a --config file: "
+                                   "[activations] calibration = { name = \"NAME\", ... }.")
     for name, cls in CALIBRATIONS.items():
-        c.add_row(name, (cls.__doc__ or "").strip().splitlines()[0])
-    console.print(c)
+        opts = _options(cls)
+        entry(name, f"--calibration {name}" + (f"   options: {opts}" if opts else ""), _summary(cls.__doc__))
+    section("algorithms", "quantize --algorithms A,B,... (replaces the preset's list; keep-if-better:ALG wraps "
+                          "one); in a --config file: one [[algorithms]] table each, name = \"NAME\" and its "
+                          "options. 'float' ones run before calibration, 'plan' ones after.")
+    for name, cls in ALGORITHMS.items():
+        select = f"--algorithms {name}:gptq" if name == "keep-if-better" else f"--algorithms {name}"
+        opts = _options(cls)
+        entry(name, f"{select}   ({cls.stage} stage)", _summary(cls.__doc__)
+              + (f" Options: {opts}." if opts else ""))
+    section("targets", "the CPU the weight grids are planned for. quantize --target NAME; in a --config "
+                       "file: target = \"NAME\".")
+    for name in TARGETS:
+        what = "this machine: " + target_traits("auto").describe() if name == "auto" else target_traits(name).describe()
+        entry(name, f"--target {name}", what)
+    section("objectives", "what the INT8 plan and the precision search minimise. quantize --objective NAME; "
+                          "in a --config file: objective = \"NAME\".")
+    entry("latency", "--objective latency", "Layers measured slower in INT8 than FP32 on this CPU stay FP32 (the "
+                                           "default).")
+    entry("size", "--objective size", "Every layer that can be INT8 is, however slow.")
+    section("metrics", "the report's headline and the accuracy budget's measure. quantize / eval --metric "
+                       "NAME[:key=value,...], analyze --metric NAME; in a --config file: metric = \"NAME\".")
+    for name, cls in METRICS.items():
+        text = cls.definition() if hasattr(cls, "definition") else _summary(cls.__doc__)
+        entry(name, f"--metric {name}", text)
+    return "\n".join(lines[1:]) + "\n"
+
+
+def print_list() -> None:
+    sys.stdout.write(list_text())
 
 
 def print_speed_prediction(p: dict) -> None:

@@ -57,9 +57,13 @@ class QDtype:
 
 
 int4 = QDtype("int4", 4, True)
+"""Signed 4-bit grid [-8, 7] (weights of `w4a8` / `int4`)."""
 uint4 = QDtype("uint4", 4, False)
+"""Unsigned 4-bit grid [0, 15]."""
 int8 = QDtype("int8", 8, True)
+"""Signed 8-bit grid [-128, 127] (weights)."""
 uint8 = QDtype("uint8", 8, False)
+"""Unsigned 8-bit grid [0, 255] (activations)."""
 int16 = QDtype("int16", 16, True)
 uint16 = QDtype("uint16", 16, False)
 int32 = QDtype("int32", 32, True)

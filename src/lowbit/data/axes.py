@@ -115,3 +115,25 @@ def resolve_batch_axes(specs: Sequence[InputSpec], given: Mapping[str, int | Non
                          "no batch axis (fed unchanged with every batch)" if axis is None else f"batch axis {axis}")
         out.append(replace(s, batch_axis=axis))
     return out
+
+
+def output_batch_axis(shape: Sequence[int], samples: int, single: Sequence[int] | None = None) -> int | None:
+    """The axis of one model output holding a batch's `samples`, from its run-time `shape` (graphs
+    declare output shapes wrongly: ddddocr says `[1, seqlen]` and returns time-major `(T, 1, C)`).
+    The axis of that length; where several have it (a `(T, B, C)` head with T == B), the one that
+    became 1 in `single`, the same output for the batch's first sample alone; else the first.
+    None: no axis has that length, the whole output is one sample (a final LSTM state).
+    At `samples == 1` any candidate gives the same per-sample array.
+
+    >>> output_batch_axis((20, 1, 8210), 1), output_batch_axis((8, 22, 2100), 8)
+    (1, 0)
+    >>> output_batch_axis((20, 20, 37), 20, single=(20, 1, 37)), output_batch_axis((1, 128), 4)
+    (1, None)
+    """
+    candidates = [i for i, d in enumerate(shape) if d == samples]
+    if len(candidates) > 1 and single is not None and len(single) == len(shape):
+        moved = [i for i in candidates if single[i] == 1 and all(
+            a == b for j, (a, b) in enumerate(zip(shape, single)) if j != i)]
+        if len(moved) == 1:
+            return moved[0]
+    return candidates[0] if candidates else None

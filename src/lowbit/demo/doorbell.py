@@ -49,7 +49,9 @@ def _inputs(fs: FaceSet) -> np.ndarray:
 
 def run_doorbell(out: Path, threads: tuple[int, ...] = (1,), latency_runs: int = 30,
                  progress: Progress = null_progress) -> Report:
-    import torch
+    from lowbit.extras import require
+
+    torch = require("torch", "the doorbell demo (its face descriptor is a torch module)")
 
     from lowbit.demo.zoo.face_descriptor import face_descriptor
 

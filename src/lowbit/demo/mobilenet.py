@@ -36,7 +36,9 @@ def labeled_arrays() -> tuple[list[np.ndarray], np.ndarray]:
 
 def export_mobilenet(path: Path | None = None) -> "onnx.ModelProto":
     """MobileNetV2 with its ImageNet weights as ONNX; also written to `path` when given."""
-    import torch
+    from lowbit.extras import require
+
+    torch = require("torch", "the demo (MobileNetV2's weights come as a torch module)")
 
     from lowbit.demo.zoo import mobilenet_v2
 
@@ -50,8 +52,8 @@ def run_demo(out: Path, calib_n: int = 128, eval_n: int = 300, threads: tuple[in
              latency_runs: int = 30, progress: Progress = null_progress) -> Report:
     """Quantize MobileNetV2 to FP16 and INT8; one report comparing both with FP32."""
     out = Path(out)
+    fp32 = export_mobilenet()  # first: without torch it stops here, before any folder is made
     out.mkdir(parents=True, exist_ok=True)
-    fp32 = export_mobilenet()
     calib = photo_arrays("calib", calib_n)
     evaluation = photo_arrays("eval", eval_n)
     results = {}

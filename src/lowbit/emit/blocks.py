@@ -16,17 +16,39 @@ from lowbit.onnx.names import Names
 from lowbit.plan.quant_plan import QuantPlan
 
 
+# plan.config["storage"] of the int4 preset's plans: the compute level of its 4-bit MatMulNBits nodes
+_LEVEL = "MatMulNBits accuracy_level="
+
+
+def storage_record(level: int) -> str:
+    """What plan.config['storage'] holds for 4-bit blocks computed at `level` (0 float, 4 int8)."""
+    return f"{_LEVEL}{int(level)}"
+
+
+def accuracy_level(plan: QuantPlan) -> int:
+    """The compute level of `plan`'s 4-bit MatMulNBits nodes (0: float, unless the plan says)."""
+    record = str((plan.config or {}).get("storage") or "")
+    return int(record[len(_LEVEL):]) if record.startswith(_LEVEL) and record[len(_LEVEL):].isdigit() else 0
+
+
+def _int8_input(bits: int, level: int) -> bool:
+    """True where MatMulNBits quantizes its input per block to int8 at run time."""
+    return bits == 8 or level == 4
+
+
 def quantize_block_inputs(nodes: list[onnx.NodeProto], g: GraphIndex, plan: QuantPlan, opset: int,
                           names: Names | None = None) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
-    """(new initializers, `nodes`) with, before each MatMul / Gemm on 8-bit block weights, what
+    """(new initializers, `nodes`) with, before each MatMul / Gemm whose block weights compute in
+    int8 (8-bit blocks; 4-bit ones at accuracy level 4), what
     MatMulNBits' int8 path does to its input (`block_input_fake_quant`), for simulations. `g`
     indexes a model holding the weights (for K)."""
     names = names if names is not None else Names(g.model)
+    level = accuracy_level(plan)
     inits, out = [], []
     for node in nodes:
         t = plan.tensors.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") and len(node.input) > 1 else None
         q = t.qparams if t is not None and t.role == "weight" else None
-        if q is not None and isinstance(q.granularity, PerGroup) and q.dtype.bits == 8:
+        if q is not None and isinstance(q.granularity, PerGroup) and _int8_input(q.dtype.bits, level):
             shape = g.constant(t.name).shape
             k = int(shape[1] if node.op_type == "Gemm" else shape[0])
             prefix = names.fresh_prefix(f"{node.name}_blockq", _BLOCKQ_MADE)

@@ -22,7 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lowbit.core.granularity import PerGroup
-from lowbit.emit.blocks import quantize_block_inputs
+from lowbit.emit.blocks import _int8_input, accuracy_level, quantize_block_inputs
 from lowbit.emit.qdq import emit_qdq
 from lowbit.errors import ConfigError
 from lowbit.onnx.graph import GraphIndex
@@ -30,8 +30,6 @@ from lowbit.onnx.names import Names
 from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 
 MS_DOMAIN = "com.microsoft"
-
-
 def check_block_plan(t: TensorPlan, length: int) -> int:
     """Validate one tensor plan for the block-wise kernels; returns its bit width."""
     q = t.qparams
@@ -69,12 +67,12 @@ def check_linear_gemm(node: onnx.NodeProto, g: GraphIndex) -> None:
 
 
 def matmul_nbits(node: onnx.NodeProto, w_name: str, bias: list[str], k: int, n: int, bits: int,
-                 size: int) -> onnx.NodeProto:
-    """`w_name`: the prefix of the packed weight's `_nb` / `_nbs` initializers."""
-    """The MatMulNBits node reading `w_name`'s packed blocks. 8-bit blocks compute in int8 (accuracy
-    level 4: the input is quantized per block at run time); ONNX Runtime's float path for 8-bit
-    blocks dequantizes on every call and ran at a tenth of FP32's speed on AVX2."""
-    extra = {"accuracy_level": 4} if bits == 8 else {}
+                 size: int, level: int = 0) -> onnx.NodeProto:
+    """The MatMulNBits node reading `w_name`'s packed blocks (`w_name`: the prefix of their `_nb` /
+    `_nbs` initializers). 8-bit blocks always compute in int8 (accuracy level 4: the input is
+    quantized per block at run time); ONNX Runtime's float path for 8-bit blocks dequantizes on every
+    call and ran at a tenth of FP32's speed on AVX2. 4-bit blocks compute at `level`."""
+    extra = {"accuracy_level": 4} if _int8_input(bits, level) else {}
     inputs = [node.input[0], f"{w_name}_nb", f"{w_name}_nbs"] + (["", ""] + bias if bias else [])
     return helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name, domain=MS_DOMAIN,
                             K=k, N=n, bits=bits, block_size=size, **extra)
@@ -87,6 +85,7 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
     out.CopyFrom(model)
     g = GraphIndex(out)
     names = Names(out)
+    level = accuracy_level(plan)
     stored: dict[str, str] = {}  # weight -> prefix of its packed `_nb` / `_nbs` initializers
     replaced: set[str] = set()
     nodes = []
@@ -108,7 +107,7 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             size = t.qparams.granularity.size
             q = t.qparams.quantize(w).T                                  # (N, K)
             scales = np.asarray(t.qparams.scale, np.float32).T           # (N, K / size)
-            nodes.append(matmul_nbits(node, p, [], k, n, bits, size))
+            nodes.append(matmul_nbits(node, p, [], k, n, bits, size, level))
         elif node.op_type == "Gemm":
             check_linear_gemm(node, g)
             n, k = w.shape                                                # transB: (N, K)
@@ -116,7 +115,7 @@ def emit_int4(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
             size = t.qparams.granularity.size
             q = t.qparams.quantize(w)                                    # (N, K)
             scales = np.asarray(t.qparams.scale, np.float32)             # (N, K / size)
-            nodes.append(matmul_nbits(node, p, list(node.input[2:3]), k, n, bits, size))
+            nodes.append(matmul_nbits(node, p, list(node.input[2:3]), k, n, bits, size, level))
         elif node.op_type == "Gather" and int(g.attr(node, "axis", 0)) == 0:
             v, d = w.shape
             bits = check_block_plan(t, d)
@@ -182,4 +181,4 @@ def emit_mixed(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
         return emit_qdq(model, plan)
     qdq = dataclasses.replace(plan, tensors={k: t for k, t in plan.tensors.items() if k not in block})
     out = emit_qdq(model, qdq)
-    return emit_int4(out, QuantPlan(plan.precision, plan.nodes, block))
+    return emit_int4(out, QuantPlan(plan.precision, plan.nodes, block, config=plan.config))

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lowbit.core.granularity import PerChannel, PerGroup
 from lowbit.emit.blocks import quantize_block_inputs
+from lowbit.emit.const_operands import quantize_constant_operands
 from lowbit.emit.metadata import record_plan
 from lowbit.emit.weight_storage import StoredInt8, stored_int8_nodes, weight_only_int8
 from lowbit.errors import ModelError
@@ -87,6 +88,15 @@ def deployed_integer_outputs(model: onnx.ModelProto, names: list[str]) -> dict[s
     return {a: q_of.get(a, deployed_integer_output(a)) for a in names}
 
 
+def _all_nodes(nodes):
+    """`nodes` and those of their If / Loop / Scan bodies (which may read outer tensors)."""
+    for n in nodes:
+        yield n
+        for a in n.attribute:
+            for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _all_nodes(body.node)
+
+
 class _Surgery:
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan, simulate: bool, forced: bool = False) -> None:
         self.src = model
@@ -149,6 +159,12 @@ class _Surgery:
                 rewired[name] = dq_out
 
         head.extend(self._narrow_float_weights(index, inits))
+        # float constants of quantized Add / Mul on a uint8 grid: ORT then fuses QLinearAdd / QLinearMul
+        const_inits, const_nodes, const_inputs = quantize_constant_operands(
+            index, inits, self.plan, set(rewired), self.names, self.simulate)
+        self.new_inits.extend(const_inits)
+        head.extend(const_nodes)
+        replaced = {index.nodes[n].input[k] for n, k in const_inputs}
         keep_inits = [t for t in g.initializer if not (t.name in self.plan.tensors
                                                        and self.plan.tensors[t.name].role in ("weight", "bias"))
                       and t.name not in self.narrowed_weights]
@@ -163,6 +179,9 @@ class _Surgery:
         new_nodes = list(head)
         for node in g.node:
             for k, name in enumerate(node.input):
+                if (node.name, k) in const_inputs:
+                    node.input[k] = const_inputs[(node.name, k)]
+                    continue
                 if name not in rewired:
                     continue
                 producer = index.producer.get(name)
@@ -173,6 +192,11 @@ class _Surgery:
                     node.input[k] = rewired[name]
             new_nodes.append(node)
             new_nodes.extend(after.get(node.name, []))
+        if replaced:  # a constant no float node reads any more is not stored
+            read = {i for n in _all_nodes(new_nodes) for i in n.input} | {o.name for o in g.output}
+            kept = [t for t in g.initializer if t.name not in replaced or t.name in read]
+            del g.initializer[:]
+            g.initializer.extend(kept)
         if self.simulate:  # after the rewiring: a block layer's input may be a dequantized activation
             opset = next((i.version for i in self.m.opset_import if i.domain in ("", "ai.onnx")), QDQ_MIN_OPSET)
             block_inits, new_nodes = quantize_block_inputs(new_nodes, index, self.plan, opset, self.names)

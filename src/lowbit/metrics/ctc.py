@@ -18,12 +18,19 @@ from lowbit.metrics.base import Metric, ratio, register_metric
 
 def ctc_greedy(sequence: np.ndarray, blank: int = 0) -> list[int]:
     """Best-path CTC decode of one sample: (T, C) scores or (T,) ids -> token ids, repeats merged,
-    blanks dropped.
+    blanks dropped. Length-1 axes beside T and C go (a time-major head's (T, 1, C) sample).
 
     >>> ctc_greedy(np.array([0, 3, 3, 0, 3, 5, 5]))
     [3, 3, 5]
+    >>> ctc_greedy(np.eye(4)[[0, 2, 2, 0, 1]][:, None, :])
+    [2, 1]
     """
     ids = np.asarray(sequence)
+    if ids.ndim > 2:
+        keep = [i for i, d in enumerate(ids.shape) if d > 1 or i == ids.ndim - 1]
+        if len(keep) > 2:
+            raise ValueError(f"a CTC sample is (T, C) scores or (T,) ids; got shape {list(ids.shape)}")
+        ids = ids.reshape([ids.shape[i] for i in keep] if len(keep) == 2 else [1, ids.shape[-1]])
     if ids.ndim == 2:
         ids = ids.argmax(axis=-1)
     ids = ids.astype(np.int64).reshape(-1)
@@ -55,7 +62,8 @@ def _decoded(outputs: np.ndarray, blank: int) -> list[list[int]]:
 @dataclass(frozen=True)
 class CtcExact(Metric):
     """Fraction of samples whose greedy CTC decode is the reference's, character for character.
-    Outputs (N, T, C) scores or (N, T) ids, batch first; `blank` is the CTC blank id."""
+    Outputs (N, T, C) scores or (N, T) ids, batch first (a time-major head's (T, N, C) is cut per
+    sample by the report); `blank` is the CTC blank id."""
 
     counts_samples: ClassVar[bool] = True
     blank: int = 0

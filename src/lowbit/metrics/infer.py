@@ -19,12 +19,46 @@ from lowbit.metrics.spec import MetricChoice
 EMBEDDING_NAMES = re.compile(r"emb|feat|vector|descriptor|encod", re.IGNORECASE)
 
 
+# float32 sigmoids reach 1.0000001 (PP-OCRv4 det): a rounding step, not a value outside [0, 1]
+PROB_TOLERANCE = 1e-6
+
+
 def _probabilities(x: np.ndarray) -> bool:
-    return x.size > 0 and bool(np.all(np.isfinite(x))) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    return x.size > 0 and bool(np.all(np.isfinite(x))) and float(x.min()) >= -PROB_TOLERANCE and \
+        float(x.max()) <= 1.0 + PROB_TOLERANCE
 
 
 def _softmax_rows(x: np.ndarray, axis: int = -1) -> bool:
     return _probabilities(x) and bool(np.allclose(x.sum(axis=axis), 1.0, atol=1e-3))
+
+
+def _log_softmax_rows(x: np.ndarray) -> bool:
+    return x.size > 0 and bool(np.all(np.isfinite(x))) and float(x.max()) <= 1e-4 and bool(
+        np.allclose(np.exp(x.astype(np.float64)).sum(axis=-1), 1.0, atol=1e-3))
+
+
+# a CTC head's blank wins most steps (between characters and in margins): 78% on PP-OCRv4 rec and
+# ddddocr; an embedding or LM's logits rarely have one fixed first/last class winning a third
+BLANK_SHARE = 0.3
+
+
+def ctc_blank(x: np.ndarray) -> tuple[int, float] | None:
+    """(blank id, share of steps it wins) of per-step scores `x` (N, T, C): the first or last
+    class where it is the argmax of at least BLANK_SHARE of all steps; None otherwise."""
+    if x.ndim != 3 or x.shape[1] < 2 or x.shape[2] < 3 or not np.issubdtype(x.dtype, np.floating):
+        return None
+    ids = x.argmax(axis=-1)
+    for blank in (0, x.shape[2] - 1):
+        share = float(np.mean(ids == blank))
+        if share >= BLANK_SHARE:
+            return blank, share
+    return None
+
+
+def _ctc(name: str, x: np.ndarray, what: str, blank: int = 0) -> list[MetricChoice]:
+    why = f"output {name} {list(x.shape[1:])}: {what} (CTC, blank {blank})"
+    opts = {"blank": blank} if blank else {}
+    return [_choice("ctc-exact", (name,), why, **opts), _choice("ctc-cer", (name,), why, **opts)]
 
 
 def _choice(name: str, outputs: tuple[str, ...], reason: str, **options) -> MetricChoice:
@@ -48,12 +82,11 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
     # a model that decodes in its graph (argmax over classes) outputs class ids per step: compare the
     # sequences as CTC reads them (repeats merged, blank 0), as for per-step scores
     if x.ndim == 2 and x.shape[1] > 1 and np.issubdtype(x.dtype, np.integer):
-        why = f"output {name} {list(x.shape[1:])}: a sequence of class ids per sample (CTC, blank 0)"
-        return [_choice("ctc-exact", o, why), _choice("ctc-cer", o, why)]
+        return _ctc(name, x, "a sequence of class ids per sample")
     # before the YOLO rule: a (T, C) softmax has as many columns as a head has anchors
-    if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 2 and _softmax_rows(x):
-        why = f"output {name} {list(x.shape[1:])}: per-step class probabilities (CTC, blank 0)"
-        return [_choice("ctc-exact", o, why), _choice("ctc-cer", o, why)]
+    if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 2 and (_softmax_rows(x) or _log_softmax_rows(x)):
+        return _ctc(name, x, "per-step class probabilities" if _softmax_rows(x) else
+                    "per-step log-probabilities")
     if x.ndim == 3 and 5 <= x.shape[1] and x.shape[2] >= max(100, 8 * x.shape[1]) and _probabilities(x[:, 4:]):
         return [_choice("detection-yolo", o, f"output {name} {list(x.shape[1:])}: a YOLO head (4 box rows + "
                                              f"{x.shape[1] - 4} class scores, {x.shape[2]} anchors)")]
@@ -62,6 +95,10 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
         if size:
             return [_choice("detection-yolox", o, f"output {name} {list(x.shape[1:])}: a raw YOLOX head on a "
                                                   f"{size}x{size} input", size=size)]
+    blank = ctc_blank(x) if not _probabilities(x) else None
+    if blank:  # raw per-step scores (ddddocr's (T, 1, C) logits, cut per sample to (T, C))
+        return _ctc(name, x, f"per-step class scores, class {blank[0]} winning {blank[1]:.0%} of the steps "
+                             "as a CTC blank does", blank[0])
     if per == 1 and _probabilities(x):
         return [_choice("decisions@0.5", o, f"output {name}: one probability per sample")]
     if x.ndim == 2 and x.shape[1] > 1:
@@ -90,6 +127,25 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
     return []
 
 
+def generic_reason(name: str, x: np.ndarray) -> str:
+    """Why the report falls back to SQNR, and which --metric to pass for the tasks outputs of this
+    shape usually have (the user knows the task; the shapes alone did not say it clearly)."""
+    dims = list(x.shape[1:])
+    if x.ndim == 3:
+        hint = ("per-step scores of a text recognizer: --metric ctc-exact (blank=ID if not 0); a detector "
+                "head: --metric detection-yolo, detection-yolox:size=S or detection-ssd; a probability map: "
+                "--metric mask-iou:threshold=T")
+    elif x.ndim == 4:
+        hint = "a segmentation or heat map: --metric mask-iou:threshold=T"
+    elif x.ndim == 2:
+        hint = ("class scores: --metric top1-agreement; an embedding: --metric cosine; independent "
+                "probabilities: --metric decisions@0.5")
+    else:
+        hint = "a score per sample: --metric decisions@0.5"
+    return (f"no task recognised from output {name} {dims}: generic fidelity. If it is {hint} "
+            "(all: `lowbit list metrics`)")
+
+
 def _ssd(names: list[str], outs: dict[str, np.ndarray]) -> list[MetricChoice]:
     if len(names) < 2:
         return []
@@ -105,16 +161,21 @@ def _ssd(names: list[str], outs: dict[str, np.ndarray]) -> list[MetricChoice]:
 def choose_metrics(outputs: dict[str, np.ndarray], given: MetricChoice | None = None,
                    labels: np.ndarray | None = None) -> list[MetricChoice]:
     """The report's metrics, headline first: `given`, else inferred from the reference's `outputs`
-    (name -> (N, ...), in the model's order), else generic; then SQNR of the scored output (per
+    (name -> (N, ...), in the model's order; the first output's task, and the same task on later
+    outputs that show it), else generic; then SQNR of the scored output (per
     output where there are several) and labeled top-1 accuracy where labels fit a classifier."""
     names = list(outputs)
     if given is not None:
         chosen = [given]
     else:
         chosen = _ssd(names, outputs) or (infer_task(names[0], outputs[names[0]]) if names else [])
+        # more outputs of the headline's kind (basic-pitch's note, onset and contour maps) get it too
+        for k in names[1:] if chosen and chosen[0].outputs == (names[0],) else []:
+            same = [c for c in infer_task(k, outputs[k])[:1] if c.name == chosen[0].name]
+            chosen += same
     if not chosen and names:
         chosen = [MetricChoice(METRICS.create("sqnr"), "sqnr", (names[0],), "generic",
-                               "no task recognised from the outputs: generic fidelity (give --metric)"),
+                               generic_reason(names[0], outputs[names[0]])),
                   MetricChoice(METRICS.create("cosine"), "cosine", (names[0],), "generic", "generic fidelity")]
     have = {(c.name, c.outputs or (names[0],) if names else ()) for c in chosen}
     for k in names if len(names) > 1 else names[:1]:

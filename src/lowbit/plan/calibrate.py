@@ -31,6 +31,7 @@ from lowbit.plan.recipes import block_inputs, mixed_selection, with_mse_ranges
 from lowbit.plan.regions import choose_elementwise, concats_to_split, elementwise_nodes
 from lowbit.plan.selection import Selection, select
 from lowbit.progress import Progress, null_progress
+from lowbit.search.float_choice import choose_float_layers
 from lowbit.search.float_prefix import choose_float_prefix
 from lowbit.target import layer_costs  # called through the module: tests replace the measurement
 from lowbit.transformers.patterns import transformer_selection
@@ -92,7 +93,8 @@ def calibrate(model: onnx.ModelProto, config: QuantConfig, calib: FeedSource, pr
     if kind == "transformer":
         plan = build_plan(model, selection, stats, config)
     else:
-        plan, selection = _measured_plan(model, config, calib, stats, selection, choose, mixed=kind == "mixed")
+        progress("clipping", 0, None)
+        plan, selection = _measured_plan(model, config, calib, stats, selection, choose, kind == "mixed", clock)
     clock.lap("plan:clipping")
     if selection.layer_costs:  # the timings behind the layers kept in float for speed
         plan.decisions.layer_costs = selection.layer_costs
@@ -109,6 +111,7 @@ def _run_algorithms(stage: str, model: onnx.ModelProto, plan: QuantPlan | None, 
                     ctx: AlgorithmContext, clock: _Clock) -> tuple[onnx.ModelProto, QuantPlan | None]:
     for alg in config.algorithms:
         if alg.stage == stage:
+            ctx.progress(alg.registry_name, 0, None)  # announced: some run minutes without a count
             model, out = alg.apply(model, plan, ctx)
             plan = out if stage == "plan" else plan
             clock.lap(f"plan:{alg.registry_name}")
@@ -116,7 +119,8 @@ def _run_algorithms(stage: str, model: onnx.ModelProto, plan: QuantPlan | None, 
 
 
 def _measured_plan(model: onnx.ModelProto, config: QuantConfig, calib: FeedSource, stats: CalibrationStats,
-                   selection: Selection, choose: Callable[..., Selection], mixed: bool) -> tuple[QuantPlan, Selection]:
+                   selection: Selection, choose: Callable[..., Selection], mixed: bool, clock: _Clock
+                   ) -> tuple[QuantPlan, Selection]:
     """The CNN recipe's plan: Concats of very different ranges in float (`plan.regions`), the
     clipping level whose plan is closest to FP32 at the output (`plan.clipping`), elementwise
     arithmetic in float where that is clearly closer, and for a mixed model the first layers in
@@ -144,4 +148,9 @@ def _measured_plan(model: onnx.ModelProto, config: QuantConfig, calib: FeedSourc
         plan, prefix = choose_float_prefix(model, plan, calib)
         if prefix:
             plan.decisions.float_prefix = prefix
+        clock.lap("plan:clipping")
+        plan, choice = choose_float_layers(model, plan, calib)  # measured error: lowbit.search.float_choice
+        if choice:
+            plan.decisions.float_choice = choice
+        clock.lap("plan:float_choice")
     return plan, selection

@@ -23,6 +23,8 @@ class Decisions:
     activation_clipping: dict | None = None
     # a mixed model's first layers in float where clearly closer to FP32 (lowbit.search.float_prefix)
     float_prefix: dict | None = None
+    # a mixed model's layers kept in float where their measured INT8 error says so (lowbit.search.float_choice)
+    float_choice: dict | None = None
     # layers kept in float for speed -> the per-run INT8 / FP32 timings that decided it
     # (lowbit.target.latency_choice); left out of the plan embedded in a model
     layer_costs: dict | None = None

@@ -52,7 +52,7 @@ NODE_KEYS = ("op", "precision", "reason")
 CONFIG_KEYS = ("precision", "weights", "activations", "keep_float", "algorithms", "op_types", "keep_io_types",
                "target", "objective", "transformer", "seed", "activation_clipping", "algorithm_choices",
                "int8_layers", "reduce_range", "group_size", "rounding", "storage", "per_channel", "layer_costs",
-               "elementwise_choice")
+               "elementwise_choice", "float_prefix", "float_choice")
 MAX_TEXT = 4096            # a reason, method or op name longer than this is not lowbit's
 MAX_CONFIG_BYTES = 1 << 20  # plan.config is a few KB; it is copied into the model's metadata
 
@@ -391,11 +391,13 @@ def _config(c: dict, precision: str) -> None:
         "rounding": lambda: _of("rounding", lambda v: v in ("rtn", "gptq"), "'rtn' or 'gptq'"),
         "storage": lambda: _of("storage", lambda v: isinstance(v, str) and len(v) < 64, "a short string"),
         "objective": lambda: _of("objective", lambda v: v in ("latency", "size"), "'latency' or 'size'"),
-        "transformer": lambda: _of("transformer", lambda v: isinstance(v, (bool, dict)) or v == "auto",
-                                   "true, false, 'auto' or the transformer recipe's record"),
+        "transformer": lambda: _of("transformer", lambda v: isinstance(v, (bool, dict)) or v in ("auto", "mixed"),
+                                   "true, false, 'auto', 'mixed' or the transformer recipe's record"),
         "activation_clipping": lambda: _of("activation_clipping", lambda v: isinstance(v, dict), "an object"),
         "algorithm_choices": lambda: _of("algorithm_choices", lambda v: isinstance(v, dict), "an object"),
         "elementwise_choice": lambda: _of("elementwise_choice", lambda v: isinstance(v, dict), "an object"),
+        "float_prefix": lambda: _of("float_prefix", lambda v: isinstance(v, dict), "an object"),
+        "float_choice": lambda: _of("float_choice", lambda v: isinstance(v, dict), "an object"),
         "target": _target,
         "layer_costs": _timings,
         "weights": lambda: _built("weights", "scheme"),

@@ -10,7 +10,11 @@ Esser et al. 2020), BatchNorm folded as QAT needs it (Jacob et al. 2018); runs u
 DistributedDataParallel (see `lowbit.qat.distributed`).
 """
 
-from lowbit.qat.export import QATExport, export, to_plan
+from lowbit.extras import require
+
+require("torch", "lowbit.qat (quantization-aware training)")
+
+from lowbit.qat.export import QATExport, export, to_plan  # noqa: E402
 from lowbit.qat.fake_quant import FakeQuant, fake_quantize, round_ste
 from lowbit.qat.fit import FitResult, evaluate, fit
 from lowbit.qat.graph import QATGraph

@@ -51,7 +51,8 @@ class QATGraph(nn.Module):
         self.input_names = list(g.graph_inputs)
         self.output_names = list(g.graph_outputs)
         self.nodes = [(n.name, n.op_type, list(n.input), list(n.output),
-                       {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}) for n in model.graph.node]
+                       {**{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}, "_n_out": len(n.output)})
+                      for n in model.graph.node]
 
         trainable: set[str] = set()
         for n in model.graph.node:
@@ -100,6 +101,15 @@ class QATGraph(nn.Module):
                 prod_name = plan.folded.get(producer.name, producer.name) if producer is not None else None
                 if prod_name is None or prod_name in int_nodes or n.name in int_nodes:
                     self._reads_fq.add((n.name, name))
+        # after node i, the values no later node reads are dropped (what autograd needs, it keeps itself)
+        last: dict[str, int] = {}
+        for i, (_, _, ins, _, _) in enumerate(self.nodes):
+            for name in ins:
+                last[name] = i
+        self._free_after: list[list[str]] = [[] for _ in self.nodes]
+        for name, i in last.items():
+            if name not in self.output_names and name not in self._const_keys:
+                self._free_after[i].append(name)
         self.bn_folds = nn.ModuleDict()  # node key -> BatchStatFold (bn='batch')
         self.quantize_enabled = True
 
@@ -161,7 +171,7 @@ class QATGraph(nn.Module):
 
         for name, value in zip(self.input_names, inputs):
             store(name, value)
-        for node_name, op_type, ins, outs, attrs in self.nodes:
+        for i, (node_name, op_type, ins, outs, attrs) in enumerate(self.nodes):
             fold = self.bn_folds[_key(node_name)] if _key(node_name) in self.bn_folds else None
             args: list[torch.Tensor | None] = []
             for name in ins:
@@ -173,6 +183,15 @@ class QATGraph(nn.Module):
                     args.append(fq_env[name])
                 else:
                     args.append(env[name])
-            store(outs[0], fold(self, args[0], attrs) if fold is not None else run_op(op_type, args, attrs))
+            result = fold(self, args[0], attrs) if fold is not None else run_op(op_type, args, attrs)
+            if isinstance(result, (tuple, list)):  # Split and other multi-output ops
+                for name, value in zip(outs, result):
+                    store(name, value)
+            else:
+                store(outs[0], result)
+            del args
+            for name in self._free_after[i]:
+                env.pop(name, None)
+                fq_env.pop(name, None)
         outputs = tuple(env[o] for o in self.output_names)  # graph outputs stay float (observed only)
         return outputs[0] if len(outputs) == 1 else outputs

@@ -2,7 +2,8 @@
 
 QAT trains the very graph the PTQ plan was made for (the prepared ONNX model, BatchNorm already
 folded), so that every TensorPlan names a tensor of the trained module and the result leaves
-through the same plan -> emit path. These are the operators of image classifiers and MLPs.
+through the same plan -> emit path. These are the operators of image classifiers, MLPs and
+transformer encoders (layer norms, attention masks and the shape arithmetic exporters emit).
 """
 
 from __future__ import annotations
@@ -98,8 +99,12 @@ def _gmp(x, a):
 
 @op("Flatten")
 def _flatten(x, a):
-    axis = int(a.get("axis", 1)) % max(1, x[0].dim())
-    return x[0].reshape(int(torch.tensor(x[0].shape[:axis]).prod().item()) if axis else 1, -1)
+    axis = int(a.get("axis", 1))
+    axis = axis + x[0].dim() if axis < 0 else axis  # in [0, rank]: a 1-d input flattens to (n, 1)
+    rows = 1
+    for d in x[0].shape[:axis]:
+        rows *= int(d)
+    return x[0].reshape(rows, -1)
 
 
 @op("Reshape")
@@ -150,7 +155,7 @@ def _bn(x, a):  # inference form: running statistics (BN left unfused by the exp
 
 
 _SIMPLE: dict[str, Callable[..., torch.Tensor]] = {
-    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "MatMul": torch.matmul,
+    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "MatMul": torch.matmul,
     "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Identity": lambda t: t,
     "HardSwish": F.hardswish, "Erf": torch.erf, "Sqrt": torch.sqrt, "Pow": torch.pow, "Neg": torch.neg,
 }
@@ -160,6 +165,152 @@ OPS["LeakyRelu"] = lambda x, a: F.leaky_relu(x[0], float(a.get("alpha", 0.01)))
 OPS["HardSigmoid"] = lambda x, a: torch.clamp(x[0] * float(a.get("alpha", 0.2)) + float(a.get("beta", 0.5)), 0, 1)
 OPS["Softmax"] = lambda x, a: torch.softmax(x[0], dim=int(a.get("axis", -1)))
 OPS["ReduceMean"] = lambda x, a: x[0].mean(dim=tuple(a["axes"]), keepdim=bool(a.get("keepdims", 1)))
+
+
+# --- transformers (MiniLM and kin): layer norms, attention masks, shape arithmetic ------------------
+_ONNX_TORCH_DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
+                      9: torch.bool, 10: torch.float16, 11: torch.float64, 16: torch.bfloat16}
+
+
+@op("LayerNormalization")
+def _layer_norm(x, a):
+    axis = int(a.get("axis", -1)) % x[0].dim()
+    shape = tuple(x[0].shape[axis:])
+    w = x[1] if len(x) > 1 else None
+    b = x[2] if len(x) > 2 else None
+    return F.layer_norm(x[0], shape, None if w is None else w.expand(shape), None if b is None else b.expand(shape),
+                        float(a.get("epsilon", 1e-5)))
+
+
+@op("Shape")
+def _shape(x, a):
+    dims = list(x[0].shape)
+    start, end = int(a.get("start", 0)), a.get("end")
+    return torch.tensor(dims[start:None if end is None else int(end)], dtype=torch.int64)
+
+
+@op("Gather")
+def _gather(x, a):
+    data, idx = x[0], x[1].long()
+    axis = int(a.get("axis", 0)) % data.dim()
+    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
+    if idx.numel() and int(idx.max()) >= data.shape[axis]:
+        raise ModelError(f"Gather index {int(idx.max())} out of range for axis {axis} of shape {tuple(data.shape)}")
+    out = torch.index_select(data, axis, idx.reshape(-1))
+    return out.reshape(tuple(data.shape[:axis]) + tuple(idx.shape) + tuple(data.shape[axis + 1:]))
+
+
+@op("Slice")
+def _slice(x, a):
+    data = x[0]
+    starts, ends = x[1].tolist(), x[2].tolist()
+    axes = x[3].tolist() if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+    steps = x[4].tolist() if len(x) > 4 and x[4] is not None else [1] * len(starts)
+    index = [slice(None)] * data.dim()
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        if st < 0:
+            raise ModelError("Slice with negative steps is not supported in QAT")
+        n = data.shape[int(ax)]
+        s = max(0, min(n, s + n if s < 0 else s))
+        e = max(0, min(n, e + n if e < 0 else e))
+        index[int(ax)] = slice(s, e, int(st))
+    return data[tuple(index)]
+
+
+@op("Cast")
+def _cast(x, a):
+    to = int(a["to"])
+    if to not in _ONNX_TORCH_DTYPES:
+        raise ModelError(f"Cast to ONNX type {to} is not supported in QAT")
+    return x[0].to(_ONNX_TORCH_DTYPES[to])
+
+
+@op("Range")
+def _range(x, a):
+    start, limit, delta = (t.item() for t in x[:3])
+    return torch.arange(start, limit, delta, dtype=x[0].dtype)
+
+
+@op("Expand")
+def _expand(x, a):
+    shape = torch.broadcast_shapes(tuple(x[0].shape), tuple(int(s) for s in x[1].tolist()))
+    return x[0].expand(shape)
+
+
+@op("Div")
+def _div(x, a):  # integer Div truncates in ONNX (shape arithmetic: hidden // heads)
+    if not x[0].is_floating_point() and not x[1].is_floating_point():
+        return torch.div(x[0], x[1], rounding_mode="trunc")
+    return torch.div(x[0], x[1])
+
+
+@op("ConstantOfShape")
+def _constant_of_shape(x, a):
+    value = a.get("value")
+    fill = torch.from_numpy(onnx_numpy(value)).reshape(()) if value is not None else torch.zeros(())
+    return fill.expand(tuple(int(s) for s in x[0].tolist())).clone()
+
+
+def onnx_numpy(t):
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(t).copy()
+
+
+@op("Split")
+def _split(x, a):
+    axis = int(a.get("axis", 0)) % x[0].dim()
+    sizes = x[1].tolist() if len(x) > 1 and x[1] is not None else a.get("split")
+    if sizes is None:  # equal parts (the last smaller where it does not divide)
+        n, parts = x[0].shape[axis], int(a.get("num_outputs", a["_n_out"]))
+        sizes = [-(-n // parts)] * (parts - 1)
+        sizes.append(n - sum(sizes))
+    return torch.split(x[0], [int(s) for s in sizes], dim=axis)
+
+
+@op("Resize")
+def _resize(x, a):
+    """Nearest (asymmetric, floor: what exporters emit for Upsample) and linear (half_pixel) resizing."""
+    inp = x[0]
+    scales = x[2] if len(x) > 2 and x[2] is not None and x[2].numel() else None
+    sizes = x[3] if len(x) > 3 and x[3] is not None and x[3].numel() else None
+    if sizes is not None:
+        out = [int(v) for v in sizes.tolist()[2:]]
+    elif scales is not None:
+        if any(float(v) != 1.0 for v in scales.tolist()[:2]):
+            raise ModelError("Resize of the batch or channel axis is not supported in QAT")
+        out = [int(d * float(f)) for d, f in zip(inp.shape[2:], scales.tolist()[2:])]
+    else:
+        raise ModelError("Resize without scales or sizes is not supported in QAT")
+    mode = a.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    ctm = a.get("coordinate_transformation_mode", b"half_pixel")
+    ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
+    nearest = a.get("nearest_mode", b"round_prefer_floor")
+    nearest = nearest.decode() if isinstance(nearest, bytes) else nearest
+    if mode == "nearest" and ctm == "asymmetric" and nearest == "floor":
+        return F.interpolate(inp, size=out, mode="nearest")
+    if mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners") and inp.dim() == 4:
+        return F.interpolate(inp, size=out, mode="bilinear", align_corners=ctm == "align_corners")
+    raise ModelError(f"Resize mode '{mode}' with '{ctm}' coordinates is not supported in QAT "
+                     "(nearest/asymmetric/floor and linear/half_pixel are)")
+
+
+OPS["Equal"] = lambda x, a: torch.eq(x[0], x[1])
+OPS["Greater"] = lambda x, a: torch.gt(x[0], x[1])
+OPS["GreaterOrEqual"] = lambda x, a: torch.ge(x[0], x[1])
+OPS["Less"] = lambda x, a: torch.lt(x[0], x[1])
+OPS["LessOrEqual"] = lambda x, a: torch.le(x[0], x[1])
+OPS["And"] = lambda x, a: torch.logical_and(x[0], x[1])
+OPS["Or"] = lambda x, a: torch.logical_or(x[0], x[1])
+OPS["Not"] = lambda x, a: torch.logical_not(x[0])
+OPS["Where"] = lambda x, a: torch.where(x[0], x[1], x[2])
+OPS["Exp"] = lambda x, a: torch.exp(x[0])
+OPS["Log"] = lambda x, a: torch.log(x[0])
+OPS["Abs"] = lambda x, a: torch.abs(x[0])
+OPS["Reciprocal"] = lambda x, a: torch.reciprocal(x[0])
+OPS["Gelu"] = lambda x, a: F.gelu(x[0], approximate="tanh" if a.get("approximate", b"none") in (b"tanh", "tanh")
+                                  else "none")
 
 
 def run_op(op_type: str, inputs: Sequence[torch.Tensor | None], attrs: dict) -> torch.Tensor:

@@ -8,12 +8,22 @@ from typing import Any
 
 import numpy as np
 
-from lowbit.report.plots import PALETTE, _axes, _encode, _figure, _number
+from lowbit.report.plots import PALETTE, _axes, _encode, _figure, _labels, _number, short_name
 
 PRECISION_COLORS = {"int8": "#2f6fb3", "int8-block": "#3f9a8f", "w8": "#7a5fb0", "fp16": "#e07b39", "fp32": "#c94f4f", "folded": "#cccccc"}
 
 
-def sensitivity_chart(layers: list[dict], top: int = 25) -> str | None:
+def _value(x: Any) -> str:
+    """A number for a caption: 4 significant digits, not float64's 17."""
+    n = _number(x)
+    return "?" if n is None else f"{n:.4g}"
+
+
+def _range(r: Any) -> str:
+    return f"[{', '.join(_value(v) for v in r)}]" if isinstance(r, (list, tuple)) and r else "not recorded"
+
+
+def sensitivity_chart(layers: list[dict], top: int = 25, metric: str = "metric") -> str | None:
     """Horizontal bars: the metric with only this layer quantized, most sensitive on top."""
     rows = [(str(l.get("name")), _number(l.get("only_this_metric")), _number(l.get("all_but_this_metric")))
             for l in layers[:top] if _number(l.get("only_this_metric")) is not None]
@@ -25,17 +35,19 @@ def sensitivity_chart(layers: list[dict], top: int = 25) -> str | None:
     ax.barh(y + 0.2, [r[1] for r in rows], height=0.4, color=PALETTE[0], label="only this layer INT8")
     alls = [r[2] if r[2] is not None else np.nan for r in rows]
     ax.barh(y - 0.2, alls, height=0.4, color=PALETTE[1], label="all but this layer INT8")
-    ax.set_yticks(y, [r[0][-38:] for r in rows], fontsize=7)
+    labels, note = _labels([r[0] for r in rows], 44)
+    ax.set_yticks(y, labels, fontsize=7)
     vals = [v for r in rows for v in r[1:] if v is not None]
     lo, hi = min(vals), max(vals)
     ax.set_xlim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.02 * (hi - lo + 1e-9))
-    ax.set_xlabel("metric (higher is better)")
+    ax.set_xlabel(f"{metric} (higher is better)")
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Per-layer sensitivity (most sensitive on top)", fontsize=10)
+    ax.set_title("Per-layer sensitivity (most sensitive on top)" + note, fontsize=10)
     return _encode(fig)
 
 
-def pareto_chart(candidates: list[dict], pareto: list[dict], chosen: dict, floor: float, x: str) -> str | None:
+def pareto_chart(candidates: list[dict], pareto: list[dict], chosen: dict, floor: float, x: str,
+                 metric: str = "metric") -> str | None:
     """Metric against size ('size_bytes') or estimated latency ('latency_ms') of every mix tried."""
     pts = [(c.get(x), c.get("metric")) for c in candidates if _number(c.get(x)) is not None
            and _number(c.get("metric")) is not None]
@@ -58,7 +70,7 @@ def pareto_chart(candidates: list[dict], pareto: list[dict], chosen: dict, floor
     if _number(floor) is not None:
         ax.axhline(floor, color="#c94f4f", ls="--", lw=1, label="budget floor")
     ax.set_xlabel("weights MB" if x == "size_bytes" else "estimated latency ms (sum of measured layers)")
-    ax.set_ylabel("metric")
+    ax.set_ylabel(metric)
     ax.legend(fontsize=7)
     return _encode(fig)
 
@@ -75,7 +87,7 @@ def histogram_chart(h: dict) -> str | None:
     clip = h.get("clip") or []
     for v in clip:
         ax.axvline(float(v), color="#c94f4f", ls="--", lw=1.2)
-    ax.set_title(f"{str(h.get('layer'))[-40:]}: input histogram, clipping range dashed", fontsize=8)
+    ax.set_title(f"{short_name(str(h.get('layer')), 48)}: input histogram, clipping range dashed", fontsize=8)
     ax.set_xlabel("activation value")
     return _encode(fig)
 
@@ -105,22 +117,26 @@ def all_charts(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(png, alt, caption) for every analysis / search chart the report has data for."""
     out = []
     analysis = report.get("analysis") or {}
-    if analysis.get("layers"):
-        png = sensitivity_chart(analysis["layers"])
-        if png:
-            out.append((png, "per-layer sensitivity", "Metric with only this layer in INT8 (blue) and with all "
-                        "but this layer in INT8 (orange)."))
     search = report.get("search") or {}
+    metric = str(analysis.get("metric") or search.get("metric") or "metric")
+    if analysis.get("layers"):
+        png = sensitivity_chart(analysis["layers"], metric=metric)
+        if png:
+            out.append((png, "per-layer sensitivity", f"{metric} with only this layer in INT8 (blue) and with all "
+                        "but this layer in INT8 (orange)."))
     if search.get("candidates"):
         for x in ("size_bytes", "latency_ms"):
             png = pareto_chart(search["candidates"], search.get("pareto", []), search.get("chosen", {}),
-                               search.get("floor"), x)
+                               search.get("floor"), x, metric=metric)
             if png:
-                out.append((png, f"Pareto: metric vs {x}", "Every precision mix the search evaluated."))
+                out.append((png, f"Pareto: {metric} vs {'size' if x == 'size_bytes' else 'latency'}",
+                        "Every precision mix the search evaluated."))
     for h in report.get("histograms") or []:
         png = histogram_chart(h)
         if png:
-            out.append((png, "activation histogram", f"Observed range {h.get('observed')}, clipped to {h.get('clip')}."))
+            out.append((png, f"input histogram of {h.get('layer')}",
+                        f"{h.get('layer')}: observed range {_range(h.get('observed'))}, clipped to "
+                        f"{_range(h.get('clip'))}."))
     nodes = report.get("layer_precisions")
     if nodes:
         png = precision_strip(nodes)

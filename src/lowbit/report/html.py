@@ -30,6 +30,15 @@ def _e(x: Any) -> str:
 _num = plots._number
 
 
+def _name(x: Any) -> str:
+    """A node or tensor name, escaped, that may wrap after its separators ('/model.22/cv3/conv'
+    breaks at '/', not inside 'Conv' nor off the table's edge)."""
+    out = _e(x)
+    for sep in ("/", "_", "."):
+        out = out.replace(sep, sep + "<wbr>")
+    return out
+
+
 def _dict(x: Any) -> dict:
     return x if isinstance(x, dict) else {}
 
@@ -83,9 +92,18 @@ def _threads(variants: list[dict]) -> list[str]:
     return sorted({str(k) for v in variants for k in _dict(v.get("latency_ms"))}, key=plots._thread_key)
 
 
+def _candidates(r: dict) -> list[str] | None:
+    """The compared files' labels where the report compares models lowbit did not plan (`lowbit
+    eval`: no plan summary, 'precision' holding only the candidates' names), else None."""
+    labels = [str(v.get("label")) for v in _dicts(r.get("variants"))[1:]]
+    return labels if labels and "nodes" not in r and r.get("precision") == ", ".join(labels) else None
+
+
 def _header(r: dict) -> str:
     model = _dict(r.get("model"))
-    meta = [("Model", model.get("name")), ("Source", model.get("source")), ("Precision", r.get("precision")),
+    files = _candidates(r)
+    precision = ("Candidates", ", ".join(files)) if files else ("Precision", r.get("precision"))
+    meta = [("Model", model.get("name")), ("Source", model.get("source")), precision,
             ("Created", r.get("created")), ("Output", r.get("output_path"))]
     items = "".join(f"<span>{k}: <b>{_e(v)}</b></span>" for k, v in meta if v not in (None, ""))
     return f'<header><h1>{_e(r.get("title") or _TITLE)}</h1><div class="meta">{items}</div></header>'
@@ -130,10 +148,11 @@ def _verdicts(variants: list[dict]) -> str:
     return f'<h2>Verdict</h2><div class="cards">{"".join(cards)}</div>{note}'
 
 
-def _summary(variants: list[dict]) -> str:
+def _summary(variants: list[dict], files: bool = False) -> str:
+    """`files`: the candidates are files lowbit did not plan; their 'precision' is only their name."""
     ref, ref_label = variants[0], variants[0].get("label") or "reference"
     ref_size, ref_acc = _num(ref.get("size_bytes")), _frac(_dict(ref.get("accuracy")).get("top1"))
-    rows: list[tuple[str, Callable[[dict, bool], str | None]]] = [
+    rows: list[tuple[str, Callable[[dict, bool], str | None]]] = [] if files else [
         ("Precision", lambda v, r: _e(v.get("precision")) or None)]
 
     def size(v: dict, is_ref: bool) -> str | None:
@@ -206,8 +225,9 @@ def _summary(variants: list[dict]) -> str:
         if any(cells):
             tds = "".join(f'<td class="num{" ref" if i == 0 else ""}">{c or _DASH}</td>' for i, c in enumerate(cells))
             body.append(f'<tr><th scope="row">{label}</th>{tds}</tr>')
-    return (f'<h2>Summary</h2><table class="summary"><thead><tr><th>Metric</th>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>'
+    many = " many" if len(variants) >= 4 else ""
+    return (f'<h2>Summary</h2><div class="wide"><table class="summary{many}"><thead><tr><th>Metric</th>{head}'
+            f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
             '<p class="sub">Speed-ups (bold) and sizes are relative to the first column. '
             'Energy is an estimate from counted operations and bytes moved, not a measurement.</p>')
 
@@ -219,7 +239,13 @@ def _figure(png: str | None, alt: str, caption: str = "") -> str:
             f'{f"<figcaption>{_e(caption)}</figcaption>" if caption else ""}</figure>')
 
 
+NO_CHARTS = ('<p class="muted">Charts are left out: drawing them needs matplotlib, which is not installed '
+             "(pip install 'lowbit[report]').</p>")
+
+
 def _charts(variants: list[dict]) -> str:
+    if not plots.available():
+        return f"<h2>Charts</h2>{NO_CHARTS}"
     figs = _figure(plots.size_chart(variants), "model size per variant") + _figure(
         plots.latency_chart(variants), "latency per variant and thread count",
         "Bars: median latency; whiskers: 10th to 90th percentile.")
@@ -248,7 +274,7 @@ def _nodes(nodes: dict) -> str:
     out.append(f"<h3>Kept in float (skipped): {len(sk)} node{'' if len(sk) == 1 else 's'}</h3>")
     if sk:
         out.append(_table(["Node", "Op type", "Reason"], [
-            [f"<code>{_e(n.get('name'))}</code>", f"<code>{_e(n.get('op'))}</code>", _e(n.get("reason"))]
+            [f"<code>{_name(n.get('name'))}</code>", f"<code>{_e(n.get('op'))}</code>", _e(n.get("reason"))]
             for n in sk]))
     return "".join(out)
 
@@ -258,11 +284,12 @@ def _layers(layers: Any) -> str:
     if not rows:
         return ""
     table = _table(["Layer", "Op type", "Precision", "SQNR"], [
-        [f"<code>{_e(l.get('name'))}</code>", _e(l.get("op")), _e(l.get("precision")),
+        [f"<code>{_name(l.get('name'))}</code>", _e(l.get("op")), _e(l.get("precision")),
          _DASH if (n := _num(l.get("sqnr_db"))) is None else _badge(f"{n:.1f} dB", _grade(n, 30, 20))]
         for l in rows], num={3})
     fig = _figure(plots.layer_sqnr_chart(rows), "per-layer SQNR",
-                  "Dashed lines at 20 dB and 30 dB; red below 20 dB, amber below 30 dB.")
+                  "Dashed lines at 20 dB and 30 dB; red below 20 dB, amber below 30 dB.") \
+        if plots.available() else NO_CHARTS
     return f'<h2>Per-layer fidelity</h2><div class="grid2"><div>{table}</div><div>{fig}</div></div>'
 
 
@@ -291,7 +318,9 @@ def _extra_tables(tables: Any) -> str:
     """Tables a stage or demo adds: {"title", "header": [...], "rows": [[...]], "caption"}."""
     out = []
     for t in _dicts(tables):
-        rows = [[_e(c) for c in r] for r in (t.get("rows") or []) if isinstance(r, (list, tuple))]
+        # a cell without spaces (a layer name) may wrap at its separators; prose wraps at spaces
+        rows = [[_e(c) if " " in str(c) else _name(c) for c in r] for r in (t.get("rows") or [])
+                if isinstance(r, (list, tuple))]
         header = [_e(h) for h in (t.get("header") or [])]
         if rows and header:
             cap = f'<p class="muted">{_e(t.get("caption"))}</p>' if t.get("caption") else ""
@@ -302,6 +331,10 @@ def _extra_tables(tables: Any) -> str:
 def _analysis_charts(r: dict) -> str:
     from lowbit.report.analysis_plots import all_charts
 
+    if not any(r.get(k) for k in ("analysis", "search", "histograms", "layer_precisions")):
+        return ""
+    if not plots.available():
+        return f"<h2>Amenability</h2>{NO_CHARTS}"
     figs = "".join(_figure(png, alt, cap) for png, alt, cap in all_charts(r))
     return f'<h2>Amenability</h2><div class="charts">{figs}</div>' if figs else ""
 
@@ -310,6 +343,29 @@ def _notes(notes: Any) -> str:
     items = notes if isinstance(notes, (list, tuple)) else [notes] if isinstance(notes, str) else []
     lis = "".join(f"<li>{_e(n)}</li>" for n in items if n not in (None, ""))
     return f'<h2>Notes</h2><ul class="notes">{lis}</ul>' if lis else ""
+
+
+def _no_variants(r: dict) -> str:
+    """An analysis measures layers, not variants: say so only where the report has nothing else."""
+    if any(r.get(k) for k in ("analysis", "search", "layers", "tables", "histograms")):
+        return ""
+    return '<p class="muted">No variants measured.</p>'
+
+
+def _analysis_summary(r: dict) -> str:
+    """What `lowbit analyze` found, in a line, where the page opens (it measures no variants)."""
+    a = _dict(r.get("analysis"))
+    if not a:
+        return ""
+    metric = _e(a.get("metric") or "metric")
+    ref, full, sqnr = _f(a.get("reference_metric"), ".4f"), _f(a.get("all_int8_metric"), ".4f"), \
+        _f(a.get("all_int8_sqnr_db"), ".1f", " dB")
+    layers = _dicts(a.get("layers"))
+    worst = _e(layers[0].get("name")) if layers else None
+    parts = [ref and f"FP32 {metric} {ref}", full and f"every layer INT8: {full}" + (f" (SQNR {sqnr})" if sqnr else ""),
+             worst and f"most sensitive layer <code>{worst}</code>",
+             _num(a.get("samples")) is not None and f"n={int(a['samples'])} samples"]
+    return f'<h2>Analysis</h2><p>{_join(*parts)}</p>'
 
 
 def render_html(report: dict) -> str:
@@ -321,9 +377,10 @@ def render_html(report: dict) -> str:
     r = _dict(report)
     variants = _dicts(r.get("variants"))
     lowbit_version = _dict(r.get("versions")).get("lowbit")
-    parts = [_header(r), _verdicts(variants) if len(variants) > 1 else "",
-             (_summary(variants) + html_task.headline_note(r) + _charts(variants)) if variants
-             else '<p class="muted">No variants measured.</p>', html_task.energy_assumptions(r),
+    files = _candidates(r) is not None
+    parts = [_header(r), _analysis_summary(r), _verdicts(variants) if len(variants) > 1 else "",
+             (_summary(variants, files) + html_task.headline_note(r) + _charts(variants)) if variants
+             else _no_variants(r), html_task.energy_assumptions(r),
              _analysis_charts(r), _extra_tables(r.get("tables")),
              _nodes(_dict(r.get("nodes"))), _layers(r.get("layers")),
              f'<div class="grid2"><div>{_quantizer(_dict(r.get("quantizer")))}</div>'

@@ -3,6 +3,8 @@
 Every function takes plain report data (the ``lowbit.report/1`` dict's pieces), returns ``None``
 when there is nothing to draw, and never touches pyplot's global state: figures are built on an
 Agg canvas and released when the function returns, so the output is deterministic and thread-safe.
+matplotlib is optional (`lowbit[report]`): without it `available()` is False and the HTML report
+leaves the charts out, saying so.
 
 >>> png = size_chart([{"label": "FP32", "size_bytes": 14_000_000}])
 >>> png.startswith("iVBOR")
@@ -14,10 +16,14 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from lowbit.extras import available as _available
+from lowbit.extras import require
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 100
 REFERENCE_COLOR = "#9aa5b1"
@@ -32,9 +38,15 @@ def _number(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def available() -> bool:
+    """Whether charts can be drawn (matplotlib installed: `pip install 'lowbit[report]'`)."""
+    return _available("matplotlib")
+
+
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
+    agg = require("matplotlib.backends.backend_agg", "the HTML report's charts")
+    fig = require("matplotlib.figure", "the HTML report's charts").Figure(figsize=(width, height), dpi=DPI)
+    agg.FigureCanvasAgg(fig)
     return fig
 
 
@@ -44,6 +56,42 @@ def _encode(fig: Figure) -> str:
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
     fig.clear()
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def short_name(name: str, width: int = 40) -> str:
+    """`name` in at most `width` characters, cut in the middle: a layer's path start and its op both
+    stay readable ('/model.22/cv3.2/…/conv/Conv'), where cutting the start left only the op.
+
+    >>> short_name("/model.22/cv3.2/cv3.2.0/cv3.2.0.0/conv/Conv", 30)
+    '/model.22/…cv3.2.0.0/conv/Conv'
+    """
+    if len(name) <= width:
+        return name
+    head = width // 3
+    return name[:head] + "…" + name[len(name) - (width - head - 1):]
+
+
+def common_prefix(names: list[str]) -> str:
+    """The path prefix every name shares, up to a separator ('/', '_', '.'), if long enough to be worth
+    dropping from chart labels (exporters prefix every node: 'jax2tf_get_logits_/pjit_get_logits_/').
+
+    >>> common_prefix(["model/block_1/conv", "model/block_2/conv"])
+    'model/'
+    """
+    if len(names) < 2:
+        return ""
+    shared = os.path.commonprefix(names)
+    # a path separator where there is one ('block_' would leave '1/conv' and '2/conv')
+    cut = (shared.rfind("/") if "/" in shared else max(shared.rfind(c) for c in "_.")) + 1
+    return shared[:cut] if cut >= 6 and all(len(n) > cut for n in names) else ""
+
+
+def _labels(names: list[str], width: int) -> tuple[list[str], str]:
+    """Chart labels for `names` (their shared prefix dropped, the rest cut in the middle) and a note
+    naming the dropped prefix ('' if none)."""
+    prefix = common_prefix(names)
+    note = f" (names after '{short_name(prefix, 40)}')" if prefix else ""
+    return [short_name(n[len(prefix):], width) for n in names], note
 
 
 def _colors(n: int) -> list[str]:
@@ -140,7 +188,7 @@ def layer_sqnr_chart(layers: list[dict]) -> str | None:
     rows = [(name, s) for name, s in rows if s is not None]
     if not rows:
         return None
-    names = [n if len(n) <= 40 else "…" + n[-39:] for n, _ in rows]
+    names, note = _labels([n for n, _ in rows], 40)
     vals = [s for _, s in rows]
     colors = ["#c94f4f" if s < 20 else "#e0a339" if s < 30 else "#3a9d5d" for s in vals]
     fig = _figure(5.5, min(0.2 * len(rows) + 1.0, 40.0))
@@ -152,5 +200,5 @@ def layer_sqnr_chart(layers: list[dict]) -> str | None:
     for ref in (20, 30):
         ax.axvline(ref, color="#888", linewidth=0.7, linestyle="--")
     ax.set_xlabel("SQNR (dB, higher is better)")
-    ax.set_title("Per-layer SQNR", loc="left", fontsize=10, fontweight="bold")
+    ax.set_title("Per-layer SQNR" + note, loc="left", fontsize=10, fontweight="bold")
     return _encode(fig)

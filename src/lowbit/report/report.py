@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +20,9 @@ from lowbit.report.verdict import verdicts
 
 def versions() -> dict[str, str | None]:
     """Versions of everything that decides the numbers, for the report and for reproducibility."""
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:  # pragma: no cover
+    try:  # read from the installed metadata: importing torch costs seconds, and it is optional
+        torch_version = version("torch")
+    except PackageNotFoundError:
         torch_version = None
     return {"lowbit": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__, "torch": torch_version, "python": platform.python_version()}
@@ -136,6 +135,10 @@ class Report:
             row += [_fmt(acc.get("top1"), ".3f"), _fmt(v.energy_uj, ".0f"),
                     "-" if not par else f"{'pass' if par['passed'] else 'FAIL'} {100 * par['within_one_step']:.2f}%"]
             rows.append(row)
+        # a column no variant has a value for does not apply to this model (a detector's top-1 acc)
+        keep = [i for i in range(len(header)) if i < 3 or any(r[i] != "-" for r in rows)] if rows else []
+        if keep:
+            header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
         return header, rows
 
     def __str__(self) -> str:

@@ -11,7 +11,7 @@ from lowbit.data import Batch
 from lowbit.data.stateful import StateCarry, run_carried
 from lowbit.onnx.session import run_batch, session
 from lowbit.progress import Progress, null_progress
-from lowbit.verify.outputs import OutputStore
+from lowbit.verify.outputs import OutputStore, first_sample_outputs
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -97,7 +97,7 @@ def compare_models(reference: bytes, candidates: dict[str, bytes], data: Iterabl
     if collect:
         ref_store = OutputStore(names)
         for a in accs.values():
-            a.reference, a.outputs = ref_store, OutputStore(names)
+            a.reference, a.outputs = ref_store, OutputStore(names, axes=ref_store.axes)
     pairs = getattr(data, "pairs", None)
     carries = {k: StateCarry(pairs) for k in ["", *cands]} if pairs else {}
     seen = 0
@@ -109,7 +109,8 @@ def compare_models(reference: bytes, candidates: dict[str, bytes], data: Iterabl
             r = run_batch(ref, batch)
         keep = collect and ref_store.room()
         if keep:
-            ref_store.add(r, batch.size, batch.labels)
+            ref_store.add(r, batch.size, batch.labels,
+                          probe=None if pairs else lambda b=batch: first_sample_outputs(ref, b))
         for k, s in cands.items():
             c = run_carried(s, batch, names, carries[k])[0] if pairs else run_batch(s, batch)
             accs[k].update(r, c, batch.labels)

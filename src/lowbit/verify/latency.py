@@ -14,14 +14,28 @@ import numpy as np
 from lowbit.onnx.session import session
 from lowbit.progress import Progress, null_progress
 
+CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
+
 
 def measure_latency(models: dict[str, bytes], feeds: dict[str, np.ndarray], threads: tuple[int, ...] = (1, 2),
                     runs: int = 50, warmup: int = 5, progress: Progress = null_progress,
-                    keep_samples: bool = False, seed: int = 0, blocks: int = 1) -> dict[str, dict]:
+                    keep_samples: bool = False, seed: int = 0, blocks: int = 1, clock: str = "wall"
+                    ) -> dict[str, dict]:
     """{label: {str(threads): {median, p10, p90, runs[, samples, blocks]}}} in milliseconds, batch as
     given in `feeds`. Round r's samples of all variants were taken back to back; `blocks` groups of
     rounds each use new sessions (see `speedup_interval`). Sessions as `lowbit.onnx.session.session`
-    makes them: worker threads do not spin-wait."""
+    makes them: worker threads do not spin-wait.
+
+    `clock='thread'` times each call by the calling thread's CPU time, for 1 thread only (ONNX
+    Runtime then runs the whole graph on that thread): on a machine shared with other jobs the wall
+    time of a call also holds the slices the scheduler gave them, more for a long call than a short
+    one (Silero's LSTM at 1 thread under a load of 14: 17.8 ms wall, 4.0 ms CPU, as on an idle machine)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {sorted(CLOCKS)}; got {clock!r}")
+    if clock == "thread" and any(t != 1 for t in threads):
+        raise ValueError(f"clock='thread' measures 1-thread runs only (other threads' CPU is not counted); "
+                         f"got threads={threads}")
+    now = CLOCKS[clock]
     result: dict[str, dict] = {k: {} for k in models}
     labels = list(models)
     rng = np.random.default_rng(seed)
@@ -38,9 +52,9 @@ def measure_latency(models: dict[str, bytes], feeds: dict[str, np.ndarray], thre
             for _ in range(runs * (b + 1) // blocks - runs * b // blocks):
                 for i in rng.permutation(len(labels)):
                     k = labels[i]
-                    t0 = time.perf_counter()
+                    t0 = now()
                     sessions[k].run(None, feeds)
-                    times[k].append((time.perf_counter() - t0) * 1e3)
+                    times[k].append((now() - t0) * 1e3)
                 done += 1
                 progress("latency", done, total)
             del sessions

@@ -8,6 +8,7 @@ from typing import Any
 
 import onnx
 
+from lowbit.config import run_label
 from lowbit.data import FeedSource
 from lowbit.data.arrays import take_rows
 from lowbit.errors import ConfigError
@@ -59,7 +60,7 @@ def verify_into(report: Report, reference: bytes,
     (`metric`, else inferred from the outputs: lowbit.verify.task) on `data`; top-1 accuracy on
     `labeled` when given (else on `data` if it has labels)."""
     variants = [variant_record("fp32", "fp32", reference)]
-    variants += [variant_record(k, (p.precision if p else k), b) for k, (b, _, p) in candidates.items()]
+    variants += [variant_record(k, (plan_label(p) if p else k), b) for k, (b, _, p) in candidates.items()]
     accs, _ = compare_models(reference, {k: b for k, (b, _, _) in candidates.items()}, data, progress, collect=True)
     ref_acc = None
     for v in variants[1:]:
@@ -79,7 +80,9 @@ def verify_into(report: Report, reference: bytes,
     for v in variants[1:]:
         qbytes, float_model, plan = candidates[v["label"]]
         if float_model is not None and plan is not None and plan.precision == "int8":
+            progress("parity", 0, None)
             v["parity"] = check_parity(qbytes, float_model, plan, data, opts.parity_batches)
+            progress("kernel check", 0, None)
             v["kernels"] = kernel_check(qbytes, plan)
         if float_model is not None and plan is not None:
             # priced on what executes: FP16 without FP16 arithmetic (x86) computes in FP32
@@ -99,3 +102,11 @@ def verify_into(report: Report, reference: bytes,
             v["latency_ms"] = lat[v["label"]]
         report.data["notes"] += noise_warnings(lat)
     report.data["variants"] = variants
+
+
+def plan_label(plan: QuantPlan) -> str:
+    """What a plan's run is called in reports: its precision, 'w4a8' for 4-bit weights on the int8
+    kernels, 'int4' for the int4 preset's blocks (lowbit.plan.int4_recipe records its group size)."""
+    if plan.precision == "int8" and plan.config.get("group_size"):
+        return "int4"
+    return run_label(plan.precision, (plan.config.get("weights") or {}).get("dtype"))

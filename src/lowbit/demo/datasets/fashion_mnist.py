@@ -1,7 +1,7 @@
 """Fashion-MNIST (Xiao, Rasul & Vollgraf, 2017) from the Debian package `dataset-fashion-mnist`.
 
 60,000 training and 10,000 test images, 28x28 grey, 10 classes, stored as gzip'd idx files
-(LeCun's MNIST format). `scripts/setup_fashion_mnist.sh` installs them; `load` reads and checks
+(LeCun's MNIST format). `lowbit data fetch fashion-mnist` installs them; `load` reads and checks
 them (magic numbers, dimensions, sizes) and says what is wrong when they are missing or damaged.
 
 >>> images, labels = load("test")        # doctest: +SKIP
@@ -48,7 +48,7 @@ def read_idx(path: str | Path, magic: bytes) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Fashion-MNIST file not found: {path}. Install it with "
-                        "`bash scripts/setup_fashion_mnist.sh` (Debian package dataset-fashion-mnist) or set "
+                        "`lowbit data fetch fashion-mnist` (Debian package dataset-fashion-mnist) or set "
                         f"${ENV_DIR} to the folder that holds the idx files.")
     opener = gzip.open if path.suffix == ".gz" else open
     try:

@@ -1,7 +1,7 @@
 """Real models and real photos that work offline: MobileNetV2 (pretrained), ResNet-18 (random, for
 speed only), 20 labeled ImageNet photos and crops of unlabeled photos.
 
-Install the data first: ``bash scripts/setup_data.sh``.
+Install the data first: ``lowbit data fetch demo``.
 """
 
 from __future__ import annotations

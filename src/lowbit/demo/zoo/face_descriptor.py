@@ -38,7 +38,7 @@ from torch.nn import functional as F
 from lowbit.demo.zoo._face_weights import read_tfjs_weights
 from lowbit.errors import ModelError
 
-SETUP_HINT = "Run `bash scripts/setup_faces.sh` to install lowbit's offline face data."
+SETUP_HINT = "Run `lowbit data fetch doorbell` to install lowbit's offline face data."
 MEAN_RGB = (122.782, 117.001, 104.298)  # dlib's input_rgb_image averages, in 0..255 pixel units
 INPUT_SCALE = 256.0  # dlib divides by 256.0; face-api divides by 255 (same cosine to dlib: 0.9997)
 CHIP_SIZE = 150
@@ -56,7 +56,7 @@ _BLOCKS = [
 
 
 def faces_data_dir() -> Path:
-    """``<venv>/share/lowbit/faces``, where ``scripts/setup_faces.sh`` puts the face data."""
+    """``<venv>/share/lowbit/faces``, where ``lowbit data fetch doorbell`` puts the face data."""
     return Path(sys.prefix) / "share" / "lowbit" / "faces"
 
 

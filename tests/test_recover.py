@@ -1,0 +1,241 @@
+"""Recover (label-free distillation after PTQ): it brings a quantized model's decisions closer to its
+float teacher's on data it never saw, trains only on the training slice, and keeps its budget."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from lowbit.errors import ConfigError, DataError
+from lowbit.recover import Recover, parse_budget
+
+N_CLASSES = 6
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """3x16x16 images whose class is the orientation and colour of a noisy stripe pattern."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:16, 0:16].astype(np.float32)
+    y = rng.integers(0, N_CLASSES, n)
+    x = np.empty((n, 3, 16, 16), np.float32)
+    for i, c in enumerate(y):
+        angle = (c % 3) * np.pi / 3 + rng.normal(0, 0.25)
+        wave = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.6, 1.2) + rng.uniform(0, 6.28))
+        colour = np.eye(3, dtype=np.float32)[c // 3] + rng.uniform(0, 0.6, 3).astype(np.float32)
+        x[i] = colour[:, None, None] * wave + rng.normal(0, 0.4, (3, 16, 16))
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def teacher_onnx() -> onnx.ModelProto:
+    return trained_teacher()
+
+
+def trained_teacher() -> onnx.ModelProto:
+    """A small CNN trained on the stripe task (a real, converged float model, not random weights)."""
+    from torch import nn
+
+    from lowbit.load.model import export_torch
+
+    torch.set_num_threads(1)  # tiny tensors: more threads only contend
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.BatchNorm2d(16), nn.ReLU6(),
+                          nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, N_CLASSES))
+    x, y = _images(1024, seed=0)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(150):
+        idx = torch.randint(0, len(x), (64,), generator=torch.Generator().manual_seed(step))
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return export_torch(model, x[:1])
+
+
+def _w4_config():
+    from lowbit import PerChannel, PerTensor, QuantConfig, Scheme, int4, uint8
+
+    return QuantConfig(weights=Scheme(int4, PerChannel(axis=0), symmetric=True),
+                       activations=Scheme(uint8, PerTensor(), symmetric=False))
+
+
+def _agreement(teacher: onnx.ModelProto, student: onnx.ModelProto, x: np.ndarray) -> tuple[float, float]:
+    """(top-1 agreement, mean KL(teacher || student)) on `x`."""
+    import onnxruntime as ort
+
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (teacher, student)]
+    a, b = (torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x})[0]) for s in run)
+    kl = torch.nn.functional.kl_div(b.log_softmax(1), a.log_softmax(1), log_target=True, reduction="batchmean")
+    return float((a.argmax(1) == b.argmax(1)).float().mean()), float(kl)
+
+
+def test_budget_parsing_and_options_say_what_is_wrong():
+    assert parse_budget("10m") == (600.0, None)
+    assert parse_budget("90s") == (90.0, None)
+    assert parse_budget("500steps") == (None, 500)
+    for bad in ("ten minutes", "0s", "1.5steps", ""):
+        with pytest.raises(ConfigError, match="budget"):
+            parse_budget(bad)
+    with pytest.raises(ConfigError, match="holdout"):
+        Recover(holdout=0.0)
+    with pytest.raises(ConfigError, match="batch_size"):
+        Recover(batch_size=0)
+
+
+def test_recover_brings_w4a8_decisions_back_to_the_teacher(teacher_onnx):
+    import lowbit
+
+    torch.set_num_threads(1)
+    calib, _ = _images(192, seed=1)
+    unseen, _ = _images(400, seed=2)
+    ptq = lowbit.quantize(teacher_onnx, _w4_config(), calib, verify=None)
+    rec = lowbit.quantize(teacher_onnx, _w4_config(), calib, verify=None,
+                          recover=Recover("80steps", batch_size=32, augment=False, eval_every=10, patience=100))
+    (agree0, kl0), (agree1, kl1) = _agreement(teacher_onnx, ptq.model, unseen), _agreement(teacher_onnx, rec.model, unseen)
+    info = rec.plan.config["recover"]
+    assert info["held_out_after"]["score"] < 0.7 * info["held_out_before"]["score"]
+    assert kl1 < 0.6 * kl0 and agree1 >= agree0, (agree0, kl0, agree1, kl1)
+    # what ships is what trained: same kind of QDQ model, as small as PTQ's
+    ops = lambda m: sorted({n.op_type for n in m.graph.node})  # noqa: E731
+    assert ops(rec.model) == ops(ptq.model)
+    assert abs(rec.model.ByteSize() - ptq.model.ByteSize()) < 0.02 * ptq.model.ByteSize()
+
+
+def _setup_run(teacher_onnx, calib: np.ndarray):
+    import lowbit
+    from lowbit.qat.graph import QATGraph
+    from lowbit.recover.data import split
+    from lowbit.recover.teacher import Teacher
+
+    ptq = lowbit.quantize(teacher_onnx, _w4_config(), calib, verify=None)
+    qat = QATGraph(ptq.float_model, ptq.plan)
+    teacher = Teacher(teacher_onnx, qat.output_names, 1)
+    return qat, teacher, split({qat.input_names[0]: calib}, 0.25, 0)
+
+
+def test_held_out_slice_is_never_trained_on_and_step_budget_holds(teacher_onnx):
+    from lowbit.recover.loop import run
+
+    torch.set_num_threads(1)
+    calib, _ = _images(64, seed=3)
+    qat, teacher, data = _setup_run(teacher_onnx, calib)
+    held = {r.tobytes() for r in data.held.groups[0][qat.input_names[0]]}
+    train = {r.tobytes() for r in data.train.groups[0][qat.input_names[0]]}
+    assert len(held) == 16 and not held & train and len(held | train) == 64
+    seen: list[np.ndarray] = []
+
+    class Spy:
+        def __call__(self, feeds, batch=32):
+            seen.append(next(iter(feeds.values())))
+            return teacher(feeds, batch)
+
+    hist = run(qat, Spy(), data, Recover("7steps", batch_size=8, augment=False, eval_every=3))
+    assert hist.steps == 7 and hist.stopped == "budget"
+    assert len(seen) == 1 + 7  # the held-out targets once, then one batch per step
+    assert all(r.tobytes() in train for batch in seen[1:] for r in batch)
+    assert hist.best_step in (0, 3, 6, 7)
+
+
+def test_time_budget_holds(teacher_onnx):
+    from lowbit.recover.loop import run
+
+    torch.set_num_threads(1)
+    calib, _ = _images(64, seed=4)
+    qat, teacher, data = _setup_run(teacher_onnx, calib)
+    t = time.perf_counter()
+    hist = run(qat, teacher, data, Recover("2s", batch_size=8, eval_every=5, patience=1000))
+    assert hist.stopped == "budget" and hist.steps > 5
+    assert time.perf_counter() - t < 2.0 + 1.5  # the budget, plus at most one step and one evaluation
+
+
+def test_too_little_data_is_a_clear_error(teacher_onnx):
+    import lowbit
+
+    calib, _ = _images(24, seed=5)
+    with pytest.raises(DataError, match="at least 32 calibration samples"):
+        lowbit.quantize(teacher_onnx, _w4_config(), calib, verify=None, recover=Recover("5steps"))
+
+
+def test_qat_graph_runs_a_transformer_encoder_as_onnx_runtime_does():
+    """Embeddings (Gather), positions (Range/Slice), the attention mask (Cast/Where/Expand), layer norm,
+    erf GELU and softmax: the float graph in torch equals ONNX Runtime."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from lowbit.load.model import export_torch
+    from lowbit.plan.quant_plan import QuantPlan
+    from lowbit.load.prepare import prepare
+    from lowbit.load.model import load_model
+    from lowbit.qat.graph import QATGraph
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok, self.pos = nn.Embedding(50, 16), nn.Embedding(32, 16)
+            self.ln1, self.ln2 = nn.LayerNorm(16), nn.LayerNorm(16)
+            self.qkv, self.out, self.ff = nn.Linear(16, 48), nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, ids, mask):
+            pos = torch.arange(ids.shape[1]).unsqueeze(0)
+            h = self.ln1(self.tok(ids) + self.pos(pos))
+            q, k, v = self.qkv(h).split(16, -1)
+            b, t = ids.shape
+            q, k, v = (z.reshape(b, t, 2, 8).transpose(1, 2) for z in (q, k, v))
+            bias = torch.where(mask.bool()[:, None, None, :], 0.0, -1e4)
+            att = torch.softmax(q @ k.transpose(-1, -2) / 8 ** 0.5 + bias, -1)
+            h = self.ln2(h + self.out((att @ v).transpose(1, 2).reshape(b, t, 16)))
+            return h + nn.functional.gelu(self.ff(h))
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    proto = prepare(load_model(export_torch(Encoder().eval(), (ids, mask)))).proto
+    q = QATGraph(proto, QuantPlan("int8")).eval()
+    feeds = dict(zip(q.input_names, (ids.numpy(), mask.numpy())))
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    with torch.no_grad():
+        got = q(*[torch.from_numpy(feeds[n]) for n in q.input_names]).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_qat_graph_runs_a_detector_neck_as_onnx_runtime_does():
+    """YOLO-style ops: Split, nearest Resize (Upsample), Concat, MaxPool, Sigmoid-gated activations."""
+    import onnxruntime as ort
+    from torch import nn
+
+    from lowbit.load.model import export_torch, load_model
+    from lowbit.plan.quant_plan import QuantPlan
+    from lowbit.load.prepare import prepare
+    from lowbit.qat.graph import QATGraph
+
+    class Neck(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 8, 3, 1, 1)
+            self.up, self.pool = nn.Upsample(scale_factor=2, mode="nearest"), nn.MaxPool2d(5, 1, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = h * torch.sigmoid(h)
+            p, q = h.split(4, 1)
+            y = torch.cat([self.up(self.b(h)), self.up(torch.cat([p, self.pool(q)], 1))], 1)
+            return torch.softmax(y.flatten(2), -1)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 16)
+    proto = prepare(load_model(export_torch(Neck().eval(), x))).proto
+    q = QATGraph(proto, QuantPlan("int8")).eval()
+    ref = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {q.input_names[0]: x.numpy()})[0]
+    with torch.no_grad():
+        got = q(x).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-6)
