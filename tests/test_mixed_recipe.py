@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from lowbit.api import make_plan
-from lowbit.plan.clipping import output_sqnr
-from lowbit.presets import preset, resolve_transformer
 from lowbit.data import as_feeds, specs_from_onnx
 from lowbit.emit import emit_qdq
 from lowbit.load.model import load_model
 from lowbit.load.prepare import prepare
+from lowbit.plan.clipping import output_sqnr
 from lowbit.plan.recipes import BLOCK_FLOAT_REASON, block_region, is_hybrid
+from lowbit.presets import preset, resolve_transformer
 from lowbit.transformers.patterns import FLOAT_REASONS, find_patterns
 
 C, HEADS, FF, CLASSES = 32, 4, 64, 20
@@ -140,7 +140,7 @@ def test_each_region_gets_its_recipe(hybrid, mixed):
     assert plan.config["transformer"] == "mixed"
     convs = [n for n in plan.nodes.values() if n.op == "Conv"]
     assert len(convs) == 3 and all(n.precision == "int8" and n.reason.startswith("integer kernel") for n in convs)
-    measured = {n for n in plan.config.get("float_choice", {}).get("layers", [])}  # lowbit.search.float_choice
+    measured = {n for n in plan.decisions.get("float_choice", {}).get("layers", [])}  # lowbit.search.float_choice
     assert len(measured) <= 2
     for name in linears:
         node, np_ = ops[name], plan.nodes[name]
@@ -206,7 +206,7 @@ def test_ppocrv4_rec_int8_bar(tmp_path):
     ref = np.concatenate(run(onnx.load(str(ZOO_REC)), runs))
     got = np.concatenate(run(onnx.load(str(out)), runs))
     assert METRICS.create("ctc-exact").score(ref, got) >= MIN_STRINGS
-    choice = result.plan.config["float_choice"]  # recorded; it only ever moves closer to FP32 on calibration
+    choice = result.plan.decisions["float_choice"]  # recorded; it only ever moves closer to FP32 on calibration
     assert choice["sqnr_db"] >= choice["base_sqnr_db"] and choice["weight_share"] <= choice["budget_share"]
     assert out.stat().st_size <= MAX_SIZE * ZOO_REC.stat().st_size
 

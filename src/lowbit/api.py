@@ -29,8 +29,8 @@ from lowbit.load.model import LoadedModel, load_model
 from lowbit.load.prepare import PreparedModel, fingerprint, prepare
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.calibrate import calibrate
-from lowbit.plan.int4_recipe import calibrate_int4
 from lowbit.plan.fit import check_plan_fits, plan_to_apply
+from lowbit.plan.int4_recipe import calibrate_int4
 from lowbit.plan.quant_plan import QuantPlan
 from lowbit.presets import as_config, resolve_transformer
 from lowbit.progress import Progress, accepts_progress, null_progress
@@ -92,6 +92,16 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     return c.model, c.plan, c.before_fit
 
 
+@dataclass(frozen=True)
+class _DataOptions:
+    """How quantize reads its data (calibration and evaluation alike)."""
+
+    batch_axes: dict | None
+    stateful: dict | None
+    preprocess: Any
+    skip_bad: bool
+
+
 @dataclass
 class _Job:
     """One quantize call's state as its stages hand it on. `prepared.proto` is the float model the
@@ -146,28 +156,26 @@ def quantize(
 ) -> QuantResult:
     """Quantize `model` (ONNX path, ModelProto, or torch.nn.Module with `example_inputs`).
 
-    `config` is a QuantConfig or a preset name ('int8', 'fp16', 'int8-dynamic'). Static INT8
-    needs `calib_data`; `eval_data` (held out) is used for the report, with `labels` for accuracy.
-    A saved `plan` is re-applied as it is, without calibration. With an accuracy budget
-    (`max_drop` below FP32's score on `metric`, or an absolute `min_metric`), a precision search
-    keeps the most sensitive layers in FP16 weights / FP32 until the budget holds on half of
-    `eval_data`, and confirms it on the other half; with `skip_bad`, corrupt or invalid samples are
-    skipped and counted in the report instead of stopping the run; `metric` is a registry name, a Metric, or
-    any callable(reference_outputs, candidate_outputs, labels) -> float, higher is better; options as
-    'detection-yolo:conf=0.25'. None: the report's metric is inferred from the outputs (the budget's
-    too). A budget missed on the held-out half leaves `output` unwritten unless `keep_failed`
-    (report['budget']['met'] is False; the CLI exits 3).
-    `batch_axes` names the axis holding samples of inputs where it is not what the graph shows
-    ({"state": 1}; None: no batch axis, the array goes with every batch, e.g. {"sr": None}).
-    `stateful` pairs state inputs with the outputs that carry them ({"state": "stateN"}): each
-    item of the data is then one sequence, run chunk by chunk with its state carried, in
-    calibration and in evaluation (`lowbit.data.stateful`).
-    `recover` (a `lowbit.recover.Recover`): after calibration, fine-tune the plan to match the FP32
-    model's outputs on the calibration data (label-free distillation, within its time/step budget).
-    `output` is checked before any work (not an input, not a device; a symlink is written through)
-    and written only after verification succeeded: a failed run leaves an earlier file as it was.
-    `progress=True` draws progress on stderr (rich bars in a terminal, one line per stage with its
-    elapsed time elsewhere); a callable(stage, done, total) receives it instead (lowbit.progress).
+    `config` is a QuantConfig or a preset name ('int8', 'fp16', 'int8-dynamic'). Static INT8 needs `calib_data`;
+    `eval_data` (held out) is used for the report, with `labels` for accuracy. A saved `plan` is re-applied as it
+    is, without calibration. With an accuracy budget (`max_drop` below FP32's score on `metric`, or an absolute
+    `min_metric`), a precision search keeps the most sensitive layers in FP16 weights / FP32 until the budget holds
+    on half of `eval_data`, and confirms it on the other half; with `skip_bad`, corrupt or invalid samples are
+    skipped and counted in the report instead of stopping the run; `metric` is a registry name, a Metric, or any
+    callable(reference_outputs, candidate_outputs, labels) -> float, higher is better; options as
+    'detection-yolo:conf=0.25'. None: the report's metric is inferred from the outputs (the budget's too). A budget
+    missed on the held-out half leaves `output` unwritten unless `keep_failed` (report['budget']['met'] is False;
+    the CLI exits 3).
+    `batch_axes` names the axis holding samples of inputs where it is not what the graph shows ({"state": 1}; None:
+    no batch axis, the array goes with every batch, e.g. {"sr": None}). `stateful` pairs state inputs with the
+    outputs that carry them ({"state": "stateN"}): each item of the data is then one sequence, run chunk by chunk
+    with its state carried, in calibration and in evaluation (`lowbit.data.stateful`).
+    `recover` (a `lowbit.recover.Recover`): after calibration, fine-tune the plan to match the FP32 model's outputs
+    on the calibration data (label-free distillation, within its time/step budget).
+    `output` is checked before any work (not an input, not a device; a symlink is written through) and written only
+    after verification succeeded: a failed run leaves an earlier file as it was. `progress=True` draws progress on
+    stderr (rich bars in a terminal, one line per stage with its elapsed time elsewhere); a callable(stage, done,
+    total) receives it instead (lowbit.progress).
 
     >>> result = lowbit.quantize("mobilenet_v2.onnx", "int8", "calib/", output="mbv2.int8.onnx",
     ...                          preprocess=ImagePreprocess.imagenet())
@@ -175,37 +183,35 @@ def quantize(
     """
     clock = _Clock()
     reset_peak_rss()
-    # the outputs are checked before any work and written only after everything that can fail has
-    # run (verification included): a failed run leaves an earlier output as it was
+    # outputs checked before any work, written after all that can fail (an earlier output stays as it was)
     outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
     out_target = check_outputs(outputs, {"model": model, "calib_data": calib_data, "eval_data": eval_data,
                                          "plan": plan, "labels": labels}).get("output")
-    job = _load(model, example_inputs, as_config(config), outputs, (batch_axes, stateful), verify, progress)
+    data = _DataOptions(batch_axes, stateful, preprocess, skip_bad)
+    job = _load(model, example_inputs, as_config(config), outputs, data, verify, progress)
     if plan is None:  # the recipe (CNN / transformer / mixed regions), chosen once
         job.cfg = resolve_transformer(job.cfg, job.prepared.proto)
     clock.lap("load+prepare")
     if plan is not None:
         _reapply(job, plan)
     elif job.cfg.precision in ("int8", "int4"):
-        job.calib = _calibration_feeds(job, calib_data, preprocess, calib_limit, skip_bad, batch_axes, stateful)
+        job.calib = _calibration_feeds(job, calib_data, data, calib_limit)
         budget = Budget(metric, max_drop, min_metric, search_evals) if (max_drop, min_metric) != (None, None) else None
         _calibrate(job, budget is not None, recover, progress, clock.timings)
         clock.lap("calibrate+plan")
         if budget is not None:
-            metric = _search(job, budget, eval_data, labels, preprocess, verify, progress, checkpoint)
+            metric = _search(job, budget, eval_data, labels, data, verify, progress, checkpoint)
             clock.lap("search")
     qmodel, qbytes = _emit(job, config if isinstance(config, str) else None, progress)
     clock.lap("emit")
     report = _quantize_report(job, output, clock)
     if verify is not None:
-        _verify_quantized(job, report, (qbytes, eval_data, calib_data, labels, preprocess),
-                          verify, progress, metric, batch_axes, stateful, skip_bad)
-        clock.timings["verify"] = time.perf_counter() - clock.t
+        _verify_quantized(job, report, qbytes, (eval_data, calib_data, labels), data, verify, progress, metric, clock)
     out_path = _write_output(report, out_target, output, qbytes, keep_failed)
     return QuantResult(qmodel, job.plan, report, out_path, clock.timings, job.prepared.proto)
 
 
-def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data_options: tuple,
+def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data: _DataOptions,
           verify: VerifyOptions | None, progress: Progress) -> _Job:
     """Load and prepare stages; the data options (batch axes, stateful pairs) checked against the
     model before any work."""
@@ -215,7 +221,7 @@ def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data
     check_outputs(outputs, {"model file": list(loaded.files)})
     progress("prepare", 0, None)
     prepared = prepare(loaded)
-    check_data_options(prepared.proto, prepared.inputs, *data_options)
+    check_data_options(prepared.proto, prepared.inputs, data.batch_axes, data.stateful)
     if verify is None:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
     return _Job(loaded, prepared, source_sizes, cfg)
@@ -243,14 +249,13 @@ def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
     job.plan, job.reapplied = plan, True
 
 
-def _calibration_feeds(job: _Job, calib_data: Any, preprocess: Any, limit: int | None, skip_bad: bool,
-                       batch_axes: Any, stateful: Any) -> FeedSource:
+def _calibration_feeds(job: _Job, calib_data: Any, data: _DataOptions, limit: int | None) -> FeedSource:
     if calib_data is None:
         raise DataError(f"static {job.cfg.precision} needs calibration data (calib_data / --calib): a few hundred "
                         "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
     p = job.prepared
-    return model_feeds(calib_data, p.proto, p.inputs, batch_axes=batch_axes, stateful=stateful,
-                       preprocess=preprocess, limit=limit, skip_bad=skip_bad)
+    return model_feeds(calib_data, p.proto, p.inputs, batch_axes=data.batch_axes, stateful=data.stateful,
+                       preprocess=data.preprocess, limit=limit, skip_bad=data.skip_bad)
 
 
 def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timings: dict[str, float]) -> None:
@@ -277,15 +282,15 @@ def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timing
     job.before_fit = before_fit if budget or job.source_sizes.file <= WEIGHT_ONLY_MAX_BYTES else None
 
 
-def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, preprocess: Any, verify: VerifyOptions | None,
-            progress: Progress, checkpoint: str | Path | None) -> Any:
+def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, data: _DataOptions,
+            verify: VerifyOptions | None, progress: Progress, checkpoint: str | Path | None) -> Any:
     """The precision search within the accuracy budget (`lowbit.search.budget`); returns the metric
     it used, which the report then leads with."""
     if eval_data is None:
         raise DataError("an accuracy budget (max_drop / min_metric) needs held-out eval_data to measure it on.")
     inputs = job.prepared.inputs
-    choice = budget_metric(budget.metric, job.reference, eval_data, inputs, preprocess)
-    feeds = as_feeds(eval_data, inputs, labels=labels, preprocess=preprocess,
+    choice = budget_metric(budget.metric, job.reference, eval_data, inputs, data.preprocess)
+    feeds = as_feeds(eval_data, inputs, labels=labels, preprocess=data.preprocess,
                      limit=verify.eval_limit if verify is not None else None)
     job.plan, job.search = budget_search(job.prepared.proto, job.plan, job.cfg, feeds,
                                          replace(budget, metric=choice.metric), reference=job.reference,
@@ -372,23 +377,25 @@ def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Rep
     return report
 
 
-def _verify_quantized(job: _Job, report: Report, given: tuple, verify: VerifyOptions, progress: Progress,
-                      metric: Any, batch_axes: Any, stateful: Any, skip_bad: bool) -> None:
+def _verify_quantized(job: _Job, report: Report, qbytes: bytes, given: tuple, data: _DataOptions,
+                      verify: VerifyOptions, progress: Progress, metric: Any, clock: _Clock) -> None:
     """Verify stage: fidelity, task metric, parity, kernels, energy and latency against the FP32
     model, on the held-out data (else the calibration data)."""
-    qbytes, eval_data, calib_data, labels, preprocess = given
-    data = eval_data if eval_data is not None else calib_data
+    eval_data, calib_data, labels = given
+    source = eval_data if eval_data is not None else calib_data
     if eval_data is None:
         report.data["notes"].append("No held-out data given: fidelity is measured on the calibration data.")
-    if data is None:
+    if source is None:
         report.data["notes"].append("No data given: fidelity, parity and latency were not measured.")
-        return
-    loaded, plan = job.loaded, job.plan
-    feeds = model_feeds(data, loaded.proto, job.prepared.inputs, batch_axes=batch_axes, stateful=stateful,
-                        labels=labels, preprocess=preprocess, limit=verify.eval_limit, skip_bad=skip_bad)
-    verify_into(report, loaded.proto.SerializeToString(), {plan_label(plan): (qbytes, job.prepared.proto, plan)},
-                 feeds, verify, progress, metric=metric)
-    _note_skipped(report, "evaluation", feeds)
+    else:
+        loaded, plan = job.loaded, job.plan
+        feeds = model_feeds(source, loaded.proto, job.prepared.inputs, batch_axes=data.batch_axes,
+                            stateful=data.stateful, labels=labels, preprocess=data.preprocess,
+                            limit=verify.eval_limit, skip_bad=data.skip_bad)
+        verify_into(report, loaded.proto.SerializeToString(), {plan_label(plan): (qbytes, job.prepared.proto, plan)},
+                    feeds, verify, progress, metric=metric)
+        _note_skipped(report, "evaluation", feeds)
+    clock.timings["verify"] = time.perf_counter() - clock.t
 
 
 def _write_output(report: Report, target: Path | None, output: str | Path | None, qbytes: bytes,

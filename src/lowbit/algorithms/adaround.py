@@ -30,9 +30,10 @@ import numpy as np
 import onnx
 
 from lowbit.algorithms import _layer_data as ld
-from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
+from lowbit.extras import require
+from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.plan.quant_plan import QuantPlan
 
 if TYPE_CHECKING:  # torch is imported where it is used: `import lowbit` stays light
@@ -81,8 +82,6 @@ class AdaRound(Algorithm):
 
     def apply(self, model: onnx.ModelProto, plan: QuantPlan | None,
               ctx: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan | None]:
-        from lowbit.extras import require
-
         torch = require("torch", "AdaRound (learned rounding by gradient descent)")
         if plan is None or ctx.calib is None:
             raise ConfigError("AdaRound runs on a plan with calibration data (stage 'plan').")

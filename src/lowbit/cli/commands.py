@@ -15,17 +15,18 @@ from lowbit.api import VerifyOptions, analyze
 from lowbit.cli import render
 from lowbit.cli.args import output_file as _output_file
 from lowbit.cli.args import positive_int as _positive_int
+from lowbit.cli.config import add_config_args, print_config, resolve_config
 from lowbit.cli.qat import add_qat_parser, run_qat
 from lowbit.data import ImagePreprocess
 from lowbit.data.axes import parse_axis
 from lowbit.data.stateful import parse_pairs
 from lowbit.demo import run_demo
+from lowbit.demo.fetch import TARGETS, fetch, targets_help
 from lowbit.errors import ConfigError, DataError, LowbitError, OutputError
 from lowbit.io import check_inputs, write_all
 from lowbit.load.external_data import check_outputs_beside
 from lowbit.metrics.spec import parse_metric
 from lowbit.package import __version__
-from lowbit.presets import PRESETS, preset
 from lowbit.target.speed_prediction import predict_speed
 
 EXIT_USER_ERROR = 2
@@ -111,8 +112,6 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lowbit.cli.config import add_config_args
-
     parser = argparse.ArgumentParser(prog="lowbit", description="Quantize FP32 models to FP16 / INT8 / INT4 ONNX, "
                                                                 "with proof.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
@@ -207,8 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_data_parser(sub, common: argparse.ArgumentParser) -> None:
-    from lowbit.demo.fetch import TARGETS, targets_help
-
     data = sub.add_parser("data", help="fetch the real models and data of the demos, benchmarks and tests")
     verbs = data.add_subparsers(dest="data_command", metavar="fetch", required=True)
     f = verbs.add_parser("fetch", parents=[common], help="fetch a target (idempotent: what is there is kept)",
@@ -268,13 +265,9 @@ def _run(args):
         render.print_list()
         return None
     if args.command == "data":
-        from lowbit.demo.fetch import fetch
-
         fetch(args.target, say=render.note)
         return None
     if args.command == "quantize" and args.print_config:
-        from lowbit.cli.config import print_config
-
         sys.stdout.write(print_config(args))
         return None
     if args.command == "quantize":
@@ -360,7 +353,6 @@ def _quantize(args, progress):
                          {"model": args.model, "--calib": args.calib, "--eval": args.eval_data, "--plan": args.plan,
                           "--labels": _labels_input(args), "--config": args.config}, [args.model])
     check_inputs({"--calib": args.calib, "--eval": args.eval_data, "--labels": _labels_input(args)}, DataError)
-    from lowbit.cli.config import resolve_config
 
     config, name, extras = resolve_config(args)
     # by name where the flags changed nothing: errors and reports then name the preset the user chose

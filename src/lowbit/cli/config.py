@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from lowbit.cli.config_file import algorithms_from, calibration_from, config_to_toml, load_config, recover_from
+from lowbit.core.granularity import PerGroup
 from lowbit.errors import ConfigError
+from lowbit.presets import PRESETS, preset
 
 
 def add_config_args(q: argparse.ArgumentParser) -> None:
-    from lowbit.presets import PRESETS
-
     q.add_argument("--precision", "--preset", dest="precision", default=None, metavar="PRESET",
                    help=f"a preset: one of {', '.join(PRESETS)} (default int8; see lowbit list)")
     q.add_argument("--config", default=None, metavar="FILE.toml",
@@ -38,9 +40,6 @@ def resolve_config(args):
     """(QuantConfig, preset name or None, {'metric': ..., 'recover': ...} from the config file and
     the flags). The preset name is kept where the flags changed nothing, so reports and errors name
     the preset the user chose."""
-    from lowbit.presets import preset
-    from lowbit.cli.config_file import algorithms_from, calibration_from, load_config
-
     name = args.precision
     extras = {"metric": None, "recover": None}
     if args.config:
@@ -66,8 +65,6 @@ def resolve_config(args):
         raise ConfigError(f"--block-size and --accuracy-level set MatMulNBits' blocks of precision 'int4' "
                           f"(--preset int4); this config's precision is '{config.precision}'.")
     if args.block_size is not None:
-        from lowbit.core.granularity import PerGroup
-
         w = config.weights
         changes["weights"] = w.__class__(w.dtype, PerGroup(0, args.block_size), w.symmetric, w.calibration)
     if args.accuracy_level is not None:
@@ -77,15 +74,12 @@ def resolve_config(args):
     if name and config != preset(name):
         name = None
     if args.recover:
-        from lowbit.cli.config_file import recover_from
-
         extras["recover"] = recover_from(args.recover, "--recover")
     return config, name, extras
 
 
 def _preset_of(path) -> str | None:
     import tomllib
-    from pathlib import Path
 
     try:
         value = tomllib.loads(Path(path).read_text()).get("preset")
@@ -98,7 +92,5 @@ def _preset_of(path) -> str | None:
 
 def print_config(args) -> str:
     """The resolved config as TOML (what --print-config prints)."""
-    from lowbit.cli.config_file import config_to_toml
-
     config, name, extras = resolve_config(args)
     return config_to_toml(config, name, args.metric or extras["metric"], extras["recover"])

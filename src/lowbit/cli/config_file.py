@@ -26,13 +26,22 @@ A misspelled key is an error naming the valid ones, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
+from lowbit.algorithms import ALGORITHMS
+from lowbit.api import quantize
+from lowbit.calibration import CALIBRATIONS
+from lowbit.config import QuantConfig
+from lowbit.core.dtypes import dtype_by_name
+from lowbit.core.granularity import granularity_from_dict
 from lowbit.errors import ConfigError, did_you_mean
+from lowbit.metrics.spec import parse_metric
+from lowbit.presets import preset
 
 # keys of the file beyond QuantConfig's own fields
 EXTRA_KEYS = ("preset", "metric", "recover")
@@ -56,8 +65,6 @@ def _lookup(registry, name: str) -> str:
 
 
 def _config_fields() -> list[str]:
-    from lowbit.config import QuantConfig
-
     return [f.name for f in dataclasses.fields(QuantConfig) if f.name != "extras"]
 
 
@@ -88,8 +95,6 @@ def _check_options(kind: str, name: str, cls, options: dict) -> dict:
 def calibration_from(spec: Any):
     """A calibration method from 'percentile', 'percentile:99.99' (the method's first option),
     'percentile:percentile=99.9,bins=2048', or a dict {'name': 'percentile', 'percentile': 99.9}."""
-    from lowbit.calibration import CALIBRATIONS
-
     if isinstance(spec, str):
         name, options = _parse_short(spec, "calibration method", CALIBRATIONS)
     elif isinstance(spec, dict) and "name" in spec:
@@ -105,8 +110,6 @@ def algorithm_from(spec: Any):
     """An algorithm from 'gptq', 'gptq:0.1' (its first option), 'gptq:percdamp=0.1,act_order=true',
     'keep-if-better:gptq' (KeepIfBetter wrapping GPTQ()), or a dict {'name': 'gptq', ...} whose
     nested algorithms (keep-if-better's 'algorithm' and 'then') are dicts too."""
-    from lowbit.algorithms import ALGORITHMS
-
     if isinstance(spec, str):
         name = _lookup(ALGORITHMS, spec.split(":", 1)[0])
         if name == "keep-if-better":
@@ -176,9 +179,6 @@ def config_from_dict(d: dict, base=None, where: str = "config"):
     """A QuantConfig from the file's keys (see the module docstring), on top of `base` (a QuantConfig;
     default QuantConfig()). Returns (config, {'metric': ..., 'recover': ...}): the quantize()
     arguments the file gives (None where it does not)."""
-    from lowbit.config import QuantConfig
-    from lowbit.presets import preset
-
     fields = _config_fields()
     valid = fields + list(EXTRA_KEYS)
     for key in d:
@@ -211,8 +211,6 @@ def config_from_dict(d: dict, base=None, where: str = "config"):
         raise ConfigError(f"{where}: {e}") from None
     metric = d.get("metric")
     if metric is not None:
-        from lowbit.metrics.spec import parse_metric
-
         if not isinstance(metric, str):
             raise ConfigError(f"{where}: metric is a name with options such as 'detection-yolo:conf=0.25'; "
                               f"got {metric!r}.")
@@ -222,10 +220,6 @@ def config_from_dict(d: dict, base=None, where: str = "config"):
 
 def recover_from(spec: Any, where: str = "recover"):
     """A lowbit.recover.Recover from a budget ("10m", "500steps") or a table of its options."""
-    import inspect
-
-    from lowbit.api import quantize
-
     if "recover" not in inspect.signature(quantize).parameters:  # pragma: no cover - builds without recover
         raise ConfigError(f"{where}: 'recover' is not available in this version of lowbit.")
     from lowbit.recover import Recover  # needs torch: lowbit.extras names the extra to install
@@ -239,9 +233,6 @@ def recover_from(spec: Any, where: str = "recover"):
 
 
 def _scheme(d: Any, base, where: str):
-    from lowbit.core.dtypes import dtype_by_name
-    from lowbit.core.granularity import granularity_from_dict
-
     if not isinstance(d, dict):
         raise ConfigError(f"{where} is a table with keys {', '.join(_SCHEME_KEYS)}; got {d!r}.")
     for key in d:

@@ -30,6 +30,7 @@ from lowbit.core import PerChannel, dtype_by_name
 from lowbit.data import ImagePreprocess, as_feeds
 from lowbit.demo.datasets.fashion_mnist import _MAGIC_IMAGES, _MAGIC_LABELS, read_idx
 from lowbit.errors import ConfigError, DataError, ModelError
+from lowbit.extras import require
 from lowbit.io import check_inputs, check_regular_file, read_regular_file, write_all
 from lowbit.load.external_data import check_outputs_beside
 from lowbit.load.model import export_torch, load_model
@@ -156,8 +157,6 @@ def _check_sample_shape(p: Path, x: np.ndarray, specs: Any) -> None:
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model for lowbit: ONNX path or torch module, the FP32 ONNX reference)."""
-    from lowbit.extras import require
-
     torch = require("torch", "lowbit qat (quantization-aware training)")
 
     if Path(args.model).suffix == ".onnx":
@@ -212,8 +211,6 @@ def _check_label_range(reference: Any, x: np.ndarray, labels: dict[str, np.ndarr
 
 def run_qat(args: argparse.Namespace, progress: Any):
     """PTQ and QAT of the model with the same config; returns the report comparing both with FP32."""
-    from lowbit.extras import require
-
     torch = require("torch", "lowbit qat (quantization-aware training)")
 
     import lowbit.qat as qat_api

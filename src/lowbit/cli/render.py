@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
+import textwrap
 import traceback
 from contextlib import contextmanager
 
@@ -11,11 +13,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-# Tables are made to fit 100 columns (details are in the HTML / JSON reports); a terminal narrower
 # than that wraps them. Piped output gets the same 100, never a cut line.
+from lowbit.presets import PRESETS
+# Tables are made to fit 100 columns (details are in the HTML / JSON reports); a terminal narrower
+from lowbit.progress import null_progress
+from lowbit.progress.render import live_progress
+from lowbit.target.cpu import TARGETS, target_traits
+
 WIDTH = 100
+from lowbit.metrics import METRICS
+
 console = Console(stderr=False, width=None if sys.stdout.isatty() else WIDTH)
+from lowbit.calibration import CALIBRATIONS
+
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else WIDTH)
+from lowbit.algorithms import ALGORITHMS
+
 QUIET = False
 
 
@@ -43,11 +56,8 @@ def progress_bar():
     """A progress callback for the library, drawn on stderr (lowbit.progress.render): rich bars in a
     terminal, one line per stage with elapsed time when piped; nothing with -q."""
     if QUIET:
-        from lowbit.progress import null_progress
-
         yield null_progress
         return
-    from lowbit.progress.render import live_progress
 
     with live_progress(sys.stderr) as progress:
         yield progress
@@ -94,34 +104,37 @@ def compact_table(report) -> tuple[list[str], list[list[str]]]:
 
 
 def print_report(report) -> None:
+    """The report as rich tables and lines, read through its schema (`lowbit.report.schema`)."""
     if QUIET:
         for v in report.verdicts():
             err_console.print(escape(v["text"]), soft_wrap=True, highlight=False)
         return
-    if report.variants:  # --no-verify measures nothing: no empty table
+    typed = report.typed()
+    data = typed.extra  # the sections the schema keeps as recorded (tables, search, metric, ...)
+    if typed.variants:  # --no-verify measures nothing: no empty table
         header, rows = compact_table(report)
-        table = Table(title=escape(report.data.get("title", "lowbit report")), header_style="bold")
+        table = Table(title=escape(typed.title), header_style="bold")
         for h in header:  # escaped: '[0.91-0.96]' is text, not rich markup
             table.add_column(escape(h), justify="left" if h == "variant" else "right")
         for r in rows:
             table.add_row(*[escape(c) for c in r])
         console.print(table)
     else:
-        console.print(escape(report.data.get("title", "lowbit report")), highlight=False)
-    skipped = report.skipped
+        console.print(escape(typed.title), highlight=False)
+    skipped = (typed.nodes or {}).get("skipped", [])
     if skipped:
         console.print(f"[dim]{len(skipped)} node(s) kept in float, e.g. "
                       + escape("; ".join(f"{s['name']} ({s['reason']})" for s in skipped[:3])) + "[/dim]")
-    for extra in report.data.get("tables", []):
+    for extra in data.get("tables", []):
         t = Table(title=escape(str(extra.get("title") or "")), header_style="bold")
         for h in extra["header"]:
             t.add_column(escape(str(h)), overflow="fold")
         for r in extra["rows"]:
             t.add_row(*[escape(str(c)) for c in r])
         console.print(t)
-    for n in report.data.get("notes", []):
+    for n in typed.notes:
         console.print(f"[dim]note: {escape(n)}[/dim]")
-    search = report.data.get("search")
+    search = data.get("search")
     if search:
         chosen = search["chosen"]
         console.print(f"precision search: {search['metric']} floor {search['floor']:.4f}; chosen mix scores "
@@ -182,8 +195,6 @@ def _summary(doc: str | None, limit: int = 260) -> str:
 
 
 def _options(cls) -> str:
-    import dataclasses
-
     fields = [f for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING]
     return ", ".join(f"{f.name}={f.default!r}".replace("'", "") for f in fields)
 
@@ -191,14 +202,6 @@ def _options(cls) -> str:
 def list_text(width: int = WIDTH) -> str:
     """`lowbit list`: every preset, calibration method, algorithm, target and metric, each with the
     flag and the config-file key that select it. Plain text (no markup to lose, nothing cut)."""
-    import textwrap
-
-    from lowbit.algorithms import ALGORITHMS
-    from lowbit.calibration import CALIBRATIONS
-    from lowbit.presets import PRESETS
-    from lowbit.target.cpu import TARGETS, target_traits
-    from lowbit.metrics import METRICS
-
     lines: list[str] = []
 
     def section(title: str, how: str) -> None:

@@ -11,13 +11,14 @@ import numpy as np
 
 from lowbit.api import VerifyOptions, compare_variants, quantize
 from lowbit.demo.face_pairs import door_rings, pair_decisions, ring_summary
+from lowbit.demo.zoo.face_set import VARIANTS, FaceSet, face_set
+from lowbit.extras import require
 from lowbit.io import write_all
 from lowbit.load.model import export_torch
 from lowbit.metrics import verification_stats
 from lowbit.onnx.session import session
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
-from lowbit.demo.zoo.face_set import VARIANTS, FaceSet, face_set
 
 THRESHOLD = 0.6  # dlib's same-person distance threshold
 # The mixed plan's budget: mean embedding cosine to FP32 at most this far below 1 (the search keeps
@@ -49,8 +50,6 @@ def _inputs(fs: FaceSet) -> np.ndarray:
 
 def run_doorbell(out: Path, threads: tuple[int, ...] = (1,), latency_runs: int = 30,
                  progress: Progress = null_progress) -> Report:
-    from lowbit.extras import require
-
     torch = require("torch", "the doorbell demo (its face descriptor is a torch module)")
 
     from lowbit.demo.zoo.face_descriptor import face_descriptor

@@ -15,17 +15,22 @@ from __future__ import annotations
 import fnmatch
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowbit.errors import LowbitError
+import lowbit
+from lowbit.demo.datasets import fashion_mnist as fm
+from lowbit.errors import LowbitError, did_you_mean
+from lowbit.extras import require
 
 Say = Callable[[str], None]
 
@@ -194,10 +199,6 @@ def _sdist_photos(dest: Path, tmp: Path) -> None:
 
 
 def fetch_doorbell(say: Say) -> None:
-    import json
-
-    from lowbit.extras import require
-
     require("torch", "the doorbell demo (dlib's descriptor ported to torch)")
     from lowbit.demo.zoo.face_descriptor import faces_data_dir
 
@@ -227,8 +228,6 @@ def fetch_doorbell(say: Say) -> None:
 
 
 def fetch_fashion_mnist(say: Say) -> None:
-    from lowbit.demo.datasets import fashion_mnist as fm
-
     changed = False
     if not fm.available():
         if not deb_installed("dataset-fashion-mnist"):
@@ -257,8 +256,6 @@ def fetch_minilm(say: Say) -> None:
 
 def checkout_root() -> Path:
     """The repository checkout lowbit runs from (src/lowbit/__init__.py), where benchmarks/ is."""
-    import lowbit
-
     return Path(lowbit.__file__).resolve().parents[2]
 
 
@@ -334,16 +331,12 @@ def fetch(target: str, say: Say = lambda line: None) -> None:
     demo: already there (MobileNetV2 weights, 20 labeled photos in .../foolbox/data)
     """
     if target not in TARGETS:
-        from lowbit.errors import did_you_mean
-
         raise SetupError(f"unknown data target '{target}'.{did_you_mean(target, TARGETS)}")
     TARGETS[target].run(say)
 
 
 def targets_help() -> str:
     """The targets, what each fetches and its size (for `lowbit data fetch --help`)."""
-    import textwrap
-
     lines = ["targets:"]
     for name, t in TARGETS.items():
         lines.append(f"  {name:<14} {t.size}")

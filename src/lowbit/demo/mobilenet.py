@@ -9,6 +9,7 @@ import numpy as np
 
 from lowbit.api import VerifyOptions, compare_variants, quantize
 from lowbit.data import ImagePreprocess
+from lowbit.extras import require
 from lowbit.io import atomic_write_bytes, write_all
 from lowbit.load.model import export_torch
 from lowbit.progress import Progress, null_progress
@@ -36,8 +37,6 @@ def labeled_arrays() -> tuple[list[np.ndarray], np.ndarray]:
 
 def export_mobilenet(path: Path | None = None) -> "onnx.ModelProto":
     """MobileNetV2 with its ImageNet weights as ONNX; also written to `path` when given."""
-    from lowbit.extras import require
-
     torch = require("torch", "the demo (MobileNetV2's weights come as a torch module)")
 
     from lowbit.demo.zoo import mobilenet_v2

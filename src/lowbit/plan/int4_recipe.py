@@ -21,21 +21,21 @@ import dataclasses
 
 import onnx
 
+from lowbit.algorithms import AlgorithmContext
+from lowbit.config import Scheme
+from lowbit.core.dtypes import int4
 from lowbit.core.granularity import PerChannel, PerGroup
+from lowbit.core.qparams import QParams
+from lowbit.emit.blocks import storage_record
+from lowbit.emit.int4 import check_linear_gemm
 from lowbit.errors import ConfigError
+from lowbit.load.prepare import fingerprint
 from lowbit.onnx.graph import GraphIndex
+from lowbit.plan.calibrate import calibrate
 from lowbit.plan.quant_plan import TensorPlan
-
-
-def check_int4_weights(scheme) -> None:
-    """The int4 preset's weight scheme: symmetric int4 in blocks (PerGroup) of a power of two >= 16."""
-    g = scheme.granularity
-    if scheme.dtype.name != "int4" or not scheme.symmetric:
-        raise ConfigError(f"precision 'int4' stores symmetric int4 weights; got {scheme.dtype.name}"
-                          f"{'' if scheme.symmetric else ' asymmetric'}")
-    if not isinstance(g, PerGroup) or g.size < 16 or g.size & (g.size - 1):
-        raise ConfigError(f"precision 'int4' needs weights in blocks: PerGroup(axis=0, size=N) with N a power of two "
-                          f">= 16 (16, 32, 64, 128, ...; MatMulNBits' block sizes); got {g}")
+from lowbit.plan.selection import _kept_float
+from lowbit.search.mixed import mixed_plan
+from lowbit.transformers.pipeline import embedding_table
 
 
 def block_choices(model: onnx.ModelProto, size: int, keep_float: tuple[str, ...] = ()
@@ -43,12 +43,6 @@ def block_choices(model: onnx.ModelProto, size: int, keep_float: tuple[str, ...]
     """({layer: {'int4': TensorPlan}}, {layer: why it stays float}): 4-bit blocks of `size` along K
     for each MatMul / Gemm(A, B^T) with a constant 2-D weight, and the word-embedding table along
     its width. Round to nearest (plan-stage algorithms may refine the integers)."""
-    from lowbit.core.dtypes import int4
-    from lowbit.core.qparams import QParams
-    from lowbit.emit.int4 import check_linear_gemm
-    from lowbit.plan.selection import _kept_float
-    from lowbit.transformers.pipeline import embedding_table
-
     g = GraphIndex(model)
     out: dict[str, dict[str, TensorPlan]] = {}
     left: dict[str, str] = {}
@@ -91,26 +85,19 @@ def block_choices(model: onnx.ModelProto, size: int, keep_float: tuple[str, ...]
 def conv_config(config):
     """The static part of the recipe: Conv only, 4-bit per-channel weights, 8-bit activations; the
     float-stage algorithms only (the plan-stage ones run once the blocks are in the plan)."""
-    from lowbit.config import Scheme
-    from lowbit.core.dtypes import int4
-
     return config.with_(precision="int8", weights=Scheme(int4, PerChannel(0), True, config.weights.calibration),
                         op_types=("Conv",), transformer=False, accuracy_level=0,
                         algorithms=tuple(a for a in config.algorithms if a.stage == "float"))
 
 
-def calibrate_int4(prepared, config, calib, progress, timings: dict | None = None):
+def calibrate_int4(model: onnx.ModelProto, config, calib, progress, timings: dict | None = None):
     """(float model, plan, float model before the plan-stage fits) for precision 'int4' (see the
-    module docstring), as api.calibrate_plan gives them for int8."""
-    from lowbit.algorithms import AlgorithmContext
-    from lowbit.search.mixed import mixed_plan
-    from lowbit.api import calibrate_plan
-    from lowbit.emit.blocks import storage_record
-    from lowbit.load.prepare import fingerprint
-
+    module docstring), as `lowbit.plan.calibrate.calibrate` gives them for int8. `model` is taken
+    over, as there."""
     timings = {} if timings is None else timings
     static = conv_config(config)
-    model, plan, _ = calibrate_plan(prepared, static, calib, progress, timings)
+    c = calibrate(model, static, calib, progress, timings)
+    model, plan = c.model, c.plan
     size = config.weights.granularity.size
     choices, left = block_choices(model, size, config.keep_float)
     plan = mixed_plan(model, plan, {n: "int4" for n in choices}, choices=choices)

@@ -14,6 +14,9 @@ import functools
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
+from lowbit.errors import ConfigError
+from lowbit.progress.render import live_progress
+
 
 class Progress(Protocol):
     def __call__(self, stage: str, done: int, total: int | None = None) -> None: ...
@@ -34,16 +37,12 @@ def accepts_progress(fn: F) -> F:
     def wrapper(*args, **kwargs):
         p = kwargs.get("progress")
         if p is True:
-            from lowbit.progress.render import live_progress
-
             with live_progress() as drawn:
                 kwargs["progress"] = drawn
                 return fn(*args, **kwargs)
         if p is None or p is False:
             kwargs["progress"] = null_progress
         elif "progress" in kwargs and not callable(p):
-            from lowbit.errors import ConfigError
-
             raise ConfigError(f"progress must be True, False or a callable(stage, done, total); got {p!r}.")
         return fn(*args, **kwargs)
 

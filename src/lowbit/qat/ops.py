@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from onnx import numpy_helper
 
 from lowbit.errors import ModelError
 
@@ -252,8 +253,6 @@ def _constant_of_shape(x, a):
 
 
 def onnx_numpy(t):
-    from onnx import numpy_helper
-
     return numpy_helper.to_array(t).copy()
 
 

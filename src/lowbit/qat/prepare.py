@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lowbit.api import make_plan
 from lowbit.config import QuantConfig
-from lowbit.presets import as_config
 from lowbit.data import as_feeds
 from lowbit.errors import ConfigError, ModelError
 from lowbit.load.model import load_model
-from lowbit.plan.quant_plan import QuantPlan
 from lowbit.load.prepare import prepare as prepare_onnx
+from lowbit.plan.calibrate import calibrate
+from lowbit.plan.quant_plan import QuantPlan
+from lowbit.presets import as_config, resolve_transformer
 from lowbit.progress import Progress, null_progress
 from lowbit.qat.bn import BN_MODES, reintroduce_batchnorm
 from lowbit.qat.graph import QATGraph
@@ -75,7 +75,8 @@ def prepare(model: Any, config: QuantConfig | str = "int8", calib_data: Any = No
     loaded = load_model(model, example_inputs)
     prepared = prepare_onnx(loaded)
     calib = as_feeds(calib_data, prepared.inputs, preprocess=preprocess, limit=calib_limit, batch_size=64)
-    float_model, plan = make_plan(prepared, cfg, calib, progress)
+    c = calibrate(prepared.proto, resolve_transformer(cfg, prepared.proto), calib, progress)
+    float_model, plan = c.model, c.plan
     return from_plan(float_model, plan, learn_scales=learn_scales, bn=bn, freeze_bn_after=freeze_bn_after,
                      calib=calib if bn == "batch" else None)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lowbit.errors import ConfigError
 from lowbit.progress import Progress, null_progress
 from lowbit.qat import distributed
 from lowbit.qat.graph import QATGraph
@@ -122,8 +123,6 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
     rank, world = distributed.world()
     seconds, max_steps = opts.seconds, opts.steps
     if opts.batch_size % world:
-        from lowbit.errors import ConfigError
-
         raise ConfigError(f"the recovery batch size ({opts.batch_size}) must divide by the number of processes "
                           f"({world}).")
     scorer = _Scorer(qat, data.held, teacher)

@@ -15,6 +15,7 @@ import onnx
 import torch
 
 from lowbit.data import FeedSource
+from lowbit.errors import ConfigError
 from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
 from lowbit.qat.export import to_plan
@@ -33,8 +34,6 @@ def recover_plan(float_model: onnx.ModelProto, plan: QuantPlan, teacher_model: o
     """(float model, plan) after recovery; the plan records what recovery did under config['recover']."""
     start = time.perf_counter()
     if plan.precision != "int8":
-        from lowbit.errors import ConfigError
-
         raise ConfigError(f"recover fine-tunes static int8 plans (int8, w4a8, ...); this plan is "
                           f"'{plan.precision}'.")
     qat = QATGraph(float_model, plan, learn_scales=True)

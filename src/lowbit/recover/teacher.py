@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 
 class Teacher:
     """FP32 outputs for a feed dict; `outputs` names them in the student's order."""
 
     def __init__(self, model: onnx.ModelProto, outputs: list[str], threads: int) -> None:
-        import onnxruntime as ort
-
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.intra_op_num_threads = max(1, threads)

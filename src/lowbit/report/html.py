@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lowbit.report import html_task, plots
+from lowbit.report.analysis_plots import all_charts
 
 __all__ = ["render_html"]
 
@@ -329,8 +330,6 @@ def _extra_tables(tables: Any) -> str:
 
 
 def _analysis_charts(r: dict) -> str:
-    from lowbit.report.analysis_plots import all_charts
-
     if not any(r.get(k) for k in ("analysis", "search", "histograms", "layer_precisions")):
         return ""
     if not plots.available():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
-from importlib.metadata import PackageNotFoundError, version
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import onnxruntime
 
 from lowbit.io import atomic_write_text
 from lowbit.package import __version__
+from lowbit.report.html import render_html
 from lowbit.report.schema import REPORT_SCHEMA, ReportData, Variant
 from lowbit.report.verdict import verdicts
 
@@ -87,8 +88,6 @@ class Report:
         return ReportData.from_dict(json.loads(self.to_json()))
 
     def to_html(self) -> str:
-        from lowbit.report.html import render_html
-
         return render_html(self.typed().to_dict())
 
     def save_json(self, path: str | Path) -> Path:

@@ -27,10 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from lowbit.core.fidelity import decibels
 from lowbit.data import Batch
+from lowbit.emit.qdq import emit_simulation
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.ops import PASSTHROUGH_OPS, WEIGHTED_OPS, weight_slots
+from lowbit.onnx.session import run_batch, session, with_outputs
+from lowbit.plan.clipping import output_sqnr
 from lowbit.plan.quant_plan import QuantPlan
+from lowbit.search.mixed import mixed_plan
 
 FLOAT_BUDGET = 0.10  # share of the layer weights that may move to FP16 (+2.5% of the FP32 file at most)
 MAX_TRIALS = 6       # simulations after the probe: the time cost is bounded, not proportional to depth
@@ -90,10 +95,6 @@ def error_jumps(model: onnx.ModelProto, plan: QuantPlan, units: list[Unit], batc
                 ) -> tuple[dict[str, float], list[np.ndarray], float]:
     """({layer: growth of the noise-to-signal ratio across its unit, in dB}, FP32 outputs, output
     SQNR of the plan): one run of FP32 and one of the INT8 simulation per batch."""
-    from lowbit.plan.clipping import output_sqnr
-    from lowbit.emit.qdq import emit_simulation
-    from lowbit.onnx.session import run_batch, session, with_outputs
-
     sim_model = emit_simulation(model, plan)
     present = {o for n in sim_model.graph.node for o in n.output} | {i.name for i in sim_model.graph.input}
     tensors = sorted({t for u in units for t in [u.entry, *u.exits] if t in present})
@@ -118,7 +119,7 @@ def error_jumps(model: onnx.ModelProto, plan: QuantPlan, units: list[Unit], batc
     for u in units:
         outs = [nsr[t] for t in u.exits if t in nsr]
         if outs and u.entry in nsr:
-            jumps[u.layer] = float(10 * np.log10((max(outs) + 1e-12) / (nsr[u.entry] + 1e-12)))
+            jumps[u.layer] = float(decibels((max(outs) + 1e-12) / (nsr[u.entry] + 1e-12)))
     reference = [r[first] for r in refs]
     return jumps, reference, output_sqnr(reference, [c[first] for c in cands])
 
@@ -128,11 +129,6 @@ def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable
                         samples: int = SAMPLES) -> tuple[QuantPlan, dict]:
     """(plan, record): `plan` with the units that measurably dominate its error in float (see module
     doc); `plan` itself when no trial clears the margin."""
-    from lowbit.search.mixed import mixed_plan
-    from lowbit.plan.clipping import output_sqnr
-    from lowbit.emit.qdq import emit_simulation
-    from lowbit.onnx.session import run_batch, session
-
     g = GraphIndex(model)
     units = find_units(model, plan, g)
     batches = list(itertools.islice(iter(calib), samples))

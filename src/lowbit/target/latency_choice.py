@@ -64,7 +64,7 @@ def estimate_ratio(fp32_runs, int8_runs, fp32_ms: float | None = None, int8_ms: 
 
 
 def check_plan_timings(value) -> str | None:
-    """Why plan.config["layer_costs"] (as read from a plan file) is malformed, or None. The timings
+    """Why plan.decisions["layer_costs"] (as read from a plan file) is malformed, or None. The timings
     are evidence for a reader, never re-used: re-applying a plan does not measure or re-decide."""
     if not isinstance(value, dict):
         return "must be an object {node name: timings}"
