@@ -37,7 +37,9 @@ def public_modules() -> list[str]:
         name = f"lowbit.{info.name}"
         if info.ispkg and not info.name.startswith("_") and name not in PRIVATE:
             names.append(name)
-    names += [m for m in MODULES if importlib.util.find_spec(m) is not None]
+    # a module inside a subpackage already listed is documented with it (pdoc walks subpackages)
+    names += [m for m in MODULES if importlib.util.find_spec(m) is not None
+              and not any(m == n or m.startswith(n + ".") for n in names[1:])]
     return names
 
 
