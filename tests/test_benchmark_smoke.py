@@ -89,7 +89,7 @@ def test_benchmark_render_is_generic() -> None:
                 "lowbit:int8-transformer": _variant("lowbit", 20.0, {"cosine": 0.996, "nn_preserved": 0.93}, 400.0),
                 "lowbit:int8": {"kind": "lowbit", "name": "int8", "error": "Fail: boom"},
                 "lowbit:int8-dynamic": _variant("lowbit", 40.2, {"cosine": 0.99, "nn_preserved": 0.9}),
-                "lowbit:int4": _variant("lowbit", 80.0, {"cosine": 0.98, "nn_preserved": 0.8}),  # not a preset
+                "lowbit:int4-mix": _variant("lowbit", 80.0, {"cosine": 0.98, "nn_preserved": 0.8}),  # not a preset
                 "ort-static-minmax": _variant("peer", 30.0, {"cosine": 0.81, "nn_preserved": 0.5}, 800.0),
                 "ort-dynamic": _variant("peer", 25.0, {"cosine": 0.96, "nn_preserved": 0.8}, 100.0),
             }}
@@ -100,7 +100,7 @@ def test_benchmark_render_is_generic() -> None:
     slow = next(b for b in render.check_bars({"tiny": text}) if "no lowbit preset slower" in b["bar"])
     assert slow["status"] == "FAIL"  # fp16 at 0.8x; int8-dynamic's 0.995x is within the noise
     assert "slower beyond noise: lowbit:fp16 1T, lowbit:fp16 2T" in slow["shown"]
-    assert "not presets, not held to this bar: lowbit:int4" in slow["shown"]
+    assert "not presets, not held to this bar: lowbit:int4-mix" in slow["shown"]
     assert "lowbit:int8-dynamic 1T" in slow["shown"] and "int8-dynamic 1T" not in slow["shown"].split("beyond noise")[1]
     # ort-dynamic reads no data: the memory bar compares with the calibrating peers only
     assert bars["Tiny encoder: lowbit:int8-transformer quantize peak RSS ≤ every calibrating peer's"] == "PASS"

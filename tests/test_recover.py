@@ -107,7 +107,8 @@ def test_recover_brings_w4a8_decisions_back_to_the_teacher(teacher_onnx):
     # what ships is what trained: same kind of QDQ model, as small as PTQ's
     ops = lambda m: sorted({n.op_type for n in m.graph.node})  # noqa: E731
     assert ops(rec.model) == ops(ptq.model)
-    assert abs(rec.model.ByteSize() - ptq.model.ByteSize()) < 0.02 * ptq.model.ByteSize()
+    weights = lambda m: sum(len(t.raw_data) for t in m.graph.initializer)  # noqa: E731 - metadata grows
+    assert weights(rec.model) == weights(ptq.model)
 
 
 def _setup_run(teacher_onnx, calib: np.ndarray):
