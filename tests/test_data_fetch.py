@@ -37,7 +37,9 @@ def test_apt_without_root_names_the_command_and_exits_2(monkeypatch, tmp_path, c
 
 
 def test_zoo_outside_the_checkout_says_it_needs_the_repository(monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "benchmarks", None)  # `import benchmarks` fails, as for a pip user
+    # `import benchmarks...` fails, as for a pip user (also where earlier tests imported its modules)
+    for name in ["benchmarks", *[m for m in sys.modules if m.startswith("benchmarks.")]]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setattr(fetch, "checkout_root", lambda: tmp_path)
     assert main(["data", "fetch", "zoo"]) == 2
     assert "Clone the repository" in " ".join(capsys.readouterr().err.split())
