@@ -240,3 +240,37 @@ def test_qat_graph_runs_a_detector_neck_as_onnx_runtime_does():
     with torch.no_grad():
         got = q(x).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-6)
+
+
+def test_recover_where_it_cannot_apply_is_refused_before_any_work(teacher_onnx, tmp_path):
+    """fp16 / int8-dynamic / int4 have no fake-quant plan to train and a re-applied plan is not
+    trained: each is a ConfigError naming what would work, raised before calibration (no data is
+    needed to get it) and before any output is written."""
+    import lowbit
+    from lowbit.cli.commands import main
+
+    for preset in ("fp16", "int8-dynamic", "int4"):
+        with pytest.raises(ConfigError, match=f"presets int8, int8-fast, w4a8.*precision '{preset}'"):
+            lowbit.quantize(teacher_onnx, preset, None, verify=None, recover=Recover("5steps"))
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text("{}")
+    with pytest.raises(ConfigError, match="re-applied as it is"):
+        lowbit.quantize(teacher_onnx, "int8", None, plan=plan_file, verify=None, recover="5steps")
+    with pytest.raises(ConfigError, match="budget such as '10m'"):
+        lowbit.quantize(teacher_onnx, "int8", None, verify=None, recover=10)
+    with pytest.raises(ConfigError, match="recovery budget"):
+        lowbit.quantize(teacher_onnx, "int8", None, verify=None, recover="ten minutes")
+    model = tmp_path / "m.onnx"
+    onnx.save(teacher_onnx, str(model))
+    out = tmp_path / "out.onnx"
+    assert main(["quantize", str(model), "--precision", "fp16", "--recover", "5steps", "-o", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_a_budget_string_is_a_recover(teacher_onnx):
+    import lowbit
+
+    calib, _ = _images(64, seed=6)
+    result = lowbit.quantize(teacher_onnx, "int8-fast", calib, verify=None, recover="3steps")
+    assert result.plan.config["recover"]["budget"] == "3steps"
+    assert result.plan.config["recover"]["steps"] == 3

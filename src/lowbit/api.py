@@ -170,8 +170,8 @@ def quantize(
     no batch axis, the array goes with every batch, e.g. {"sr": None}). `stateful` pairs state inputs with the
     outputs that carry them ({"state": "stateN"}): each item of the data is then one sequence, run chunk by chunk
     with its state carried, in calibration and in evaluation (`lowbit.data.stateful`).
-    `recover` (a `lowbit.recover.Recover`): after calibration, fine-tune the plan to match the FP32 model's outputs
-    on the calibration data (label-free distillation, within its time/step budget).
+    `recover` (a `lowbit.recover.Recover`, or its budget: '10m'): after calibration, fine-tune the static plan to
+    match the FP32 model's outputs on the calibration data (label-free distillation, within its time/step budget).
     `output` is checked before any work (not an input, not a device; a symlink is written through) and written only
     after verification succeeded: a failed run leaves an earlier file as it was. `progress=True` draws progress on
     stderr (rich bars in a terminal, one line per stage with its elapsed time elsewhere); a callable(stage, done,
@@ -183,7 +183,7 @@ def quantize(
     """
     clock = _Clock()
     reset_peak_rss()
-    # outputs checked before any work, written after all that can fail (an earlier output stays as it was)
+    recover = _recovery(recover, as_config(config), plan)  # a misplaced recover fails before any work
     outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
     out_target = check_outputs(outputs, {"model": model, "calib_data": calib_data, "eval_data": eval_data,
                                          "plan": plan, "labels": labels}).get("output")
@@ -209,6 +209,30 @@ def quantize(
         _verify_quantized(job, report, qbytes, (eval_data, calib_data, labels), data, verify, progress, metric, clock)
     out_path = _write_output(report, out_target, output, qbytes, keep_failed)
     return QuantResult(qmodel, job.plan, report, out_path, clock.timings, job.prepared.proto)
+
+
+def _recovery(recover: Any, cfg: QuantConfig, plan: Any) -> Any:
+    """`recover` as a `lowbit.recover.Recover` (a budget such as '10m' accepted), checked against the
+    call: recovery trains the fake-quant graph of a static plan that calibration has just made."""
+    if recover is None:
+        return None
+    if plan is not None:
+        raise ConfigError("recover fine-tunes the plan calibration makes; a saved plan (plan= / --plan) is "
+                          "re-applied as it is, without training. Give one of the two: recover a fresh "
+                          "quantization (its plan can be saved and re-applied later).")
+    if cfg.precision != "int8":
+        raise ConfigError(f"recover fine-tunes static INT8 plans (presets int8, int8-fast, w4a8, int8-transformer); "
+                          f"precision '{cfg.precision}' has no quantized activations to train against "
+                          "(fp16 and int8-dynamic keep them in float; int4's MatMulNBits blocks are weight-only). "
+                          "Drop recover or choose one of those presets.")
+    from lowbit.recover import Recover  # torch: lowbit.extras names the extra to install
+
+    if isinstance(recover, str):
+        return Recover(recover)
+    if not isinstance(recover, Recover):
+        raise ConfigError(f"recover is a lowbit.recover.Recover or a budget such as '10m' or '500steps'; "
+                          f"got {type(recover).__name__}.")
+    return recover
 
 
 def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data: _DataOptions,
