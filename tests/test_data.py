@@ -342,3 +342,19 @@ def test_specs_from_onnx_skips_initializers():
                      InputSpec("ids", (1, 7), np.dtype(np.int64))]
     assert specs[0].describe_shape() == "(batch, 3, ?, 4)"
     assert specs[1].describe_shape() == "(1, 7)"
+
+
+def test_evaluation_data_the_model_cannot_take_fails_before_calibration(small_model_path, calib_arrays):
+    """Wrong input names or labels in the held-out data are found before calibration starts (the
+    first evaluation batch is read up front), not after minutes of calibrating and emitting."""
+    import lowbit
+
+    stages = []
+    progress = lambda stage, done, total: stages.append(stage)  # noqa: E731
+    wrong = {"not_an_input": np.stack(calib_arrays[:4])}
+    with pytest.raises(DataError, match="unknown input name 'not_an_input'"):
+        lowbit.quantize(str(small_model_path), "int8", calib_arrays, eval_data=wrong, verify=None, progress=progress)
+    assert "prepare" in stages and "calibrate" not in stages and "emit" not in stages, stages
+    with pytest.raises(DataError, match="labels hold 3 entries"):
+        lowbit.quantize(str(small_model_path), "int8", calib_arrays, eval_data=np.stack(calib_arrays[:8]), labels=[0, 1, 2],
+                        verify=None)

@@ -195,7 +195,7 @@ def quantize(
     if plan is not None:
         _reapply(job, plan)
     elif job.cfg.precision in ("int8", "int4"):
-        job.calib = _calibration_feeds(job, calib_data, data, calib_limit)
+        job.calib = _calibration_feeds(job, (calib_data, eval_data, labels), data, calib_limit)
         budget = Budget(metric, max_drop, min_metric, search_evals) if (max_drop, min_metric) != (None, None) else None
         _calibrate(job, budget is not None, recover, progress, clock.timings)
         clock.lap("calibrate+plan")
@@ -273,11 +273,18 @@ def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
     job.plan, job.reapplied = plan, True
 
 
-def _calibration_feeds(job: _Job, calib_data: Any, data: _DataOptions, limit: int | None) -> FeedSource:
+def _calibration_feeds(job: _Job, given: tuple, data: _DataOptions, limit: int | None) -> FeedSource:
+    """The calibration feeds; the evaluation data's first batch is read first, so that data the model
+    cannot take (wrong input names, shapes, labels) fails before minutes of calibration, not after."""
+    calib_data, eval_data, labels = given
     if calib_data is None:
         raise DataError(f"static {job.cfg.precision} needs calibration data (calib_data / --calib): a few hundred "
                         "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
     p = job.prepared
+    if eval_data is not None:
+        first = model_feeds(eval_data, p.proto, p.inputs, batch_axes=data.batch_axes, stateful=data.stateful,
+                            labels=labels, preprocess=data.preprocess, limit=1, skip_bad=data.skip_bad)
+        next(iter(first), None)
     return model_feeds(calib_data, p.proto, p.inputs, batch_axes=data.batch_axes, stateful=data.stateful,
                        preprocess=data.preprocess, limit=limit, skip_bad=data.skip_bad)
 
