@@ -4,6 +4,7 @@ photo crops and evaluated on crops of other photos plus 20 labeled ImageNet phot
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,9 @@ from lowbit.io import atomic_write_bytes, write_all
 from lowbit.load.model import export_torch
 from lowbit.progress import Progress, null_progress
 from lowbit.report import Report
+
+if TYPE_CHECKING:  # only the annotation needs it
+    import onnx
 
 
 def photo_arrays(split: str, n: int) -> list[np.ndarray]:
