@@ -274,3 +274,76 @@ def test_a_budget_string_is_a_recover(teacher_onnx):
     result = lowbit.quantize(teacher_onnx, "int8-fast", calib, verify=None, recover="3steps")
     assert result.plan.config["recover"]["budget"] == "3steps"
     assert result.plan.config["recover"]["steps"] == 3
+
+
+def test_watched_tensors_are_the_graphs_own_and_feature_distillation_trains(teacher_onnx):
+    """`features`: the QAT graph leaves the chosen intermediate tensors in `watched`, equal to ONNX
+    Runtime's FP32 values when quantization is off; they are inputs of INT8 layers spread through the
+    graph; training with them still lowers the held-out output loss, which alone picks the shipped state."""
+    import lowbit
+    import onnxruntime as ort
+    from lowbit.onnx.session import with_outputs
+    from lowbit.qat.graph import QATGraph
+    from lowbit.recover.pipeline import feature_points
+
+    calib, _ = _images(96, seed=7)
+    ptq = lowbit.quantize(teacher_onnx, _w4_config(), calib, verify=None)
+    all_points = feature_points(ptq.float_model, ptq.float_model, ptq.plan, 100)
+    points = feature_points(ptq.float_model, ptq.float_model, ptq.plan, 2)
+    assert len(all_points) >= 3 and len(points) == 2 and set(points) <= set(all_points)
+    assert points[-1] == all_points[-1]  # the deepest layer's input is always watched
+    int8_inputs = {n.input[0] for n in ptq.float_model.graph.node if ptq.plan.nodes.get(n.name) is not None
+                   and ptq.plan.nodes[n.name].precision == "int8"}
+    assert set(all_points) <= int8_inputs
+    qat = QATGraph(ptq.float_model, ptq.plan, watch=points)
+    qat.quantize_enabled = False
+    with torch.no_grad():
+        qat(torch.from_numpy(calib[:4]))
+    sess = ort.InferenceSession(with_outputs(ptq.float_model, list(points)).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    ref = sess.run(list(points), {qat.input_names[0]: calib[:4]})
+    for name, r in zip(points, ref):
+        np.testing.assert_allclose(qat.watched[name].numpy(), r, rtol=1e-4, atol=1e-4)
+    with pytest.raises(Exception, match="cannot watch"):
+        QATGraph(ptq.float_model, ptq.plan, watch=("no_such_tensor",))
+    with pytest.raises(ConfigError, match="features"):
+        Recover(features=-1)
+    rec = lowbit.quantize(teacher_onnx, _w4_config(), calib, verify=None,
+                          recover=Recover("30steps", features=2, eval_every=10, patience=100))
+    info = rec.plan.config["recover"]
+    assert info["watched"] == list(points) and info["features"] == 2
+    assert len(info["held_out_after"]["losses"]) == len(rec.model.graph.output)  # outputs only
+    assert info["held_out_after"]["score"] < info["held_out_before"]["score"]
+
+
+def test_max_drop_with_recover_searches_the_recovered_plan(teacher_onnx):
+    """With an accuracy budget, recovery runs first and the precision search judges mixes of the
+    recovered INT8 layers: the shipped plan carries the recovery record and the budget holds on the
+    confirmation half."""
+    import lowbit
+
+    calib, _ = _images(128, seed=8)
+    evaluation, _ = _images(800, seed=9)
+    result = lowbit.quantize(teacher_onnx, _w4_config(), calib, eval_data=evaluation, max_drop=0.04,
+                             recover=Recover("20steps", eval_every=5), verify=None)
+    budget = result.report.data["budget"]
+    assert result.plan.config["recover"]["steps"] == 20
+    assert budget["met"] and budget["holdout_metric"] >= budget["floor"], budget
+
+
+def test_output_kinds_and_per_row_kl():
+    """Logits (N, C): KL of the softmaxes; probability rows ((N, C) or per frame (N, T, C)): KL on the
+    rows, averaged over frames; anything else: relative squared error. Zero exactly when equal."""
+    from lowbit.recover.losses import kinds, output_loss
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 7, generator=gen)
+    frames = torch.softmax(torch.randn(4, 5, 7, generator=gen), -1)
+    boxes = torch.randn(4, 5, 7, generator=gen)
+    assert kinds([logits, torch.softmax(logits, 1), frames, boxes]) == ["kl", "kl-rows", "kl-rows", "mse"]
+    other = torch.softmax(torch.randn(4, 5, 7, generator=gen), -1)
+    manual = (frames * (frames.log() - other.log())).sum(-1).mean()
+    assert torch.allclose(output_loss("kl-rows", other, frames), manual, atol=1e-6)
+    assert float(output_loss("kl-rows", frames, frames)) == pytest.approx(0.0, abs=1e-7)
+    assert torch.allclose(output_loss("kl-rows", torch.softmax(logits * 0.5, 1), torch.softmax(logits, 1)),
+                          output_loss("kl", logits * 0.5, logits), atol=1e-5)

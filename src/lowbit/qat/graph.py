@@ -39,7 +39,8 @@ class QATGraph(nn.Module):
     `lowbit.qat.export` to get the (float model, plan) pair back.
     """
 
-    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, learn_scales: bool = True) -> None:
+    def __init__(self, model: onnx.ModelProto, plan: QuantPlan, learn_scales: bool = True,
+                 watch: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.proto = model
         self.plan = plan
@@ -107,8 +108,15 @@ class QATGraph(nn.Module):
             for name in ins:
                 last[name] = i
         self._free_after: list[list[str]] = [[] for _ in self.nodes]
+        # `watch`: intermediate tensors whose float values each forward pass leaves in `watched`
+        # (feature distillation reads them); like outputs, they are never dropped early
+        self.watch = tuple(watch)
+        self.watched: dict[str, torch.Tensor] = {}
+        missing = sorted(set(self.watch) - {o for n in model.graph.node for o in n.output})
+        if missing:
+            raise ModelError(f"cannot watch {missing}: no node of the graph computes them.")
         for name, i in last.items():
-            if name not in self.output_names and name not in self._const_keys:
+            if name not in self.output_names and name not in self._const_keys and name not in self.watch:
                 self._free_after[i].append(name)
         self.bn_folds = nn.ModuleDict()  # node key -> BatchStatFold (bn='batch')
         self.quantize_enabled = True
@@ -193,5 +201,6 @@ class QATGraph(nn.Module):
             for name in self._free_after[i]:
                 env.pop(name, None)
                 fq_env.pop(name, None)
+        self.watched = {name: env[name] for name in self.watch}
         outputs = tuple(env[o] for o in self.output_names)  # graph outputs stay float (observed only)
         return outputs[0] if len(outputs) == 1 else outputs

@@ -79,16 +79,18 @@ class _Scorer:
         mine = np.arange(rank, len(held), world)
         self.parts = [feeds for i in range(0, len(mine), EVAL_BATCH) for feeds in held.take(mine[i:i + EVAL_BATCH])]
         self.targets = [[torch.from_numpy(t) for t in teacher(feeds)] for feeds in self.parts]
-        first = self.targets[0]
+        first = self.targets[0][:len(qat.output_names)]  # the rest: watched intermediate tensors
         self.kinds = kinds(first)
+        self._agreement_output = next((j for j, (k, t) in enumerate(zip(self.kinds, first))
+                                       if k in ("kl", "kl-rows") and t.dim() == 2), None)
         self.trainable = [t.is_floating_point() for t in first]
         self.norms = [1.0] * len(first)
 
     def raw(self) -> tuple[list[float], float | None]:
         was = self.qat.training
         self.qat.eval()
-        n_out = len(self.kinds)
-        sums = torch.zeros(n_out + 2, dtype=torch.float64)
+        n_out, n_feat = len(self.kinds), len(self.qat.watch)
+        sums = torch.zeros(n_out + n_feat + 2, dtype=torch.float64)
         with torch.no_grad():
             for feeds, targets in zip(self.parts, self.targets):
                 out = self.qat(*[torch.from_numpy(feeds[k]) for k in self.qat.input_names])
@@ -97,20 +99,23 @@ class _Scorer:
                 for j, (s, t, kind) in enumerate(zip(out, targets, self.kinds)):
                     if self.trainable[j]:
                         sums[j] += float(output_loss(kind, s, t)) * rows
-                    if kind == "kl" and j == self.kinds.index("kl"):
+                    if j == self._agreement_output:  # the first classifier's top-1 agreement
                         sums[-2] += float((s.argmax(1) == t.argmax(1)).sum())
+                for j, name in enumerate(self.qat.watch):
+                    sums[n_out + j] += float(output_loss("mse", self.qat.watched[name], targets[n_out + j])) * rows
                 sums[-1] += rows
         self.qat.train(was)
         sums = _sum_all(sums)
         total = float(sums[-1])
-        losses = [float(sums[j]) / total for j in range(n_out)]
-        agree = float(sums[-2]) / total if "kl" in self.kinds else None
+        losses = [float(sums[j]) / total for j in range(n_out + n_feat)]  # outputs, then watched tensors
+        agree = float(sums[-2]) / total if self._agreement_output is not None else None
         return losses, agree
 
     def __call__(self) -> dict:
         losses, agree = self.raw()
+        # the score is the outputs' alone: the watched tensors guide training, the outputs are what ships
         score = sum(l / n for l, n, ok in zip(losses, self.norms, self.trainable) if ok)
-        out = {"score": score, "losses": losses}
+        out = {"score": score, "losses": losses[:len(self.kinds)]}
         if agree is not None:
             out["top1_agreement"] = agree
         return out
@@ -177,6 +182,11 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
             out = out if isinstance(out, tuple) else (out,)
             part = sum(output_loss(kind, s, t) / norm for s, t, kind, norm, ok
                        in zip(out, targets, scorer.kinds, scorer.norms, scorer.trainable) if ok)
+            if qat.watch:  # feature distillation: each watched tensor's relative error, 1 at PTQ
+                n_out = len(scorer.kinds)
+                feats = sum(output_loss("mse", qat.watched[name], t) / norm for name, t, norm
+                            in zip(qat.watch, targets[n_out:], scorer.norms[n_out:])) / len(qat.watch)
+                part = part + opts.feature_weight * feats
             w = next(iter(feeds.values())).shape[0] / rows
             (part * w).backward()
             loss = loss + part.detach() * w

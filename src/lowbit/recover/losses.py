@@ -2,6 +2,10 @@
 
 - classifier logits ((N, C) with C >= 2, not probabilities): KL(softmax(teacher) || softmax(student)),
   the distillation loss of Hinton et al. 2015 at temperature 1;
+- probability rows along the last axis ((N, C) softmax scores, a recognizer's (N, T, C) per-frame
+  distributions): the same KL per row, averaged over the rows (frames) of each sample, on the
+  probabilities themselves: a squared error on them is blind to the classes with small probability
+  that decide a near tie;
 - any other output: squared error over the teacher's mean square (1 / SQNR), so that its scale
   does not matter.
 Each output's loss is divided by its value for the PTQ plan on the held-out data, so every output
@@ -22,15 +26,26 @@ def is_logits(t: torch.Tensor) -> bool:
     return not probs
 
 
+def is_probability_rows(t: torch.Tensor) -> bool:
+    """Rows along the last axis (at least 2 classes) that are distributions: in [0, 1], summing to 1."""
+    if t.dim() < 2 or t.shape[-1] < 2 or not t.is_floating_point():
+        return False
+    return bool((t >= 0).all() and (t <= 1).all() and torch.allclose(t.sum(-1), torch.ones(()), atol=1e-3))
+
+
 def output_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean per-sample loss of one output; `kind` is 'kl' or 'mse' (see the module)."""
+    """Mean per-sample loss of one output; `kind` is 'kl', 'kl-rows' or 'mse' (see the module)."""
     if kind == "kl":
         return F.kl_div(F.log_softmax(student, 1), F.log_softmax(teacher, 1), log_target=True,
                         reduction="batchmean")
+    if kind == "kl-rows":
+        t = teacher.clamp_min(1e-12)
+        per_row = (t * (t.log() - student.clamp_min(1e-12).log())).sum(-1)
+        return per_row.reshape(student.shape[0], -1).mean(1).mean()
     err = (student - teacher).pow(2).reshape(student.shape[0], -1).mean(1)
     power = teacher.pow(2).reshape(teacher.shape[0], -1).mean(1).clamp_min(1e-12)
     return (err / power).mean()
 
 
 def kinds(teacher_outputs: list[torch.Tensor]) -> list[str]:
-    return ["kl" if is_logits(t) else "mse" for t in teacher_outputs]
+    return ["kl" if is_logits(t) else "kl-rows" if is_probability_rows(t) else "mse" for t in teacher_outputs]

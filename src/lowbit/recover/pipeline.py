@@ -11,11 +11,15 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import onnx
 import torch
 
 from lowbit.data import FeedSource
 from lowbit.errors import ConfigError
+from lowbit.onnx.graph import GraphIndex
+from lowbit.onnx.ops import WEIGHTED_OPS
+from lowbit.onnx.session import with_outputs
 from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
 from lowbit.qat.export import to_plan
@@ -36,17 +40,41 @@ def recover_plan(float_model: onnx.ModelProto, plan: QuantPlan, teacher_model: o
     if plan.precision != "int8":
         raise ConfigError(f"recover fine-tunes static int8 plans (int8, w4a8, ...); this plan is "
                           f"'{plan.precision}'.")
-    qat = QATGraph(float_model, plan, learn_scales=True)
-    teacher = Teacher(teacher_model if teacher_model is not None else float_model, qat.output_names,
-                      torch.get_num_threads())
+    teacher_model = teacher_model if teacher_model is not None else float_model
+    watch = feature_points(float_model, teacher_model, plan, opts.features)
+    qat = QATGraph(float_model, plan, learn_scales=True, watch=watch)
+    teacher = Teacher(with_outputs(teacher_model, list(watch)) if watch else teacher_model,
+                      qat.output_names + list(watch), torch.get_num_threads())
     data = split(gather(calib), opts.holdout, opts.seed)
     hist = run(qat, teacher, data, opts, progress, start)
     model, new_plan = to_plan(qat)
     new_plan.config["recover"] = {**opts.to_dict(), **hist.summary(), "train_samples": data.n_train,
-                                  "held_out_samples": data.n_held}
+                                  "held_out_samples": data.n_held, "watched": list(watch)}
     if timings is not None:
         timings["recover"] = time.perf_counter() - start
     return model, new_plan
 
 
-__all__ = ["recover_plan", "History"]
+def feature_points(model: onnx.ModelProto, teacher: onnx.ModelProto, plan: QuantPlan, k: int) -> tuple[str, ...]:
+    """Up to `k` intermediate tensors to distil: the quantized inputs of INT8 weighted layers (what
+    the next block reads), evenly spaced in graph order, present in both graphs, never a graph input
+    or output."""
+    if k <= 0:
+        return ()
+    g = GraphIndex(model)
+    computed = {o for n in teacher.graph.node for o in n.output}
+    ends = set(g.graph_inputs) | set(g.graph_outputs)
+    points: list[str] = []
+    for node in model.graph.node:
+        p = plan.nodes.get(node.name)
+        t = node.input[0] if node.input else ""
+        if (p is not None and p.precision == "int8" and node.op_type in WEIGHTED_OPS and t in computed
+                and t not in ends and t not in points):
+            points.append(t)
+    if len(points) <= k:
+        return tuple(points)
+    picks = np.linspace(0, len(points) - 1, k + 1)[1:]  # the deepest included, the first layers' inputs not
+    return tuple(dict.fromkeys(points[int(round(i))] for i in picks))
+
+
+__all__ = ["recover_plan", "feature_points", "History"]
