@@ -1,7 +1,8 @@
 """Recover benchmark: PTQ vs PTQ + `--recover` on MobileNetV2 (real ImageNet weights, real photos).
 
 One command:
-    .venv/bin/python benchmarks/recover.py [--presets int8,w4a8] [--budget 10m] [--calib 256] [--out DIR]
+    .venv/bin/python benchmarks/recover.py [--presets int8,w4a8] [--budget 10m] [--features 0,8] [--calib 256]
+        [--out DIR]
 
 Per preset, each quantization runs alone in a fresh subprocess (its wall time and peak RSS are the
 child's own); then, in this process, every variant is scored against FP32 on
@@ -51,7 +52,7 @@ def _unused_photo_crops(per_photo: int = 5) -> np.ndarray:
 
 def _quantize_child(args: tuple) -> dict:
     """Runs in a fresh process: one quantization, its wall time and peak RSS."""
-    fp32, preset, calib_n, budget, out_path, threads = args
+    fp32, preset, calib_n, budget, features, out_path, threads = args
     import resource
 
     import torch
@@ -63,7 +64,8 @@ def _quantize_child(args: tuple) -> dict:
 
     calib = np.stack(photo_arrays("calib", calib_n))
     t = time.perf_counter()
-    res = lowbit.quantize(fp32, preset, calib, verify=None, recover=Recover(budget) if budget else None)
+    res = lowbit.quantize(fp32, preset, calib, verify=None,
+                          recover=Recover(budget, features=features) if budget else None)
     wall = time.perf_counter() - t
     Path(out_path).write_bytes(res.model.SerializeToString())
     return {"wall_s": wall, "recover_s": res.timings.get("recover"), "peak_rss_mb":
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--presets", default="int8,w4a8")
     ap.add_argument("--budget", default="10m")
+    ap.add_argument("--features", default="8",
+                    help="comma list: one recovered variant per number of watched intermediate tensors (0: outputs only)")
     ap.add_argument("--calib", type=int, default=256, help="calibration crops (photo_arrays('calib', N))")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for recovery")
     ap.add_argument("--runs", type=int, default=50, help="latency rounds")
@@ -104,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, bytes] = {}
     ctx = mp.get_context("spawn")
     for preset in args.presets.split(","):
-        for budget in (None, args.budget):
-            label = f"{preset}" + (f" --recover {budget}" if budget else "")
-            path = work / f"{preset}-{'rec' if budget else 'ptq'}.onnx"
+        variants = [(None, 0)] + [(args.budget, int(f)) for f in args.features.split(",")]
+        for budget, features in variants:
+            label = f"{preset}" + (f" --recover {budget}, features {features}" if budget else "")
+            path = work / f"{preset}-{f'rec{features}' if budget else 'ptq'}.onnx"
             with ctx.Pool(1) as pool:
-                runs[label] = pool.apply(_quantize_child, ((str(fp32), preset, args.calib, budget, str(path),
-                                                            args.threads),))
+                runs[label] = pool.apply(_quantize_child, ((str(fp32), preset, args.calib, budget, features,
+                                                            str(path), args.threads),))
             models[label] = path.read_bytes()
             print(label, json.dumps({k: v for k, v in runs[label].items() if k != "recover"}), flush=True)
     held = _score(fp32, models, np.stack(photo_arrays("eval", 300)))
@@ -126,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         r = runs[label]
         rec = r.get("recover") or {}
         rows.append({"variant": label, "eval300_top1": held[label].get("top1_agreement"),
-                     "eval300_sqnr_db": held[label].get("sqnr_db"), "unused_top1": unused[label].get("top1_agreement"),
+                     "eval300_sqnr_db": held[label].get("sqnr_db"), "eval300_kl": held[label].get("kl"),
+                     "unused_top1": unused[label].get("top1_agreement"), "unused_kl": unused[label].get("kl"),
                      "size_pct": 100.0 * len(b) / size0,
                      "speedup_1t": lat["fp32"]["1"]["median"] / lat[label]["1"]["median"],
                      "speedup_2t": lat["fp32"]["2"]["median"] / lat[label]["2"]["median"],
@@ -149,12 +155,13 @@ def main(argv: list[str] | None = None) -> int:
              "Recovery steps taken (batch 8) and the step shipped (0: the held-out slice never improved, PTQ's "
              "plan ships): " + "; ".join(f"{r['variant']}: {r['recover_steps']} steps, {r['recover_stopped']}"
                                          for r in rows if r["recover_steps"] is not None) + ".", "",
-             "| variant | top-1 agree (300 held-out crops) | SQNR dB | top-1 agree (unused photos) | size % FP32 | "
-             "speed-up 1T | speed-up 2T | quantize s | of which recover s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | top-1 agree (300 held-out crops) | KL | SQNR dB | top-1 agree (unused photos) | KL | "
+             "size % FP32 | speed-up 1T | speed-up 2T | quantize s | of which recover s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {fmt(r['eval300_top1'], '.3f')} | {fmt(r['eval300_sqnr_db'], '.1f')} | "
-                     f"{fmt(r['unused_top1'], '.3f')} | {r['size_pct']:.1f} | {r['speedup_1t']:.2f}x | "
+        lines.append(f"| {r['variant']} | {fmt(r['eval300_top1'], '.3f')} | {fmt(r['eval300_kl'], '.4f')} | "
+                     f"{fmt(r['eval300_sqnr_db'], '.1f')} | {fmt(r['unused_top1'], '.3f')} | "
+                     f"{fmt(r['unused_kl'], '.4f')} | {r['size_pct']:.1f} | {r['speedup_1t']:.2f}x | "
                      f"{r['speedup_2t']:.2f}x | {r['quantize_s']:.0f} | {fmt(r['recover_s'], '.0f')} | "
                      f"{r['peak_rss_mb']:.0f} |")
     atomic_write_bytes(args.out / "recover.md", ("\n".join(lines) + "\n").encode())
