@@ -101,6 +101,14 @@ class _DataOptions:
     preprocess: Any
     skip_bad: bool
 
+    def feeds(self, source: Any, prepared: PreparedModel, labels: Any = None, limit: int | None = None,
+              model: onnx.ModelProto | None = None) -> FeedSource:
+        """`source` as feeds for the prepared model's inputs (`model`: the graph whose state shapes a
+        stateful run reads, the prepared one by default)."""
+        return model_feeds(source, prepared.proto if model is None else model, prepared.inputs,
+                           batch_axes=self.batch_axes, stateful=self.stateful, labels=labels,
+                           preprocess=self.preprocess, limit=limit, skip_bad=self.skip_bad)
+
 
 @dataclass
 class _Job:
@@ -280,13 +288,9 @@ def _calibration_feeds(job: _Job, given: tuple, data: _DataOptions, limit: int |
     if calib_data is None:
         raise DataError(f"static {job.cfg.precision} needs calibration data (calib_data / --calib): a few hundred "
                         "representative inputs. Use precision 'int8-dynamic' or 'fp16' to quantize without data.")
-    p = job.prepared
     if eval_data is not None:
-        first = model_feeds(eval_data, p.proto, p.inputs, batch_axes=data.batch_axes, stateful=data.stateful,
-                            labels=labels, preprocess=data.preprocess, limit=1, skip_bad=data.skip_bad)
-        next(iter(first), None)
-    return model_feeds(calib_data, p.proto, p.inputs, batch_axes=data.batch_axes, stateful=data.stateful,
-                       preprocess=data.preprocess, limit=limit, skip_bad=data.skip_bad)
+        next(iter(data.feeds(eval_data, job.prepared, labels=labels, limit=1)), None)
+    return data.feeds(calib_data, job.prepared, limit=limit)
 
 
 def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timings: dict[str, float]) -> None:
@@ -420,9 +424,7 @@ def _verify_quantized(job: _Job, report: Report, qbytes: bytes, given: tuple, da
         report.data["notes"].append("No data given: fidelity, parity and latency were not measured.")
     else:
         loaded, plan = job.loaded, job.plan
-        feeds = model_feeds(source, loaded.proto, job.prepared.inputs, batch_axes=data.batch_axes,
-                            stateful=data.stateful, labels=labels, preprocess=data.preprocess,
-                            limit=verify.eval_limit, skip_bad=data.skip_bad)
+        feeds = data.feeds(source, job.prepared, labels=labels, limit=verify.eval_limit, model=loaded.proto)
         verify_into(report, loaded.proto.SerializeToString(), {plan_label(plan): (qbytes, job.prepared.proto, plan)},
                     feeds, verify, progress, metric=metric)
         _note_skipped(report, "evaluation", feeds)
