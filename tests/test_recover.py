@@ -89,6 +89,27 @@ def test_budget_parsing_and_options_say_what_is_wrong():
         Recover(holdout=0.0)
     with pytest.raises(ConfigError, match="batch_size"):
         Recover(batch_size=0)
+    with pytest.raises(ConfigError, match="jitter"):
+        Recover(jitter=1.5)
+
+
+def test_default_augmentation_is_crops_and_flips_only():
+    """Crops and flips resample the image (values stay inside its range, a constant image stays
+    itself); colour jitter, off unless asked for, changes the same views' values."""
+    from lowbit.recover.augment import augment_images
+
+    opts = Recover()
+    assert opts.augment and opts.jitter == 0.0
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    views = augment_images(x, torch.Generator().manual_seed(1))
+    again = augment_images(x, torch.Generator().manual_seed(1))
+    assert torch.equal(views, again) and views.shape == x.shape and not torch.equal(views, x)
+    lo, hi = x.amin(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3))
+    assert bool(((views.amin(dim=(1, 2, 3)) >= lo - 1e-6) & (views.amax(dim=(1, 2, 3)) <= hi + 1e-6)).all())
+    constant = torch.full((4, 3, 32, 32), 0.3)
+    assert torch.allclose(augment_images(constant, torch.Generator().manual_seed(2)), constant)
+    jittered = augment_images(x, torch.Generator().manual_seed(1), jitter=0.5)
+    assert not torch.allclose(jittered, views)
 
 
 def test_recover_brings_w4a8_decisions_back_to_the_teacher(teacher_onnx):
@@ -349,3 +370,4 @@ def test_output_kinds_and_per_row_kl():
     assert float(output_loss("kl-rows", frames, frames)) == pytest.approx(0.0, abs=1e-7)
     assert torch.allclose(output_loss("kl-rows", torch.softmax(logits * 0.5, 1), torch.softmax(logits, 1)),
                           output_loss("kl", logits * 0.5, logits), atol=1e-5)
+
