@@ -6,6 +6,15 @@
 >>> print(result.report)
 """
 
+import os
+
+# Before anything imports torch: its OpenMP workers spin-wait after every parallel region for
+# ~300k iterations by default. With a second process on the same 2 cores (another recovery, a
+# test runner) a MobileNetV2 recovery step took 8.0 s instead of 0.85 s; with 10k iterations it
+# took 1.9 s in the pair and 0.88 s alone (OMP_WAIT_POLICY=PASSIVE: 1.6 s, but 0.98 s alone).
+# A value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 from lowbit.api import QuantResult, VerifyOptions, evaluate, make_plan, quantize  # noqa: E402
 from lowbit.calibration import CALIBRATIONS, CalibrationMethod, MinMax  # noqa: E402
 from lowbit.config import QuantConfig, Scheme  # noqa: E402

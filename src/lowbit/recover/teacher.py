@@ -1,22 +1,22 @@
 """The teacher: the FP32 model run by ONNX Runtime (faster than the torch graph, and exactly the
-reference `lowbit.verify` compares with)."""
+reference `lowbit.verify` compares with).
+
+Its worker threads must not spin-wait: between two teacher calls torch computes on the same cores,
+and a spinning ONNX Runtime thread takes them from it."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from lowbit.onnx.session import session
 
 
 class Teacher:
     """FP32 outputs for a feed dict; `outputs` names them in the student's order."""
 
     def __init__(self, model: onnx.ModelProto, outputs: list[str], threads: int) -> None:
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = max(1, threads)
-        so.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        self.session = session(model, threads=max(1, threads))
         self.outputs = outputs
 
     def __call__(self, feeds: dict[str, np.ndarray], batch: int = 32) -> list[np.ndarray]:
