@@ -93,13 +93,13 @@ def test_budget_parsing_and_options_say_what_is_wrong():
         Recover(jitter=1.5)
 
 
-def test_default_augmentation_is_crops_and_flips_only():
+def test_augmentation_is_crops_and_flips_unless_jitter_is_asked_for():
     """Crops and flips resample the image (values stay inside its range, a constant image stays
     itself); colour jitter, off unless asked for, changes the same views' values."""
     from lowbit.recover.augment import augment_images
 
-    opts = Recover()
-    assert opts.augment and opts.jitter == 0.0
+    opts = Recover(augment=True)
+    assert opts.jitter == 0.0 and not Recover().augment
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     views = augment_images(x, torch.Generator().manual_seed(1))
     again = augment_images(x, torch.Generator().manual_seed(1))
