@@ -90,7 +90,9 @@ def test_budget_parsing_and_options_say_what_is_wrong():
     with pytest.raises(ConfigError, match="batch_size"):
         Recover(batch_size=0)
     with pytest.raises(ConfigError, match="jitter"):
-        Recover(jitter=1.5)
+        Recover(augment=True, jitter=1.5)
+    with pytest.raises(ConfigError, match="augment=True"):
+        Recover(jitter=0.2)
 
 
 def test_augmentation_is_crops_and_flips_unless_jitter_is_asked_for():

@@ -167,8 +167,8 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
         if data.train.one_shape:  # augment the global batch (same draws on every rank), then take this rank's rows
             parts = []
             for feeds in data.train.take(idx):
-                parts.append({k: (augment_images(torch.from_numpy(v), gen, jitter=opts.jitter) if k in images else torch.from_numpy(v))
-                              [rank::world].contiguous() for k, v in feeds.items()})
+                parts.append({k: (augment_images(torch.from_numpy(v), gen, jitter=opts.jitter) if k in images
+                                  else torch.from_numpy(v))[rank::world].contiguous() for k, v in feeds.items()})
         else:
             parts = [{k: torch.from_numpy(v) for k, v in feeds.items()} for feeds in data.train.take(idx[rank::world])]
         rows = sum(next(iter(p.values())).shape[0] for p in parts)

@@ -42,10 +42,11 @@ class Recover:
     samples per step (global, over all processes). `augment`: random resized crops and flips of image
     inputs ((N, 1 or 3, H, W)); off by default: on MobileNetV2 (crops of 4 photos) 200-step runs with
     and without them landed alike (top-1 agreement 0.917-0.940 on 300 crops of other photos), and
-    a 30-step run with them raised the KL on those crops 18% above PTQ's (without: within 5%). `jitter`: colour jitter strength on top (0.2 =
-    brightness, contrast and saturation +-20%); off by default: with it the views had ~9x PTQ's loss
-    and training on them raised the held-out loss 7x in 10 steps. `lr`: step of Adam relative to each tensor's RMS
-    (weights, biases, step sizes). `patience`: evaluations without a held-out improvement before
+    a 30-step run with them raised the KL on those crops 18% above PTQ's (without: within 5%).
+    `jitter`: colour jitter strength on the augmented views (0.2 = brightness, contrast and
+    saturation +-20%; needs `augment`); 0 by default: with it the views had ~9x PTQ's loss and
+    training on them raised the held-out loss 7x in 10 steps. `lr`: step of Adam relative to each
+    tensor's RMS (weights, biases, step sizes). `patience`: evaluations without a held-out improvement before
     stopping. `eval_every`: steps between held-out evaluations. `qdrop`: probability of keeping an
     activation element in float during training (QDrop, Wei et al. 2022); 0 turns it off. `features`:
     intermediate tensors (inputs of quantized layers, evenly spaced through the graph) whose FP32
@@ -89,6 +90,8 @@ class Recover:
             raise ConfigError(f"feature_weight must be >= 0; got {self.feature_weight}.")
         if not 0.0 <= self.jitter < 1.0:
             raise ConfigError(f"jitter is the colour jitter strength in [0, 1) (0.2: +-20%); got {self.jitter}.")
+        if self.jitter and not self.augment:
+            raise ConfigError("jitter colours the augmented views; give augment=True with it (or drop jitter).")
         if not 0.0 <= self.qdrop < 1.0:
             raise ConfigError(f"qdrop is a probability in [0, 1); got {self.qdrop}.")
 
