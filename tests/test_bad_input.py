@@ -174,3 +174,21 @@ def test_packed_4bit_tensors_are_counted_as_packed():
     del short.int32_data[100:]
     with pytest.raises(ModelError, match=r"declares 432 elements \(216 packed entries\) but holds 100"):
         check_tensor_sizes(helper.make_graph([], "g", [], [], [short]), "m.onnx")
+
+
+def test_huge_dims_with_a_zero_are_counted_exactly():
+    """The fuzzer's find: dims whose float product overflows to inf times a 0 gave NaN and a raw
+    ValueError; counted exactly, such a tensor holds 0 elements and its data must be empty."""
+    from onnx import TensorProto, helper
+
+    from lowbit.load.checks import check_tensor_sizes
+
+    def declared(dims: list[int]) -> TensorProto:  # as a hostile file carries it: no helper's own check
+        t = TensorProto(name="w", data_type=TensorProto.FLOAT)
+        t.dims.extend(dims)
+        return t
+
+    check_tensor_sizes(helper.make_graph([], "g", [], [], [declared([2**62, 2**62, 2**62, 0])]), "m.onnx")
+    huge = declared([2**62, 2**62, 2**62])
+    with pytest.raises(ModelError, match="far beyond any real model"):
+        check_tensor_sizes(helper.make_graph([], "g", [], [], [huge]), "m.onnx")

@@ -7,7 +7,8 @@ unknown domains) are named, not left to crash a library later.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import onnx
 from onnx import TensorProto, helper
 
@@ -27,7 +28,7 @@ def check_tensor_sizes(graph: onnx.GraphProto, where: str) -> None:
     for t in graph.initializer:
         if any(d < 0 for d in t.dims):
             raise ModelError(f"{where}: tensor '{t.name}' declares a negative dimension {list(t.dims)}.")
-        n = int(np.prod(t.dims, dtype=np.float64)) if t.dims else 1
+        n = math.prod(int(d) for d in t.dims)  # exact: a float product of huge dims and a 0 is NaN
         if n > MAX_ELEMENTS:
             raise ModelError(f"{where}: tensor '{t.name}' declares {n} elements, far beyond any real model.")
         if t.data_location == TensorProto.EXTERNAL or t.data_type == TensorProto.STRING:
