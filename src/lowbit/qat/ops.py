@@ -2,8 +2,9 @@
 
 QAT trains the very graph the PTQ plan was made for (the prepared ONNX model, BatchNorm already
 folded), so that every TensorPlan names a tensor of the trained module and the result leaves
-through the same plan -> emit path. These are the operators of image classifiers, MLPs and
-transformer encoders (layer norms, attention masks and the shape arithmetic exporters emit).
+through the same plan -> emit path. These are the operators of image classifiers, MLPs,
+transformer encoders (layer norms, attention masks and the shape arithmetic exporters emit) and
+recurrent models (LSTM, padding).
 """
 
 from __future__ import annotations
@@ -158,8 +159,17 @@ def _bn(x, a):  # inference form: running statistics (BN left unfused by the exp
 _SIMPLE: dict[str, Callable[..., torch.Tensor]] = {
     "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "MatMul": torch.matmul,
     "Relu": F.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Identity": lambda t: t,
-    "HardSwish": F.hardswish, "Erf": torch.erf, "Sqrt": torch.sqrt, "Pow": torch.pow, "Neg": torch.neg,
+    "HardSwish": F.hardswish, "Erf": torch.erf, "Pow": torch.pow, "Neg": torch.neg,
 }
+
+
+@op("Sqrt")
+def _sqrt(x, a):
+    """sqrt with a zero gradient at 0 instead of an infinite one: a spectrogram's magnitude of silent
+    (zero) frames would otherwise turn every gradient into NaN."""
+    t = x[0]
+    positive = t > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, t, torch.ones_like(t))), torch.zeros_like(t))
 for _name, _fn in _SIMPLE.items():
     OPS[_name] = (lambda fn: lambda x, a: fn(*x))(_fn)
 OPS["LeakyRelu"] = lambda x, a: F.leaky_relu(x[0], float(a.get("alpha", 0.01)))
@@ -310,6 +320,69 @@ OPS["Abs"] = lambda x, a: torch.abs(x[0])
 OPS["Reciprocal"] = lambda x, a: torch.reciprocal(x[0])
 OPS["Gelu"] = lambda x, a: F.gelu(x[0], approximate="tanh" if a.get("approximate", b"none") in (b"tanh", "tanh")
                                   else "none")
+
+
+
+# --- recurrent and signal models (CNN + LSTM OCR, voice activity): LSTM, Pad ----------------------
+def _text(v, default: str) -> str:
+    v = v if v is not None else default
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _torch_gates(w: torch.Tensor) -> torch.Tensor:
+    """ONNX stacks an LSTM's gates i, o, f, c along axis 0; torch i, f, c, o."""
+    i, o, f, c = w.chunk(4, 0)
+    return torch.cat([i, f, c, o], 0)
+
+
+@op("LSTM")
+def _lstm(x, a):
+    """ONNX LSTM (layout 0: [seq, batch, features]; default activations, no peepholes or clip), run
+    by torch's own LSTM kernel; outputs Y [seq, directions, batch, hidden], Y_h, Y_c."""
+    if any(k in a for k in ("activations", "clip")) or int(a.get("input_forget", 0)) or int(a.get("layout", 0)):
+        raise ModelError("LSTM with custom activations, clip, input_forget or layout 1 is not supported in QAT")
+    X, W, R = x[0], x[1], x[2]
+    B = x[3] if len(x) > 3 else None
+    lens = x[4] if len(x) > 4 else None
+    if len(x) > 7 and x[7] is not None:
+        raise ModelError("LSTM peepholes (input P) are not supported in QAT")
+    if lens is not None and bool((lens != X.shape[0]).any()):
+        raise ModelError("LSTM with sequence_lens shorter than the sequence is not supported in QAT")
+    dirs, hidden = W.shape[0], int(a["hidden_size"])
+    direction = _text(a.get("direction"), "forward")
+    batch = X.shape[1]
+    zeros = X.new_zeros(dirs, batch, hidden)
+    h0 = x[5] if len(x) > 5 and x[5] is not None else zeros
+    c0 = x[6] if len(x) > 6 and x[6] is not None else zeros
+    params = []
+    for d in range(dirs):
+        b = B[d] if B is not None else X.new_zeros(8 * hidden)
+        params += [_torch_gates(W[d]), _torch_gates(R[d]), _torch_gates(b[:4 * hidden]), _torch_gates(b[4 * hidden:])]
+    seq = X.flip(0) if direction == "reverse" else X  # one direction, run backwards
+    y, h, c = torch.lstm(seq, (h0, c0), params, True, 1, 0.0, False, direction == "bidirectional", False)
+    if direction == "reverse":
+        y = y.flip(0)
+    return y.view(X.shape[0], batch, dirs, hidden).transpose(1, 2), h, c
+
+
+@op("Pad")
+def _pad(x, a):
+    """ONNX Pad (opset 11+: pads as an input): constant, reflect and edge modes."""
+    pads = [int(p) for p in x[1].tolist()]
+    value = float(x[2]) if len(x) > 2 and x[2] is not None and x[2].numel() else 0.0
+    if len(x) > 3 and x[3] is not None:
+        raise ModelError("Pad with an axes input is not supported in QAT")
+    n = x[0].dim()
+    begin, end = pads[:n], pads[n:]
+    widths: list[int] = []
+    for b, e in zip(reversed(begin), reversed(end)):
+        widths += [b, e]
+    while len(widths) > 2 and widths[-2:] == [0, 0]:  # torch pads the last axes; leading zeros are dropped
+        widths = widths[:-2]
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[_text(a.get("mode"), "constant")]
+    if mode == "constant":
+        return F.pad(x[0], widths, value=value)
+    return F.pad(x[0], widths, mode=mode)
 
 
 def run_op(op_type: str, inputs: Sequence[torch.Tensor | None], attrs: dict) -> torch.Tensor:
