@@ -143,6 +143,14 @@ def print_report(report) -> None:
                       f"{search['evaluations']} candidates evaluated, {len(search['pareto'])} on the Pareto front"
                       + (f"; {search['backed_off']} refinement(s) undone where the held-out half failed the budget"
                          if search.get("backed_off") else ""))
+        mixes = search.get("recovered_mixes") or {}
+        if mixes.get("tries"):
+            tried = ", ".join(f"{t['float_layers']}: {t['metric']:.4f}" for t in mixes["tries"])
+            shipped = mixes.get("shipped_float_layers")
+            console.print(f"recovered mixes (float layers of the search's {mixes['search_float_layers']}: search-half "
+                          f"{search['metric']}): {tried}; "
+                          + (f"shipped the one with {shipped}" if shipped is not None
+                             else "none held on both halves, the search's mix ships as it was"))
         if search.get("warning"):
             console.print(f"[yellow]warning: {search['warning']}[/yellow]")
     metric = data.get("metric")

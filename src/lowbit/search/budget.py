@@ -23,7 +23,9 @@ from lowbit.progress import Progress, null_progress
 from lowbit.search.evaluate import PlanEvaluator
 from lowbit.search.held import HoldCap, batch_nbytes
 from lowbit.search.mixed import four_bit_weight_choices, linear_block_choices
-from lowbit.search.precision import search_precisions
+from lowbit.search.float_layers import restore_float_layers
+from lowbit.search.precision import promotion_order, search_precisions
+from lowbit.search.recovered import Recovery, recover_mixes
 from lowbit.search.sensitivity import analyze_layers
 from lowbit.target import layer_costs  # called through the module: tests replace the measurement
 from lowbit.transformers.pipeline import block_choices
@@ -77,11 +79,15 @@ class Budget:
 
 def budget_search(model: onnx.ModelProto, plan: QuantPlan, cfg: QuantConfig, feeds: FeedSource, budget: Budget, *,
                   reference: onnx.ModelProto, float_weights: onnx.ModelProto | None,
-                  checkpoint: str | Path | None = None, progress: Progress = null_progress) -> tuple[QuantPlan, dict]:
-    """(plan, search record) for the calibrated `plan` of the float `model`, searched on half of the
-    held-out `feeds` and confirmed on the other half. `reference`: the user's FP32 model;
-    `float_weights`: the float model before plan-stage algorithms, whose weights the layers kept in
-    float run with."""
+                  checkpoint: str | Path | None = None, progress: Progress = null_progress,
+                  recover: Recovery | None = None, recover_tries: int = 3
+                  ) -> tuple[QuantPlan, dict, onnx.ModelProto]:
+    """(plan, search record, the float model the plan applies to) for the calibrated `plan` of the
+    float `model`, searched on half of the held-out `feeds` and confirmed on the other half.
+    `reference`: the user's FP32 model; `float_weights`: the float model before plan-stage
+    algorithms, whose weights the layers kept in float run with. `recover(float model, plan)`:
+    where given, mixes with fewer float layers than the search's are recovered and judged
+    (`lowbit.search.recovered`, at most `recover_tries` recoveries)."""
     metric, max_drop, min_metric, max_evals = budget.metric, budget.max_drop, budget.min_metric, budget.max_evals
     cap = HoldCap()
     search_half, holdout_half = split_halves(feeds, cap)
@@ -125,7 +131,30 @@ def budget_search(model: onnx.ModelProto, plan: QuantPlan, cfg: QuantConfig, fee
         d["warning"] = few
     d["holdout"] = {"metric": held.metric, "sqnr_db": held.sqnr_db, "samples": int(len(confirm.reference)),
                     "meets_floor": held.metric >= floor, "used_to_back_off": True}
-    return result.plan, d
+    shipped = result.plan
+    float_model = restore_float_layers(model, float_weights, shipped) if float_weights is not None else model
+    if recover is not None:
+        found, d["recovered_mixes"] = recover_mixes(
+            model, plan, result.chosen.promoted, promotion_order(ranking, plan), float_weights, evaluator, confirm,
+            floor, recover, choices, recover_tries, progress)
+        if found is not None:
+            float_model, shipped = found
+            _describe_recovered(d)
+    return shipped, d, float_model
+
+
+def _describe_recovered(d: dict) -> None:
+    """The search record of a budget met by a recovered mix: its scores on both halves replace the
+    search's chosen mix's (which stays in the record as `before_recovery`)."""
+    rec_before = {"met_budget": d["met_budget"]}
+    rec = d["recovered_mixes"]
+    trial = next(t for t in rec["tries"] if t["float_layers"] == rec["shipped_float_layers"])
+    rec["before_recovery"] = {**rec_before, "chosen": d["chosen"], "holdout": d["holdout"]}
+    d["chosen"] = {"promoted": rec.pop("shipped_promoted"), "metric": trial["metric"], "sqnr_db": trial["sqnr_db"],
+                   "size_bytes": trial["size_bytes"], "latency_ms": None}
+    d["holdout"] = {**d["holdout"], "metric": trial["holdout_metric"], "sqnr_db": trial["holdout_sqnr_db"],
+                    "meets_floor": True}
+    d["met_budget"] = True
 
 
 def budget_metric(metric: Any, reference: onnx.ModelProto, eval_data: Any, inputs, preprocess: Any,

@@ -3,6 +3,7 @@ set, compared with the FP32 model's outputs (computed once)."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
@@ -87,6 +88,14 @@ class PlanEvaluator:
         self.labels = np.concatenate(labels) if all(l is not None for l in labels) else None
         self.reference_score = float(self.score_fn(self.reference, self.reference, self.labels))
         self.evaluations = 0
+
+    def on_model(self, model: onnx.ModelProto) -> PlanEvaluator:
+        """The same data and FP32 outputs, scoring plans of another float model (a recovered one,
+        its float layers' weights already in it); no checkpoint."""
+        other = copy.copy(self)
+        other.model, other.float_weights, other.checkpoint, other.cache = model, None, None, {}
+        other.__dict__.pop("_model_key", None)
+        return other
 
     def outputs(self, plan: QuantPlan) -> np.ndarray:
         sim = session(emit_simulation(self.float_model(plan), plan))

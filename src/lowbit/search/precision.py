@@ -74,6 +74,13 @@ class SearchResult:
                 "reasons": self.reasons}
 
 
+def promotion_order(ranking: list[LayerSensitivity], plan: QuantPlan) -> list[str]:
+    """The plan's layers, most sensitive first: those whose float version recovers the most."""
+    layers = set(layer_nodes(plan))
+    return [s.name for s in sorted(ranking, key=lambda s: (-s.all_but_this_metric, s.only_this_metric))
+            if s.name in layers]
+
+
 def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEvaluator, floor: float,
                       ranking: list[LayerSensitivity], costs: dict | None = None, objective: str = "size",
                       max_evals: int = 40, progress: Progress = null_progress,
@@ -86,10 +93,7 @@ def search_precisions(model: onnx.ModelProto, plan: QuantPlan, evaluator: PlanEv
     refinement moves are undone, the latest first, until it holds (each move accepted at the edge
     of the budget on the search data is where the choice overfits that data)."""
     g = GraphIndex(model)
-    layers = set(layer_nodes(plan))
-    # promote first the layers whose float version recovers the most
-    order = [s.name for s in sorted(ranking, key=lambda s: (-s.all_but_this_metric, s.only_this_metric))
-             if s.name in layers]
+    order = promotion_order(ranking, plan)
     # a float layer keeps FP16 weights: FP32 fidelity at half the size, same speed on CPUs without
     # FP16 arithmetic; the network's first layers FP32, as the fp16 preset keeps them (an FP16
     # rounding there alone cost MobileNetV2 1% top-1 agreement, for under 1% of the weights)
