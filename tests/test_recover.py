@@ -356,6 +356,115 @@ def test_max_drop_with_recover_searches_the_recovered_plan(teacher_onnx):
     assert budget["met"] and budget["holdout_metric"] >= budget["floor"], budget
 
 
+def test_max_drop_with_recover_recovers_mixes_with_fewer_float_layers(teacher_onnx, capsys):
+    """With a budget and recover, the search's mix and mixes with fewer float layers (bisected) are
+    each recovered, then judged: the shipped mix is the smallest recovered one within the budget on
+    both halves. On this model at 0.5% the search keeps layers in float that recovery makes
+    unnecessary, so fewer float layers ship, and the model written keeps the budget on the data."""
+    import lowbit
+    from lowbit.search.recovered import FLOAT_PRECISIONS
+
+    calib, _ = _images(128, seed=8)
+    evaluation, _ = _images(2000, seed=9)
+    config = _w4_config().with_(objective="size", target="avx2")
+    result = lowbit.quantize(teacher_onnx, config, calib, eval_data=evaluation, max_drop=0.005,
+                             recover=Recover("20steps", eval_every=5), verify=None)
+    search, budget = result.report.data["search"], result.report.data["budget"]
+    mixes = search["recovered_mixes"]
+    assert 1 <= len(mixes["tries"]) <= 3
+    assert max(t["float_layers"] for t in mixes["tries"]) == mixes["search_float_layers"]  # its own mix first
+    shipped = mixes["shipped_float_layers"]
+    assert shipped is not None and shipped < mixes["search_float_layers"], mixes
+    before = mixes["before_recovery"]["chosen"]["promoted"]
+    floats = [n for n in before if result.plan.nodes[n].precision in FLOAT_PRECISIONS]
+    assert len(floats) == shipped and set(search["chosen"]["promoted"]) >= set(floats)
+    assert all(result.plan.nodes[n].precision == "int8" for n in before if before[n] in FLOAT_PRECISIONS
+               and n not in floats)
+    assert search["chosen"]["size_bytes"] < mixes["before_recovery"]["chosen"]["size_bytes"]
+    assert budget["met"] and budget["holdout_metric"] >= budget["floor"], budget
+    assert _agreement(teacher_onnx, result.model, evaluation)[0] >= budget["floor"] - 0.002  # as ONNX Runtime runs it
+    from lowbit.cli.render import print_report
+
+    print_report(result.report)  # the terminal report says what was tried and what shipped
+    assert f"shipped the one with {shipped}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_graph_recovery_cannot_train_is_refused_before_calibration():
+    """An operator with no torch version (here Sin after a Conv) is named before any stage runs,
+    not after minutes of calibration."""
+    import lowbit
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+                               helper.make_node("Sin", ["c"], ["y"], name="sin")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    stages = []
+    with pytest.raises(ConfigError, match="Sin.*Quantize without --recover"):
+        lowbit.quantize(model, "int8", _images(64, seed=1)[0], recover="10steps", verify=None,
+                        progress=lambda stage, done, total: stages.append(stage))
+    assert "calibrate" not in stages and "clipping" not in stages, stages
+
+
+def _stateful_lstm() -> onnx.ModelProto:
+    """x [T, 8] -> Linear + ReLU -> LSTM carrying h, c [1, 1, 16] -> Linear -> sigmoid [T, 1], hn, cn:
+    the shape of a streaming voice-activity model."""
+    import io
+
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inp, self.lstm, self.out = nn.Linear(8, 16), nn.LSTM(16, 16), nn.Linear(16, 1)
+
+        def forward(self, x, h, c):
+            y, (hn, cn) = self.lstm(torch.relu(self.inp(x)).unsqueeze(1), (h, c))
+            return torch.sigmoid(self.out(y.squeeze(1))), hn, cn
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    zeros = torch.zeros(1, 1, 16)
+    torch.onnx.export(Net().eval(), (torch.randn(5, 8), zeros, zeros), buf, dynamo=False, opset_version=17,
+                      input_names=["x", "h", "c"], output_names=["y", "hn", "cn"], dynamic_axes={"x": {0: "T"}, "y": {0: "T"}})
+    return onnx.load_from_string(buf.getvalue())
+
+
+def test_recover_trains_a_stateful_recurrent_model_call_by_call():
+    """Stateful data (`stateful={"h": "hn", "c": "cn"}`): each call of each sequence is one training
+    sample fed as it is, with the state the FP32 model carried into it (teacher forcing: a call's h
+    is the hn FP32 computed on the call before); recovery trains on them (LSTM and all) and never
+    ships worse than PTQ on its held-out calls. (That it helps: Silero VAD, test_recover_real.)"""
+    import onnxruntime as ort
+
+    import lowbit
+    from lowbit.data.stateful import model_feeds
+    from lowbit.load.model import load_model
+    from lowbit.load.prepare import prepare
+    from lowbit.recover.data import gather
+
+    rng = np.random.default_rng(3)
+    sequences = [{"x": np.cumsum(rng.normal(0, 0.5, (24, 8)), 0).astype(np.float32)} for _ in range(6)]
+    model = _stateful_lstm()
+    samples = gather(model_feeds(sequences, model, prepare(load_model(model)).inputs, stateful={"h": "hn", "c": "cn"}))
+    assert not samples.stacked and len(samples) == 6 * 24  # one step per call: the state has no batch axis
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    calls = samples.take(range(24))  # the first sequence, in order
+    assert not calls[0]["h"].any()  # a sequence starts from zeros
+    for before, after in zip(calls, calls[1:]):
+        _, hn, cn = sess.run(None, before)
+        np.testing.assert_allclose(after["h"], hn, atol=1e-6)
+        np.testing.assert_allclose(after["c"], cn, atol=1e-6)
+    rec = lowbit.quantize(model, "int8", sequences * 2, stateful={"h": "hn", "c": "cn"}, verify=None,
+                          recover=Recover("20steps", eval_every=5, patience=100, features=0))
+    info = rec.plan.config["recover"]
+    assert info["train_samples"] + info["held_out_samples"] == 12 * 24 and info["steps"] == 20
+    assert len(info["held_out_after"]["losses"]) == 3  # y, hn, cn
+    assert info["held_out_after"]["score"] <= info["held_out_before"]["score"]
+
+
 def test_output_kinds_and_per_row_kl():
     """Logits (N, C): KL of the softmaxes; probability rows ((N, C) or per frame (N, T, C)): KL on the
     rows, averaged over frames; anything else: relative squared error. Zero exactly when equal."""

@@ -196,7 +196,7 @@ def quantize(
     out_target = check_outputs(outputs, {"model": model, "calib_data": calib_data, "eval_data": eval_data,
                                          "plan": plan, "labels": labels}).get("output")
     data = _DataOptions(batch_axes, stateful, preprocess, skip_bad)
-    job = _load(model, example_inputs, as_config(config), outputs, data, verify, progress)
+    job = _load(model, example_inputs, as_config(config), outputs, data, verify, progress, recover)
     if plan is None:  # the recipe (CNN / transformer / mixed regions), chosen once
         job.cfg = resolve_transformer(job.cfg, job.prepared.proto)
     clock.lap("load+prepare")
@@ -208,7 +208,7 @@ def quantize(
         _calibrate(job, budget is not None, recover, progress, clock.timings)
         clock.lap("calibrate+plan")
         if budget is not None:
-            metric = _search(job, budget, eval_data, labels, data, verify, progress, checkpoint)
+            metric = _search(job, budget, eval_data, labels, data, verify, progress, checkpoint, recover)
             clock.lap("search")
     qmodel, qbytes = _emit(job, config if isinstance(config, str) else None, progress)
     clock.lap("emit")
@@ -244,9 +244,9 @@ def _recovery(recover: Any, cfg: QuantConfig, plan: Any) -> Any:
 
 
 def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data: _DataOptions,
-          verify: VerifyOptions | None, progress: Progress) -> _Job:
-    """Load and prepare stages; the data options (batch axes, stateful pairs) checked against the
-    model before any work."""
+          verify: VerifyOptions | None, progress: Progress, recover: Any = None) -> _Job:
+    """Load and prepare stages; the data options (batch axes, stateful pairs) and, with `recover`,
+    whether recovery can train the graph, checked against the model before any work."""
     progress("load", 0, None)
     loaded = load_model(model, example_inputs)
     source_sizes = sizes(loaded.proto)
@@ -254,6 +254,10 @@ def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data
     progress("prepare", 0, None)
     prepared = prepare(loaded)
     check_data_options(prepared.proto, prepared.inputs, data.batch_axes, data.stateful)
+    if recover is not None:
+        from lowbit.recover import check_recoverable
+
+        check_recoverable(prepared.proto)
     if verify is None:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
     return _Job(loaded, prepared, source_sizes, cfg)
@@ -318,7 +322,7 @@ def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timing
 
 
 def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, data: _DataOptions,
-            verify: VerifyOptions | None, progress: Progress, checkpoint: str | Path | None) -> Any:
+            verify: VerifyOptions | None, progress: Progress, checkpoint: str | Path | None, recover: Any) -> Any:
     """The precision search within the accuracy budget (`lowbit.search.budget`); returns the metric
     it used, which the report then leads with."""
     if eval_data is None:
@@ -327,14 +331,25 @@ def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, data: _DataO
     choice = budget_metric(budget.metric, job.reference, eval_data, inputs, data.preprocess)
     feeds = as_feeds(eval_data, inputs, labels=labels, preprocess=data.preprocess,
                      limit=verify.eval_limit if verify is not None else None)
-    job.plan, job.search = budget_search(job.prepared.proto, job.plan, job.cfg, feeds,
-                                         replace(budget, metric=choice.metric), reference=job.reference,
-                                         float_weights=job.before_fit, checkpoint=checkpoint, progress=progress)
-    # the layers the search kept in float run with their float weights, not their INT8 fits
-    float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
+    # the layers the search keeps in float run with their float weights, not their INT8 fits; with
+    # recover, mixes with fewer of them are recovered and judged too (lowbit.search.recovered)
+    job.plan, job.search, float_model = budget_search(
+        job.prepared.proto, job.plan, job.cfg, feeds, replace(budget, metric=choice.metric), reference=job.reference,
+        float_weights=job.before_fit, checkpoint=checkpoint, progress=progress,
+        recover=_mix_recovery(job, recover, progress))
     job.plan.model_fingerprint = fingerprint(float_model)
     job.set_float_model(float_model)
     return choice
+
+
+def _mix_recovery(job: _Job, recover: Any, progress: Progress) -> Any:
+    """recover(float model, plan) for the search's candidate mixes: the same options and teacher (the
+    float model before plan-stage algorithms) as the recovery after calibration; None without recover."""
+    if recover is None:
+        return None
+    from lowbit.recover import recover_plan
+
+    return lambda float_model, plan: recover_plan(float_model, plan, job.before_fit, job.calib, recover, progress)
 
 
 def _emit(job: _Job, preset_name: str | None, progress: Progress) -> tuple[onnx.ModelProto, bytes]:

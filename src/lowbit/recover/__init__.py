@@ -14,6 +14,6 @@ from lowbit.extras import require
 require("torch", "recover (fine-tuning the quantized plan)")
 
 from lowbit.recover.options import Recover, parse_budget  # noqa: E402
-from lowbit.recover.pipeline import recover_plan  # noqa: E402
+from lowbit.recover.pipeline import check_recoverable, recover_plan  # noqa: E402
 
-__all__ = ["Recover", "recover_plan", "parse_budget"]
+__all__ = ["Recover", "recover_plan", "check_recoverable", "parse_budget"]

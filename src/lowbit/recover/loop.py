@@ -26,7 +26,7 @@ from lowbit.progress import Progress, null_progress
 from lowbit.qat import distributed
 from lowbit.qat.graph import QATGraph
 from lowbit.recover.augment import augment_images, is_image
-from lowbit.recover.data import Samples, Split
+from lowbit.recover.data import Samples, Split, in_rows
 from lowbit.recover.losses import kinds, output_loss
 from lowbit.recover.options import Recover
 from lowbit.recover.teacher import Teacher
@@ -73,11 +73,13 @@ class _Scorer:
     """Held-out score: each output's distillation loss over its PTQ value, summed (lower is better),
     and the top-1 agreement of classifier outputs; this rank scores samples rank::world."""
 
-    def __init__(self, qat: QATGraph, held: Samples, teacher: Teacher) -> None:
+    def __init__(self, qat: QATGraph, held: Samples, teacher: Teacher, max_batch: int | None = None) -> None:
         rank, world = distributed.world()
         self.qat = qat
         mine = np.arange(rank, len(held), world)
-        self.parts = [feeds for i in range(0, len(mine), EVAL_BATCH) for feeds in held.take(mine[i:i + EVAL_BATCH])]
+        size = min(EVAL_BATCH, max_batch or EVAL_BATCH)
+        self.parts = [feeds for i in range(0, len(mine), size) for feeds in held.take(mine[i:i + size])]
+        self.sizes = [held.size(feeds) for feeds in self.parts]
         self.targets = [[torch.from_numpy(t) for t in teacher(feeds)] for feeds in self.parts]
         first = self.targets[0][:len(qat.output_names)]  # the rest: watched intermediate tensors
         self.kinds = kinds(first)
@@ -92,10 +94,9 @@ class _Scorer:
         n_out, n_feat = len(self.kinds), len(self.qat.watch)
         sums = torch.zeros(n_out + n_feat + 2, dtype=torch.float64)
         with torch.no_grad():
-            for feeds, targets in zip(self.parts, self.targets):
+            for feeds, targets, rows in zip(self.parts, self.targets, self.sizes):
                 out = self.qat(*[torch.from_numpy(feeds[k]) for k in self.qat.input_names])
                 out = out if isinstance(out, tuple) else (out,)
-                rows = targets[0].shape[0]
                 for j, (s, t, kind) in enumerate(zip(out, targets, self.kinds)):
                     if self.trainable[j]:
                         sums[j] += float(output_loss(kind, s, t)) * rows
@@ -130,7 +131,7 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
     if opts.batch_size % world:
         raise ConfigError(f"the recovery batch size ({opts.batch_size}) must divide by the number of processes "
                           f"({world}).")
-    scorer = _Scorer(qat, data.held, teacher)
+    scorer = _Scorer(qat, data.held, teacher, data.max_batch)
     losses, _ = scorer.raw()
     scorer.norms = [max(l, 1e-12) for l in losses]  # every output starts at 1
     for q in qat.quantizers.values():
@@ -171,11 +172,13 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
                                   else torch.from_numpy(v))[rank::world].contiguous() for k, v in feeds.items()})
         else:
             parts = [{k: torch.from_numpy(v) for k, v in feeds.items()} for feeds in data.train.take(idx[rank::world])]
-        rows = sum(next(iter(p.values())).shape[0] for p in parts)
+        if data.train.stacked:
+            parts = [piece for feeds in parts for piece in in_rows(feeds, data.max_batch)]
+        rows = sum(data.train.size(p) for p in parts)
         opt.zero_grad(set_to_none=True)
         loss = torch.zeros(())
         # ranks may hold different numbers of shape groups: then gradients are averaged by hand, once
-        manual = world > 1 and not data.train.one_shape
+        manual = world > 1 and (not data.train.one_shape or data.max_batch is not None)  # (unstacked: never one)
         for feeds in parts:  # one forward pass per shape; the loss is the mean over this rank's samples
             targets = [torch.from_numpy(t) for t in teacher({k: v.numpy() for k, v in feeds.items()})]
             out = (qat if manual else model)(*[feeds[k] for k in qat.input_names])
@@ -187,7 +190,7 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
                 feats = sum(output_loss("mse", qat.watched[name], t) / norm for name, t, norm
                             in zip(qat.watch, targets[n_out:], scorer.norms[n_out:])) / len(qat.watch)
                 part = part + opts.feature_weight * feats
-            w = next(iter(feeds.values())).shape[0] / rows
+            w = data.train.size(feeds) / rows
             (part * w).backward()
             loss = loss + part.detach() * w
         if manual:

@@ -24,7 +24,7 @@ from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
 from lowbit.qat.export import to_plan
 from lowbit.qat.graph import QATGraph
-from lowbit.recover.data import gather, split
+from lowbit.recover.data import fixed_batch, gather, split
 from lowbit.recover.loop import History, run
 from lowbit.recover.options import Recover
 from lowbit.recover.teacher import Teacher
@@ -46,6 +46,7 @@ def recover_plan(float_model: onnx.ModelProto, plan: QuantPlan, teacher_model: o
     teacher = Teacher(with_outputs(teacher_model, list(watch)) if watch else teacher_model,
                       qat.output_names + list(watch), torch.get_num_threads())
     data = split(gather(calib), opts.holdout, opts.seed)
+    data.max_batch = fixed_batch(float_model)  # exporters that fix the batch at 1: one sample per pass
     hist = run(qat, teacher, data, opts, progress, start)
     model, new_plan = to_plan(qat)
     new_plan.config["recover"] = {**opts.to_dict(), **hist.summary(), "train_samples": data.n_train,
@@ -53,6 +54,18 @@ def recover_plan(float_model: onnx.ModelProto, plan: QuantPlan, teacher_model: o
     if timings is not None:
         timings["recover"] = time.perf_counter() - start
     return model, new_plan
+
+
+def check_recoverable(model: onnx.ModelProto) -> None:
+    """Refuse, before any work, a graph recovery cannot train: one with operators that have no torch
+    version in `lowbit.qat.ops` (control flow such as If / Loop among them)."""
+    from lowbit.qat.ops import OPS
+
+    missing = sorted({n.op_type for n in model.graph.node} - set(OPS) - {"Constant"})
+    if missing:
+        raise ConfigError(f"recover cannot train this model: its graph has {', '.join(missing)}, which lowbit's "
+                          f"training graph does not run (it runs {len(OPS)} operators: convolutional, linear, "
+                          "attention, LSTM and shape arithmetic). Quantize without --recover.")
 
 
 def feature_points(model: onnx.ModelProto, teacher: onnx.ModelProto, plan: QuantPlan, k: int) -> tuple[str, ...]:
@@ -77,4 +90,4 @@ def feature_points(model: onnx.ModelProto, teacher: onnx.ModelProto, plan: Quant
     return tuple(dict.fromkeys(points[int(round(i))] for i in picks))
 
 
-__all__ = ["recover_plan", "feature_points", "History"]
+__all__ = ["recover_plan", "check_recoverable", "feature_points", "History"]
