@@ -465,6 +465,26 @@ def test_recover_trains_a_stateful_recurrent_model_call_by_call():
     assert info["held_out_after"]["score"] <= info["held_out_before"]["score"]
 
 
+def test_a_recovered_plan_reads_back_and_reapplies_only_to_its_float_model(teacher_onnx, tmp_path):
+    """The plan in a recovered model's metadata passes the plan checks (it records what recovery did);
+    re-applied to the recovered float model it gives the same model, while re-applying it to the
+    original model is refused, naming recovery (its weights are the original ones, its step sizes
+    were learned for others), even where no plan-stage algorithm changed the weights."""
+    import lowbit
+    from lowbit.emit.metadata import plan_from_model
+
+    calib, _ = _images(64, seed=8)
+    result = lowbit.quantize(teacher_onnx, "int8-fast", calib, verify=None, recover=Recover("10steps", eval_every=5))
+    plan = plan_from_model(result.model)
+    assert plan.config["recover"]["steps"] == 10 and not plan.config.get("algorithms")
+    path = tmp_path / "plan.json"
+    path.write_text(plan.to_json())
+    again = lowbit.quantize(result.float_model, plan=str(path), verify=None)
+    assert again.model.SerializeToString() == result.model.SerializeToString()
+    with pytest.raises(ConfigError, match=r"\(recover\).*--save-float-model"):
+        lowbit.quantize(teacher_onnx, plan=str(path), verify=None)
+
+
 def test_output_kinds_and_per_row_kl():
     """Logits (N, C): KL of the softmaxes; probability rows ((N, C) or per frame (N, T, C)): KL on the
     rows, averaged over frames; anything else: relative squared error. Zero exactly when equal."""

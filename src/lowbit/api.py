@@ -273,7 +273,8 @@ def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
         raise ConfigError(f"re-applying a plan works for static int8 plans; this one is '{plan.precision}'. "
                           f"Quantize again with precision '{plan.precision}' instead.")
     if plan.model_fingerprint and plan.model_fingerprint != job.prepared.fingerprint:
-        changed = [a["name"] for a in plan.config.get("algorithms", [])]
+        changed = [a["name"] for a in plan.config.get("algorithms", [])] + (["recover"] if plan.config.get("recover")
+                                                                            else [])
         if changed:
             raise ConfigError(
                 f"this plan was made with algorithms that change the float weights ({', '.join(changed)}), "

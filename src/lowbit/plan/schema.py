@@ -48,11 +48,11 @@ TENSOR_KEYS = ("role", "dtype", "granularity", "narrow", "scale", "zero_point", 
 NODE_KEYS = ("op", "precision", "reason")
 # QuantConfig.to_dict's keys, plus what stages record in plan.config (clipping level, KeepIfBetter's
 # decision, the int4 recipe, dynamic INT8's and FP16's storage choices, the timings behind latency
-# choices).
+# choices, what recovery did).
 CONFIG_KEYS = ("precision", "weights", "activations", "keep_float", "algorithms", "op_types", "keep_io_types",
                "target", "objective", "transformer", "seed", "activation_clipping", "algorithm_choices",
                "int8_layers", "reduce_range", "group_size", "rounding", "storage", "per_channel", "layer_costs",
-               "elementwise_choice", "float_prefix", "float_choice")
+               "elementwise_choice", "float_prefix", "float_choice", "recover")
 MAX_TEXT = 4096            # a reason, method or op name longer than this is not lowbit's
 MAX_CONFIG_BYTES = 1 << 20  # plan.config is a few KB; it is copied into the model's metadata
 
@@ -398,6 +398,7 @@ def _config(c: dict, precision: str) -> None:
         "elementwise_choice": lambda: _of("elementwise_choice", lambda v: isinstance(v, dict), "an object"),
         "float_prefix": lambda: _of("float_prefix", lambda v: isinstance(v, dict), "an object"),
         "float_choice": lambda: _of("float_choice", lambda v: isinstance(v, dict), "an object"),
+        "recover": lambda: _of("recover", lambda v: isinstance(v, dict), "an object"),
         "target": _target,
         "layer_costs": _timings,
         "weights": lambda: _built("weights", "scheme"),
