@@ -31,6 +31,12 @@ def _key(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", name)
 
 
+
+def untrainable_ops(model: onnx.ModelProto) -> list[str]:
+    """The operator types of `model`'s graph that have no torch version here (`lowbit.qat.ops`)."""
+    return sorted({n.op_type for n in model.graph.node if n.op_type not in OPS})
+
+
 class QATGraph(nn.Module):
     """The float graph `model` with the fake quantization `plan` prescribes; an ordinary nn.Module.
 
@@ -45,7 +51,7 @@ class QATGraph(nn.Module):
         self.proto = model
         self.plan = plan
         g = GraphIndex(model)
-        unsupported = sorted({n.op_type for n in model.graph.node if n.op_type not in OPS})
+        unsupported = untrainable_ops(model)
         if unsupported:
             raise ModelError(f"QAT cannot train this graph: no torch version of {', '.join(unsupported)} "
                              f"(supported: {', '.join(sorted(OPS))}).")

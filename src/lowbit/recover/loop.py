@@ -177,8 +177,9 @@ def run(qat: QATGraph, teacher: Teacher, data: Split, opts: Recover, progress: P
         rows = sum(data.train.size(p) for p in parts)
         opt.zero_grad(set_to_none=True)
         loss = torch.zeros(())
-        # ranks may hold different numbers of shape groups: then gradients are averaged by hand, once
-        manual = world > 1 and (not data.train.one_shape or data.max_batch is not None)  # (unstacked: never one)
+        # ranks may hold different numbers of forward passes (shape groups, unstacked samples, batch-1
+        # pieces): then gradients are averaged by hand, once
+        manual = world > 1 and (not data.train.one_shape or data.max_batch is not None)
         for feeds in parts:  # one forward pass per shape; the loss is the mean over this rank's samples
             targets = [torch.from_numpy(t) for t in teacher({k: v.numpy() for k, v in feeds.items()})]
             out = (qat if manual else model)(*[feeds[k] for k in qat.input_names])

@@ -23,7 +23,7 @@ from lowbit.onnx.session import with_outputs
 from lowbit.plan.quant_plan import QuantPlan
 from lowbit.progress import Progress, null_progress
 from lowbit.qat.export import to_plan
-from lowbit.qat.graph import QATGraph
+from lowbit.qat.graph import QATGraph, untrainable_ops
 from lowbit.recover.data import fixed_batch, gather, split
 from lowbit.recover.loop import History, run
 from lowbit.recover.options import Recover
@@ -59,13 +59,11 @@ def recover_plan(float_model: onnx.ModelProto, plan: QuantPlan, teacher_model: o
 def check_recoverable(model: onnx.ModelProto) -> None:
     """Refuse, before any work, a graph recovery cannot train: one with operators that have no torch
     version in `lowbit.qat.ops` (control flow such as If / Loop among them)."""
-    from lowbit.qat.ops import OPS
-
-    missing = sorted({n.op_type for n in model.graph.node} - set(OPS) - {"Constant"})
+    missing = untrainable_ops(model)
     if missing:
         raise ConfigError(f"recover cannot train this model: its graph has {', '.join(missing)}, which lowbit's "
-                          f"training graph does not run (it runs {len(OPS)} operators: convolutional, linear, "
-                          "attention, LSTM and shape arithmetic). Quantize without --recover.")
+                          "training graph does not run (it runs convolutional, linear, attention and LSTM layers "
+                          "and shape arithmetic). Quantize without --recover.")
 
 
 def feature_points(model: onnx.ModelProto, teacher: onnx.ModelProto, plan: QuantPlan, k: int) -> tuple[str, ...]:
