@@ -166,7 +166,7 @@ def test_atheris_fuzz_of_the_loader_finds_no_crash(small_model_path, tmp_path):
     corpus.mkdir()
     (corpus / "seed.onnx").write_bytes(small_model_path.read_bytes())
     target = Path(__file__).parent / "fuzz_loader.py"
-    proc = subprocess.run([sys.executable, str(target), str(corpus), "-max_total_time=30", "-rss_limit_mb=4096",
+    proc = subprocess.run([sys.executable, str(target), str(corpus), "-max_total_time=15", "-rss_limit_mb=4096",
                            "-timeout=20", f"-artifact_prefix={tmp_path}/"], capture_output=True, text=True,
                           timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
