@@ -27,6 +27,7 @@ from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_outputs
 from lowbit.load.model import LoadedModel, load_model
 from lowbit.load.prepare import PreparedModel, fingerprint, prepare
+from lowbit.load.quantized import refuse_quantized
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.calibrate import calibrate
 from lowbit.plan.fit import check_plan_fits, plan_to_apply
@@ -249,6 +250,7 @@ def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data
     whether recovery can train the graph, checked against the model before any work."""
     progress("load", 0, None)
     loaded = load_model(model, example_inputs)
+    refuse_quantized(loaded.proto, loaded.name)
     source_sizes = sizes(loaded.proto)
     check_outputs(outputs, {"model file": list(loaded.files)})
     progress("prepare", 0, None)
