@@ -170,6 +170,31 @@ def test_outlier_split_keeps_function_and_narrows_range():
     assert np.abs(run_output(split, inliers + "_inliers", x)).max() < 0.2 * np.abs(run_output(split, inliers, x)).max()
 
 
+def _export(net: nn.Module, shape: tuple[int, ...]) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    torch.onnx.export(net.eval(), (torch.randn(*shape),), buf, input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    return prepare(load_model(onnx.load_from_string(buf.getvalue()))).proto
+
+
+def test_int8_preset_gives_a_gelu_mlp_the_transformer_recipe():
+    """A transformer's feed-forward stack without attention (Magika v1's shape: dense + GELU +
+    layer norm over byte positions) gets the transformer recipe; GELU after convolutions does not."""
+    from lowbit.presets import preset, resolve_transformer
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.LayerNorm(64), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 8))
+    model = _export(mlp, (4, 16, 32))
+    p = find_patterns(model)
+    assert p.is_gelu_mlp() and not p.is_transformer()
+    assert resolve_transformer(preset("int8"), model).transformer is True
+    relu_mlp = _export(nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)), (4, 32))
+    assert resolve_transformer(preset("int8"), relu_mlp).transformer is False
+    conv = _export(nn.Sequential(nn.Conv1d(8, 16, 3), nn.GELU(), nn.Flatten(), nn.Linear(16 * 14, 32), nn.GELU(),
+                                 nn.Linear(32, 4)), (2, 8, 16))
+    assert resolve_transformer(preset("int8"), conv).transformer is False
+
+
 def test_int8_preset_picks_transformer_recipe(tiny, small_model_path, calib_arrays):
     import lowbit
     from lowbit.presets import preset, resolve_transformer

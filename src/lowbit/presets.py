@@ -65,16 +65,21 @@ def _int8_mixed(config: QuantConfig) -> QuantConfig:
                         algorithms=(SmoothQuant(0.5, ("qkv", "ffn_up")), OutlierSplit(), *config.algorithms))
 
 
+def _has_conv(model) -> bool:
+    return any(n.op_type in ("Conv", "ConvTranspose") for n in model.graph.node)
+
+
 def resolve_transformer(config: QuantConfig, model) -> QuantConfig:
     """`config` with transformer='auto' decided for `model` (an onnx.ModelProto): the int8-transformer
     recipe (keeping `config`'s keep_float, target, seed) if lowbit.transformers.patterns finds
-    attention and layer norms, else `config` with transformer=False. A hybrid (transformer blocks
+    attention and layer norms, or linear layers with GELU and no convolution (a transformer's
+    feed-forward stack alone), else `config` with transformer=False. A hybrid (transformer blocks
     in a network whose weights lie substantially outside them, lowbit.plan.recipes.is_hybrid) gets
     `config` with transformer='mixed'. Other configs pass unchanged."""
     if config.transformer != "auto":
         return config
     patterns = find_patterns(model)
-    if patterns.is_transformer():
+    if patterns.is_transformer() or (patterns.is_gelu_mlp() and not _has_conv(model)):
         if is_hybrid(model, patterns):  # convolutions around the blocks: each region its recipe
             return _int8_mixed(config)
         return _int8_transformer().with_(keep_float=config.keep_float, target=config.target, seed=config.seed,
@@ -89,7 +94,8 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
     "int8": (_int8_accurate,
              "Static INT8 QDQ, accuracy first: percentile-calibrated uint8 activations, per-channel weights, "
              "cross-layer equalization, GPTQ rounding where it clearly helps, bias correction; slow INT8 layers of this CPU stay FP32. "
-             "A transformer graph (attention + layer norms) gets the int8-transformer recipe."),
+             "A transformer graph (attention + layer norms), or linear layers with GELU and no convolution, gets "
+             "the int8-transformer recipe."),
     "int8-transformer": (lambda: _int8_transformer(),
                          "Transformer INT8: linear layers u8 x s8, layer norm / softmax / GELU / residual adds in "
                          "float; SmoothQuant on the norm outputs, outlier channels split off in float, MSE ranges, "
