@@ -216,3 +216,30 @@ def test_ppocrv4_rec_int8_bar(tmp_path):
 # with the measured float choice (lowbit.float_choice: eval SQNR 12.0 -> 13.3 dB, CER 0.101 -> 0.088).
 # The transformer recipe alone reached 0.98 at 0.715, static INT8 everywhere 0.41 at 0.279
 MIN_STRINGS, MAX_SIZE = 0.45, 0.32
+
+
+def test_float_prefix_is_also_tried_with_float_elementwise(monkeypatch):
+    """Float elementwise arithmetic and float first layers can each hide the other's gain (PP-OCRv3's
+    recognizer: 6.8 dB with either alone, 21 dB together): the prefix is also chosen on the
+    float-elementwise plan, which wins only when clearly closer."""
+    from types import SimpleNamespace
+
+    from lowbit.plan import calibrate as cal
+    from lowbit.plan.decisions import Decisions
+
+    int8_plan, alt = object(), object()
+    alt_out = SimpleNamespace(decisions=Decisions())
+    choice = {"float": False, "sqnr_int8_db": 6.8, "sqnr_float_db": 6.81}
+    prefix = {"sqnr_db": {"0": 6.8, "3": 7.1}, "chosen": 0}
+
+    def fake_prefix(model, plan, calib):
+        return alt_out, {"sqnr_db": {"0": 6.81, "9": gain}, "chosen": 9}
+
+    monkeypatch.setattr(cal, "choose_float_prefix", fake_prefix)
+    gain = 21.2
+    plan, rec = cal._prefix_with_float_elementwise(None, int8_plan, prefix, alt, choice, {"chosen": 99.99}, [])
+    assert plan is alt_out and rec["chosen"] == 9
+    assert plan.decisions.elementwise_choice["float"] and plan.decisions.elementwise_choice["with_float_prefix_db"] == 21.2
+    gain = 7.9  # within the margin of the INT8-elementwise plan's best prefix (7.1 + 1.0)
+    plan, rec = cal._prefix_with_float_elementwise(None, int8_plan, prefix, alt, choice, {"chosen": 99.99}, [])
+    assert plan is int8_plan and rec is prefix
