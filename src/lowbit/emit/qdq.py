@@ -97,6 +97,23 @@ def _all_nodes(nodes):
                 yield from _all_nodes(body.node)
 
 
+def _rewire_body_reads(node: onnx.NodeProto, mapping: dict[str, str]) -> None:
+    """Inside `node`'s subgraphs, reads of outer tensors in `mapping` read their replacement; a name
+    a body defines itself (input, initializer, node output) shadows the outer one below it."""
+    for a in node.attribute:
+        for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            local = {i.name for i in body.input} | {t.name for t in body.initializer} | {
+                o for n in body.node for o in n.output}
+            inner = {k: v for k, v in mapping.items() if k not in local}
+            if not inner:
+                continue
+            for n in body.node:
+                for k, name in enumerate(n.input):
+                    if name in inner:
+                        n.input[k] = inner[name]
+                _rewire_body_reads(n, inner)
+
+
 class _Surgery:
     def __init__(self, model: onnx.ModelProto, plan: QuantPlan, simulate: bool, forced: bool = False) -> None:
         self.src = model
@@ -176,6 +193,10 @@ class _Surgery:
         g.input.extend(inputs)
 
         int_nodes = {n.name for n in self.plan.nodes.values() if n.precision.startswith("int")}
+        # If / Loop / Scan bodies read outer tensors by name: behind a quantized producer they read
+        # the DQ output too (a folded Relu's name now holds the producer's pre-activation values)
+        read_dq = {name: dq for name, dq in rewired.items()
+                   if index.producer.get(name) is None or index.producer[name].name in int_nodes}
         new_nodes = list(head)
         for node in g.node:
             for k, name in enumerate(node.input):
@@ -190,6 +211,7 @@ class _Surgery:
                 # producer with its Q); behind a float producer only quantized consumers do.
                 if from_int or node.name in int_nodes:
                     node.input[k] = rewired[name]
+            _rewire_body_reads(node, read_dq)
             new_nodes.append(node)
             new_nodes.extend(after.get(node.name, []))
         if replaced:  # a constant no float node reads any more is not stored
