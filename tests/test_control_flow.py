@@ -304,4 +304,4 @@ def test_if_body_reading_a_quantized_relu_output_reads_its_dequantized_value():
     for feed in feeds:
         ref, got = _run(model, feed), _run(q, feed)
         assert got.min() >= 0.0  # the Relu holds inside the branch
-        assert _sqnr(ref, got) > 30.0
+        assert _sqnr(ref, got) > 25.0  # measured 38.4-38.9 dB on AVX-512 VNNI; margin for AVX2 kernels
