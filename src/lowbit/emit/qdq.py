@@ -26,6 +26,7 @@ from lowbit.errors import ModelError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
 from lowbit.onnx.ops import RECURRENT_SLOTS, weight_slots
+from lowbit.onnx.scopes import has_subgraphs, scopes, uses
 from lowbit.plan.quant_plan import QuantPlan, TensorPlan
 
 QDQ_MIN_OPSET = 13
@@ -97,21 +98,17 @@ def _all_nodes(nodes):
                 yield from _all_nodes(body.node)
 
 
-def _rewire_body_reads(node: onnx.NodeProto, mapping: dict[str, str]) -> None:
-    """Inside `node`'s subgraphs, reads of outer tensors in `mapping` read their replacement; a name
-    a body defines itself (input, initializer, node output) shadows the outer one below it."""
-    for a in node.attribute:
-        for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-            local = {i.name for i in body.input} | {t.name for t in body.initializer} | {
-                o for n in body.node for o in n.output}
-            inner = {k: v for k, v in mapping.items() if k not in local}
-            if not inner:
-                continue
-            for n in body.node:
-                for k, name in enumerate(n.input):
-                    if name in inner:
-                        n.input[k] = inner[name]
-                _rewire_body_reads(n, inner)
+def _body_reads_to_dq(model: onnx.ModelProto, mapping: dict[str, str]) -> None:
+    """Reads of main-graph tensors in `mapping` from inside If / Loop / Scan bodies read their
+    replacement (`onnx.scopes.uses` resolves each read to the graph that defines the name)."""
+    if not mapping or not has_subgraphs(model):
+        return
+    table = uses(scopes(model))
+    main = id(model.graph)
+    for name, dq in mapping.items():
+        for scope, node, slot in table.get((main, name), []):
+            if scope.parent is not None:
+                node.input[slot] = dq
 
 
 class _Surgery:
@@ -211,9 +208,9 @@ class _Surgery:
                 # producer with its Q); behind a float producer only quantized consumers do.
                 if from_int or node.name in int_nodes:
                     node.input[k] = rewired[name]
-            _rewire_body_reads(node, read_dq)
             new_nodes.append(node)
             new_nodes.extend(after.get(node.name, []))
+        _body_reads_to_dq(self.m, read_dq)
         if replaced:  # a constant no float node reads any more is not stored
             read = {i for n in _all_nodes(new_nodes) for i in n.input} | {o.name for o in g.output}
             kept = [t for t in g.initializer if t.name not in replaced or t.name in read]
