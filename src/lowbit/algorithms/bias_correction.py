@@ -32,7 +32,7 @@ from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError, DataError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.names import Names
-from lowbit.onnx.session import run_batch, session, with_outputs
+from lowbit.onnx.session import run_batch, session
 from lowbit.plan.algorithm import Algorithm, AlgorithmContext, register_algorithm
 from lowbit.plan.planner import bias_plan
 from lowbit.plan.quant_plan import QuantPlan
@@ -68,37 +68,63 @@ def corrected_layers(model: onnx.ModelProto, plan: QuantPlan) -> list[Layer]:
     return layers
 
 
-def _channel_sums(v: np.ndarray) -> tuple[np.ndarray, int]:
-    """Per-channel sums of a (N, C, ...) or (N, C) tensor and the number of values per channel."""
-    v = np.asarray(v, dtype=np.float64)
-    flat = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)  # (C, N * spatial)
-    return flat.sum(axis=1), flat.shape[1]
+def channel_means(model: onnx.ModelProto, names: list[str], calib) -> list[np.ndarray]:
+    """Mean per channel (axis 1) of the tensors `names` over all calibration batches, streaming."""
+    m, sums = _with_channel_sums(model, names)
+    sess = session(m.SerializeToString(), arena=False)
+    del m
+    return _session_means(sess, sums, calib)
 
 
-def channel_means(model: onnx.ModelProto | bytes, names: list[str], calib) -> list[np.ndarray]:
-    """Mean per channel (axis 1) of the tensors `names` over all calibration batches, streaming.
-    `model` may be a serialized model that already outputs `names`."""
-    sess = session(model if isinstance(model, bytes) else with_outputs(model, names), arena=False)
-    del model
-    return _session_means(sess, names, calib)
+def _with_channel_sums(model: onnx.ModelProto, names: list[str], copy: bool = True
+                       ) -> tuple[onnx.ModelProto, list[tuple[str, str]]]:
+    """`model` that also outputs, for each (N, C, ...) tensor of `names`, its sums per sample and
+    channel (N, C) and the shape (N, C, S) they were taken over: the reduction runs inside ONNX
+    Runtime, so a CNN's full feature maps (MobileNetV2: ~30 MB per sample) are never copied out.
+    Only the (N, C) sums leave the run, to be added up in float64."""
+    if copy:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+    else:
+        m = model
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    fresh = Names(m).fresh
+    keep_two = fresh("channel_sums__shape")
+    m.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), keep_two))
+    axes = fresh("channel_sums__axes")
+    if opset >= 13:  # ReduceSum's axes became an input in opset 13
+        m.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), axes))
+    outputs = []
+    for name in names:
+        flat, total, shape = (fresh(f"{name}__{s}") for s in ("flat", "channel_sums", "flat_shape"))
+        reduce = (helper.make_node("ReduceSum", [flat, axes], [total], keepdims=0) if opset >= 13
+                  else helper.make_node("ReduceSum", [flat], [total], axes=[2], keepdims=0))
+        m.graph.node.extend([helper.make_node("Reshape", [name, keep_two], [flat]), reduce,
+                             helper.make_node("Shape", [flat], [shape])])
+        m.graph.output.extend([helper.make_tensor_value_info(total, onnx.TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info(shape, onnx.TensorProto.INT64, None)])
+        outputs.append((total, shape))
+    return m, outputs
 
 
-def _session_means(sess, names: list[str], calib) -> list[np.ndarray]:
-    """`channel_means` on a session that outputs `names`."""
-    sums: list[np.ndarray | None] = [None] * len(names)
-    counts = [0] * len(names)
+def _session_means(sess, sums: list[tuple[str, str]], calib) -> list[np.ndarray]:
+    """Per-channel means from a session made by `_with_channel_sums` (its (sums, shape) outputs)."""
+    totals: list[np.ndarray | None] = [None] * len(sums)
+    counts = [0] * len(sums)
+    names = [n for pair in sums for n in pair]
     batch: Batch
     for batch in calib:
         values = run_batch(sess, batch, names)
-        for k, v in enumerate(values):
-            s, n = _channel_sums(v)
-            sums[k] = s if sums[k] is None else sums[k] + s
-            counts[k] += n
-        values = v = None  # freed before the next batch's are computed, and given back: the C
-        release_free_memory()  # heap would grow over the pass (ResNet-18: ~200 MB)
+        for k in range(len(sums)):
+            s, shape = values[2 * k], values[2 * k + 1]
+            s = np.asarray(s, dtype=np.float64).sum(axis=0)
+            totals[k] = s if totals[k] is None else totals[k] + s
+            counts[k] += int(shape[0]) * int(shape[2])
+        values = None
+        release_free_memory()  # the run's buffers go back: the C heap would grow over the pass
     if not counts or counts[0] == 0:
         raise DataError("bias correction needs calibration data; the calibration source gave no samples")
-    return [s / n for s, n in zip(sums, counts)]
+    return [s / n for s, n in zip(totals, counts)]
 
 
 def _with_reference_layers(sim: onnx.ModelProto, reference: onnx.ModelProto,
@@ -149,11 +175,12 @@ def mean_errors(model: onnx.ModelProto, plan: QuantPlan, calib, layers: list[Lay
     release_free_memory()  # building the simulation's proto freed ~2x its size: gone before it is serialized
     # serialized once, without a second ModelProto copy, and both dropped before the session runs:
     # the simulation holds every weight twice (quantized and float reference)
-    data = with_outputs(sim, diffs, copy=False).SerializeToString()
+    sim, sums = _with_channel_sums(sim, diffs, copy=False)
+    data = sim.SerializeToString()
     del sim
     sess = session(data, arena=False)
     del data
-    return _session_means(sess, diffs, calib)
+    return _session_means(sess, sums, calib)
 
 
 def correct_biases(model: onnx.ModelProto, plan: QuantPlan, layers: list[Layer],
