@@ -122,3 +122,19 @@ def pytest_report_header(config) -> str:
     from lowbit.target.cpu import this_cpu
 
     return f"lowbit CPU: {this_cpu().describe()}"
+
+
+# The suite runs on pytest-xdist workers (pyproject's addopts: `-n auto --dist loadfile`): one per
+# core, at most MAX_WORKERS (each real-model test holds up to a few GB). `-n 0` runs it in one process.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Files with slow real-model tests first: the workers start on the long files and the many
+    short ones fill in after, instead of one worker finishing a long file alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file stays

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import os
 import shutil
 import string
 import subprocess
@@ -26,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from lowbit.demo.zoo.photos import photo_crops
+from lowbit.io import atomic_write_bytes
 
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 VOICES = {"calib": ("en-us+m3", "en-gb+f2", "en-us+f1", "en-gb-x-rp+m1"),
@@ -374,15 +376,24 @@ def build(data: str, n_calib: int | None = None, n_eval: int | None = None) -> D
     return BUILDERS[data](n_calib or nc, n_eval or ne)
 
 
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez, written atomically: a reader (a test on another pytest-xdist worker) sees the whole
+    file or none, and two writers of the same data do not interleave."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def save_runs(runs: list[dict[str, np.ndarray]], path: Path) -> None:
     """A list of model calls as one .npz: call k's input `name` under the key `k/name`."""
-    np.savez(path, **{f"{k}/{name}": x for k, run in enumerate(runs) for name, x in run.items()})
+    _savez(path, {f"{k}/{name}": x for k, run in enumerate(runs) for name, x in run.items()})
 
 
 def save(data: Data, folder: Path) -> None:
-    """calib.npz (input name -> stacked arrays: what the CLI reads), calib_runs.npz, eval.npz."""
+    """calib.npz (input name -> stacked arrays: what the CLI reads), calib_runs.npz, eval.npz; eval.npz
+    last, so a folder that has it is complete."""
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "calib.npz", **data.calib)
+    _savez(folder / "calib.npz", data.calib)
     save_runs(data.calib_runs, folder / "calib_runs.npz")
     save_runs(data.eval, folder / "eval.npz")
 
@@ -395,12 +406,18 @@ def save_sequences(data: str, folder: Path) -> Path:
     `lowbit quantize --stateful` reads: each file one sequence; the state starts at zeros)."""
     out = folder / "calib_seq"
     if not out.exists():
-        tmp = folder / "calib_seq.tmp"
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".calib_seq.{os.getpid()}.tmp"  # this process's own: renamed whole into place
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
         extra = {"sr": np.array(VAD_SR, np.int64)} if data == "vad_stream" else {}
         for i, u in enumerate(vad_utterances("calib", SEQUENCES[data])):
             np.savez(tmp / f"utt{i:03d}.npz", input=u, **extra)
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process put the same sequences there first
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not out.is_dir():
+                raise
     return out
 
 

