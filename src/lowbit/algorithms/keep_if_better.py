@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from lowbit.core.fidelity import decibels, sqnr_db
+from lowbit.core.fidelity import decibels, sqnr_db, squared_error
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
 from lowbit.onnx.session import run_batch, session
@@ -52,7 +52,7 @@ def _gain_db(without: np.ndarray, with_it: np.ndarray, alpha: float, seed: int,
 
 
 def _squared_error(reference: np.ndarray, sim, batch) -> float:
-    err = float(np.sum(np.square(reference - run_batch(sim, batch)[0], dtype=np.float64)))
+    err = squared_error(reference, run_batch(sim, batch)[0])
     release_free_memory()  # the run's buffers: the C heap would grow over the batches
     return err
 

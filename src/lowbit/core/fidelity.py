@@ -24,11 +24,46 @@ def sqnr_db(signal, noise) -> float:
     return float("inf") if noise == 0 else float(decibels(signal / noise))
 
 
+def aligned(reference, candidate) -> tuple[np.ndarray, np.ndarray]:
+    """`reference` and `candidate` as float64 arrays of one shape, to be compared value by value.
+
+    An output's shape can depend on its values: a decoder's sequence stops at its end token (a
+    table or text recognizer's `Loop`), a detector keeps the boxes above a score. A quantized model
+    may then give a longer or shorter output than FP32 for the same input. Both are zero-padded to
+    the larger extent of every axis (flattened first when even the ranks differ), so what one has
+    and the other lacks counts in full as error, and the same values compare where both have them.
+
+    >>> [a.tolist() for a in aligned([[1.0, 2.0]], [[1.0, 2.0, 3.0]])]
+    [[[1.0, 2.0, 0.0]], [[1.0, 2.0, 3.0]]]
+    """
+    r, c = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    if r.shape == c.shape:
+        return r, c
+    if r.ndim != c.ndim:
+        r, c = r.reshape(-1), c.reshape(-1)
+    shape = tuple(max(a, b) for a, b in zip(r.shape, c.shape))
+    return _padded(r, shape), _padded(c, shape)
+
+
+def _padded(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if x.shape == shape:
+        return x
+    out = np.zeros(shape, np.float64)
+    out[tuple(slice(0, n) for n in x.shape)] = x
+    return out
+
+
+def squared_error(reference, candidate) -> float:
+    """sum (ref - cand)^2 in float64 over `aligned` values."""
+    r, c = aligned(reference, candidate)
+    return float(np.sum(np.square(r - c)))
+
+
 def sqnr(reference, candidate) -> float:
     """SQNR of `candidate` against `reference` in dB, pooled over all values, in float64:
-    10 log10(sum ref^2 / sum (ref - cand)^2); infinite when they are identical."""
-    r = np.asarray(reference, np.float64)
-    return sqnr_db(np.sum(r * r), np.sum((r - candidate) ** 2))
+    10 log10(sum ref^2 / sum (ref - cand)^2) over `aligned` values; infinite when they are identical."""
+    r, c = aligned(reference, candidate)
+    return sqnr_db(np.sum(r * r), np.sum((r - c) ** 2))
 
 
 def _rows(x) -> np.ndarray:
@@ -40,7 +75,8 @@ def cosine_per_sample(reference, candidate) -> tuple[np.ndarray, np.ndarray]:
     """(cosine, defined) per sample (row). Two zero vectors have no angle: undefined (0, False),
     to be left out of a mean. A zero candidate where the reference is not zero is a failure:
     cosine 0."""
-    r, c = _rows(reference), _rows(candidate)
+    r, c = aligned(reference, candidate)
+    r, c = _rows(r), _rows(c)
     nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
     defined = nr > 0
     cos = np.where((nr > 0) & (nc > 0), np.sum(r * c, axis=1) / np.maximum(nr * nc, 1e-300), 0.0)

@@ -21,7 +21,7 @@ import onnx
 from lowbit.calibration import Percentile
 from lowbit.calibration.histogram import HistogramObserver
 from lowbit.config import QuantConfig
-from lowbit.core.fidelity import sqnr_db
+from lowbit.core.fidelity import sqnr_db, squared_error
 from lowbit.data import Batch
 from lowbit.emit.qdq import emit_simulation
 from lowbit.calibration.collect import CalibrationStats
@@ -34,10 +34,10 @@ SAMPLES = 32
 
 
 def output_sqnr(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    ref = np.concatenate([r.reshape(-1) for r in reference]).astype(np.float64)
-    err = ref - np.concatenate([c.reshape(-1) for c in candidate]).astype(np.float64)
-    noise = float(np.sum(err * err))
-    return sqnr_db(np.sum(ref * ref), noise)
+    """SQNR pooled over the batches; each pair compared `aligned` (outputs whose length depends on
+    the values may differ in shape)."""
+    signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for r in reference)
+    return sqnr_db(signal, sum(squared_error(r, c) for r, c in zip(reference, candidate)))
 
 
 def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], QuantPlan], stats: CalibrationStats, config: QuantConfig,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lowbit.core.fidelity import decibels
+from lowbit.core.fidelity import decibels, squared_error
 from lowbit.data import Batch
 from lowbit.emit.qdq import emit_simulation
 from lowbit.onnx.graph import GraphIndex
@@ -111,8 +111,7 @@ def error_jumps(model: onnx.ModelProto, plan: QuantPlan, units: list[Unit], batc
     for ref, cand in zip(refs, cands):
         for t in tensors:
             r = ref[t].astype(np.float64)  # FP32 reads its own values
-            c = _as_read(t, cand[t], plan).astype(np.float64)
-            noise[t] += float(np.sum((r - c) ** 2))
+            noise[t] += squared_error(r, _as_read(t, cand[t], plan))
             signal[t] += float(np.sum(r * r))
     nsr = {t: noise[t] / signal[t] if signal[t] > 0 else 0.0 for t in tensors}
     jumps = {}

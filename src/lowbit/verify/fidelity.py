@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from lowbit.core.fidelity import cosine_per_sample, sqnr_db
+from lowbit.core.fidelity import aligned, cosine_per_sample, sqnr_db
 from lowbit.data import Batch
 from lowbit.data.stateful import StateCarry, run_carried
 from lowbit.onnx.session import run_batch, session
@@ -40,11 +40,10 @@ class FidelityAccumulator:
 
     def update(self, ref: list[np.ndarray], cand: list[np.ndarray], labels: np.ndarray | None = None) -> None:
         for k, (r, c) in enumerate(zip(ref, cand)):
-            r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
+            r64, c64 = aligned(r, c)  # a decoder's output may stop earlier or later than FP32's
             self.signal[k] += float(np.sum(r64 * r64))
             self.noise[k] += float(np.sum((r64 - c64) ** 2))
-        r = np.asarray(ref[0], np.float64)
-        c = np.asarray(cand[0], np.float64)
+        r, c = aligned(ref[0], cand[0])
         n = r.shape[0] if r.ndim else 1
         rf, cf = r.reshape(n, -1), c.reshape(n, -1)
         # two zero vectors have no angle: left out of the mean, never counted as 1 (lowbit.metrics.fidelity)

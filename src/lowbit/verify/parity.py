@@ -18,6 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 import onnx
 
+from lowbit.core.fidelity import aligned
 from lowbit.data import Batch
 from lowbit.emit.qdq import deployed_integer_outputs, emit_forced_simulation, emit_simulation
 from lowbit.onnx.session import run_batch, session
@@ -77,13 +78,15 @@ def check_parity(deployed: bytes, float_model: onnx.ModelProto, plan: QuantPlan,
         feeds.update({forced_names[a][0]: got[a].astype(np.float32) for a in acts})
         sim_names = outputs + [forced_names[a][1] for a in acts]
         sim = dict(zip(outputs + acts, run_batch(forced, Batch(feeds, None, batch.source), sim_names)))
+        # `aligned`: a value-dependent length (a decoder's Loop) may differ; the excess counts in full
         for a in acts:
-            layers.add(np.abs(got[a].astype(np.float64) - sim[a]))
+            layers.add(np.abs(np.subtract(*aligned(got[a], sim[a]))))
         free_out = run_batch(free, batch, outputs)
         for k, name in enumerate(outputs):
-            step = output_step(plan.observed.get(name, (float(np.min(sim[name])), float(np.max(sim[name])))))
-            outs.add(np.abs(np.asarray(got[name], np.float64) - sim[name]) / step)
-            drift.add(np.abs(np.asarray(got[name], np.float64) - free_out[k]) / step)
+            span = (float(np.min(sim[name])), float(np.max(sim[name]))) if np.size(sim[name]) else (0.0, 0.0)
+            step = output_step(plan.observed.get(name, span))
+            outs.add(np.abs(np.subtract(*aligned(got[name], sim[name]))) / step)
+            drift.add(np.abs(np.subtract(*aligned(got[name], free_out[k]))) / step)
     total = _Tally()
     total.within, total.count = layers.within + outs.within, layers.count + outs.count
     total.worst = max(layers.worst, outs.worst)
