@@ -132,9 +132,3 @@ MAX_WORKERS = 4
 def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Files with slow real-model tests first: the workers start on the long files and the many
-    short ones fill in after, instead of one worker finishing a long file alone at the end."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file stays
