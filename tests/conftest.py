@@ -7,7 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+import lowbit.api  # before torch, as the CLI does (lowbit sets OpenMP's spin count before torch loads)
+from lowbit.target.latency_choice import estimate_ratio
+from lowbit.target.model_speed import ModelSpeed
+
+import torch  # noqa: E402
 
 
 class SmallConvNet(torch.nn.Module):
@@ -132,3 +137,15 @@ MAX_WORKERS = 4
 def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
 
+
+
+def _as_fast_as_fp32(*_args) -> ModelSpeed:
+    return ModelSpeed(estimate_ratio([1.0] * 8, [1.0] * 8))
+
+
+@pytest.fixture(autouse=True)
+def _whole_model_speed_pinned(monkeypatch):
+    """Whether a whole static-INT8 model runs slower than FP32 depends on the CPU, and decides the
+    plan (lowbit.target.model_speed): in-process tests pin it to 'as fast' so that their plans are the
+    same on every machine. tests/test_model_speed.py replaces it with the timings it tests."""
+    monkeypatch.setattr(lowbit.api, "whole_model_speed", _as_fast_as_fp32)

@@ -15,6 +15,7 @@ from lowbit.calibration import Percentile
 from lowbit.calibration.collect import collect_stats
 from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
+from lowbit.data.arrays import take_rows
 from lowbit.data.stateful import check_data_options, model_feeds
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
@@ -42,6 +43,7 @@ from lowbit.search.float_layers import restore_float_layers
 from lowbit.search.sensitivity import worst_histograms
 from lowbit.target.cpu import target_traits
 from lowbit.target.memory import peak_rss_mb, reset_peak_rss
+from lowbit.target.model_speed import ModelSpeed, whole_model_speed
 from lowbit.target.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
 from lowbit.verify.variants import VerifyOptions, plan_label, verify_into
 
@@ -126,6 +128,7 @@ class _Job:
     reference: onnx.ModelProto | None = None  # the prepared FP32 model, kept for a budget search
     calib: FeedSource | None = None
     search: dict | None = None
+    speed_check: dict | None = None  # the whole-model INT8 vs FP32 timing (lowbit.target.model_speed)
     notes: list[str] = field(default_factory=list)
 
     def take_float_model(self) -> onnx.ModelProto:
@@ -372,16 +375,33 @@ def _emit(job: _Job, preset_name: str | None, progress: Progress) -> tuple[onnx.
 
 
 def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
-    """QDQ (plus block-wise weights the search chose); where the Q/DQ nodes cost more than the INT8
-    weights save, the weight-only form of the plan (`lowbit.emit.weight_only`)."""
+    """QDQ (plus block-wise weights the search chose); where the Q/DQ nodes cost more bytes than the
+    INT8 weights save, or the static INT8 model runs slower than FP32 here (objective 'latency'), the
+    weight-only form of the plan (`lowbit.emit.weight_only`)."""
     progress("emit", 0, None)
     qmodel, note = _emit_static(job.prepared.proto, job.plan)
     size = job.source_sizes.file
-    if (not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL
-            and qmodel.ByteSize() >= size):  # test-sized models may grow, as check_smaller allows
-        why = (f"quantizing the activations made the file {qmodel.ByteSize():,} bytes, not smaller than the "
-               f"input's {size:,}")
-        job.plan = weight_only_plan(job.prepared.proto, job.plan, why)
+    # test-sized models may grow, as check_smaller allows, and their time is the runtime's overhead
+    fallback = not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL
+    why = node_why = ""
+    if fallback and qmodel.ByteSize() >= size:
+        why = node_why = (f"quantizing the activations made the file {qmodel.ByteSize():,} bytes, not smaller "
+                          f"than the input's {size:,}")
+    elif fallback and job.cfg.objective == "latency" and job.calib is not None and plan_label(job.plan) == "int8":
+        progress("speed check", 0, None)
+        speed = _whole_model_speed(job, qmodel)
+        job.speed_check = speed.to_dict()
+        if speed.clearly_slower:
+            e = speed.estimate
+            # the plan (recorded in the model file) gets no measured number: those vary run to run
+            node_why = ("the static INT8 model ran slower than FP32 on this machine beyond noise (timings in "
+                        "the report's speed_check; objective 'size' keeps INT8 arithmetic)")
+            why = (f"the static INT8 model took {e.ratio:.2f}x FP32's time at 1 thread on this machine "
+                   f"(CPU time, {e.runs} paired runs, interquartile {e.low:.2f}-{e.high:.2f}x): its activations "
+                   "pass through float code between the integer kernels (an activation without an integer "
+                   "kernel, such as HardSwish, costs more than they save); objective 'size' keeps INT8 arithmetic")
+    if why:
+        job.plan = weight_only_plan(job.prepared.proto, job.plan, node_why)
         float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
         job.plan.model_fingerprint = fingerprint(float_model)
         job.set_float_model(float_model)
@@ -390,6 +410,15 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
     if note:
         job.notes.append(note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     return qmodel
+
+
+def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto) -> ModelSpeed:
+    """The emitted static INT8 model against the float model its plan applies to (the same graph in
+    FP32), on one calibration sample."""
+    first = next(iter(job.calib))
+    axes = getattr(job.calib, "axes", {})
+    feeds = {k: take_rows(a, axes.get(k, 0), slice(0, 1)) for k, a in first.feeds.items()}
+    return whole_model_speed(job.prepared.proto.SerializeToString(), qmodel.SerializeToString(), feeds)
 
 
 def _emit_static(float_model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, str]:
@@ -420,6 +449,8 @@ def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Rep
     if job.calib is not None:
         _note_skipped(report, "calibration", job.calib)
     report.data["notes"] += job.notes
+    if job.speed_check is not None:
+        report.data["speed_check"] = job.speed_check
     if job.search is not None:
         report.data["search"] = job.search
         report.data["budget"] = budget_outcome(job.search, plan.precision)

@@ -36,13 +36,17 @@ def weight_only_plan(model: onnx.ModelProto, plan: QuantPlan, why: str) -> Quant
     nodes: dict[str, NodePlan] = {}
     for name, p in plan.nodes.items():
         node = g.nodes.get(name)
-        if node is not None and p.precision != "fp32" and _w8_pays(node, g, made):
+        if p.precision == "w8":
+            nodes[name] = p  # already weight-only (a recurrent layer: no integer kernel), with its reason
+        elif node is not None and p.precision != "fp32" and _w8_pays(node, g, made):
             nodes[name] = NodePlan(name, p.op, "w8", f"INT8-stored weights (scale per group), FP32 arithmetic: {why}")
         elif p.precision == "fp32":
             nodes[name] = p
-        else:
+        elif node is not None and (node.op_type in WEIGHTED_OPS or node.op_type in RECURRENT_SLOTS):
             nodes[name] = NodePlan(name, p.op, "fp32", f"float, with FP32 weights where INT8 storage would not "
                                                        f"be smaller: {why}")
+        else:
+            nodes[name] = NodePlan(name, p.op, "fp32", f"float (no tensor quantized): {why}")
     return dataclasses.replace(plan, nodes=nodes, tensors={}, folded={})
 
 
