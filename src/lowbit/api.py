@@ -15,7 +15,6 @@ from lowbit.calibration import Percentile
 from lowbit.calibration.collect import collect_stats
 from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
-from lowbit.data.arrays import take_rows
 from lowbit.data.stateful import check_data_options, model_feeds
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
@@ -415,10 +414,8 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
 def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto) -> ModelSpeed:
     """The emitted static INT8 model against the float model its plan applies to (the same graph in
     FP32), on one calibration sample."""
-    first = next(iter(job.calib))
-    axes = getattr(job.calib, "axes", {})
-    feeds = {k: take_rows(a, axes.get(k, 0), slice(0, 1)) for k, a in first.feeds.items()}
-    return whole_model_speed(job.prepared.proto.SerializeToString(), qmodel.SerializeToString(), feeds)
+    return whole_model_speed(job.prepared.proto.SerializeToString(), qmodel.SerializeToString(),
+                             job.calib.first_sample())
 
 
 def _emit_static(float_model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, str]:

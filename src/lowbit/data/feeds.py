@@ -99,6 +99,12 @@ class FeedSource:
         n = min(self._num_samples, self._limit or self._num_samples)
         return n // self._target if self._fixed else math.ceil(n / self._target)
 
+    def first_sample(self) -> dict[str, np.ndarray]:
+        """{input: array} of the first sample, each input cut on its own batch axis (inputs without
+        one whole): what a batch-1 timing or shape question runs on."""
+        first = next(iter(self))
+        return {k: take_rows(a, self.axes.get(k, 0), slice(0, 1)) for k, a in first.feeds.items()}
+
     def __iter__(self) -> Iterator[Batch]:
         self.skipped = []
         batcher = _Batcher(self._target, self._fixed, self.axes)

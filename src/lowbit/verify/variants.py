@@ -10,7 +10,6 @@ import onnx
 
 from lowbit.config import run_label
 from lowbit.data import FeedSource
-from lowbit.data.arrays import take_rows
 from lowbit.errors import ConfigError
 from lowbit.metrics.spec import parse_metric
 from lowbit.plan.quant_plan import QuantPlan
@@ -93,9 +92,7 @@ def verify_into(report: Report, reference: bytes,
                 report.data["energy_source"] = ENERGY_SOURCE
                 report.data["energy_assumptions"] = list(ENERGY_ASSUMPTIONS)
     if opts.threads:
-        first = next(iter(data))  # one sample: each input cut on its own batch axis
-        axes = getattr(data, "axes", {})
-        feeds = {k: take_rows(a, axes.get(k, 0), slice(0, 1)) for k, a in first.feeds.items()}
+        feeds = data.first_sample()
         models = {"fp32": reference, **{k: b for k, (b, _, _) in candidates.items()}}
         lat = measure_latency(models, feeds, opts.threads, opts.latency_runs, progress=progress)
         for v in variants:
