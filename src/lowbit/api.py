@@ -412,10 +412,10 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
 
 
 def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto) -> ModelSpeed:
-    """The emitted static INT8 model against the float model its plan applies to (the same graph in
-    FP32), on one calibration sample."""
-    return whole_model_speed(job.prepared.proto.SerializeToString(), qmodel.SerializeToString(),
-                             job.calib.first_sample())
+    """The emitted static INT8 model against the FP32 model as given (kept for verification), else
+    the float model its plan applies to, on one calibration sample."""
+    fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.prepared.proto
+    return whole_model_speed(fp32.SerializeToString(), qmodel.SerializeToString(), job.calib.first_sample())
 
 
 def _emit_static(float_model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, str]:
