@@ -83,6 +83,7 @@ def test_whole_model_speed_times_both_models_in_paired_runs(hardswish):
     e = speed.estimate
     assert RUNS[0] <= e.runs <= RUNS[1]
     assert e.fp32_ms > 0 and e.int8_ms > 0 and e.low <= e.ratio <= e.high
+    assert 0 < speed.seconds < 60 and speed.to_dict()["seconds"] == round(speed.seconds, 2)
 
 
 def test_int8_slower_than_fp32_ships_the_weight_only_plan(hardswish, monkeypatch, tmp_path):
@@ -97,6 +98,7 @@ def test_int8_slower_than_fp32_ships_the_weight_only_plan(hardswish, monkeypatch
     note = next(n for n in r.report.data["notes"] if "weight-only" in n)
     assert "1.50x FP32's time at 1 thread" in note
     assert r.report.data["speed_check"]["int8_clearly_slower"] is True
+    assert "emit:speed_check" in r.report.data["quantizer"]["stages"]
     written = (tmp_path / "a.onnx").read_bytes()
     assert len(written) < 0.5 * m.ByteSize()  # the weights are stored INT8 all the same
     x = calib[0]

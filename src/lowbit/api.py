@@ -428,6 +428,8 @@ def _emit_static(float_model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.Mo
 
 def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Report:
     clock.timings["total_quantize"] = time.perf_counter() - clock.start
+    if job.speed_check is not None:  # part of emit, reported on its own
+        clock.timings["emit:speed_check"] = job.speed_check["seconds"]
     plan, loaded = job.plan, job.loaded
     label = plan_label(plan)  # 'w4a8', not 'int8', where the weights are 4-bit
     report = Report({

@@ -35,6 +35,7 @@ class ModelSpeed:
     whole graph at 1 thread: a busy machine does not move it)."""
 
     estimate: RatioEstimate
+    seconds: float = 0.0  # what the timing itself took (wall)
 
     @property
     def clearly_slower(self) -> bool:
@@ -45,17 +46,18 @@ class ModelSpeed:
         return {"threads": 1, "clock": "thread CPU time", "fp32_ms": round(e.fp32_ms, 3),
                 "int8_ms": round(e.int8_ms, 3), "int8_fp32_ratio": round(e.ratio, 4),
                 "ratio_iqr": [round(e.low, 4), round(e.high, 4)], "runs": e.runs, "margin": WHOLE_MODEL_MARGIN,
-                "int8_clearly_slower": self.clearly_slower}
+                "int8_clearly_slower": self.clearly_slower, "seconds": round(self.seconds, 2)}
 
 
 def whole_model_speed(fp32: bytes, int8: bytes, feeds: dict[str, np.ndarray]) -> ModelSpeed:
     """Both models timed interleaved at 1 thread on `feeds` (one sample), in two blocks of fresh
     sessions; as many paired runs as fit in about TIME_BUDGET_S, within RUNS."""
-    t0 = time.thread_time()
+    start, t0 = time.perf_counter(), time.thread_time()
     probe = measure_latency({"fp32": fp32, "int8": int8}, feeds, threads=(1,), runs=2, warmup=1, clock="thread")
     per_round = sum(v["1"]["median"] for v in probe.values()) / 1e3
     spent = time.thread_time() - t0
     runs = int(np.clip((TIME_BUDGET_S - spent) / max(per_round, 1e-6), *RUNS))
     lat = measure_latency({"fp32": fp32, "int8": int8}, feeds, threads=(1,), runs=runs, warmup=2,
                           keep_samples=True, blocks=2, clock="thread")
-    return ModelSpeed(estimate_ratio(lat["fp32"]["1"]["samples"], lat["int8"]["1"]["samples"]))
+    return ModelSpeed(estimate_ratio(lat["fp32"]["1"]["samples"], lat["int8"]["1"]["samples"]),
+                      time.perf_counter() - start)
