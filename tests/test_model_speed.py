@@ -136,3 +136,18 @@ def test_four_bit_weights_are_not_timed(hardswish, monkeypatch):
     cfg = dataclasses.replace(preset("w4a8"), objective="latency", algorithms=())
     r = lowbit.quantize(m, cfg, calib, verify=None)
     assert r.plan.tensors and "speed_check" not in r.report.data
+
+
+def test_the_file_size_decides_before_any_timing():
+    from lowbit.emit.fallback import weight_only_instead
+
+    def never():
+        raise AssertionError("timed although the size had decided")
+
+    reason, speed = weight_only_instead(2_000, 1_000, never)
+    assert speed is None and "2,000 bytes, not smaller than the input's 1,000" in reason.why
+    assert weight_only_instead(500, 1_000, None) == (None, None)
+    reason, speed = weight_only_instead(500, 1_000, lambda: _timed(1.01))
+    assert reason is None and speed is not None and not speed.clearly_slower
+    reason, _ = weight_only_instead(500, 1_000, lambda: _timed(1.3))
+    assert "1.30x FP32's time" in reason.why and "1.3" not in reason.node_why

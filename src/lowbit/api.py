@@ -17,6 +17,7 @@ from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
 from lowbit.data.stateful import check_data_options, model_feeds
 from lowbit.emit.dynamic import emit_dynamic
+from lowbit.emit.fallback import weight_only_instead
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
 from lowbit.emit.int4 import emit_mixed
 from lowbit.emit.shared_constants import share_identical_initializers
@@ -381,39 +382,27 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
     qmodel, note = _emit_static(job.prepared.proto, job.plan)
     size = job.source_sizes.file
     # test-sized models may grow, as check_smaller allows, and their time is the runtime's overhead
-    fallback = not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL
-    why = node_why = ""
-    if fallback and qmodel.ByteSize() >= size:
-        why = node_why = (f"quantizing the activations made the file {qmodel.ByteSize():,} bytes, not smaller "
-                          f"than the input's {size:,}")
-    elif fallback and job.cfg.objective == "latency" and job.calib is not None and plan_label(job.plan) == "int8":
-        progress("speed check", 0, None)
-        speed = _whole_model_speed(job, qmodel)
-        job.speed_check = speed.to_dict()
-        if speed.clearly_slower:
-            e = speed.estimate
-            # the plan (recorded in the model file) gets no measured number: those vary run to run
-            node_why = ("the static INT8 model ran slower than FP32 on this machine beyond noise (timings in "
-                        "the report's speed_check; objective 'size' keeps INT8 arithmetic)")
-            why = (f"the static INT8 model took {e.ratio:.2f}x FP32's time at 1 thread on this machine "
-                   f"(CPU time, {e.runs} paired runs, interquartile {e.low:.2f}-{e.high:.2f}x): its activations "
-                   "pass through float code between the integer kernels (an activation without an integer "
-                   "kernel, such as HardSwish, costs more than they save); objective 'size' keeps INT8 arithmetic")
-    if why:
-        job.plan = weight_only_plan(job.prepared.proto, job.plan, node_why)
-        float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
-        job.plan.model_fingerprint = fingerprint(float_model)
-        job.set_float_model(float_model)
-        qmodel, note = _emit_static(job.prepared.proto, job.plan)
-        job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {why}.")
+    if not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL:
+        timed = job.cfg.objective == "latency" and job.calib is not None and plan_label(job.plan) == "int8"
+        fallback, speed = weight_only_instead(qmodel.ByteSize(), size,
+                                              (lambda: _whole_model_speed(job, qmodel, progress)) if timed else None)
+        job.speed_check = speed.to_dict() if speed is not None else None
+        if fallback is not None:
+            job.plan = weight_only_plan(job.prepared.proto, job.plan, fallback.node_why)
+            float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
+            job.plan.model_fingerprint = fingerprint(float_model)
+            job.set_float_model(float_model)
+            qmodel, note = _emit_static(job.prepared.proto, job.plan)
+            job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {fallback.why}.")
     if note:
         job.notes.append(note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     return qmodel
 
 
-def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto) -> ModelSpeed:
+def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto, progress: Progress) -> ModelSpeed:
     """The emitted static INT8 model against the FP32 model as given (kept for verification), else
     the float model its plan applies to, on one calibration sample."""
+    progress("speed check", 0, None)
     fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.prepared.proto
     return whole_model_speed(fp32.SerializeToString(), qmodel.SerializeToString(), job.calib.first_sample())
 
