@@ -305,3 +305,51 @@ def test_if_body_reading_a_quantized_relu_output_reads_its_dequantized_value():
         ref, got = _run(model, feed), _run(q, feed)
         assert got.min() >= 0.0  # the Relu holds inside the branch
         assert _sqnr(ref, got) > 25.0  # measured 38.4-38.9 dB on AVX-512 VNNI; margin for AVX2 kernels
+
+
+def carried_copy_model() -> onnx.ModelProto:
+    """A Paddle-style decoder loop after ONNX Runtime's folding: the main graph hands its weight
+    'w_carried' into the Loop as a loop-carried value that the body only passes on, while the body
+    computes with its own transposed copy 'w_t'."""
+    w = _w(4 * C, 4 * C)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "w_t"], ["a"]),
+         helper.make_node("Tanh", ["a"], ["h_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), _vi("h_in", [1, 4 * C]),
+                 _vi("w_carried", [4 * C, 4 * C])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), _vi("h_out", [1, 4 * C]),
+         _vi("w_carried", [4 * C, 4 * C])],
+        [numpy_helper.from_array(np.ascontiguousarray(w.T), "w_t")])
+    g = helper.make_graph([helper.make_node("Loop", ["trips", "", "h0", "w_carried"], ["h", "w_final"], body=body)],
+                          "carried", [_vi("h0", [1, 4 * C])], [_vi("h", [1, 4 * C])],
+                          [numpy_helper.from_array(np.array(3, np.int64), "trips"),
+                           numpy_helper.from_array(w, "w_carried")])
+    return _model(g)
+
+
+@pytest.mark.parametrize("preset", ["int8-dynamic", "fp16"])
+def test_a_weight_the_loop_only_carries_is_stored_small_too(preset):
+    """Left in FP32, the dead copy held half the file (SLANet-plus: 1.2 MB of GRU weights). Stored
+    smaller, nothing changes: no layer reads it."""
+    model = carried_copy_model()
+    r = lowbit.quantize(model, preset, verify=None)
+    assert _float_weights_in_subgraphs(r.model) == []
+    assert r.model.ByteSize() <= BOUNDS[preset][0] * model.ByteSize(), (r.model.ByteSize(), model.ByteSize())
+    feed = _feeds(model)[0]
+    assert _sqnr(_run(model, feed), _run(r.model, feed)) >= BOUNDS[preset][1]
+
+
+def test_a_carried_weight_whose_final_value_is_read_stays_float():
+    """The Loop's final value of the carried weight is a graph output: storing it INT8 would change
+    what the model returns, so it is left as it is."""
+    model = carried_copy_model()
+    model.graph.output.append(_vi("w_final", [4 * C, 4 * C]))
+    r = lowbit.quantize(model, "int8-dynamic", verify=None)
+    assert "w_carried" in [t.name for t in r.model.graph.initializer if t.data_type == TensorProto.FLOAT]
+    feed = _feeds(model)[0]
+    assert np.array_equal(ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+                          .run(["w_final"], feed)[0],
+                          ort.InferenceSession(r.model.SerializeToString(), providers=["CPUExecutionProvider"])
+                          .run(["w_final"], feed)[0])

@@ -98,9 +98,9 @@ def store_subgraph_weights(model: onnx.ModelProto, form: str) -> list[StoredWeig
         head: list[onnx.NodeProto] = []
         replaced: dict[str, list[TensorProto]] = {}
         for t in s.graph.initializer:
-            readers = table.get((id(s.graph), t.name), [])
+            readers = _through_loops(table.get((id(s.graph), t.name), []), table)
             if (t.data_type != TensorProto.FLOAT or not readers or t.name in outputs
-                    or (s.parent is None and any(r.parent is None for r, _, _ in readers))):
+                    or (s.parent is None and any(r.parent is None and k != CARRIED for r, _, k in readers))):
                 continue
             w = numpy_helper.to_array(t)
             if form == "fp16":
@@ -110,7 +110,7 @@ def store_subgraph_weights(model: onnx.ModelProto, form: str) -> list[StoredWeig
                 inits = [numpy_helper.from_array(w.astype(np.float16), f"{p}_f16")]
                 nodes = [helper.make_node("Cast", [f"{p}_f16"], [t.name], name=f"{p}_cast", to=TensorProto.FLOAT)]
             else:
-                axes = [weight_axis(n, slot, w.ndim) for _, n, slot in readers]
+                axes = [0 if slot == CARRIED else weight_axis(n, slot, w.ndim) for _, n, slot in readers]
                 axis = next((a for a in axes if a is not None), None)
                 if axis is None:
                     continue
@@ -127,6 +127,35 @@ def store_subgraph_weights(model: onnx.ModelProto, form: str) -> list[StoredWeig
             del s.graph.node[:]
             s.graph.node.extend(nodes)
     return stored
+
+
+# the slot of a reader that only carries the value through a Loop, computing nothing with it
+CARRIED = -1
+
+
+def _through_loops(readers: list, table: dict) -> list:
+    """`readers`, where a Loop takes the tensor as a loop-carried input (its input k is its body's
+    input k) that the body only hands on and whose final value nothing reads, marked as read at slot
+    CARRIED: a dead copy. Paddle's exported decoders hand their weights in that way, and once ONNX
+    Runtime's constant folding has put a transposed copy inside the body (SLANet-plus: its GRU's
+    1.2 MB), only the dead copy is left in the main graph. The loop-carried weights the body does
+    compute with stay as they are: stored INT8, SLANet-plus's decoder projections cost `int8-dynamic`
+    whole structure sequences 0.50 -> 0.21 (tokens 0.94 -> 0.91) for 42% -> 33% of the size."""
+    out = []
+    for scope, node, slot in readers:
+        body = next((a.g for a in node.attribute if a.name == "body"), None) if node.op_type == "Loop" else None
+        dead = (body is not None and 2 <= slot < len(node.input) and slot < len(body.input)
+                and not table.get((id(body), body.input[slot].name)) and _only_carried(scope, node, slot, body, table))
+        out.append((scope, node, CARRIED if dead else slot))
+    return out
+
+
+def _only_carried(scope: Scope, loop: onnx.NodeProto, slot: int, body: onnx.GraphProto, table: dict) -> bool:
+    """The body passes its input `slot` straight to its output and nothing reads the Loop's final value."""
+    if body.output[slot - 1].name != body.input[slot].name:
+        return False
+    final = loop.output[slot - 2] if slot - 2 < len(loop.output) else ""
+    return not final or (not table.get((id(scope.graph), final)) and final not in {o.name for o in scope.graph.output})
 
 
 def _node_path(scope: Scope, node: onnx.NodeProto) -> str:
