@@ -98,7 +98,7 @@ def test_int8_slower_than_fp32_ships_the_weight_only_plan(hardswish, monkeypatch
     note = next(n for n in r.report.data["notes"] if "weight-only" in n)
     assert "1.50x FP32's time at 1 thread" in note
     assert r.report.data["speed_check"]["int8_clearly_slower"] is True
-    assert "emit:speed_check" in r.report.data["quantizer"]["stages"]
+    assert "speed_check" in r.report.data["quantizer"]["stages"]
     written = (tmp_path / "a.onnx").read_bytes()
     assert len(written) < 0.5 * m.ByteSize()  # the weights are stored INT8 all the same
     x = calib[0]
@@ -151,3 +151,22 @@ def test_the_file_size_decides_before_any_timing():
     assert reason is None and speed is not None and not speed.clearly_slower
     reason, _ = weight_only_instead(500, 1_000, lambda: _timed(1.3))
     assert "1.30x FP32's time" in reason.why and "1.3" not in reason.node_why
+
+
+def test_recovery_is_skipped_where_the_weight_only_form_will_ship(hardswish, monkeypatch):
+    """Timed before recovery: minutes of training on activations that will not be quantized are
+    not spent; a plan that stays INT8 is timed once and recovered as usual."""
+    from lowbit.recover import Recover
+
+    m, calib = hardswish
+    calls = []
+    monkeypatch.setattr(lowbit.api, "whole_model_speed", lambda *a: calls.append(1) or _timed(1.5))
+    r = lowbit.quantize(m, "int8", calib * 4, recover=Recover("5steps"), verify=None)
+    assert len(calls) == 1 and not r.plan.tensors
+    assert any("Recovery skipped" in n for n in r.report.data["notes"])
+    assert not any(k.startswith("recover") for k in r.report.data["quantizer"]["stages"])
+    calls.clear()
+    monkeypatch.setattr(lowbit.api, "whole_model_speed", lambda *a: calls.append(1) or _timed(1.0))
+    r = lowbit.quantize(m, "int8", calib * 4, recover=Recover("5steps"), verify=None)
+    assert len(calls) == 1 and r.plan.tensors
+    assert any(k.startswith("recover") for k in r.report.data["quantizer"]["stages"])

@@ -128,7 +128,7 @@ class _Job:
     reference: onnx.ModelProto | None = None  # the prepared FP32 model, kept for a budget search
     calib: FeedSource | None = None
     search: dict | None = None
-    speed_check: dict | None = None  # the whole-model INT8 vs FP32 timing (lowbit.target.model_speed)
+    speed: ModelSpeed | None = None  # the whole-model INT8 vs FP32 timing (lowbit.target.model_speed)
     notes: list[str] = field(default_factory=list)
 
     def take_float_model(self) -> onnx.ModelProto:
@@ -317,6 +317,14 @@ def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timing
     else:
         c = calibrate(job.take_float_model(), job.cfg, job.calib, progress, timings)
         float_model, plan, before_fit = c.model, c.plan, c.before_fit
+    if (recover is not None and not budget and _speed_checked(job, plan)
+            and job.source_sizes.file <= WEIGHT_ONLY_MAX_BYTES):  # else no weight-only form could ship
+        # a plan that will ship weight-only for speed is not worth minutes of recovery
+        job.speed = _whole_model_speed(job, _emit_static(float_model, plan)[0], progress)
+        if job.speed.clearly_slower:
+            job.notes.append("Recovery skipped: the static INT8 model runs slower than FP32 here, so its "
+                             "weight-only form ships, which has no activations to recover.")
+            recover = None
     if recover is not None:  # distil FP32 (the unfitted float model) into the plan; torch, imported here
         from lowbit.recover import recover_plan
 
@@ -383,10 +391,11 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
     size = job.source_sizes.file
     # test-sized models may grow, as check_smaller allows, and their time is the runtime's overhead
     if not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL:
-        timed = job.cfg.objective == "latency" and job.calib is not None and plan_label(job.plan) == "int8"
-        fallback, speed = weight_only_instead(qmodel.ByteSize(), size,
-                                              (lambda: _whole_model_speed(job, qmodel, progress)) if timed else None)
-        job.speed_check = speed.to_dict() if speed is not None else None
+        def measure() -> ModelSpeed:  # timed once: before recovery where there was one
+            return job.speed or _whole_model_speed(job, qmodel, progress)
+
+        fallback, job.speed = weight_only_instead(qmodel.ByteSize(), size,
+                                                  measure if _speed_checked(job, job.plan) else None)
         if fallback is not None:
             job.plan = weight_only_plan(job.prepared.proto, job.plan, fallback.node_why)
             float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
@@ -397,6 +406,13 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
     if note:
         job.notes.append(note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     return qmodel
+
+
+def _speed_checked(job: _Job, plan: QuantPlan) -> bool:
+    """Whether the int8 presets time this plan's whole model against FP32 (objective 'latency', 8-bit
+    weights, models from TINY_MODEL up; the caller rules out re-applied plans and search mixes)."""
+    return (job.cfg.objective == "latency" and job.calib is not None and plan_label(plan) == "int8"
+            and job.source_sizes.file >= TINY_MODEL)
 
 
 def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto, progress: Progress) -> ModelSpeed:
@@ -417,8 +433,8 @@ def _emit_static(float_model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.Mo
 
 def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Report:
     clock.timings["total_quantize"] = time.perf_counter() - clock.start
-    if job.speed_check is not None:  # part of emit, reported on its own
-        clock.timings["emit:speed_check"] = job.speed_check["seconds"]
+    if job.speed is not None:  # part of emit (or, with recover, of calibrate), reported on its own
+        clock.timings["speed_check"] = job.speed.seconds
     plan, loaded = job.plan, job.loaded
     label = plan_label(plan)  # 'w4a8', not 'int8', where the weights are 4-bit
     report = Report({
@@ -437,8 +453,8 @@ def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Rep
     if job.calib is not None:
         _note_skipped(report, "calibration", job.calib)
     report.data["notes"] += job.notes
-    if job.speed_check is not None:
-        report.data["speed_check"] = job.speed_check
+    if job.speed is not None:
+        report.data["speed_check"] = job.speed.to_dict()
     if job.search is not None:
         report.data["search"] = job.search
         report.data["budget"] = budget_outcome(job.search, plan.precision)
