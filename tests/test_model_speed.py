@@ -160,13 +160,22 @@ def test_recovery_is_skipped_where_the_weight_only_form_will_ship(hardswish, mon
 
     m, calib = hardswish
     calls = []
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", lambda *a: calls.append(1) or _timed(1.5))
+
+    def timed(ratio):
+        def measure(fp32: bytes, int8: bytes, feeds) -> ModelSpeed:
+            # both are whole models (verify=None drops the model as given: the float model stands in)
+            assert onnx.load_from_string(fp32).graph.node and onnx.load_from_string(int8).graph.node
+            calls.append(1)
+            return _timed(ratio)
+        return measure
+
+    monkeypatch.setattr(lowbit.api, "whole_model_speed", timed(1.5))
     r = lowbit.quantize(m, "int8", calib * 4, recover=Recover("5steps"), verify=None)
     assert len(calls) == 1 and not r.plan.tensors
     assert any("Recovery skipped" in n for n in r.report.data["notes"])
     assert not any(k.startswith("recover") for k in r.report.data["quantizer"]["stages"])
     calls.clear()
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", lambda *a: calls.append(1) or _timed(1.0))
+    monkeypatch.setattr(lowbit.api, "whole_model_speed", timed(1.0))
     r = lowbit.quantize(m, "int8", calib * 4, recover=Recover("5steps"), verify=None)
     assert len(calls) == 1 and r.plan.tensors
     assert any(k.startswith("recover") for k in r.report.data["quantizer"]["stages"])

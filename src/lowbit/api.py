@@ -320,7 +320,7 @@ def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timing
     if (recover is not None and not budget and _speed_checked(job, plan)
             and job.source_sizes.file <= WEIGHT_ONLY_MAX_BYTES):  # else no weight-only form could ship
         # a plan that will ship weight-only for speed is not worth minutes of recovery
-        job.speed = _whole_model_speed(job, _emit_static(float_model, plan)[0], progress)
+        job.speed = _whole_model_speed(job, _emit_static(float_model, plan)[0], float_model, progress)
         if job.speed.clearly_slower:
             job.notes.append("Recovery skipped: the static INT8 model runs slower than FP32 here, so its "
                              "weight-only form ships, which has no activations to recover.")
@@ -392,7 +392,7 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
     # test-sized models may grow, as check_smaller allows, and their time is the runtime's overhead
     if not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL:
         def measure() -> ModelSpeed:  # timed once: before recovery where there was one
-            return job.speed or _whole_model_speed(job, qmodel, progress)
+            return job.speed or _whole_model_speed(job, qmodel, job.prepared.proto, progress)
 
         fallback, job.speed = weight_only_instead(qmodel.ByteSize(), size,
                                                   measure if _speed_checked(job, job.plan) else None)
@@ -415,11 +415,12 @@ def _speed_checked(job: _Job, plan: QuantPlan) -> bool:
             and job.source_sizes.file >= TINY_MODEL)
 
 
-def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto, progress: Progress) -> ModelSpeed:
+def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
+                       progress: Progress) -> ModelSpeed:
     """The emitted static INT8 model against the FP32 model as given (kept for verification), else
-    the float model its plan applies to, on one calibration sample."""
+    `float_model`, the one its plan applies to, on one calibration sample."""
     progress("speed check", 0, None)
-    fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.prepared.proto
+    fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else float_model
     return whole_model_speed(fp32.SerializeToString(), qmodel.SerializeToString(), job.calib.first_sample())
 
 
