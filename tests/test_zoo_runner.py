@@ -63,3 +63,25 @@ def test_thread_clock_is_for_one_thread_only(tmp_path):
         measure_latency({"m": model}, feeds, threads=(1,), runs=2, clock="cpu")
     t = measure_latency({"m": model}, feeds, threads=(1,), runs=5, clock="thread")["m"]["1"]
     assert 0 < t["median"] < 1000
+
+
+def test_text_lines_are_legible_even_on_busy_photos():
+    """The recognizer's lines must be readable (WCAG large-text contrast against nearly all of the
+    background), or agreement with FP32 measures noise on lines FP32 itself cannot read."""
+    from PIL import Image
+
+    from benchmarks.zoo import data as zdata
+
+    rng = np.random.default_rng(0)
+    stripes = np.zeros((40, 200, 3), np.uint8)
+    stripes[:, ::8] = 255  # half black, half white: no ink reaches 3:1 against both
+    for bg in (Image.fromarray(stripes), Image.fromarray(rng.integers(0, 256, (40, 200, 3), dtype=np.uint8))):
+        before = np.asarray(bg)
+        flat, ink = zdata._legible(np.random.default_rng(1), bg)
+        dark = before.mean() > 110  # dark ink on a light background, light ink on a dark one
+        assert zdata._contrast(ink, np.asarray(flat).astype(np.float64), dark) >= zdata.MIN_CONTRAST
+        assert zdata._contrast(ink, before.astype(np.float64), dark) < zdata.MIN_CONTRAST  # it had to be flattened
+    plain = Image.new("RGB", (200, 40), (235, 230, 220))
+    flat, ink = zdata._legible(np.random.default_rng(2), plain)
+    assert np.array_equal(np.asarray(flat), np.asarray(plain)) and max(ink) <= 130  # paper keeps dark ink, untouched
+    assert zdata._contrast(ink, np.asarray(flat).astype(float), True) >= zdata.MIN_CONTRAST

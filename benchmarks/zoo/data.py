@@ -146,15 +146,45 @@ def orientation_pages(split: str, n: int) -> list[np.ndarray]:
     return out
 
 
+MIN_CONTRAST = 3.0  # WCAG 2's minimum contrast ratio for large text: what a reader can still read
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """WCAG relative luminance of sRGB pixels given 0-255 in the last axis."""
+    c = np.asarray(rgb, np.float64) / 255
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) @ [0.2126, 0.7152, 0.0722]
+
+
+def _contrast(ink, bg: np.ndarray, dark: bool) -> float:
+    """Contrast ratio of the ink against the 5% of background pixels closest to it in luminance."""
+    li, lb = float(_luminance(ink)), _luminance(bg.reshape(-1, 3))
+    return (np.percentile(lb, 5) + 0.05) / (li + 0.05) if dark else (li + 0.05) / (np.percentile(lb, 95) + 0.05)
+
+
+def _legible(rng, bg: Image.Image) -> tuple[Image.Image, tuple[int, int, int]]:
+    """Ink that reaches MIN_CONTRAST against nearly all of the background, as printed or signed text
+    does; a background too busy for any ink is flattened towards a plain surface of its own tint
+    (a sign on the photo) until it is readable."""
+    px = np.asarray(bg.convert("RGB"), np.float64)
+    dark = px.mean() > 110
+    ink = tuple(int(np.clip((rng.uniform(0, 70) if dark else rng.uniform(190, 255)) + d, 0, 255))
+                for d in rng.normal(0, 20, 3))
+    surface = (px.mean(axis=(0, 1)) + (255 if dark else 0)) / 2
+    for a in (0.0, 0.3, 0.5, 0.7, 0.85, 1.0):
+        flat = px * (1 - a) + surface * a
+        if _contrast(ink, flat, dark) >= MIN_CONTRAST:
+            break
+    return Image.fromarray(np.clip(flat, 0, 255).astype(np.uint8)), ink
+
+
 def text_line(rng, split: str, i: int) -> Image.Image:
-    """One line of text cropped tight with a small margin, as a detector would hand it over."""
+    """One legible line of text cropped tight with a small margin, as a detector would hand it over."""
     font = _font(rng, int(rng.integers(20, 40)))
     text = _phrase(rng, split, int(rng.integers(3, 25)))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), text, font=font)
     w, h = probe[2] + 12, probe[3] + 10
-    img = _background(rng, split, (w, h), i)
-    draw = ImageDraw.Draw(img)
-    draw.text((6, 4), text, fill=_ink(rng, img, (0, 0, w, h)), font=font)
+    img, ink = _legible(rng, _background(rng, split, (w, h), i))
+    ImageDraw.Draw(img).text((6, 4), text, fill=ink, font=font)
     return img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.8)))
 
 
