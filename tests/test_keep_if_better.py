@@ -14,7 +14,8 @@ import lowbit
 from lowbit import PerChannel, QuantConfig, Scheme
 from lowbit.algorithms import GPTQ, BiasCorrection, CrossLayerEqualization, KeepIfBetter
 from lowbit.plan.algorithm import Algorithm
-from lowbit.algorithms.keep_if_better import HOLDOUT, _gain_db, _Split
+from lowbit.algorithms.keep_if_better import HOLDOUT, _Split
+from lowbit.core.fidelity import paired_gain_db
 from lowbit.core.dtypes import int4
 from lowbit.onnx.graph import GraphIndex
 
@@ -54,10 +55,10 @@ def test_split_holds_out_every_fourth_batch_up_to_samples() -> None:
 def test_bootstrap_gain_bound() -> None:
     rng = np.random.default_rng(0)
     without = rng.uniform(1.0, 2.0, size=32)
-    gain, low = _gain_db(without, without / 2.0, 0.05, seed=0)  # every input's error halves
+    gain, low = paired_gain_db(without, without / 2.0, 0.05, seed=0)  # every input's error halves
     assert gain == pytest.approx(10 * np.log10(2.0)) and low == pytest.approx(gain)
     mixed = without * np.where(np.arange(32) < 2, 0.01, 1.02)  # two inputs carry the whole gain
-    gain, low = _gain_db(without, mixed, 0.05, seed=0)
+    gain, low = paired_gain_db(without, mixed, 0.05, seed=0)
     assert gain > 0 > low
 
 

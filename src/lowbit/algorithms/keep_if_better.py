@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from lowbit.core.fidelity import decibels, sqnr_db, squared_error
+from lowbit.core.fidelity import paired_gain_db, sqnr_db, squared_error
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
 from lowbit.onnx.session import run_batch, session
@@ -38,17 +38,6 @@ log = logging.getLogger(__name__)
 
 HOLDOUT = 4  # every 4th calibration batch judges, the others fit
 MIN_BATCHES = 8  # below this the algorithm fits all batches and is judged on them too
-
-
-def _gain_db(without: np.ndarray, with_it: np.ndarray, alpha: float, seed: int,
-             draws: int = 2000) -> tuple[float, float]:
-    """(output SQNR gain in dB, its one-sided `alpha` lower bound): paired bootstrap over inputs."""
-    gain = sqnr_db(without.sum(), with_it.sum())
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(without), size=(draws, len(without)))
-    a, b = without[idx].sum(axis=1), with_it[idx].sum(axis=1)
-    gains = decibels(np.maximum(a, 1e-300) / np.maximum(b, 1e-300))
-    return gain, float(np.quantile(gains, alpha))
 
 
 def _squared_error(reference: np.ndarray, sim, batch) -> float:
@@ -160,7 +149,7 @@ class KeepIfBetter(Algorithm):
         fitted_model, fitted_plan = self.algorithm.apply(model, plan, fit_ctx)
         ctx.timed(f"plan:keep-if-better:{name}", t)
         noise_with = noise(fitted_model, fitted_plan)
-        gain, low = _gain_db(noise_without, noise_with, 1.0 - self.confidence, ctx.seed)
+        gain, low = paired_gain_db(noise_without, noise_with, 1.0 - self.confidence, ctx.seed)
         kept = low > self.min_gain_db
         if kept:
             base_model, base_plan = fitted_model, fitted_plan

@@ -24,6 +24,18 @@ def sqnr_db(signal, noise) -> float:
     return float("inf") if noise == 0 else float(decibels(signal / noise))
 
 
+def paired_gain_db(without: np.ndarray, with_it: np.ndarray, alpha: float, seed: int,
+                   draws: int = 2000) -> tuple[float, float]:
+    """(SQNR gain in dB of `with_it` over `without`, its one-sided `alpha` lower bound): paired bootstrap
+    over inputs, given each input's squared error under both. A gain a few inputs carry has a low bound."""
+    gain = sqnr_db(without.sum(), with_it.sum())
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(without), size=(draws, len(without)))
+    a, b = without[idx].sum(axis=1), with_it[idx].sum(axis=1)
+    gains = decibels(np.maximum(a, 1e-300) / np.maximum(b, 1e-300))
+    return gain, float(np.quantile(gains, alpha))
+
+
 def aligned(reference, candidate) -> tuple[np.ndarray, np.ndarray]:
     """`reference` and `candidate` as float64 arrays of one shape, to be compared value by value.
 
