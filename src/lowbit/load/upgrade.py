@@ -92,7 +92,9 @@ def check_same_outputs(original: onnx.ModelProto, converted: onnx.ModelProto, wh
     and the converted model's own loading is checked instead."""
     def run(m: onnx.ModelProto, feeds):
         so = ort.SessionOptions()
-        so.log_severity_level = 3
+        # a model that cannot run on made-up inputs is expected here and said in lowbit's log: ONNX
+        # Runtime's own ERROR line for the failed run would only alarm the user (PP-OCRv3 rec)
+        so.log_severity_level = 4
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         return sess.run(None, feeds) if feeds is not None else None
 
