@@ -48,6 +48,21 @@ def test_w8_layout_per_channel_where_groups_do_not_fit_and_fp32_scales_for_tiny_
     np.testing.assert_allclose(tiny.values(), 1e-7, rtol=1e-2)
 
 
+def test_w8_subnormal_groups_store_zeros_without_nan():
+    """Trained weights decayed to subnormals (~1e-44, PP-OCRv4 rec's squeeze-excitation convs) made
+    amax / 127 underflow to a zero scale: 0 / 0 and a NaN cast to int8."""
+    import warnings
+
+    w = np.random.default_rng(2).normal(size=(4, 64)).astype(np.float32)
+    w[1, :32] = np.float32(1.8e-44)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero or invalid cast
+        stored = weight_only_int8(w, 0)
+    assert np.all(stored.ints[1, 0] == 0) and np.all(np.isfinite(stored.values()))
+    np.testing.assert_allclose(stored.values()[1, :32], 0.0, atol=1e-40)
+    assert _sqnr(w[[0, 2, 3]], stored.values()[[0, 2, 3]]) > 35.0  # the other groups keep their grid
+
+
 def test_w8_nodes_fold_at_load_and_onnx_runtime_computes_exactly_the_grid():
     rng = np.random.default_rng(1)
     w = rng.normal(size=(8, 64, 3, 3)).astype(np.float32)

@@ -64,8 +64,11 @@ def weight_only_int8(w: np.ndarray, axis: int, group: int = W8_GROUP) -> StoredI
     wb = w.reshape(blocked)
     reduce = tuple(d for d, size in enumerate(scale_shape) if size == 1)
     amax = np.max(np.abs(wb), axis=reduce, keepdims=True) if reduce else np.abs(wb)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    live = scale[amax > 0]
+    # a group of subnormal weights (decayed to ~1e-44 in trained models: PP-OCRv4 rec's squeeze-excitation
+    # convs) has amax / 127 == 0 in float32: scale 1 stores it as the zeros it nearly is
+    raw = (amax / np.float32(127.0)).astype(np.float32)
+    scale = np.where(raw > 0, raw, 1.0).astype(np.float32)
+    live = scale[raw > 0]
     if live.size == 0 or (live.min() >= _FP16_MIN_NORMAL and live.max() <= _FP16_MAX):
         scale = scale.astype(np.float16)  # half the scale bytes; the grid is defined by these values
     ints = np.clip(np.round(wb / scale.astype(np.float32)), -127, 127).astype(np.int8)
