@@ -61,6 +61,15 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return m
 
 
+class _NoPreprocessAdvice(logging.Filter):
+    """ONNX Runtime's quantizer advises its own pre-processing on every call, through the root
+    logger ("Please consider to run pre-processing before quantization"): lowbit has inferred the
+    shapes itself, so on the user's terminal the advice only misleads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str = "auto"
                  ) -> tuple[onnx.ModelProto, QuantPlan]:
     """Dynamic INT8 model and its plan. On CPUs whose u8 x s8 kernels saturate (see
@@ -70,8 +79,13 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
     with tempfile.TemporaryDirectory(prefix="lowbit-dyn-") as tmp:
         inp, outp = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(src, str(inp))
-        quantize_dynamic(inp, outp, op_types_to_quantize=["MatMul"], per_channel=per_channel,
-                         reduce_range=reduce_range, weight_type=QuantType.QInt8)
+        advice = _NoPreprocessAdvice()
+        logging.getLogger().addFilter(advice)
+        try:
+            quantize_dynamic(inp, outp, op_types_to_quantize=["MatMul"], per_channel=per_channel,
+                             reduce_range=reduce_range, weight_type=QuantType.QInt8)
+        finally:
+            logging.getLogger().removeFilter(advice)
         out = onnx.load(str(outp))
     plan = _plan_from_output(src, out, reduce_range)
     out = drop_inferred_shapes(_conv_weights_in_int8(out, plan))
