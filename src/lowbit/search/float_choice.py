@@ -14,7 +14,7 @@ is measured, not guessed from names or positions:
    weights: the unit goes float (FP16 weights, float arithmetic) and stays so when the simulated
    output is more than MARGIN_DB closer to FP32 than the best plan so far, and closer with
    CONFIDENCE over the inputs (paired bootstrap): on PP-OCRv4 rec's probabilities neighbouring
-   trials swing by 2-3 dB on 16 lines, and units kept on such swings cost size and strings.
+   trials swing by 2-3 dB on 16 lines, and a unit kept on such a swing adds size for no real gain.
 
 Each unit kept in float records its score and gain in its reason and in plan.config['float_choice'].
 Calibration inputs only: the evaluation data never chooses.
