@@ -63,6 +63,48 @@ def test_w8_subnormal_groups_store_zeros_without_nan():
     assert _sqnr(w[[0, 2, 3]], stored.values()[[0, 2, 3]]) > 35.0  # the other groups keep their grid
 
 
+def _plain(w: np.ndarray) -> np.ndarray:
+    step = np.abs(w).reshape(len(w), -1).max(1).reshape(-1, 1, 1, 1) / 127.0
+    return np.clip(np.round(w / step), -127, 127) * step
+
+
+def test_w8_spatial_kernels_keep_their_sums_and_beat_plain_rounding_on_smooth_inputs():
+    """High-pass kernels (sums near 0, as after a folded batch norm) see mostly their input's local
+    mean: plain rounding's summed errors turn it into output error; kept sums do not."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(64, 1, 3, 3)).astype(np.float32)
+    w -= w.mean((2, 3), keepdims=True)  # depthwise edge detectors
+    stored = weight_only_int8(w, 0)
+    step = np.abs(w).reshape(64, -1).max(1) / 127.0
+    exact = w / step.reshape(-1, 1, 1, 1)
+    ints = stored.ints.astype(np.float64)
+    assert np.abs(ints - exact).max() < 1.0                      # every weight one of its two grid points
+    assert np.all(np.abs(ints).reshape(64, -1).max(1) == 127)   # the range is kept
+    kept = np.abs((stored.values() - w).sum((1, 2, 3))) / step
+    plain = np.abs((_plain(w) - w).sum((1, 2, 3))) / step
+    assert kept.max() <= 0.5 + 1e-3 and plain.mean() > 2 * kept.mean(), (kept.mean(), plain.mean())
+    # a smooth input (a mean plus a faint gradient and noise): the kept sums' output is far closer
+    x = 1.0 + 0.05 * np.linspace(0, 1, 9).reshape(1, 3, 3) + 0.01 * rng.normal(size=(1000, 3, 3))
+    ref = np.einsum("cij,nij->nc", w[:, 0], x)
+    err = lambda v: np.square(np.einsum("cij,nij->nc", v[:, 0], x) - ref).sum()  # noqa: E731
+    assert 10 * np.log10(err(_plain(w)) / err(stored.values())) > 6.0
+    # weights already on the grid, and 1x1 convolutions, round as plainly as before
+    np.testing.assert_array_equal(weight_only_int8(stored.values(), 0).values(), stored.values())
+    pointwise = rng.normal(size=(16, 8, 1, 1)).astype(np.float32)
+    one = weight_only_int8(pointwise, 0, group=8)
+    np.testing.assert_array_equal(one.ints, np.round(pointwise / one.scale.astype(np.float32)))
+
+
+def test_w8_kernel_sums_kept_where_scale_groups_split_a_kernel():
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(8, 32, 3, 3)).astype(np.float32)  # K = 288: groups of 32 cut across kernels
+    stored = weight_only_int8(w, 0)
+    assert stored.ints.shape == (8, 9, 32)
+    step = np.broadcast_to(stored.scale.astype(np.float32), stored.ints.shape).reshape(w.shape)
+    error = np.abs((stored.values() - w).sum((2, 3)))
+    assert np.all(error <= 0.5 * step.max((2, 3)) + 1e-6)
+    assert np.all(np.abs(stored.values() - w) < step + 1e-7)
+
 def test_w8_nodes_fold_at_load_and_onnx_runtime_computes_exactly_the_grid():
     rng = np.random.default_rng(1)
     w = rng.normal(size=(8, 64, 3, 3)).astype(np.float32)

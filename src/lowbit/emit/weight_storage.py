@@ -3,7 +3,8 @@ scales, turned back into the FP32 weight by Cast / Mul / Reshape nodes whose inp
 constant, so ONNX Runtime folds them once at load and the layer runs FP32's own kernel.
 
 One scale per group of `W8_GROUP` weights along the reduction axis (per output channel where the
-layout does not divide into groups). No integer kernel reads these integers, so the grid is free:
+layout does not divide into groups); spatial kernels are rounded so that their sums stay exact to
+half a step (`keep_kernel_sums`). No integer kernel reads these integers, so the grid is free:
 on MobileNetV2's projection convolutions groups of 32 keep the network's output 3-5 dB closer to
 FP32 than one scale per channel, for 1/16 more bytes (FP16 scales). DequantizeLinear is not used
 because ONNX Runtime does not fold it: it would run on every call.
@@ -71,8 +72,42 @@ def weight_only_int8(w: np.ndarray, axis: int, group: int = W8_GROUP) -> StoredI
     live = scale[raw > 0]
     if live.size == 0 or (live.min() >= _FP16_MIN_NORMAL and live.max() <= _FP16_MAX):
         scale = scale.astype(np.float16)  # half the scale bytes; the grid is defined by these values
-    ints = np.clip(np.round(wb / scale.astype(np.float32)), -127, 127).astype(np.int8)
-    return StoredInt8(ints, scale.reshape(np.shape(amax)), tuple(w.shape))
+    step = np.broadcast_to(scale.astype(np.float32), wb.shape)
+    exact = wb / step
+    ints = np.clip(np.round(exact), -127, 127)
+    if axis == 0 and w.ndim >= 3 and int(np.prod(w.shape[2:])) > 1:
+        ints = keep_kernel_sums(exact.reshape(w.shape), ints.reshape(w.shape), step.reshape(w.shape)).reshape(wb.shape)
+    return StoredInt8(ints.astype(np.int8), scale.reshape(np.shape(amax)), tuple(w.shape))
+
+
+def keep_kernel_sums(exact: np.ndarray, ints: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """`ints` (rounded `exact`, in units of `step`) re-rounded so that each spatial kernel's sum
+    (its response to a constant input, per output and input channel) is the float kernel's to within
+    half a step: a weight rounded the other way where its fraction is nearest one half.
+
+    Why: feature maps are locally smooth, so a kernel mostly sees its input's local mean; a
+    high-pass kernel (sum near 0, amplified by a folded batch norm) whose rounding errors add up
+    turns that mean into a large error. MobileNetV2, logits vs FP32 on 300 photo crops: the
+    int8-dynamic preset (these groups) 28.7 -> 30.2 dB, KL -22%; with one scale per output channel
+    and only the depthwise kernels' sums kept, 18.5 -> 24.5 dB (its first depthwise layer alone
+    22.1 -> 34.4 dB). Each flip costs at most one step on one weight; no calibration data is needed."""
+    o, i = exact.shape[:2]
+    q, k, s = (a.reshape(o * i, -1).astype(np.float64) for a in (exact, ints, step))
+    k = k.copy()
+    error = ((k - q) * s).sum(1)  # each kernel's sum error, in weight units
+    for _ in range(q.shape[1]):
+        up = error < 0  # the sum is too small: round a weight up
+        frac = np.where(up[:, None], q - k, k - q)  # how far each weight sits from the other grid point
+        movable = (frac > 0) & np.where(up[:, None], k < 127, k > -127)
+        pick = np.argmax(np.where(movable, frac, -np.inf), 1)
+        rows = np.arange(len(k))
+        delta = np.where(up, 1.0, -1.0)
+        better = movable[rows, pick] & (np.abs(error + delta * s[rows, pick]) < np.abs(error))
+        if not better.any():
+            break
+        k[rows[better], pick[better]] += delta[better]
+        error[better] += delta[better] * s[rows[better], pick[better]]
+    return k.reshape(ints.shape)
 
 
 _MADE = (INTEGERS, SCALE, "_f", "_cast", f"{SCALE}_f", f"{SCALE}_cast", "_blocks", "_scale", "_shape", "_reshape")
