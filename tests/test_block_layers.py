@@ -68,7 +68,7 @@ def _plain(w: np.ndarray) -> np.ndarray:
     return np.clip(np.round(w / step), -127, 127) * step
 
 
-def test_w8_spatial_kernels_keep_their_sums_and_beat_plain_rounding_on_smooth_inputs():
+def test_w8_depthwise_kernels_keep_their_sums_and_beat_plain_rounding_on_smooth_inputs():
     """High-pass kernels (sums near 0, as after a folded batch norm) see mostly their input's local
     mean: plain rounding's summed errors turn it into output error; kept sums do not."""
     rng = np.random.default_rng(3)
@@ -95,30 +95,19 @@ def test_w8_spatial_kernels_keep_their_sums_and_beat_plain_rounding_on_smooth_in
     np.testing.assert_array_equal(one.ints, np.round(pointwise / one.scale.astype(np.float32)))
 
 
-def test_w8_kernel_sums_kept_where_scale_groups_split_a_kernel():
+def test_w8_kernel_sums_kept_for_depthwise_kernels_only():
+    """A full convolution sums many kernels whose rounding errors partly cancel: its weights round
+    plainly (keeping each kernel's sum there cost YOLOv8n and ddddocr accuracy)."""
     rng = np.random.default_rng(4)
-    w = rng.normal(size=(8, 32, 3, 3)).astype(np.float32)  # K = 288: groups of 32 cut across kernels
-    stored = weight_only_int8(w, 0)
+    full = rng.normal(size=(8, 32, 3, 3)).astype(np.float32)  # K = 288: groups of 32
+    stored = weight_only_int8(full, 0)
     assert stored.ints.shape == (8, 9, 32)
-    step = np.broadcast_to(stored.scale.astype(np.float32), stored.ints.shape).reshape(w.shape)
-    error = np.abs((stored.values() - w).sum((2, 3)))
-    assert np.all(error <= 0.5 * step.max((2, 3)) + 1e-6)
-    assert np.all(np.abs(stored.values() - w) < step + 1e-7)
-
-def test_w8_nodes_fold_at_load_and_onnx_runtime_computes_exactly_the_grid():
-    rng = np.random.default_rng(1)
-    w = rng.normal(size=(8, 64, 3, 3)).astype(np.float32)
-    stored = weight_only_int8(w, 0)
-    inits, nodes = stored_int8_nodes("w", stored)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 6, 6])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    graph = helper.make_graph(nodes + [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
-                              [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    assert Counter(n.op_type for n in executed_graph(model).graph.node) == Counter({"Conv": 1})
-    xs = rng.normal(size=(1, 64, 6, 6)).astype(np.float32)
-    ref = torch.nn.functional.conv2d(torch.from_numpy(xs), torch.from_numpy(stored.values()), padding=1).numpy()
-    np.testing.assert_allclose(session(model).run(None, {"x": xs})[0], ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(stored.ints, np.round(full.reshape(8, 9, 32) / stored.scale.astype(np.float32)))
+    depthwise = rng.normal(size=(40, 1, 5, 5)).astype(np.float32)  # K = 25: one scale per channel
+    dw = weight_only_int8(depthwise, 0)
+    step = dw.scale.astype(np.float32).reshape(-1)
+    assert np.all(np.abs((dw.values() - depthwise).sum((1, 2, 3))) <= 0.5 * step + 1e-6)
+    assert np.all(np.abs(dw.values() - depthwise) < step.reshape(-1, 1, 1, 1) + 1e-7)
 
 
 class WideHead(torch.nn.Module):

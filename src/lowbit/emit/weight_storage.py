@@ -3,7 +3,7 @@ scales, turned back into the FP32 weight by Cast / Mul / Reshape nodes whose inp
 constant, so ONNX Runtime folds them once at load and the layer runs FP32's own kernel.
 
 One scale per group of `W8_GROUP` weights along the reduction axis (per output channel where the
-layout does not divide into groups); spatial kernels are rounded so that their sums stay exact to
+layout does not divide into groups); depthwise kernels are rounded so that their sums stay exact to
 half a step (`keep_kernel_sums`). No integer kernel reads these integers, so the grid is free:
 on MobileNetV2's projection convolutions groups of 32 keep the network's output 3-5 dB closer to
 FP32 than one scale per channel, for 1/16 more bytes (FP16 scales). DequantizeLinear is not used
@@ -75,7 +75,7 @@ def weight_only_int8(w: np.ndarray, axis: int, group: int = W8_GROUP) -> StoredI
     step = np.broadcast_to(scale.astype(np.float32), wb.shape)
     exact = wb / step
     ints = np.clip(np.round(exact), -127, 127)
-    if axis == 0 and w.ndim >= 3 and int(np.prod(w.shape[2:])) > 1:
+    if axis == 0 and w.ndim >= 3 and w.shape[1] == 1 and int(np.prod(w.shape[2:])) > 1:  # depthwise
         ints = keep_kernel_sums(exact.reshape(w.shape), ints.reshape(w.shape), step.reshape(w.shape)).reshape(wb.shape)
     return StoredInt8(ints.astype(np.int8), scale.reshape(np.shape(amax)), tuple(w.shape))
 
@@ -90,7 +90,10 @@ def keep_kernel_sums(exact: np.ndarray, ints: np.ndarray, step: np.ndarray) -> n
     turns that mean into a large error. MobileNetV2, logits vs FP32 on 300 photo crops: the
     int8-dynamic preset (these groups) 28.7 -> 30.2 dB, KL -22%; with one scale per output channel
     and only the depthwise kernels' sums kept, 18.5 -> 24.5 dB (its first depthwise layer alone
-    22.1 -> 34.4 dB). Each flip costs at most one step on one weight; no calibration data is needed."""
+    22.1 -> 34.4 dB). Each flip costs at most one step on one weight; no calibration data is needed.
+    Applied to depthwise kernels only (one input channel per output channel): a full convolution
+    sums many kernels whose errors partly cancel, and keeping every kernel's sum there cost the
+    zoo's YOLOv8n int8-dynamic F1 1.000 -> 0.987 and ddddocr's strings 0.947 -> 0.933."""
     o, i = exact.shape[:2]
     q, k, s = (a.reshape(o * i, -1).astype(np.float64) for a in (exact, ints, step))
     k = k.copy()
