@@ -110,6 +110,22 @@ def test_w8_kernel_sums_kept_for_depthwise_kernels_only():
     assert np.all(np.abs(dw.values() - depthwise) < step.reshape(-1, 1, 1, 1) + 1e-7)
 
 
+def test_w8_nodes_fold_at_load_and_onnx_runtime_computes_exactly_the_grid():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(8, 64, 3, 3)).astype(np.float32)
+    stored = weight_only_int8(w, 0)
+    inits, nodes = stored_int8_nodes("w", stored)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes + [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                              [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    assert Counter(n.op_type for n in executed_graph(model).graph.node) == Counter({"Conv": 1})
+    xs = rng.normal(size=(1, 64, 6, 6)).astype(np.float32)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xs), torch.from_numpy(stored.values()), padding=1).numpy()
+    np.testing.assert_allclose(session(model).run(None, {"x": xs})[0], ref, rtol=1e-4, atol=1e-4)
+
+
 class WideHead(torch.nn.Module):
     """A classifier whose Gemm (K = 64) divides into blocks of 32."""
 
