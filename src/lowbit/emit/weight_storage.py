@@ -95,15 +95,14 @@ def keep_kernel_sums(exact: np.ndarray, ints: np.ndarray, step: np.ndarray) -> n
     sums many kernels whose errors partly cancel, and keeping every kernel's sum there cost the
     zoo's YOLOv8n int8-dynamic F1 1.000 -> 0.987 and ddddocr's strings 0.947 -> 0.933."""
     o, i = exact.shape[:2]
-    q, k, s = (a.reshape(o * i, -1).astype(np.float64) for a in (exact, ints, step))
-    k = k.copy()
+    q, k, s = (a.reshape(o * i, -1).astype(np.float64) for a in (exact, ints, step))  # copies
+    rows = np.arange(len(k))
     error = ((k - q) * s).sum(1)  # each kernel's sum error, in weight units
     for _ in range(q.shape[1]):
         up = error < 0  # the sum is too small: round a weight up
         frac = np.where(up[:, None], q - k, k - q)  # how far each weight sits from the other grid point
         movable = (frac > 0) & np.where(up[:, None], k < 127, k > -127)
         pick = np.argmax(np.where(movable, frac, -np.inf), 1)
-        rows = np.arange(len(k))
         delta = np.where(up, 1.0, -1.0)
         better = movable[rows, pick] & (np.abs(error + delta * s[rows, pick]) < np.abs(error))
         if not better.any():
