@@ -91,6 +91,25 @@ def test_calib_and_eval_share_no_source_photo() -> None:
     assert sorted(photo_sources("all")) == sorted(calib + evaluation)
 
 
+def test_people_splits_are_disjoint_photos_of_people() -> None:
+    calib, evaluation = photo_sources("people-calib"), photo_sources("people-eval")
+    assert not set(calib) & set(evaluation)
+    assert {"group1", "group2"} <= set(calib) | set(evaluation)  # face-api's group photos, on both sides
+    assert not set(calib + evaluation) & set(photo_sources("all"))
+
+
+def test_missing_people_photos_name_the_fetch(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    import lowbit.demo.zoo.photos as photos
+
+    monkeypatch.setattr(photos, "faces_data_dir", lambda: tmp_path)
+    photos._photo.cache_clear()
+    try:
+        with pytest.raises(ModelError, match="lowbit data fetch doorbell"):
+            photo_crops("people-eval", 1)
+    finally:
+        photos._photo.cache_clear()
+
+
 def test_unknown_split_suggests_a_name() -> None:
     with pytest.raises(ConfigError, match="Did you mean 'eval'"):
         photo_crops("evaluation", 1)

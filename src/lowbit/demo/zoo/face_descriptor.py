@@ -27,7 +27,6 @@ King's, http://blog.dlib.net/2017/02/high-quality-face-recognition-with-deep.htm
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +35,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from lowbit.demo.zoo._face_weights import read_tfjs_weights
+from lowbit.demo.faces_data import FACES_SETUP_HINT as SETUP_HINT
+from lowbit.demo.faces_data import faces_data_dir
 from lowbit.errors import ModelError
 
-SETUP_HINT = "Run `lowbit data fetch doorbell` to install lowbit's offline face data."
 MEAN_RGB = (122.782, 117.001, 104.298)  # dlib's input_rgb_image averages, in 0..255 pixel units
 INPUT_SCALE = 256.0  # dlib divides by 256.0; face-api divides by 255 (same cosine to dlib: 0.9997)
 CHIP_SIZE = 150
@@ -53,11 +53,6 @@ _BLOCKS = [
     ("conv256_down", 256, True), ("conv256_1", 256, False), ("conv256_2", 256, False),
     ("conv256_down_out", 256, True),
 ]
-
-
-def faces_data_dir() -> Path:
-    """``<venv>/share/lowbit/faces``, where ``lowbit data fetch doorbell`` puts the face data."""
-    return Path(sys.prefix) / "share" / "lowbit" / "faces"
 
 
 def face_api_manifest() -> Path:

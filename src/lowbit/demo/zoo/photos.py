@@ -1,7 +1,10 @@
 """Real photos, offline: 20 labeled ImageNet photos (foolbox) and deterministic crops of unlabeled
-photos (scikit-image, scikit-learn) for calibration and evaluation on disjoint source photos.
+photos (scikit-image, scikit-learn) for calibration and evaluation on disjoint source photos; and
+photos of people (face-api's group photos, face_recognition's portraits) for models that look for
+people, split the same way.
 
-Everything comes from packages that ``lowbit data fetch demo`` installs; nothing is downloaded.
+Everything comes from packages that ``lowbit data fetch demo`` (the people: ``lowbit data fetch
+doorbell``) installs; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from lowbit.errors import ConfigError, ModelError, did_you_mean
+from lowbit.demo.faces_data import FACES_SETUP_HINT, faces_data_dir
 from lowbit.demo.zoo._packages import SETUP_HINT, package_dir
 
 _LABELED = re.compile(r"imagenet_(\d+)_(\d+)\.jpg")
@@ -39,6 +43,17 @@ def _sklearn(filename: str) -> Callable[[], np.ndarray]:
     return load
 
 
+def _people(folder: str, filename: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        path = faces_data_dir() / folder / filename
+        if not path.is_file():
+            raise ModelError(f"Photo {path} is missing. {FACES_SETUP_HINT}")
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+
+    return load
+
+
 # Real RGB photos shipped inside scikit-image and scikit-learn (shapes (H, W, 3) uint8). Only the
 # left view of the stereo motorcycle pair is used: the right view is nearly the same photo.
 _LOADERS: dict[str, Callable[[], np.ndarray]] = {
@@ -52,14 +67,22 @@ _LOADERS: dict[str, Callable[[], np.ndarray]] = {
     "retina": _skimage("retina"),
     "china": _sklearn("china.jpg"),
     "flower": _sklearn("flower.jpg"),
+    # people: face-api's demo group photos (2-6 faces per crop) and face_recognition's portraits
+    **{f"group{i}": _people("face-api/demo", f"sample{i}.jpg") for i in range(1, 7)},
+    **{name: _people("face_recognition/test_images", f"{name}.jpg")
+       for name in ("obama", "obama2", "obama3", "obama_partial_face", "obama_partial_face2", "biden")},
 }
 
 # A fixed split of the source photos: calibration and evaluation never see the same photo.
 _SPLITS: dict[str, tuple[str, ...]] = {
     "calib": ("chelsea", "rocket", "flower", "immunohistochemistry"),
     "eval": ("astronaut", "coffee", "motorcycle", "china", "hubble_deep_field", "retina"),
+    # odd / even group photos; Obama's portraits split, Biden's one with the calibration
+    "people-calib": ("group1", "group3", "group5", "obama", "obama3", "biden"),
+    "people-eval": ("group2", "group4", "group6", "obama2", "obama_partial_face", "obama_partial_face2"),
 }
-_SPLIT_CODES = {"calib": 0, "eval": 1, "all": 2}  # mixed into the seed, so splits draw different crops
+# mixed into the seed, so splits draw different crops
+_SPLIT_CODES = {"calib": 0, "eval": 1, "all": 2, "people-calib": 3, "people-eval": 4}
 
 MIN_CROP, MAX_CROP = 0.3, 1.0  # crop side as a fraction of the photo's shorter side
 
@@ -79,7 +102,8 @@ def labeled_imagenet_photos() -> list[tuple[Path, int]]:
 
 
 def photo_sources(split: str) -> list[str]:
-    """Names of the source photos behind ``split`` ("calib", "eval" or "all").
+    """Names of the source photos behind ``split`` ("calib", "eval", "all" = both, "people-calib",
+    "people-eval").
 
     >>> set(photo_sources("calib")) & set(photo_sources("eval"))
     set()
