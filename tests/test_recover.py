@@ -505,6 +505,26 @@ def test_output_kinds_and_per_row_kl():
                           output_loss("kl", logits * 0.5, logits), atol=1e-5)
 
 
+def test_detection_head_loss_weighs_boxes_and_scores_alike():
+    """A raw YOLO head (N, 4 + C, anchors): boxes in pixels beside class probabilities. Pooled, a
+    pixel of box error outweighs every score falling by a tenth; the head's loss (the mean of the
+    parts' relative errors) ranks them the other way, and is the pooled loss where the parts agree."""
+    from lowbit.recover.losses import kinds, output_loss
+
+    gen = torch.Generator().manual_seed(1)
+    boxes = torch.rand(2, 4, 400, generator=gen) * 320
+    scores = torch.sigmoid(torch.randn(2, 3, 400, generator=gen) * 3 - 4)
+    head = torch.cat([boxes, scores], 1)
+    assert kinds([head, head.transpose(1, 2)]) == ["head-rows", "head-columns"]
+    scores_low = torch.cat([boxes, scores * 0.9], 1)
+    boxes_off = torch.cat([boxes + torch.randn(boxes.shape, generator=gen), scores], 1)
+    assert output_loss("mse", scores_low, head) < output_loss("mse", boxes_off, head)
+    assert output_loss("head-rows", scores_low, head) > 10 * output_loss("head-rows", boxes_off, head)
+    assert torch.allclose(output_loss("head-columns", scores_low.transpose(1, 2), head.transpose(1, 2)),
+                          output_loss("head-rows", scores_low, head))
+    assert float(output_loss("head-rows", head, head)) == 0.0
+
+
 def test_importing_lowbit_shortens_openmp_spin_waits_unless_the_user_chose():
     """torch's OpenMP workers read GOMP_SPINCOUNT when torch loads: lowbit sets a short one first
     (a recovery sharing 2 cores with another process: 1.9 instead of 8.0 s per step), never over

@@ -201,23 +201,38 @@ def _zoo(name: str):
     return entry, models[0], folder, runs, run_all, session
 
 
-def _zoo_score(name: str, tmp_path) -> tuple[float, object]:
-    from lowbit.metrics import METRICS
-
+def _zoo_outputs(name: str, tmp_path) -> tuple[object, np.ndarray, np.ndarray, object]:
+    """(zoo entry, FP32 and int8 outputs on the evaluation data, the int8 result)."""
     entry, model, folder, runs, run_all, session = _zoo(name)
     res = lowbit.quantize(str(model), "int8", str(folder / "calib.npz"), verify=None)
     out = tmp_path / "q.onnx"
     onnx.save(res.model, str(out))
-    ref, cand = run_all(session(model), entry, runs), run_all(session(out), entry, runs)
+    return entry, run_all(session(model), entry, runs), run_all(session(out), entry, runs), res
+
+
+def _zoo_score(name: str, tmp_path) -> tuple[float, object]:
+    from lowbit.metrics import METRICS
+
+    entry, ref, cand, res = _zoo_outputs(name, tmp_path)
     return METRICS.create(entry.metric, **entry.metric_options).score(ref, cand), res
 
 
 @pytest.mark.slow
 def test_yolov8n_int8_detection_f1(tmp_path) -> None:
-    f1, res = _zoo_score("yolov8n-nudenet", tmp_path)
-    assert f1 >= 0.95  # measured 0.958 (was 0.00 before the region rules)
+    from lowbit.metrics import METRICS
+
+    entry, ref, cand, res = _zoo_outputs("yolov8n-nudenet", tmp_path)
+    f1 = METRICS.create(entry.metric, **entry.metric_options).score(ref, cand)
+    assert f1 >= 0.96  # measured 0.973 (0.00 before the region rules; 0.951 with boxes and scores pooled)
     decode = [n for n in res.plan.nodes.values() if "decode" in n.reason]
     assert decode and all(n.precision == "fp32" for n in decode)
+    # the class scores of FP32's objects keep their level: with the head's boxes and scores pooled
+    # in one SQNR, the clipping choice cut the rare large activations behind them (mean logit -0.47)
+    r, c = ref[:, 4:], np.clip(cand[:, 4:], 1e-6, 1 - 1e-6)
+    objects = r > 0.2
+    shift = np.log(c / (1 - c))[objects] - np.log(r / (1 - r))[objects]
+    assert objects.sum() > 500 and shift.mean() > -0.3, (objects.sum(), shift.mean())  # measured -0.15
+    assert res.plan.decisions.activation_clipping["error"].startswith("detection head")
 
 
 @pytest.mark.slow

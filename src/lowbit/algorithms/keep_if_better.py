@@ -26,9 +26,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from lowbit.core.fidelity import paired_gain_db, sqnr_db, squared_error
+from lowbit.core.fidelity import paired_gain_db, sqnr_db
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
+from lowbit.metrics.output_error import OutputError
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.algorithm import Algorithm, AlgorithmContext, algorithm_from_dict, register_algorithm
 from lowbit.plan.quant_plan import QuantPlan
@@ -40,8 +41,8 @@ HOLDOUT = 4  # every 4th calibration batch judges, the others fit
 MIN_BATCHES = 8  # below this the algorithm fits all batches and is judged on them too
 
 
-def _squared_error(reference: np.ndarray, sim, batch) -> float:
-    err = squared_error(reference, run_batch(sim, batch)[0])
+def _squared_error(measure: OutputError, reference: np.ndarray, sim, batch) -> float:
+    err = measure.error(reference, run_batch(sim, batch)[0])
     release_free_memory()  # the run's buffers: the C heap would grow over the batches
     return err
 
@@ -113,7 +114,8 @@ class KeepIfBetter(Algorithm):
         reference = [run_batch(fp32, b)[0] for b in batches]
         del fp32
 
-        signal = np.array([float(np.sum(np.square(r, dtype=np.float64))) for r in reference])
+        measure = OutputError(reference)  # a detection head: boxes and scores each by its own energy
+        signal = np.array([measure.signal(r) for r in reference])
 
         def then(m: onnx.ModelProto, p: QuantPlan, c: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan]:
             t = time.perf_counter()
@@ -125,7 +127,7 @@ class KeepIfBetter(Algorithm):
         def noise(m: onnx.ModelProto, p: QuantPlan) -> np.ndarray:
             sim = session(simulation(m, p), arena=False)
             t = time.perf_counter()
-            out = np.array([_squared_error(r, sim, b) for r, b in zip(reference, batches)])
+            out = np.array([_squared_error(measure, r, sim, b) for r, b in zip(reference, batches)])
             ctx.timed("plan:keep-if-better:score", t)
             return out
 
@@ -165,7 +167,7 @@ class KeepIfBetter(Algorithm):
                          "sqnr_without_db": sqnr_db(signal.sum(), noise_without.sum()),
                          "gain_lower_bound_db": low, "confidence": self.confidence,
                          "min_gain_db": self.min_gain_db,
-                         "samples": len(batches), "held_out": not in_sample,
+                         "samples": len(batches), "held_out": not in_sample, "error": measure.description,
                          "criterion": "output SQNR of the simulated plan vs FP32 on calibration batches "
                                       + ("the algorithm also fitted" if in_sample else "it did not fit")}
         chosen_plan.decisions.algorithm_choices = choices

@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from lowbit.metrics.base import METRICS
+from lowbit.metrics.output_error import yolo_columns, yolo_rows
 from lowbit.metrics.spec import MetricChoice
 
 EMBEDDING_NAMES = re.compile(r"emb|feat|vector|descriptor|encod", re.IGNORECASE)
@@ -87,10 +88,10 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
     if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 2 and (_softmax_rows(x) or _log_softmax_rows(x)):
         return _ctc(name, x, "per-step class probabilities" if _softmax_rows(x) else
                     "per-step log-probabilities")
-    if x.ndim == 3 and 5 <= x.shape[1] and x.shape[2] >= max(100, 8 * x.shape[1]) and _probabilities(x[:, 4:]):
+    if yolo_rows(x):
         return [_choice("detection-yolo", o, f"output {name} {list(x.shape[1:])}: a YOLO head (4 box rows + "
                                              f"{x.shape[1] - 4} class scores, {x.shape[2]} anchors)")]
-    if x.ndim == 3 and x.shape[2] >= 6 and x.shape[1] > x.shape[2] and _probabilities(x[:, :, 4:]):
+    if yolo_columns(x):
         size = yolox_size(x.shape[1])
         if size:
             return [_choice("detection-yolox", o, f"output {name} {list(x.shape[1:])}: a raw YOLOX head on a "

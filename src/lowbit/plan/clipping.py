@@ -21,9 +21,9 @@ import onnx
 from lowbit.calibration import Percentile
 from lowbit.calibration.histogram import HistogramObserver
 from lowbit.config import QuantConfig
-from lowbit.core.fidelity import sqnr_db, squared_error
 from lowbit.data import Batch
 from lowbit.emit.qdq import emit_simulation
+from lowbit.metrics.output_error import OutputError
 from lowbit.calibration.collect import CalibrationStats
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.quant_plan import QuantPlan
@@ -35,9 +35,9 @@ SAMPLES = 32
 
 def output_sqnr(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
     """SQNR pooled over the batches; each pair compared `aligned` (outputs whose length depends on
-    the values may differ in shape)."""
-    signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for r in reference)
-    return sqnr_db(signal, sum(squared_error(r, c) for r, c in zip(reference, candidate)))
+    the values may differ in shape), a detection head's boxes and scores each by its own energy
+    (`lowbit.metrics.output_error`)."""
+    return OutputError(reference).sqnr(reference, candidate)
 
 
 def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], QuantPlan], stats: CalibrationStats, config: QuantConfig,
@@ -54,6 +54,7 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
     fp32 = session(model, arena=False)
     reference = [run_batch(fp32, b)[0] for b in batches]
     del fp32
+    measure = OutputError(reference)
     levels = sorted({method.percentile, *LEVELS})
     histograms = [o for o in stats.observers.values() if isinstance(o, HistogramObserver)]
     saved = [o.chooser for o in histograms]
@@ -66,7 +67,7 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
                 o.chooser = chooser
             plan = plan_for(cfg)
             sim = session(emit_simulation(model, plan), arena=False)
-            results[level] = output_sqnr(reference, [run_batch(sim, b)[0] for b in batches])
+            results[level] = measure.sqnr(reference, [run_batch(sim, b)[0] for b in batches])
             del sim
             plans[level] = (plan, cfg)
     finally:
@@ -74,7 +75,8 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
             o.chooser = c
     best = max(levels, key=lambda lv: (results[lv], lv == method.percentile))
     record = {"levels": {str(k): v for k, v in results.items()}, "chosen": best, "samples": len(batches),
-              "criterion": "output SQNR of the simulated plan vs FP32 on calibration inputs"}
+              "criterion": "output SQNR of the simulated plan vs FP32 on calibration inputs",
+              "error": measure.description}
     plan, cfg = plans[best]
     return plan, cfg, record
 

@@ -32,6 +32,7 @@ import onnx
 from lowbit.core.fidelity import decibels, paired_gain_db, sqnr_db, squared_error
 from lowbit.data import Batch
 from lowbit.emit.qdq import emit_simulation
+from lowbit.metrics.output_error import OutputError
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.ops import PASSTHROUGH_OPS, WEIGHTED_OPS, weight_slots
 from lowbit.onnx.session import run_batch, session, with_outputs
@@ -122,11 +123,11 @@ def error_jumps(model: onnx.ModelProto, plan: QuantPlan, units: list[Unit], batc
         if outs and u.entry in nsr:
             jumps[u.layer] = float(decibels((max(outs) + 1e-12) / (nsr[u.entry] + 1e-12)))
     reference = [r[first] for r in refs]
-    return jumps, reference, _errors(reference, [c[first] for c in cands])
+    return jumps, reference, _errors(OutputError(reference), reference, [c[first] for c in cands])
 
 
-def _errors(reference: list[np.ndarray], outputs: list[np.ndarray]) -> np.ndarray:
-    return np.array([squared_error(r, c) for r, c in zip(reference, outputs)])
+def _errors(measure: OutputError, reference: list[np.ndarray], outputs: list[np.ndarray]) -> np.ndarray:
+    return np.array([measure.error(r, c) for r, c in zip(reference, outputs)])
 
 
 def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable[Batch],
@@ -140,7 +141,8 @@ def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable
     if not units or not batches:
         return plan, {}
     jumps, reference, best_err = error_jumps(model, plan, units, batches)
-    signal = sum(float(np.sum(np.square(r, dtype=np.float64))) for r in reference)
+    measure = OutputError(reference)
+    signal = sum(measure.signal(r) for r in reference)
     base = sqnr_db(signal, best_err.sum())
     total = sum(u.weights for u in units) or 1
     by_layer = {u.layer: u for u in units}
@@ -159,7 +161,7 @@ def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable
         precisions.update({c: "fp16" for c in [*chosen, name]})
         cand = mixed_plan(model, plan, precisions, g)
         sess = session(emit_simulation(model, cand), arena=False)
-        err = _errors(reference, [run_batch(sess, b)[0] for b in batches])
+        err = _errors(measure, reference, [run_batch(sess, b)[0] for b in batches])
         del sess
         sqnr = sqnr_db(signal, err.sum())
         gain, low = paired_gain_db(best_err, err, 1.0 - CONFIDENCE, seed=len(tried))
