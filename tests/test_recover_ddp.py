@@ -49,7 +49,7 @@ def _worker(model_path: str, out: str) -> None:
     info, logits = recover(model_path)
     np.save(Path(out) / f"logits{rank}.npy", logits)
     (Path(out) / f"info{rank}.json").write_text(json.dumps(info))
-    torch.distributed.destroy_process_group()
+    D.finish()
 
 
 def test_recover_two_processes_match_one(tmp_path):
