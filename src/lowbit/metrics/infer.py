@@ -14,19 +14,11 @@ import re
 import numpy as np
 
 from lowbit.metrics.base import METRICS
+from lowbit.metrics.output_error import probabilities as _probabilities
 from lowbit.metrics.output_error import yolo_columns, yolo_rows
 from lowbit.metrics.spec import MetricChoice
 
 EMBEDDING_NAMES = re.compile(r"emb|feat|vector|descriptor|encod", re.IGNORECASE)
-
-
-# float32 sigmoids reach 1.0000001 (PP-OCRv4 det): a rounding step, not a value outside [0, 1]
-PROB_TOLERANCE = 1e-6
-
-
-def _probabilities(x: np.ndarray) -> bool:
-    return x.size > 0 and bool(np.all(np.isfinite(x))) and float(x.min()) >= -PROB_TOLERANCE and \
-        float(x.max()) <= 1.0 + PROB_TOLERANCE
 
 
 def _softmax_rows(x: np.ndarray, axis: int = -1) -> bool:

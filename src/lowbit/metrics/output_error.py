@@ -18,23 +18,24 @@ import numpy as np
 
 from lowbit.core.fidelity import aligned, sqnr_db, squared_error
 
-# a probability may exceed 1 by a float32 rounding step (a sigmoid's 1.0000001)
-_PROB_TOLERANCE = 1e-6
+# float32 sigmoids reach 1.0000001 (PP-OCRv4 det): a rounding step, not a value outside [0, 1]
+PROB_TOLERANCE = 1e-6
 
 
-def _probabilities(x: np.ndarray) -> bool:
-    return x.size > 0 and bool(np.all(np.isfinite(x))) and float(x.min()) >= -_PROB_TOLERANCE and \
-        float(x.max()) <= 1.0 + _PROB_TOLERANCE
+def probabilities(x: np.ndarray) -> bool:
+    """Every value finite and in [0, 1] (up to a float32 rounding step)."""
+    return x.size > 0 and bool(np.all(np.isfinite(x))) and float(x.min()) >= -PROB_TOLERANCE and \
+        float(x.max()) <= 1.0 + PROB_TOLERANCE
 
 
 def yolo_rows(x: np.ndarray) -> bool:
     """(N, 4 + C, anchors), anchors many more than rows, rows 4: probabilities (YOLOv8 and later)."""
-    return x.ndim == 3 and 5 <= x.shape[1] and x.shape[2] >= max(100, 8 * x.shape[1]) and _probabilities(x[:, 4:])
+    return x.ndim == 3 and 5 <= x.shape[1] and x.shape[2] >= max(100, 8 * x.shape[1]) and probabilities(x[:, 4:])
 
 
 def yolo_columns(x: np.ndarray) -> bool:
     """(N, anchors, 4 + K), anchors more than columns, columns 4: probabilities (YOLOv5, YOLOX)."""
-    return x.ndim == 3 and x.shape[2] >= 6 and x.shape[1] > x.shape[2] and _probabilities(x[:, :, 4:])
+    return x.ndim == 3 and x.shape[2] >= 6 and x.shape[1] > x.shape[2] and probabilities(x[:, :, 4:])
 
 
 def head_parts(x: np.ndarray) -> tuple[tuple[slice, ...], ...] | None:
@@ -44,7 +45,7 @@ def head_parts(x: np.ndarray) -> tuple[tuple[slice, ...], ...] | None:
         if layout(x):
             boxes, scores = ((slice(None), slice(0, 4)), (slice(None), slice(4, None))) if rows else \
                 ((slice(None), slice(None), slice(0, 4)), (slice(None), slice(None), slice(4, None)))
-            return None if _probabilities(x[boxes]) else (boxes, scores)
+            return None if probabilities(x[boxes]) else (boxes, scores)
     return None
 
 
