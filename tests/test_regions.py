@@ -223,7 +223,9 @@ def test_yolov8n_int8_detection_f1(tmp_path) -> None:
 
     entry, ref, cand, res = _zoo_outputs("yolov8n-nudenet", tmp_path)
     f1 = METRICS.create(entry.metric, **entry.metric_options).score(ref, cand)
-    assert f1 >= 0.96  # measured 0.973 (0.00 before the region rules; 0.951 with boxes and scores pooled)
+    # measured 0.973 on VNNI, 0.964 with the AVX2 plan's 7-bit weight grids (0.00 before the region rules;
+    # 0.951 with boxes and scores pooled, which the logit check below catches on either CPU)
+    assert f1 >= 0.95
     decode = [n for n in res.plan.nodes.values() if "decode" in n.reason]
     assert decode and all(n.precision == "fp32" for n in decode)
     # the class scores of FP32's objects keep their level: with the head's boxes and scores pooled
@@ -231,7 +233,7 @@ def test_yolov8n_int8_detection_f1(tmp_path) -> None:
     r, c = ref[:, 4:], np.clip(cand[:, 4:], 1e-6, 1 - 1e-6)
     objects = r > 0.2
     shift = np.log(c / (1 - c))[objects] - np.log(r / (1 - r))[objects]
-    assert objects.sum() > 500 and shift.mean() > -0.3, (objects.sum(), shift.mean())  # measured -0.15
+    assert objects.sum() > 500 and shift.mean() > -0.3, (objects.sum(), shift.mean())  # -0.15 VNNI, -0.13 AVX2
     assert res.plan.decisions.activation_clipping["error"].startswith("detection head")
 
 
