@@ -41,7 +41,7 @@ HOLDOUT = 4  # every 4th calibration batch judges, the others fit
 MIN_BATCHES = 8  # below this the algorithm fits all batches and is judged on them too
 
 
-def _squared_error(measure: OutputError, reference: np.ndarray, sim, batch) -> float:
+def _output_error(measure: OutputError, reference: np.ndarray, sim, batch) -> float:
     err = measure.error(reference, run_batch(sim, batch)[0])
     release_free_memory()  # the run's buffers: the C heap would grow over the batches
     return err
@@ -127,7 +127,7 @@ class KeepIfBetter(Algorithm):
         def noise(m: onnx.ModelProto, p: QuantPlan) -> np.ndarray:
             sim = session(simulation(m, p), arena=False)
             t = time.perf_counter()
-            out = np.array([_squared_error(measure, r, sim, b) for r, b in zip(reference, batches)])
+            out = np.array([_output_error(measure, r, sim, b) for r, b in zip(reference, batches)])
             ctx.timed("plan:keep-if-better:score", t)
             return out
 
