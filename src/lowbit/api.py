@@ -18,6 +18,7 @@ from lowbit.data import FeedSource, as_feeds
 from lowbit.data.stateful import check_data_options, model_feeds
 from lowbit.emit.dynamic import emit_dynamic
 from lowbit.emit.fallback import weight_only_instead
+from lowbit.emit.fidelity_guard import WEIGHT_ONLY_FOR_FIDELITY, OutputFidelity
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
 from lowbit.emit.int4 import emit_mixed
 from lowbit.emit.shared_constants import share_identical_initializers
@@ -129,6 +130,7 @@ class _Job:
     calib: FeedSource | None = None
     search: dict | None = None
     speed: ModelSpeed | None = None  # the whole-model INT8 vs FP32 timing (lowbit.target.model_speed)
+    fidelity: dict | None = None  # the emitted static model's output SQNR (lowbit.emit.fidelity_guard)
     notes: list[str] = field(default_factory=list)
 
     def take_float_model(self) -> onnx.ModelProto:
@@ -397,15 +399,39 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
         fallback, job.speed = weight_only_instead(qmodel.ByteSize(), size,
                                                   measure if _speed_checked(job, job.plan) else None)
         if fallback is not None:
-            job.plan = weight_only_plan(job.prepared.proto, job.plan, fallback.node_why)
-            float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
-            job.plan.model_fingerprint = fingerprint(float_model)
-            job.set_float_model(float_model)
-            qmodel, note = _emit_static(job.prepared.proto, job.plan)
-            job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {fallback.why}.")
+            qmodel, note = _ship_weight_only(job, fallback.node_why, fallback.why)
+        elif job.calib is not None and plan_label(job.plan) == "int8":  # w4a8's weight-only form is 8-bit: larger
+            qmodel, note = _guard_fidelity(job, qmodel, note)
     if note:
         job.notes.append(note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     return qmodel
+
+
+def _ship_weight_only(job: _Job, node_why: str, why: str) -> tuple[onnx.ModelProto, str]:
+    """The job's plan becomes its weight-only form (float layers get their FP32 weights back), emitted."""
+    job.plan = weight_only_plan(job.prepared.proto, job.plan, node_why)
+    float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
+    job.plan.model_fingerprint = fingerprint(float_model)
+    job.set_float_model(float_model)
+    job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {why}.")
+    return _emit_static(job.prepared.proto, job.plan)
+
+
+def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str) -> tuple[onnx.ModelProto, str]:
+    """`lowbit.emit.fidelity_guard`: the static model as emitted, or the weight-only form where the
+    static one lost its output's signal on calibration data and the weight-only form keeps it."""
+    fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.prepared.proto
+    fidelity = OutputFidelity(fp32, job.calib)
+    check = fidelity.check(qmodel)
+    if check.lost_signal:
+        plan = weight_only_plan(job.prepared.proto, job.plan, WEIGHT_ONLY_FOR_FIDELITY)
+        candidate, _ = _emit_static(restore_float_layers(job.prepared.proto, job.before_fit, plan), plan)
+        check.weight_only_sqnr_db = fidelity.sqnr_db(candidate)
+        del candidate
+    job.fidelity = check.to_dict()
+    if check.weight_only_wins:
+        return _ship_weight_only(job, WEIGHT_ONLY_FOR_FIDELITY, check.why())
+    return qmodel, note
 
 
 def _speed_checked(job: _Job, plan: QuantPlan) -> bool:
@@ -456,6 +482,8 @@ def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Rep
     report.data["notes"] += job.notes
     if job.speed is not None:
         report.data["speed_check"] = job.speed.to_dict()
+    if job.fidelity is not None:
+        report.data["fidelity_check"] = job.fidelity
     if job.search is not None:
         report.data["search"] = job.search
         report.data["budget"] = budget_outcome(job.search, plan.precision)

@@ -1,0 +1,74 @@
+"""The fidelity guard (lowbit.emit.fidelity_guard): a static INT8 model that lost its output's
+signal on calibration data ships in its weight-only form, and only then."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import lowbit
+from lowbit.core.fidelity import sqnr
+from lowbit.emit.fidelity_guard import FLOOR_DB, FidelityCheck
+
+
+def test_weight_only_ships_only_under_the_floor_and_by_the_margin():
+    assert not FidelityCheck(FLOOR_DB + 0.1, 16, "all values pooled", weight_only_sqnr_db=40.0).weight_only_wins
+    assert FidelityCheck(FLOOR_DB - 0.1, 16, "all values pooled", weight_only_sqnr_db=FLOOR_DB + 6.0).weight_only_wins
+    assert not FidelityCheck(3.0, 16, "all values pooled", weight_only_sqnr_db=8.0).weight_only_wins  # not 6 dB closer
+    assert not FidelityCheck(3.0, 16, "all values pooled").weight_only_wins  # not measured
+    d = FidelityCheck(3.0, 16, "all values pooled", weight_only_sqnr_db=30.0).to_dict()
+    assert d["shipped"] == "weight-only" and d["qdq_sqnr_db"] == 3.0
+
+
+def _two_convs(path, rng):
+    """x (N, 8, 8, 8) -> Conv 3x3 (8 -> 96) -> Relu -> Conv 3x3 (96 -> 96): ~400 KB of weights."""
+    w1 = rng.normal(0, 0.2, (96, 8, 3, 3)).astype(np.float32)
+    w1[:, 0] = 0.0  # input channel 0 is read by nothing
+    w2 = rng.normal(0, 0.05, (96, 96, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])]
+    graph = helper.make_graph(nodes, "two_convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 96, 8, 8])],
+                              initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _sqnr_vs_fp32(fp32_path, model, x):
+    ref = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return sqnr(ref, got)
+
+
+def test_a_static_model_that_lost_its_signal_ships_weight_only(tmp_path):
+    """An input channel that nothing reads holds values 10^4 times the others: one per-tensor 8-bit
+    grid for the input rounds every channel that matters to zero (static INT8 keeps ~0 dB); INT8
+    weights alone keep the output. The guard measures both and ships the weight-only form."""
+    rng = np.random.default_rng(0)
+    path = _two_convs(tmp_path / "m.onnx", rng)
+
+    def data(n):
+        x = rng.normal(size=(n, 8, 8, 8)).astype(np.float32)
+        x[:, 0] = 1e4
+        return x
+
+    r = lowbit.quantize(str(path), "int8", data(32), verify=None)
+    check = r.report.data["fidelity_check"]
+    assert check["qdq_sqnr_db"] < FLOOR_DB and check["weight_only_sqnr_db"] > 30, check
+    assert check["shipped"] == "weight-only"
+    assert {n.precision for n in r.plan.nodes.values() if n.op == "Conv"} == {"w8"}
+    assert any("INT8 weights alone keep" in note for note in r.report.data["notes"])
+    assert _sqnr_vs_fp32(path, r.model, data(8)) > 30
+
+
+def test_a_static_model_that_keeps_its_signal_ships_as_is(tmp_path):
+    rng = np.random.default_rng(1)
+    path = _two_convs(tmp_path / "m.onnx", rng)
+    calib = rng.normal(size=(32, 8, 8, 8)).astype(np.float32)
+    r = lowbit.quantize(str(path), "int8", calib, verify=None)
+    check = r.report.data["fidelity_check"]
+    assert check["qdq_sqnr_db"] > FLOOR_DB and check["weight_only_sqnr_db"] is None and check["shipped"] == "static INT8"
+    assert {n.precision for n in r.plan.nodes.values() if n.op == "Conv"} == {"int8"}
+    assert check["qdq_sqnr_db"] == pytest.approx(_sqnr_vs_fp32(path, r.model, calib[:16]), abs=0.5)
