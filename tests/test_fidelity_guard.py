@@ -72,3 +72,24 @@ def test_a_static_model_that_keeps_its_signal_ships_as_is(tmp_path):
     assert check["qdq_sqnr_db"] > FLOOR_DB and check["weight_only_sqnr_db"] is None and check["shipped"] == "static INT8"
     assert {n.precision for n in r.plan.nodes.values() if n.op == "Conv"} == {"int8"}
     assert check["qdq_sqnr_db"] == pytest.approx(_sqnr_vs_fp32(path, r.model, calib[:16]), abs=0.5)
+
+
+def test_a_carried_state_is_not_a_task_output(tmp_path):
+    """Outputs that stateful data carries back as the next call's state are left out of the guard's
+    measure (their error shows in the next call's outputs); every output counts otherwise."""
+    from lowbit.data import as_feeds
+    from lowbit.data.spec import specs_from_onnx
+    from lowbit.emit.fidelity_guard import OutputFidelity
+
+    rng = np.random.default_rng(2)
+    path = _two_convs(tmp_path / "m.onnx", rng)
+    model = onnx.load(path)
+    pooled = helper.make_node("GlobalAveragePool", ["r1"], ["state"], name="pool")
+    model.graph.node.append(pooled)
+    model.graph.output.append(helper.make_tensor_value_info("state", TensorProto.FLOAT, ["N", 96, 1, 1]))
+    calib = as_feeds(rng.normal(size=(8, 8, 8, 8)).astype(np.float32), specs_from_onnx(model), batch_size=4)
+    both = OutputFidelity(model, calib)
+    assert both.outputs == ["y", "state"] and both.measure.description.startswith("2 outputs")
+    task = OutputFidelity(model, calib, states=["state"])
+    assert task.outputs == ["y"] and task.measure.description == "all values pooled"
+    assert task.check(model).qdq_sqnr_db == np.inf  # FP32 against itself

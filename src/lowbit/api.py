@@ -131,6 +131,7 @@ class _Job:
     search: dict | None = None
     speed: ModelSpeed | None = None  # the whole-model INT8 vs FP32 timing (lowbit.target.model_speed)
     fidelity: dict | None = None  # the emitted static model's output SQNR (lowbit.emit.fidelity_guard)
+    state_outputs: tuple[str, ...] = ()  # outputs carried back as state (stateful data)
     notes: list[str] = field(default_factory=list)
 
     def take_float_model(self) -> onnx.ModelProto:
@@ -267,7 +268,7 @@ def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data
         check_recoverable(prepared.proto)
     if verify is None:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
-    return _Job(loaded, prepared, source_sizes, cfg)
+    return _Job(loaded, prepared, source_sizes, cfg, state_outputs=tuple((data.stateful or {}).values()))
 
 
 def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
@@ -421,7 +422,7 @@ def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str) -> tuple[onnx
     """`lowbit.emit.fidelity_guard`: the static model as emitted, or the weight-only form where the
     static one lost its output's signal on calibration data and the weight-only form keeps it."""
     fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.prepared.proto
-    fidelity = OutputFidelity(fp32, job.calib)
+    fidelity = OutputFidelity(fp32, job.calib, states=job.state_outputs)
     check = fidelity.check(qmodel)
     if check.lost_signal:
         plan = weight_only_plan(job.prepared.proto, job.plan, WEIGHT_ONLY_FOR_FIDELITY)

@@ -29,7 +29,7 @@ import onnx
 from lowbit.core.fidelity import paired_gain_db, sqnr_db
 from lowbit.emit.qdq import emit_simulation
 from lowbit.errors import ConfigError
-from lowbit.metrics.output_error import OutputError
+from lowbit.metrics.output_error import OutputError, Outputs
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.algorithm import Algorithm, AlgorithmContext, algorithm_from_dict, register_algorithm
 from lowbit.plan.quant_plan import QuantPlan
@@ -41,8 +41,8 @@ HOLDOUT = 4  # every 4th calibration batch judges, the others fit
 MIN_BATCHES = 8  # below this the algorithm fits all batches and is judged on them too
 
 
-def _output_error(measure: OutputError, reference: np.ndarray, sim, batch) -> float:
-    err = measure.error(reference, run_batch(sim, batch)[0])
+def _output_error(measure: OutputError, reference: Outputs, sim, batch, outputs: list[str]) -> float:
+    err = measure.error(reference, run_batch(sim, batch, outputs))
     release_free_memory()  # the run's buffers: the C heap would grow over the batches
     return err
 
@@ -111,10 +111,11 @@ class KeepIfBetter(Algorithm):
         name = self.algorithm.registry_name
         t = time.perf_counter()
         fp32 = session(model, arena=False)
-        reference = [run_batch(fp32, b)[0] for b in batches]
+        outputs = [o.name for o in model.graph.output]
+        reference = [run_batch(fp32, b, outputs) for b in batches]
         del fp32
 
-        measure = OutputError(reference)  # a detection head: boxes and scores each by its own energy
+        measure = OutputError(reference)  # each output, and a detection head's boxes and scores, by its own energy
         signal = np.array([measure.signal(r) for r in reference])
 
         def then(m: onnx.ModelProto, p: QuantPlan, c: AlgorithmContext) -> tuple[onnx.ModelProto, QuantPlan]:
@@ -127,7 +128,7 @@ class KeepIfBetter(Algorithm):
         def noise(m: onnx.ModelProto, p: QuantPlan) -> np.ndarray:
             sim = session(simulation(m, p), arena=False)
             t = time.perf_counter()
-            out = np.array([_output_error(measure, r, sim, b) for r, b in zip(reference, batches)])
+            out = np.array([_output_error(measure, r, sim, b, outputs) for r, b in zip(reference, batches)])
             ctx.timed("plan:keep-if-better:score", t)
             return out
 

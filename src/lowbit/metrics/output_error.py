@@ -1,4 +1,4 @@
-"""The error lowbit's plan choices minimise: a simulated plan's first output against FP32's.
+"""The error lowbit's plan choices minimise: a simulated plan's outputs against FP32's.
 
 Pooled squared error (SQNR) suits an output that holds one quantity. A raw detection head holds
 two side by side: YOLOv8 (N, 4 + C, anchors) and YOLOv5 / YOLOX (N, anchors, 5 + C) put box
@@ -9,10 +9,19 @@ detections fell by 0.47 on average and 9% of the detections were lost (F1 0.951)
 it rejected lost 0.15 and kept F1 0.973. So each part of such a head is judged by its own
 noise-to-signal ratio: its squared error is divided by its energy in the reference outputs, and the
 SQNR is that of the mean of the parts' ratios (boxes and scores count alike, whatever their units).
-Every other output is pooled as before.
+
+A model with several float outputs (a face detector's scores, boxes and landmarks per stride; a
+recurrent model's state beside its prediction; a transcriber's notes, onsets and pitch contour) is
+judged the same way one level up: each output by its own noise-to-signal ratio, the outputs alike.
+Judging the first output alone left the others' error unseen by every choice. An output that is
+not float (indices, counts) or is zero in FP32 is left out; a model with one float output is
+measured exactly as before. `worst_sqnr` is the least of the outputs' own SQNRs (the fidelity
+guard asks whether any output lost its signal).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -49,13 +58,8 @@ def head_parts(x: np.ndarray) -> tuple[tuple[slice, ...], ...] | None:
     return None
 
 
-class OutputError:
-    """Squared error of candidate outputs against `reference` (FP32's first output, one array per
-    batch), with a detection head's parts weighted by their reference energy (module doc).
-
-    >>> m = OutputError([ref])                                       # doctest: +SKIP
-    >>> sqnr_db(m.signal(ref), m.error(ref, cand))                   # doctest: +SKIP
-    """
+class _OneOutput:
+    """Squared error of one output: pooled, or a detection head's parts each over its energy."""
 
     def __init__(self, reference: list[np.ndarray]) -> None:
         self.parts: tuple[tuple[slice, ...], ...] | None = None
@@ -71,11 +75,6 @@ class OutputError:
         if min(energy) > 0:
             self.parts, self.weights = parts, tuple(1.0 / (len(parts) * e) for e in energy)
 
-    @property
-    def description(self) -> str:
-        return ("detection head: box coordinates and scores, each relative to its own energy in FP32's outputs"
-                if self.parts else "all values pooled")
-
     def error(self, reference: np.ndarray, candidate: np.ndarray) -> float:
         if self.parts is None:
             return squared_error(reference, candidate)
@@ -90,7 +89,68 @@ class OutputError:
             return float(np.sum(r * r))
         return sum(w * float(np.sum(r[p] * r[p])) for w, p in zip(self.weights, self.parts))
 
-    def sqnr(self, reference: list[np.ndarray], candidates: list[np.ndarray]) -> float:
-        """SQNR pooled over the batches (parts weighted as above)."""
+
+Outputs = Sequence[np.ndarray] | np.ndarray  # one batch's outputs (a bare array: a model's only output)
+
+
+def _outputs(x: Outputs) -> Sequence[np.ndarray]:
+    return (x,) if isinstance(x, np.ndarray) else x
+
+
+def _is_float(x: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(x).dtype, np.floating)
+
+
+class OutputError:
+    """Squared error of candidate outputs against `reference` (per batch, FP32's outputs in the
+    graph's order; a bare array per batch stands for a model's one output): each float output by
+    its own noise-to-signal ratio, a detection head's parts by their reference energy (module doc).
+
+    >>> m = OutputError(reference_outputs_per_batch)                     # doctest: +SKIP
+    >>> m.sqnr(reference_outputs_per_batch, candidate_outputs_per_batch)  # doctest: +SKIP
+    """
+
+    def __init__(self, reference: list[Outputs]) -> None:
+        batches = [_outputs(r) for r in reference]
+        count = min((len(b) for b in batches), default=0)
+        columns = [[b[o] for b in batches] for o in range(count)]
+        measured = {o: _OneOutput(col) for o, col in enumerate(columns) if all(_is_float(x) for x in col)}
+        energy = {o: sum(m.signal(x) for x in columns[o]) for o, m in measured.items()}
+        self.outputs = {o: m for o, m in measured.items() if energy[o] > 0} or \
+            ({0: _OneOutput(columns[0])} if columns else {})
+        # one output keeps its own units: a single-output model's numbers do not change
+        self.scale = {o: 1.0 for o in self.outputs} if len(self.outputs) == 1 else \
+            {o: 1.0 / (len(self.outputs) * energy[o]) for o in self.outputs}
+
+    @property
+    def parts(self) -> tuple[tuple[slice, ...], ...] | None:
+        """The first measured output's detection-head parts (None: pooled)."""
+        return next(iter(self.outputs.values())).parts if self.outputs else None
+
+    @property
+    def description(self) -> str:
+        heads = any(m.parts is not None for m in self.outputs.values())
+        what = ("detection head: box coordinates and scores, each relative to its own energy in FP32's outputs"
+                if heads else "all values pooled")
+        if len(self.outputs) > 1:
+            return f"{len(self.outputs)} outputs, each relative to its own energy in FP32's outputs; within each, {what}"
+        return what
+
+    def error(self, reference: Outputs, candidate: Outputs) -> float:
+        r, c = _outputs(reference), _outputs(candidate)
+        return sum(s * self.outputs[o].error(r[o], c[o]) for o, s in self.scale.items())
+
+    def signal(self, reference: Outputs) -> float:
+        r = _outputs(reference)
+        return sum(s * self.outputs[o].signal(r[o]) for o, s in self.scale.items())
+
+    def sqnr(self, reference: list[Outputs], candidates: list[Outputs]) -> float:
+        """SQNR pooled over the batches (outputs and parts weighted as above)."""
         return sqnr_db(sum(self.signal(r) for r in reference),
                        sum(self.error(r, c) for r, c in zip(reference, candidates)))
+
+    def worst_sqnr(self, reference: list[Outputs], candidates: list[Outputs]) -> float:
+        """The least of the measured outputs' own SQNRs over the batches."""
+        refs, cands = [_outputs(r) for r in reference], [_outputs(c) for c in candidates]
+        return min(sqnr_db(sum(m.signal(r[o]) for r in refs), sum(m.error(r[o], c[o]) for r, c in zip(refs, cands)))
+                   for o, m in self.outputs.items())

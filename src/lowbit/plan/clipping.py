@@ -23,7 +23,7 @@ from lowbit.calibration.histogram import HistogramObserver
 from lowbit.config import QuantConfig
 from lowbit.data import Batch
 from lowbit.emit.qdq import emit_simulation
-from lowbit.metrics.output_error import OutputError
+from lowbit.metrics.output_error import OutputError, Outputs
 from lowbit.calibration.collect import CalibrationStats
 from lowbit.onnx.session import run_batch, session
 from lowbit.plan.quant_plan import QuantPlan
@@ -33,10 +33,10 @@ LEVELS = (99.99, 99.999, 100.0)
 SAMPLES = 32
 
 
-def output_sqnr(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    """SQNR pooled over the batches; each pair compared `aligned` (outputs whose length depends on
-    the values may differ in shape), a detection head's boxes and scores each by its own energy
-    (`lowbit.metrics.output_error`)."""
+def output_sqnr(reference: list[Outputs], candidate: list[Outputs]) -> float:
+    """SQNR pooled over the batches (per batch the model's outputs, or its one output); each pair
+    compared `aligned` (outputs whose length depends on the values may differ in shape), each
+    output and a detection head's boxes and scores by their own energy (`lowbit.metrics.output_error`)."""
     return OutputError(reference).sqnr(reference, candidate)
 
 
@@ -52,7 +52,8 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
     # sessions without ONNX Runtime's memory arena, each freed before the next is built: only one
     # model's buffers are alive at a time, and only while it runs
     fp32 = session(model, arena=False)
-    reference = [run_batch(fp32, b)[0] for b in batches]
+    outputs = [o.name for o in model.graph.output]
+    reference = [run_batch(fp32, b, outputs) for b in batches]
     del fp32
     measure = OutputError(reference)
     levels = sorted({method.percentile, *LEVELS})
@@ -67,7 +68,7 @@ def choose_clipping(model: onnx.ModelProto, plan_for: Callable[[QuantConfig], Qu
                 o.chooser = chooser
             plan = plan_for(cfg)
             sim = session(emit_simulation(model, plan), arena=False)
-            results[level] = measure.sqnr(reference, [run_batch(sim, b)[0] for b in batches])
+            results[level] = measure.sqnr(reference, [run_batch(sim, b, outputs) for b in batches])
             del sim
             plans[level] = (plan, cfg)
     finally:
@@ -85,11 +86,12 @@ def simulated_sqnr(model: onnx.ModelProto, plans: dict[str, QuantPlan], calib: I
     """{name: output SQNR vs FP32} of each plan's simulation on up to SAMPLES calibration inputs."""
     batches = list(itertools.islice(iter(calib), SAMPLES))
     fp32 = session(model, arena=False)
-    reference = [run_batch(fp32, b)[0] for b in batches]
+    outputs = [o.name for o in model.graph.output]
+    reference = [run_batch(fp32, b, outputs) for b in batches]
     del fp32
     out = {}
     for name, plan in plans.items():
         sim = session(emit_simulation(model, plan), arena=False)
-        out[name] = output_sqnr(reference, [run_batch(sim, b)[0] for b in batches])
+        out[name] = output_sqnr(reference, [run_batch(sim, b, outputs) for b in batches])
         del sim
     return out

@@ -32,7 +32,7 @@ import onnx
 from lowbit.core.fidelity import decibels, paired_gain_db, sqnr_db, squared_error
 from lowbit.data import Batch
 from lowbit.emit.qdq import emit_simulation
-from lowbit.metrics.output_error import OutputError
+from lowbit.metrics.output_error import OutputError, Outputs
 from lowbit.onnx.graph import GraphIndex
 from lowbit.onnx.ops import PASSTHROUGH_OPS, WEIGHTED_OPS, weight_slots
 from lowbit.onnx.session import run_batch, session, with_outputs
@@ -95,19 +95,19 @@ def _as_read(name: str, value: np.ndarray, plan: QuantPlan) -> np.ndarray:
 
 
 def error_jumps(model: onnx.ModelProto, plan: QuantPlan, units: list[Unit], batches: list[Batch]
-                ) -> tuple[dict[str, float], list[np.ndarray], np.ndarray]:
-    """({layer: growth of the noise-to-signal ratio across its unit, in dB}, FP32 outputs, the plan's
-    squared output error per batch): one run of FP32 and one of the INT8 simulation per batch."""
+                ) -> tuple[dict[str, float], list[list[np.ndarray]], np.ndarray]:
+    """({layer: growth of the noise-to-signal ratio across its unit, in dB}, FP32 outputs per batch,
+    the plan's output error per batch): one run of FP32 and one of the INT8 simulation per batch."""
     sim_model = emit_simulation(model, plan)
     present = {o for n in sim_model.graph.node for o in n.output} | {i.name for i in sim_model.graph.input}
     tensors = sorted({t for u in units for t in [u.entry, *u.exits] if t in present})
-    first = model.graph.output[0].name
+    outputs = [o.name for o in model.graph.output]
     noise = dict.fromkeys(tensors, 0.0)
     signal = dict.fromkeys(tensors, 0.0)
     refs, cands = [], []
     for m, keep in ((model, refs), (sim_model, cands)):
         sess = session(with_outputs(m, tensors), arena=False)
-        names = [first, *tensors]
+        names = [*outputs, *(t for t in tensors if t not in outputs)]
         for b in batches:
             keep.append(dict(zip(names, run_batch(sess, b, names))))
         del sess
@@ -122,12 +122,12 @@ def error_jumps(model: onnx.ModelProto, plan: QuantPlan, units: list[Unit], batc
         outs = [nsr[t] for t in u.exits if t in nsr]
         if outs and u.entry in nsr:
             jumps[u.layer] = float(decibels((max(outs) + 1e-12) / (nsr[u.entry] + 1e-12)))
-    reference = [r[first] for r in refs]
-    return jumps, reference, _errors(OutputError(reference), reference, [c[first] for c in cands])
+    reference = [[r[o] for o in outputs] for r in refs]
+    return jumps, reference, _errors(OutputError(reference), reference, [[c[o] for o in outputs] for c in cands])
 
 
-def _errors(measure: OutputError, reference: list[np.ndarray], outputs: list[np.ndarray]) -> np.ndarray:
-    return np.array([measure.error(r, c) for r, c in zip(reference, outputs)])
+def _errors(measure: OutputError, reference: list[Outputs], candidates: list[Outputs]) -> np.ndarray:
+    return np.array([measure.error(r, c) for r, c in zip(reference, candidates)])
 
 
 def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable[Batch],
@@ -141,6 +141,7 @@ def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable
     if not units or not batches:
         return plan, {}
     jumps, reference, best_err = error_jumps(model, plan, units, batches)
+    outputs = [o.name for o in model.graph.output]
     measure = OutputError(reference)
     signal = sum(measure.signal(r) for r in reference)
     base = sqnr_db(signal, best_err.sum())
@@ -161,7 +162,7 @@ def choose_float_layers(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable
         precisions.update({c: "fp16" for c in [*chosen, name]})
         cand = mixed_plan(model, plan, precisions, g)
         sess = session(emit_simulation(model, cand), arena=False)
-        err = _errors(measure, reference, [run_batch(sess, b)[0] for b in batches])
+        err = _errors(measure, reference, [run_batch(sess, b, outputs) for b in batches])
         del sess
         sqnr = sqnr_db(signal, err.sum())
         gain, low = paired_gain_db(best_err, err, 1.0 - CONFIDENCE, seed=len(tried))
