@@ -93,3 +93,19 @@ def test_a_carried_state_is_not_a_task_output(tmp_path):
     task = OutputFidelity(model, calib, states=["state"])
     assert task.outputs == ["y"] and task.measure.description == "all values pooled"
     assert task.check(model).qdq_sqnr_db == np.inf  # FP32 against itself
+
+
+def test_the_weight_only_form_is_gptq_rounded_and_reapplies_only_to_its_float_model(tmp_path):
+    from lowbit.errors import ConfigError
+
+    rng = np.random.default_rng(3)
+    path = _two_convs(tmp_path / "m.onnx", rng)
+    x = rng.normal(size=(32, 8, 8, 8)).astype(np.float32)
+    x[:, 0] = 1e4
+    r = lowbit.quantize(str(path), "int8", x, verify=None)
+    assert r.plan.decisions.algorithm_choices["weight-only-gptq"]["layers"] == 2
+    assert any("rounded by GPTQ" in note for note in r.report.data["notes"])
+    with pytest.raises(ConfigError, match="GPTQ rounding of the weight-only form"):
+        lowbit.quantize(str(path), "int8", plan=r.plan, verify=None)
+    again = lowbit.quantize(r.float_model, "int8", plan=r.plan, verify=None)
+    assert again.model.SerializeToString() == r.model.SerializeToString()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from lowbit.algorithms.weight_only_gptq import WEIGHT_ONLY_GPTQ, gptq_weight_only
 from lowbit.calibration import Percentile
 from lowbit.calibration.collect import collect_stats
 from lowbit.config import QuantConfig
@@ -283,6 +284,8 @@ def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
     if plan.model_fingerprint and plan.model_fingerprint != job.prepared.fingerprint:
         changed = [a["name"] for a in plan.config.get("algorithms", [])] + (["recover"] if plan.config.get("recover")
                                                                             else [])
+        if (plan.decisions.algorithm_choices or {}).get(WEIGHT_ONLY_GPTQ):
+            changed.append("GPTQ rounding of the weight-only form")
         if changed:
             raise ConfigError(
                 f"this plan was made with algorithms that change the float weights ({', '.join(changed)}), "
@@ -400,38 +403,53 @@ def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
         fallback, job.speed = weight_only_instead(qmodel.ByteSize(), size,
                                                   measure if _speed_checked(job, job.plan) else None)
         if fallback is not None:
-            qmodel, note = _ship_weight_only(job, fallback.node_why, fallback.why)
+            qmodel, note = _ship_weight_only(job, _weight_only_form(job, fallback.node_why, progress), fallback.why)
         elif job.calib is not None and plan_label(job.plan) == "int8":  # w4a8's weight-only form is 8-bit: larger
-            qmodel, note = _guard_fidelity(job, qmodel, note)
+            qmodel, note = _guard_fidelity(job, qmodel, note, progress)
     if note:
         job.notes.append(note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
     return qmodel
 
 
-def _ship_weight_only(job: _Job, node_why: str, why: str) -> tuple[onnx.ModelProto, str]:
-    """The job's plan becomes its weight-only form (float layers get their FP32 weights back), emitted."""
-    job.plan = weight_only_plan(job.prepared.proto, job.plan, node_why)
-    float_model = restore_float_layers(job.prepared.proto, job.before_fit, job.plan)
+def _weight_only_form(job: _Job, node_why: str, progress: Progress) -> tuple[QuantPlan, onnx.ModelProto]:
+    """(the weight-only plan, the float model it applies to): layers kept in float get their FP32
+    weights back; with calibration data the INT8-stored weights are GPTQ-rounded against the layers'
+    FP32 inputs (`lowbit.algorithms.weight_only_gptq`)."""
+    plan = weight_only_plan(job.prepared.proto, job.plan, node_why)
+    float_model = restore_float_layers(job.prepared.proto, job.before_fit, plan)
+    if job.calib is not None:
+        progress("weight-only rounding", 0, None)
+        float_model, rounded = gptq_weight_only(float_model, plan, job.calib, job.cfg.seed, progress)
+        if rounded:  # recorded in the plan: re-applying it needs this float model (--save-float-model)
+            choices = {**(plan.decisions.algorithm_choices or {}), WEIGHT_ONLY_GPTQ: {"layers": rounded}}
+            plan = replace(plan, decisions=replace(plan.decisions, algorithm_choices=choices))
+    return plan, float_model
+
+
+def _ship_weight_only(job: _Job, form: tuple[QuantPlan, onnx.ModelProto], why: str) -> tuple[onnx.ModelProto, str]:
+    """The job's plan becomes its weight-only form (`_weight_only_form`), emitted."""
+    job.plan, float_model = form
     job.plan.model_fingerprint = fingerprint(float_model)
     job.set_float_model(float_model)
-    job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {why}.")
+    rounded = (job.plan.decisions.algorithm_choices or {}).get(WEIGHT_ONLY_GPTQ)
+    how = f"; {rounded['layers']} layers' weights rounded by GPTQ on the calibration data" if rounded else ""
+    job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {why}{how}.")
     return _emit_static(job.prepared.proto, job.plan)
 
 
-def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str) -> tuple[onnx.ModelProto, str]:
+def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str, progress: Progress) -> tuple[onnx.ModelProto, str]:
     """`lowbit.emit.fidelity_guard`: the static model as emitted, or the weight-only form where the
     static one lost its output's signal on calibration data and the weight-only form keeps it."""
     fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.prepared.proto
     fidelity = OutputFidelity(fp32, job.calib, states=job.state_outputs)
     check = fidelity.check(qmodel)
+    form = None
     if check.lost_signal:
-        plan = weight_only_plan(job.prepared.proto, job.plan, WEIGHT_ONLY_FOR_FIDELITY)
-        candidate, _ = _emit_static(restore_float_layers(job.prepared.proto, job.before_fit, plan), plan)
-        check.weight_only_sqnr_db = fidelity.sqnr_db(candidate)
-        del candidate
+        form = _weight_only_form(job, WEIGHT_ONLY_FOR_FIDELITY, progress)
+        check.weight_only_sqnr_db = fidelity.sqnr_db(_emit_static(form[1], form[0])[0])
     job.fidelity = check.to_dict()
-    if check.weight_only_wins:
-        return _ship_weight_only(job, WEIGHT_ONLY_FOR_FIDELITY, check.why())
+    if check.weight_only_wins and form is not None:
+        return _ship_weight_only(job, form, check.why())
     return qmodel, note
 
 

@@ -108,10 +108,15 @@ class Layer:
         return p.astype(np.float32, copy=False)
 
 
-def find_layers(model: onnx.ModelProto, plan: QuantPlan) -> tuple[list[Layer], dict[str, str]]:
-    """The plan's quantized weighted nodes in topological order, and {node: reason} for those skipped."""
+def find_layers(model: onnx.ModelProto, plan: QuantPlan, weight_only: bool = False
+                ) -> tuple[list[Layer], dict[str, str]]:
+    """The plan's quantized weighted nodes in topological order, and {node: reason} for those skipped.
+    `weight_only`: its 'w8' nodes instead (weights stored INT8 by the emitter, not planned tensors)."""
     g = GraphIndex(model)
-    quantized = {n.name for n in plan.quantized_nodes()}
+    if weight_only:
+        quantized = {n.name for n in plan.nodes.values() if n.precision == "w8"}
+    else:
+        quantized = {n.name for n in plan.quantized_nodes()}
     layers: list[Layer] = []
     skipped: dict[str, str] = {}
     for node in g.graph.node:
@@ -123,7 +128,8 @@ def find_layers(model: onnx.ModelProto, plan: QuantPlan) -> tuple[list[Layer], d
         w_name = node.input[w_idx]
         t = plan.tensors.get(w_name)
         init = g.initializers.get(w_name)
-        if t is None or t.role != "weight" or init is None or init.data_type != onnx.TensorProto.FLOAT:
+        planned = weight_only or (t is not None and t.role == "weight")
+        if not planned or init is None or init.data_type != onnx.TensorProto.FLOAT:
             skipped[node.name] = "weight is not a planned float32 initializer"
             continue
         if len(g.consumers.get(w_name, [])) != 1:

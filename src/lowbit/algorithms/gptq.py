@@ -21,6 +21,7 @@ fraction of its mean (raise it if a Cholesky fails); `block_size` only trades sp
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 import logging
 from dataclasses import dataclass, field
 
@@ -140,7 +141,8 @@ class GPTQ(Algorithm):
         for name, why in skipped.items():
             log.info("gptq: %s keeps round-to-nearest: %s", name, why)
         with one_blas_thread():
-            rounded = self._round_layers(model, layers, plan, ctx)
+            rounded = self.round_layers(model, layers, ctx, lambda layer: ld.grid(plan.tensors[layer.weight].qparams,
+                                                                                  layer.w.shape, copy=False))
         # the model copy is made once the Hessians are gone
         out = onnx.ModelProto()
         out.CopyFrom(model)
@@ -148,9 +150,12 @@ class GPTQ(Algorithm):
             ld.set_initializer(out, name, ld.on_grid(plan.tensors[name].qparams, ints.astype(np.int64)))
         return out, plan
 
-    def _round_layers(self, model: onnx.ModelProto, layers: list[ld.Layer], plan: QuantPlan,
-                      ctx: AlgorithmContext) -> dict[str, np.ndarray]:
-        """{weight name: integers} of every layer, chunk by chunk of Hessians."""
+    def round_layers(self, model: onnx.ModelProto, layers: list[ld.Layer], ctx: AlgorithmContext,
+                     grid_of: Callable[[ld.Layer], tuple[np.ndarray, np.ndarray, int, int]],
+                     fixed_of: Callable[[ld.Layer], np.ndarray | None] = lambda layer: None) -> dict[str, np.ndarray]:
+        """{weight name: integers} of every layer on its grid (`grid_of(layer)`: scale and zero point
+        shaped like the weight, qmin, qmax; `fixed_of(layer)`: integers some weights must take, NaN
+        elsewhere, or None), chunk by chunk of Hessians."""
         rounded: dict[str, np.ndarray] = {}  # weight -> integers, compact until the copy is made
         done = 0
         for chunk in self._chunks(layers):
@@ -158,10 +163,11 @@ class GPTQ(Algorithm):
             for j, layer in enumerate(chunk):
                 h = [hessians[j].take()]  # handed over to _gptq_round, which frees it
                 hessians[j] = None  # each running sum is freed once its layer is rounded
-                q = plan.tensors[layer.weight].qparams
-                s, z, qmin, qmax = ld.grid(q, layer.w.shape, copy=False)  # _gptq_round makes its own
+                s, z, qmin, qmax = grid_of(layer)  # read-only views: _gptq_round makes its own
+                fixed = fixed_of(layer)
                 ints = _gptq_round(_matrix(layer, layer.w), h, _matrix(layer, s), _matrix(layer, z),
-                                   qmin, qmax, self.block_size, self.percdamp, self.act_order)
+                                   qmin, qmax, self.block_size, self.percdamp, self.act_order,
+                                   None if fixed is None else _matrix(layer, fixed))
                 small = np.int8 if qmin >= -128 and qmax <= 127 else np.int32
                 rounded[layer.weight] = np.ascontiguousarray(_unmatrix(layer, ints)).astype(small)
                 layer.w = np.empty(0, np.float32)  # the layer's float weight is no longer needed
@@ -215,13 +221,16 @@ def gptq_round(w: np.ndarray, h: np.ndarray, scale: np.ndarray, zero_point: np.n
 
 
 def _gptq_round(w: np.ndarray, h_owned: list[np.ndarray], scale: np.ndarray, zero_point: np.ndarray, qmin: int,
-                qmax: int, block_size: int, percdamp: float, act_order: bool) -> np.ndarray:
+                qmax: int, block_size: int, percdamp: float, act_order: bool,
+                fixed: np.ndarray | None = None) -> np.ndarray:
     """`gptq_round`, taking over the float64 array in the one-element list `h_owned` (emptied): it is
     permuted, factorised and inverted in place, so one (G, K, K) float64 array is alive (it grows as
-    K^2: 162 MB for a 512-channel 3x3 conv), plus temporaries of K x BLOCK."""
+    K^2: 162 MB for a 512-channel 3x3 conv), plus temporaries of K x BLOCK. `fixed` (shaped like w,
+    NaN where free): integers some weights must take; their error is fed back like any other."""
     W = np.array(w, dtype=np.float32)
     S = np.array(scale, dtype=np.float32)
     Z = np.array(zero_point, dtype=np.float32)
+    F = np.full(W.shape, np.nan, np.float32) if fixed is None else np.array(fixed, dtype=np.float32)
     H = np.asarray(h_owned.pop(), dtype=np.float64)
     g, k = H.shape[0], H.shape[2]
     diag = np.einsum("gii->gi", H)                                    # a writable view of H's diagonal
@@ -231,7 +240,7 @@ def _gptq_round(w: np.ndarray, h_owned: list[np.ndarray], scale: np.ndarray, zer
     perm = None
     if act_order:
         perm = np.argsort(-diag, axis=1, kind="stable")               # (G, K): decreasing H diagonal
-        W, S, Z = (np.take_along_axis(t, perm[:, None, :], axis=2) for t in (W, S, Z))
+        W, S, Z, F = (np.take_along_axis(t, perm[:, None, :], axis=2) for t in (W, S, Z, F))
         for j in range(g):                                            # H[j][perm][:, perm], in place
             _permute(H[j], perm[j])
         diag = np.einsum("gii->gi", H)
@@ -252,6 +261,9 @@ def _gptq_round(w: np.ndarray, h_owned: list[np.ndarray], scale: np.ndarray, zer
         for i in range(i2 - i1):
             col, s, z = W1[:, :, i], S[:, :, i1 + i], Z[:, :, i1 + i]   # (G, O)
             q = np.clip(np.round(col / s) + z, qmin, qmax)
+            if fixed is not None:
+                f = F[:, :, i1 + i]
+                q = np.where(np.isnan(f), q, f)
             Q[:, :, i1 + i] = q
             err = (col - s * (q - z)) / Hb[:, i, i][:, None]            # (G, O)
             W1[:, :, i:] -= err[:, :, None] * Hb[:, i, i:][:, None, :]
