@@ -101,3 +101,23 @@ def test_fixed_integers_are_kept_and_their_error_fed_back():
         return float(np.einsum("ok,kl,ol->", d, h[0], d))
 
     assert err(q) < 0.5 * err(pinned_after)  # the hold's error is compensated by the later columns
+
+
+def test_int8_dynamic_rounds_its_stored_conv_weights_when_given_data(tmp_path):
+    """int8-dynamic needs no data; given calibration data, its INT8-stored Conv weights are
+    GPTQ-rounded (recorded in the plan) and the model is closer to FP32 on inputs it did not see."""
+    import lowbit
+
+    rng = np.random.default_rng(4)
+    model, x = _model(rng)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    plain = lowbit.quantize(str(path), "int8-dynamic", verify=None)
+    fitted = lowbit.quantize(str(path), "int8-dynamic", x[:32], verify=None)
+    assert plain.plan.decisions.algorithm_choices is None
+    rounded = fitted.plan.decisions.algorithm_choices["weight-only-gptq"]["layers"]
+    assert rounded >= 1 and any("rounded by GPTQ" in n for n in fitted.report.data["notes"])
+    held = x[32:]
+    ref = _output(model, held)
+    assert sqnr(ref, _output(fitted.model, held)) > sqnr(ref, _output(plain.model, held)) + 1.0
+    assert len(fitted.model.SerializeToString()) <= 1.01 * len(plain.model.SerializeToString())

@@ -17,7 +17,7 @@ from lowbit.calibration.collect import collect_stats
 from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
 from lowbit.data.stateful import check_data_options, model_feeds
-from lowbit.emit.dynamic import emit_dynamic
+from lowbit.emit.dynamic import emit_dynamic, stored_convs
 from lowbit.emit.fallback import weight_only_instead
 from lowbit.emit.fidelity_guard import WEIGHT_ONLY_FOR_FIDELITY, OutputFidelity
 from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
@@ -35,7 +35,7 @@ from lowbit.onnx.session import run_batch, session
 from lowbit.plan.calibrate import calibrate
 from lowbit.plan.fit import check_plan_fits, plan_to_apply
 from lowbit.plan.int4_recipe import calibrate_int4
-from lowbit.plan.quant_plan import QuantPlan
+from lowbit.plan.quant_plan import NodePlan, QuantPlan
 from lowbit.presets import as_config, resolve_transformer
 from lowbit.progress import Progress, accepts_progress, null_progress
 from lowbit.report import Report
@@ -66,9 +66,10 @@ class QuantResult:
 
 
 class _Clock:
-    """Seconds per stage of one call (`QuantResult.timings`)."""
+    """Seconds per stage of one call (`QuantResult.timings`); the peak RSS is measured from its start."""
 
     def __init__(self) -> None:
+        reset_peak_rss()
         self.timings: dict[str, float] = {}
         self.start = self.t = time.perf_counter()
 
@@ -198,7 +199,6 @@ def quantize(
     >>> print(result.report)
     """
     clock = _Clock()
-    reset_peak_rss()
     recover = _recovery(recover, as_config(config), plan)  # a misplaced recover fails before any work
     outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
     out_target = check_outputs(outputs, {"model": model, "calib_data": calib_data, "eval_data": eval_data,
@@ -210,14 +210,15 @@ def quantize(
     clock.lap("load+prepare")
     if plan is not None:
         _reapply(job, plan)
-    elif job.cfg.precision in ("int8", "int4"):
+    elif job.cfg.precision in ("int8", "int4") or (job.cfg.precision == "int8-dynamic" and calib_data is not None):
         job.calib = _calibration_feeds(job, (calib_data, eval_data, labels), data, calib_limit)
-        budget = Budget(metric, max_drop, min_metric, search_evals) if (max_drop, min_metric) != (None, None) else None
-        _calibrate(job, budget is not None, recover, progress, clock.timings)
-        clock.lap("calibrate+plan")
-        if budget is not None:
-            metric = _search(job, budget, eval_data, labels, data, verify, progress, checkpoint, recover)
-            clock.lap("search")
+        if job.cfg.precision != "int8-dynamic":  # static: calibrate (and search); int8-dynamic: GPTQ rounding
+            budget = Budget(metric, max_drop, min_metric, search_evals) if (max_drop, min_metric) != (None, None) else None
+            _calibrate(job, budget is not None, recover, progress, clock.timings)
+            clock.lap("calibrate+plan")
+            if budget is not None:
+                metric = _search(job, budget, eval_data, labels, data, verify, progress, checkpoint, recover)
+                clock.lap("search")
     qmodel, qbytes = _emit(job, config if isinstance(config, str) else None, progress)
     clock.lap("emit")
     report = _quantize_report(job, output, clock)
@@ -380,7 +381,16 @@ def _emit(job: _Job, preset_name: str | None, progress: Progress) -> tuple[onnx.
         fp16_arithmetic = target_traits(cfg.target).fp16
         qmodel, job.plan = emit_fp16(float_model, cfg.keep_io_types) if fp16_arithmetic else emit_fp16_weights(float_model)
     elif cfg.precision == "int8-dynamic" and not job.reapplied:
-        qmodel, job.plan = emit_dynamic(float_model, target=cfg.target)
+        rounded = 0
+        if job.calib is not None:  # data given: the INT8-stored Conv weights are GPTQ-rounded against it
+            progress("weight-only rounding", 0, None)
+            convs = stored_convs(float_model)
+            w8 = QuantPlan("int8-dynamic", nodes={n: NodePlan(n, "Conv", "w8") for n in convs})
+            float_model, rounded = gptq_weight_only(float_model, w8, job.calib, cfg.seed, progress)
+        qmodel, job.plan = emit_dynamic(float_model, target=cfg.target,
+                                        algorithm_choices={WEIGHT_ONLY_GPTQ: {"layers": rounded}} if rounded else None)
+        if rounded:
+            job.notes.append(f"{rounded} convolutions' INT8-stored weights rounded by GPTQ on the calibration data.")
     else:
         qmodel = _emit_int8(job, progress)
     qbytes = qmodel.SerializeToString()

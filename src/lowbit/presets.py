@@ -112,7 +112,8 @@ PRESETS: dict[str, tuple[Callable[[], QuantConfig], str]] = {
                   "Static INT8 QDQ, quantize fast: min-max calibration, no optimisation."),
     "int8-dynamic": (lambda: QuantConfig(precision="int8-dynamic"),
                      "No calibration data: INT8 MatMul/Gemm weights with activations quantized at run time; "
-                     "Conv weights stored INT8 and computed in FP32 (ONNX Runtime's dynamic Conv is slow)."),
+                     "Conv weights stored INT8 and computed in FP32 (ONNX Runtime's dynamic Conv is slow), "
+                     "GPTQ-rounded when calibration data is given."),
 }
 """Preset name -> (QuantConfig factory, one-line description); `preset(name)` builds one."""
 

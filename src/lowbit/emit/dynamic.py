@@ -70,10 +70,11 @@ class _NoPreprocessAdvice(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str = "auto"
-                 ) -> tuple[onnx.ModelProto, QuantPlan]:
+def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str = "auto",
+                 algorithm_choices: dict | None = None) -> tuple[onnx.ModelProto, QuantPlan]:
     """Dynamic INT8 model and its plan. On CPUs whose u8 x s8 kernels saturate (see
-    lowbit.target.cpu) the weights use ONNX Runtime's reduced 7-bit range, which is exact there."""
+    lowbit.target.cpu) the weights use ONNX Runtime's reduced 7-bit range, which is exact there.
+    `algorithm_choices`: what was done to `model`'s weights before (recorded in the plan)."""
     reduce_range = target_traits(target).u8s8_saturates
     src = onnx.shape_inference.infer_shapes(gemm_to_matmul(model))
     with tempfile.TemporaryDirectory(prefix="lowbit-dyn-") as tmp:
@@ -92,6 +93,7 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
     # quantize_dynamic does not reach into If / Loop / Scan bodies: their weights are stored as w8
     subgraphs.record(plan, subgraphs.store_subgraph_weights(out, "w8"))
     plan.decisions.reduce_range = reduce_range
+    plan.decisions.algorithm_choices = algorithm_choices
     record_plan(out, plan)
     return out, plan
 
@@ -99,6 +101,21 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
 # Weights stored as INT8 + scales and computed in FP32: Conv (dynamic Conv kernels are slow) and the
 # recurrent layers' input and recurrence weights W, R (no dynamic kernel exists for them)
 STORED_SLOTS = {"Conv": (1,), **RECURRENT_SLOTS}
+
+
+def stored_convs(model: onnx.ModelProto) -> list[str]:
+    """The Conv nodes whose weights the int8-dynamic preset stores INT8 (`_conv_weights_in_int8`):
+    a constant FP32 weight read by that node alone, outside the network's first layers."""
+    g = GraphIndex(model)
+    early = early_layers(model)
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name in early or len(node.input) < 2:
+            continue
+        init = g.initializers.get(node.input[1])
+        if init is not None and init.data_type == onnx.TensorProto.FLOAT and len(g.consumers.get(node.input[1], [])) == 1:
+            out.append(node.name)
+    return out
 
 
 def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
