@@ -433,18 +433,19 @@ def _weight_only_form(job: _Job, node_why: str, progress: Progress) -> tuple[Qua
         if rounded:  # recorded in the plan: re-applying it needs this float model (--save-float-model)
             choices = {**(plan.decisions.algorithm_choices or {}), WEIGHT_ONLY_GPTQ: {"layers": rounded}}
             plan = replace(plan, decisions=replace(plan.decisions, algorithm_choices=choices))
+    plan.model_fingerprint = fingerprint(float_model)  # before emit: the file records the plan
     return plan, float_model
 
 
-def _ship_weight_only(job: _Job, form: tuple[QuantPlan, onnx.ModelProto], why: str) -> tuple[onnx.ModelProto, str]:
-    """The job's plan becomes its weight-only form (`_weight_only_form`), emitted."""
+def _ship_weight_only(job: _Job, form: tuple[QuantPlan, onnx.ModelProto], why: str,
+                      emitted: tuple[onnx.ModelProto, str] | None = None) -> tuple[onnx.ModelProto, str]:
+    """The job's plan becomes its weight-only form (`_weight_only_form`), emitted (`emitted`: already)."""
     job.plan, float_model = form
-    job.plan.model_fingerprint = fingerprint(float_model)
     job.set_float_model(float_model)
     rounded = (job.plan.decisions.algorithm_choices or {}).get(WEIGHT_ONLY_GPTQ)
     how = f"; {rounded['layers']} layers' weights rounded by GPTQ on the calibration data" if rounded else ""
     job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {why}{how}.")
-    return _emit_static(job.prepared.proto, job.plan)
+    return emitted or _emit_static(job.prepared.proto, job.plan)
 
 
 def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str, progress: Progress) -> tuple[onnx.ModelProto, str]:
@@ -453,13 +454,14 @@ def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str, progress: Pro
     fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.prepared.proto
     fidelity = OutputFidelity(fp32, job.calib, states=job.state_outputs)
     check = fidelity.check(qmodel)
-    form = None
+    form = candidate = None
     if check.lost_signal:
         form = _weight_only_form(job, WEIGHT_ONLY_FOR_FIDELITY, progress)
-        check.weight_only_sqnr_db = fidelity.sqnr_db(_emit_static(form[1], form[0])[0])
+        candidate = _emit_static(form[1], form[0])
+        check.weight_only_sqnr_db = fidelity.sqnr_db(candidate[0])
     job.fidelity = check.to_dict()
     if check.weight_only_wins and form is not None:
-        return _ship_weight_only(job, form, check.why())
+        return _ship_weight_only(job, form, check.why(), candidate)
     return qmodel, note
 
 
