@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -103,19 +104,22 @@ def emit_dynamic(model: onnx.ModelProto, per_channel: bool = True, target: str =
 STORED_SLOTS = {"Conv": (1,), **RECURRENT_SLOTS}
 
 
-def stored_convs(model: onnx.ModelProto) -> list[str]:
-    """The Conv nodes whose weights the int8-dynamic preset stores INT8 (`_conv_weights_in_int8`):
-    a constant FP32 weight read by that node alone, outside the network's first layers."""
-    g = GraphIndex(model)
-    early = early_layers(model)
-    out = []
+def _stored_weights(model: onnx.ModelProto, g: GraphIndex, early: dict[str, str]
+                    ) -> Iterator[tuple[onnx.NodeProto, str, onnx.TensorProto]]:
+    """(node, weight name, initializer) of each weight the preset stores INT8: a constant FP32
+    weight (STORED_SLOTS) read by that node alone, outside the network's first layers."""
     for node in model.graph.node:
-        if node.op_type != "Conv" or node.name in early or len(node.input) < 2:
-            continue
-        init = g.initializers.get(node.input[1])
-        if init is not None and init.data_type == onnx.TensorProto.FLOAT and len(g.consumers.get(node.input[1], [])) == 1:
-            out.append(node.name)
-    return out
+        slots = STORED_SLOTS.get(node.op_type, ()) if node.name not in early else ()
+        for w_name in (node.input[k] for k in slots if k < len(node.input)):
+            init = g.initializers.get(w_name)
+            if init is not None and init.data_type == onnx.TensorProto.FLOAT and len(g.consumers.get(w_name, [])) == 1:
+                yield node, w_name, init
+
+
+def stored_convs(model: onnx.ModelProto) -> list[str]:
+    """The Conv nodes whose weights the int8-dynamic preset stores INT8 (`_conv_weights_in_int8`)."""
+    return [node.name for node, _, _ in _stored_weights(model, GraphIndex(model), early_layers(model))
+            if node.op_type == "Conv"]
 
 
 def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.ModelProto:
@@ -126,24 +130,18 @@ def _conv_weights_in_int8(model: onnx.ModelProto, plan: QuantPlan) -> onnx.Model
     head: list[onnx.NodeProto] = []
     replaced: set[str] = set()
     made = Names(model)
-    for node in model.graph.node:
-        slots = STORED_SLOTS.get(node.op_type, ()) if node.name not in early else ()
-        for w_name in (node.input[k] for k in slots if k < len(node.input)):
-            init = g.initializers.get(w_name)
-            if init is None or init.data_type != onnx.TensorProto.FLOAT or len(g.consumers.get(w_name, [])) != 1:
-                continue
-            w = numpy_helper.to_array(init)
-            inits, nodes = stored_int8_nodes(w_name, weight_only_int8(w, 0), made)
-            model.graph.initializer.extend(inits)
-            head.extend(nodes)
-            replaced.add(w_name)
-            if node.name in plan.nodes:
-                plan.nodes[node.name].precision = "w8"
-                plan.nodes[node.name].reason = (
-                    "INT8-stored weights (scale per group), float arithmetic: ONNX Runtime's dynamic Conv kernels "
-                    "are slower than FP32 on CPU" if node.op_type == "Conv" else
-                    f"INT8-stored weights (scale per group), float arithmetic: ONNX Runtime has no dynamic "
-                    f"{node.op_type} kernel")
+    for node, w_name, init in list(_stored_weights(model, g, early)):  # listed: the graph grows below
+        inits, nodes = stored_int8_nodes(w_name, weight_only_int8(numpy_helper.to_array(init), 0), made)
+        model.graph.initializer.extend(inits)
+        head.extend(nodes)
+        replaced.add(w_name)
+        if node.name in plan.nodes:
+            plan.nodes[node.name].precision = "w8"
+            plan.nodes[node.name].reason = (
+                "INT8-stored weights (scale per group), float arithmetic: ONNX Runtime's dynamic Conv kernels "
+                "are slower than FP32 on CPU" if node.op_type == "Conv" else
+                f"INT8-stored weights (scale per group), float arithmetic: ONNX Runtime has no dynamic "
+                f"{node.op_type} kernel")
     for name, why in early.items():
         if name in plan.nodes and plan.nodes[name].op == "Conv":
             plan.nodes[name].reason = why
