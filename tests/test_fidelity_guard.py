@@ -10,6 +10,11 @@ from onnx import TensorProto, helper, numpy_helper
 import lowbit
 from lowbit.core.fidelity import sqnr
 from lowbit.emit.fidelity_guard import FLOOR_DB, FidelityCheck
+from lowbit.presets import preset
+
+# the int8 recipe without this CPU's timings (layers kept FP32 for speed, the whole-model speed
+# fallback) and on VNNI's 8-bit weight grid: the same plan on every CPU
+PINNED = preset("int8").with_(objective="size", target="vnni")
 
 
 def test_weight_only_ships_only_under_the_floor_and_by_the_margin():
@@ -54,7 +59,7 @@ def test_a_static_model_that_lost_its_signal_ships_weight_only(tmp_path):
         x[:, 0] = 1e4
         return x
 
-    r = lowbit.quantize(str(path), "int8", data(32), verify=None)
+    r = lowbit.quantize(str(path), PINNED, data(32), verify=None)
     check = r.report.data["fidelity_check"]
     assert check["qdq_sqnr_db"] < FLOOR_DB and check["weight_only_sqnr_db"] > 30, check
     assert check["shipped"] == "weight-only"
@@ -67,7 +72,7 @@ def test_a_static_model_that_keeps_its_signal_ships_as_is(tmp_path):
     rng = np.random.default_rng(1)
     path = _two_convs(tmp_path / "m.onnx", rng)
     calib = rng.normal(size=(32, 8, 8, 8)).astype(np.float32)
-    r = lowbit.quantize(str(path), "int8", calib, verify=None)
+    r = lowbit.quantize(str(path), PINNED, calib, verify=None)
     check = r.report.data["fidelity_check"]
     assert check["qdq_sqnr_db"] > FLOOR_DB and check["weight_only_sqnr_db"] is None and check["shipped"] == "static INT8"
     assert {n.precision for n in r.plan.nodes.values() if n.op == "Conv"} == {"int8"}
@@ -102,7 +107,7 @@ def test_the_weight_only_form_is_gptq_rounded_and_reapplies_only_to_its_float_mo
     path = _two_convs(tmp_path / "m.onnx", rng)
     x = rng.normal(size=(32, 8, 8, 8)).astype(np.float32)
     x[:, 0] = 1e4
-    r = lowbit.quantize(str(path), "int8", x, verify=None)
+    r = lowbit.quantize(str(path), PINNED, x, verify=None)
     assert r.plan.decisions.algorithm_choices["weight-only-gptq"]["layers"] == 2
     assert any("rounded by GPTQ" in note for note in r.report.data["notes"])
     with pytest.raises(ConfigError, match="GPTQ rounding of the weight-only form"):

@@ -451,7 +451,9 @@ def _ship_weight_only(job: _Job, form: tuple[QuantPlan, onnx.ModelProto], why: s
 def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str, progress: Progress) -> tuple[onnx.ModelProto, str]:
     """`lowbit.emit.fidelity_guard`: the static model as emitted, or the weight-only form where the
     static one lost its output's signal on calibration data and the weight-only form keeps it."""
-    fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.prepared.proto
+    # FP32 as given (kept for verification), else the float model before the plan-stage fits: the
+    # prepared model then holds GPTQ's / bias correction's weights, not FP32's
+    fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.before_fit
     fidelity = OutputFidelity(fp32, job.calib, states=job.state_outputs)
     check = fidelity.check(qmodel)
     form = candidate = None
