@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
 from lowbit.core.fidelity import sqnr
-from lowbit.emit.fidelity_guard import FLOOR_DB, FidelityCheck
+from lowbit.emit.fidelity_guard import DECISION_FLOOR, FLOOR_DB, FidelityCheck
 from lowbit.presets import preset
 
 # the int8 recipe without this CPU's timings (layers kept FP32 for speed, the whole-model speed
@@ -114,3 +114,53 @@ def test_the_weight_only_form_is_gptq_rounded_and_reapplies_only_to_its_float_mo
         lowbit.quantize(str(path), "int8", plan=r.plan, verify=None)
     again = lowbit.quantize(r.float_model, "int8", plan=r.plan, verify=None)
     assert again.model.SerializeToString() == r.model.SerializeToString()
+
+
+def test_decisions_lost_under_the_floor_ship_weight_only_when_it_halves_the_loss():
+    def check(kept, wo_kept, wo_db=30.0):
+        return FidelityCheck(20.0, 64, "all values pooled", weight_only_sqnr_db=wo_db, decisions_kept=kept,
+                             weight_only_decisions_kept=wo_kept)
+    assert check(0.56, 0.94).weight_only_wins  # 44% of samples changed -> 6%
+    assert not check(0.56, 0.70).weight_only_wins  # 30% changed: not half of 44%
+    assert not check(DECISION_FLOOR, 1.0).weight_only_wins  # static keeps enough
+    assert not check(0.56, 0.94, wo_db=15.0).weight_only_wins  # further from FP32's values
+    assert not FidelityCheck(20.0, 64, "all values pooled", weight_only_sqnr_db=40.0).needs_weight_only  # no decisions
+    assert check(0.56, 0.94).to_dict()["shipped"] == "weight-only"
+
+
+def _classifier(path, rng):
+    """_two_convs, then spatial mean, a low temperature and Softmax over the 96 classes: probabilities
+    near 1/96 each, whose argmax small logit errors change."""
+    model = onnx.load(_two_convs(path, rng))
+    model.graph.output.pop()
+    model.graph.initializer.append(numpy_helper.from_array(np.array(0.05, np.float32), "temperature"))
+    model.graph.node.extend([
+        helper.make_node("ReduceMean", ["y"], ["logits"], name="mean", axes=[2, 3], keepdims=0),
+        helper.make_node("Mul", ["logits", "temperature"], ["cooled"], name="cool"),
+        helper.make_node("Softmax", ["cooled"], ["p"], name="softmax", axis=-1)])
+    model.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 96]))
+    onnx.save(model, path)
+    return path
+
+
+def test_a_static_model_that_changed_decisions_ships_weight_only(tmp_path):
+    """Near-uniform probabilities keep their values (SQNR above the floor) while the argmax of most
+    samples changes under static INT8 (an input channel nothing reads sets the input's grid); INT8
+    weights alone keep the decisions. The guard counts decisions and ships the weight-only form."""
+    rng = np.random.default_rng(4)
+    path = _classifier(tmp_path / "m.onnx", rng)
+
+    def data(n):
+        x = rng.normal(size=(n, 8, 8, 8)).astype(np.float32)
+        x[:, 0] = 1e3
+        return x
+
+    r = lowbit.quantize(str(path), PINNED, data(64), verify=None)
+    check = r.report.data["fidelity_check"]
+    assert check["qdq_sqnr_db"] > FLOOR_DB and check["decisions_kept"] < DECISION_FLOOR, check
+    assert check["weight_only_decisions_kept"] >= DECISION_FLOOR and check["shipped"] == "weight-only", check
+    assert any("kept every decision of FP32" in note for note in r.report.data["notes"])
+    x = data(32)
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = ort.InferenceSession(r.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.mean(ref.argmax(-1) == got.argmax(-1)) >= 0.9

@@ -206,16 +206,17 @@ def test_ppocrv4_rec_int8_bar(tmp_path):
     ref = np.concatenate(run(onnx.load(str(ZOO_REC)), runs))
     got = np.concatenate(run(onnx.load(str(out)), runs))
     assert METRICS.create("ctc-exact").score(ref, got) >= MIN_STRINGS
+    check = result.report.data["fidelity_check"]
+    assert check["decisions_kept"] < check["decision_floor"] and check["shipped"] == "weight-only", check
     choice = result.plan.decisions["float_choice"]  # recorded; it only ever moves closer to FP32 on calibration
     assert choice["sqnr_db"] >= choice["base_sqnr_db"] and choice["weight_share"] <= choice["budget_share"]
     assert out.stat().st_size <= MAX_SIZE * ZOO_REC.stat().st_size
 
 
-# reached (issue 16 asks 0.97 at 0.35) on the zoo's legible lines (2026-12-06): 0.927 at 0.294 with
-# VNNI's full 8-bit weight grid, 0.753 at 0.302 with AVX2's (target='avx2' on the same machine); the
-# transformer recipe 0.987 at 0.718, int8-fast 0.433 at 0.279. On the earlier, partly illegible lines
-# the latency choice alone swung int8 between 0.49 and 0.83, hence the floor's margin.
-MIN_STRINGS, MAX_SIZE = 0.60, 0.32
+# issue 16's bar. The static INT8 plan keeps 0.927 at 0.294 (VNNI's 8-bit weight grid; 0.753 with
+# AVX2's), changing every argmax of only 56% of the calibration lines; the fidelity guard ships its
+# GPTQ-rounded weight-only form, 0.987 at 0.277 on either target (2026-12-06, this machine).
+MIN_STRINGS, MAX_SIZE = 0.97, 0.35
 
 
 def test_float_prefix_is_also_tried_with_float_elementwise(monkeypatch):
@@ -232,7 +233,7 @@ def test_float_prefix_is_also_tried_with_float_elementwise(monkeypatch):
     choice = {"float": False, "sqnr_int8_db": 6.8, "sqnr_float_db": 6.81}
     prefix = {"sqnr_db": {"0": 6.8, "3": 7.1}, "chosen": 0}
 
-    def fake_prefix(model, plan, calib):
+    def fake_prefix(model, plan, calib, known_db=None):
         return alt_out, {"sqnr_db": {"0": 6.81, "9": gain}, "chosen": 9}
 
     monkeypatch.setattr(cal, "choose_float_prefix", fake_prefix)

@@ -241,4 +241,6 @@ def test_yolov8n_int8_detection_f1(tmp_path) -> None:
 def test_magika_int8_top1_agreement(tmp_path) -> None:
     agree, res = _zoo_score("magika", tmp_path)
     assert res.plan.decisions.elementwise_choice["float"]
-    assert agree >= 0.9  # measured 0.95 (0.06 with the GELU / layer-norm arithmetic in INT8)
+    # measured 1.000: static INT8 (0.95; 0.06 with the GELU / layer-norm arithmetic in INT8) changed
+    # the top class of more than 3% of calibration files, so the fidelity guard ships weight-only
+    assert agree >= 0.9

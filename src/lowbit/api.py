@@ -450,17 +450,17 @@ def _ship_weight_only(job: _Job, form: tuple[QuantPlan, onnx.ModelProto], why: s
 
 def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str, progress: Progress) -> tuple[onnx.ModelProto, str]:
     """`lowbit.emit.fidelity_guard`: the static model as emitted, or the weight-only form where the
-    static one lost its output's signal on calibration data and the weight-only form keeps it."""
+    static one lost its output's signal or decisions on calibration data and the weight-only form keeps them."""
     # FP32 as given (kept for verification), else the float model before the plan-stage fits: the
     # prepared model then holds GPTQ's / bias correction's weights, not FP32's
     fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.before_fit
     fidelity = OutputFidelity(fp32, job.calib, states=job.state_outputs)
     check = fidelity.check(qmodel)
     form = candidate = None
-    if check.lost_signal:
+    if check.needs_weight_only:
         form = _weight_only_form(job, WEIGHT_ONLY_FOR_FIDELITY, progress)
         candidate = _emit_static(form[1], form[0])
-        check.weight_only_sqnr_db = fidelity.sqnr_db(candidate[0])
+        check.weight_only_sqnr_db, check.weight_only_decisions_kept = fidelity.measured(candidate[0])
     job.fidelity = check.to_dict()
     if check.weight_only_wins and form is not None:
         return _ship_weight_only(job, form, check.why(), candidate)

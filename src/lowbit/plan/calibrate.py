@@ -125,7 +125,7 @@ def _prefix_with_float_elementwise(model: onnx.ModelProto, plan: QuantPlan, pref
     together 21 dB, strings identical to FP32 0.09 -> 0.74. So the float prefix is also chosen on the
     float-elementwise plan, which replaces the result when clearly closer (the same margin)."""
     best = max(prefix["sqnr_db"].values()) if prefix else choice["sqnr_int8_db"]
-    alt_plan, alt_prefix = choose_float_prefix(model, alt, calib)
+    alt_plan, alt_prefix = choose_float_prefix(model, alt, calib, known_db=choice["sqnr_float_db"])
     alt_best = max(alt_prefix["sqnr_db"].values()) if alt_prefix else choice["sqnr_float_db"]
     if alt_best <= best + ELEMENTWISE_MARGIN_DB:
         return plan, prefix
@@ -163,7 +163,9 @@ def _measured_plan(model: onnx.ModelProto, config: QuantConfig, calib: FeedSourc
     if clipping:
         plan.decisions.activation_clipping = clipping
     if mixed:
-        plan, prefix = choose_float_prefix(model, plan, calib)
+        known = (choice["sqnr_float_db"] if choice["float"] else choice["sqnr_int8_db"]) if choice else \
+            (clipping["levels"][str(clipping["chosen"])] if clipping else None)
+        plan, prefix = choose_float_prefix(model, plan, calib, known_db=known)
         if alt is not None and not choice["float"]:
             plan, prefix = _prefix_with_float_elementwise(model, plan, prefix, alt, choice, clipping, calib)
         if prefix:

@@ -48,8 +48,11 @@ def prefix_layers(model: onnx.ModelProto, plan: QuantPlan, budget: float = PREFI
 
 
 def choose_float_prefix(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable[Batch],
-                        budget: float = PREFIX_BUDGET, margin: float = MARGIN_DB) -> tuple[QuantPlan, dict]:
-    """(plan, record): `plan` or the plan with its first layers in float (see module doc)."""
+                        budget: float = PREFIX_BUDGET, margin: float = MARGIN_DB,
+                        known_db: float | None = None) -> tuple[QuantPlan, dict]:
+    """(plan, record): `plan` or the plan with its first layers in float (see module doc).
+    `known_db`: `plan`'s own output SQNR on the same SAMPLES calibration inputs, where the caller
+    measured it already (not simulated again)."""
     layers = prefix_layers(model, plan, budget)
     if not layers:
         return plan, {}
@@ -57,7 +60,8 @@ def choose_float_prefix(model: onnx.ModelProto, plan: QuantPlan, calib: Iterable
     plans = {"0": plan}
     for k in range(1, len(layers) + 1):
         plans[str(k)] = mixed_plan(model, plan, {n: "fp32" for n in layers[:k]})
-    sqnr = simulated_sqnr(model, plans, batches)
+    measured = plans if known_db is None else {k: p for k, p in plans.items() if k != "0"}
+    sqnr = {**({} if known_db is None else {"0": known_db}), **simulated_sqnr(model, measured, batches)}
     best = max(plans, key=lambda k: (sqnr[k], -int(k)))
     chosen = best if sqnr[best] > sqnr["0"] + margin else "0"
     record = {"sqnr_db": sqnr, "chosen": int(chosen), "layers": layers[:int(chosen)], "margin_db": margin,
