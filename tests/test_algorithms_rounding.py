@@ -162,6 +162,22 @@ def test_quantize_tiny_convnet_runs_with_parity(alg) -> None:
     assert any(not np.array_equal(first[n], rtn[n]) for n in first)  # it did change some roundings
 
 
+
+def test_gptq_leaves_convolutions_wider_than_max_columns_round_to_nearest() -> None:
+    """conv1 reads 27 inputs per output, conv2 36: with max_columns 30 only conv1 is GPTQ-rounded
+    (a K x K Hessian and its K^3 factorisation are what GPTQ costs), conv2 keeps nearest rounding."""
+    model, calib = tiny_convnet(), smooth_images(12, 1)
+    plain = lowbit.quantize(model, QuantConfig(objective="size"), calib, verify=None)
+    capped = lowbit.quantize(model, QuantConfig(objective="size", algorithms=(GPTQ(block_size=8, max_columns=30),)),
+                             calib, verify=None)
+    before, after = GraphIndex(plain.float_model), GraphIndex(capped.float_model)
+    assert np.array_equal(after.constant("w2"), before.constant("w2"))  # left to the emitter's nearest rounding
+    w1 = after.constant("w1")
+    assert np.array_equal(capped.plan.tensors["w1"].qparams.fake_quantize(w1), w1)  # GPTQ put it on its grid
+    assert not np.array_equal(w1, plain.plan.tensors["w1"].qparams.fake_quantize(before.constant("w1")))
+    with pytest.raises(lowbit.errors.ConfigError, match="max_columns"):
+        GPTQ(max_columns=0)
+
 def test_four_bit_plan_is_respected() -> None:
     model, calib = tiny_convnet(), smooth_images(12, 1)
     cfg = QuantConfig(objective="size", weights=Scheme(int4, PerChannel(0), symmetric=True),

@@ -121,15 +121,20 @@ class GPTQ(Algorithm):
     # Neighbouring conv positions carry nearly the same patch: on YOLOv8n (320x320) all rows cost
     # 48 s of H sums, most of GPTQ's time, for a Hessian that a few hundred rows per image pin down.
     rows_per_sample: int = 0
+    # convolutions with more inputs per output (K/G = C/G x kh x kw) keep round-to-nearest: H is
+    # K x K float64 and its factorisation costs K^3. PP-OCRv3 rec's 1024-channel 3x3 conv (K = 9216,
+    # 64 outputs): 680 MB of H and most of the 142 s its `int8` took. MatMul / Gemm are not capped
+    # (their K is a model width, where GPTQ is what 4-bit weights need)
+    max_columns: int = 8192
 
     op_types: tuple[str, ...] = field(default=("Conv", "Gemm", "MatMul"))
 
     stage = "plan"
 
     def __post_init__(self) -> None:
-        if not self.percdamp > 0 or self.block_size < 1 or self.rows_per_sample < 0:
-            raise ConfigError(f"GPTQ needs percdamp > 0, block_size >= 1 and rows_per_sample >= 0; got "
-                              f"{self.percdamp}, {self.block_size}, {self.rows_per_sample}")
+        if not self.percdamp > 0 or self.block_size < 1 or self.rows_per_sample < 0 or self.max_columns < 1:
+            raise ConfigError(f"GPTQ needs percdamp > 0, block_size >= 1, rows_per_sample >= 0 and max_columns "
+                              f">= 1; got {self.percdamp}, {self.block_size}, {self.rows_per_sample}, {self.max_columns}")
         object.__setattr__(self, "op_types", tuple(self.op_types))
 
     def apply(self, model: onnx.ModelProto, plan: QuantPlan | None,
@@ -157,6 +162,11 @@ class GPTQ(Algorithm):
         shaped like the weight, qmin, qmax; `fixed_of(layer)`: integers some weights must take, NaN
         elsewhere, or None), chunk by chunk of Hessians."""
         rounded: dict[str, np.ndarray] = {}  # weight -> integers, compact until the copy is made
+        wide = {lay.node for lay in layers if lay.op == "Conv" and _matrix(lay, lay.w).shape[2] > self.max_columns}
+        for name in wide:
+            log.info("gptq: %s keeps round-to-nearest: more than %d inputs per output (max_columns)",
+                     name, self.max_columns)
+        layers = [lay for lay in layers if lay.node not in wide]
         done = 0
         for chunk in self._chunks(layers):
             hessians: list[Hessian | None] = list(_hessians(model, chunk, ctx, self.rows_per_sample))
