@@ -159,6 +159,7 @@ def test_a_static_model_that_changed_decisions_ships_weight_only(tmp_path):
     check = r.report.data["fidelity_check"]
     assert check["qdq_sqnr_db"] > FLOOR_DB and check["decisions_kept"] < DECISION_FLOOR, check
     assert check["weight_only_decisions_kept"] >= DECISION_FLOOR and check["shipped"] == "weight-only", check
+    assert check["samples"] == 16 and check["decision_samples"] == 64  # full outputs kept for 16 batches only
     assert any("kept every decision of FP32" in note for note in r.report.data["notes"])
     x = data(32)
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
