@@ -41,10 +41,23 @@ def _two_convs(path, rng):
     return path
 
 
-def _sqnr_vs_fp32(fp32_path, model, x):
+def _outputs(fp32_path, model, x):
+    """(FP32's output, `model`'s) on x."""
     ref = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    return sqnr(ref, got)
+    return ref, got
+
+
+def _sqnr_vs_fp32(fp32_path, model, x):
+    return sqnr(*_outputs(fp32_path, model, x))
+
+
+def _loud_unread_channel(rng, n, level):
+    """n inputs (N, 8, 8, 8) whose channel 0, which no weight reads, holds `level`: it alone sets
+    the input's per-tensor 8-bit grid."""
+    x = rng.normal(size=(n, 8, 8, 8)).astype(np.float32)
+    x[:, 0] = level
+    return x
 
 
 def test_a_static_model_that_lost_its_signal_ships_weight_only(tmp_path):
@@ -53,19 +66,13 @@ def test_a_static_model_that_lost_its_signal_ships_weight_only(tmp_path):
     weights alone keep the output. The guard measures both and ships the weight-only form."""
     rng = np.random.default_rng(0)
     path = _two_convs(tmp_path / "m.onnx", rng)
-
-    def data(n):
-        x = rng.normal(size=(n, 8, 8, 8)).astype(np.float32)
-        x[:, 0] = 1e4
-        return x
-
-    r = lowbit.quantize(str(path), PINNED, data(32), verify=None)
+    r = lowbit.quantize(str(path), PINNED, _loud_unread_channel(rng, 32, 1e4), verify=None)
     check = r.report.data["fidelity_check"]
     assert check["qdq_sqnr_db"] < FLOOR_DB and check["weight_only_sqnr_db"] > 30, check
     assert check["shipped"] == "weight-only"
     assert {n.precision for n in r.plan.nodes.values() if n.op == "Conv"} == {"w8"}
     assert any("INT8 weights alone keep" in note for note in r.report.data["notes"])
-    assert _sqnr_vs_fp32(path, r.model, data(8)) > 30
+    assert _sqnr_vs_fp32(path, r.model, _loud_unread_channel(rng, 8, 1e4)) > 30
 
 
 def test_a_static_model_that_keeps_its_signal_ships_as_is(tmp_path):
@@ -105,9 +112,7 @@ def test_the_weight_only_form_is_gptq_rounded_and_reapplies_only_to_its_float_mo
 
     rng = np.random.default_rng(3)
     path = _two_convs(tmp_path / "m.onnx", rng)
-    x = rng.normal(size=(32, 8, 8, 8)).astype(np.float32)
-    x[:, 0] = 1e4
-    r = lowbit.quantize(str(path), PINNED, x, verify=None)
+    r = lowbit.quantize(str(path), PINNED, _loud_unread_channel(rng, 32, 1e4), verify=None)
     assert r.plan.decisions.algorithm_choices["weight-only-gptq"]["layers"] == 2
     assert any("rounded by GPTQ" in note for note in r.report.data["notes"])
     with pytest.raises(ConfigError, match="GPTQ rounding of the weight-only form"):
@@ -149,19 +154,11 @@ def test_a_static_model_that_changed_decisions_ships_weight_only(tmp_path):
     weights alone keep the decisions. The guard counts decisions and ships the weight-only form."""
     rng = np.random.default_rng(4)
     path = _classifier(tmp_path / "m.onnx", rng)
-
-    def data(n):
-        x = rng.normal(size=(n, 8, 8, 8)).astype(np.float32)
-        x[:, 0] = 1e3
-        return x
-
-    r = lowbit.quantize(str(path), PINNED, data(64), verify=None)
+    r = lowbit.quantize(str(path), PINNED, _loud_unread_channel(rng, 64, 1e3), verify=None)
     check = r.report.data["fidelity_check"]
     assert check["qdq_sqnr_db"] > FLOOR_DB and check["decisions_kept"] < DECISION_FLOOR, check
     assert check["weight_only_decisions_kept"] >= DECISION_FLOOR and check["shipped"] == "weight-only", check
     assert check["samples"] == 16 and check["decision_samples"] == 64  # full outputs kept for 16 batches only
     assert any("kept every decision of FP32" in note for note in r.report.data["notes"])
-    x = data(32)
-    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = ort.InferenceSession(r.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ref, got = _outputs(path, r.model, _loud_unread_channel(rng, 32, 1e3))
     assert np.mean(ref.argmax(-1) == got.argmax(-1)) >= 0.9
