@@ -135,21 +135,17 @@ class OutputFidelity:
         # segmentation map's probabilities over 64 batches would hold gigabytes
         self.reference: list[list[np.ndarray]] = []
         self.argmaxes: list[list[np.ndarray]] = []
-        self.deciding: list[int] = []
         sess = session(fp32, arena=False)
-        for n, batch in enumerate(batches):
-            out = run_batch(sess, batch, self.outputs)
-            if n == 0:
-                self.deciding = [i for i, x in enumerate(out) if distribution(x)]
-                batches = batches if self.deciding else batches[:samples]
+        first = run_batch(sess, batches[0], self.outputs) if batches else []
+        self.deciding = [i for i, x in enumerate(first) if distribution(x)]
+        self.batches = batches if self.deciding else batches[:samples]
+        for n, batch in enumerate(self.batches):
+            out = first if n == 0 else run_batch(sess, batch, self.outputs)
             if n < samples:
                 self.reference.append(out)
             if self.deciding:
                 self.argmaxes.append(self._argmaxes(out))
-            if n + 1 == len(batches):
-                break
         del sess
-        self.batches = batches
         self.measure = OutputError(self.reference)
 
     def _argmaxes(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
