@@ -15,14 +15,10 @@ import numpy as np
 
 from lowbit.metrics.base import METRICS
 from lowbit.metrics.output_error import probabilities as _probabilities
-from lowbit.metrics.output_error import yolo_columns, yolo_rows
+from lowbit.metrics.output_error import softmax_rows, yolo_columns, yolo_rows
 from lowbit.metrics.spec import MetricChoice
 
 EMBEDDING_NAMES = re.compile(r"emb|feat|vector|descriptor|encod", re.IGNORECASE)
-
-
-def _softmax_rows(x: np.ndarray, axis: int = -1) -> bool:
-    return _probabilities(x) and bool(np.allclose(x.sum(axis=axis), 1.0, atol=1e-3))
 
 
 def _log_softmax_rows(x: np.ndarray) -> bool:
@@ -77,8 +73,8 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
     if x.ndim == 2 and x.shape[1] > 1 and np.issubdtype(x.dtype, np.integer):
         return _ctc(name, x, "a sequence of class ids per sample")
     # before the YOLO rule: a (T, C) softmax has as many columns as a head has anchors
-    if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 2 and (_softmax_rows(x) or _log_softmax_rows(x)):
-        return _ctc(name, x, "per-step class probabilities" if _softmax_rows(x) else
+    if x.ndim == 3 and x.shape[1] > 1 and x.shape[2] > 2 and (softmax_rows(x) or _log_softmax_rows(x)):
+        return _ctc(name, x, "per-step class probabilities" if softmax_rows(x) else
                     "per-step log-probabilities")
     if yolo_rows(x):
         return [_choice("detection-yolo", o, f"output {name} {list(x.shape[1:])}: a YOLO head (4 box rows + "
@@ -96,7 +92,7 @@ def infer_task(name: str, x: np.ndarray) -> list[MetricChoice]:
         return [_choice("decisions@0.5", o, f"output {name}: one probability per sample")]
     if x.ndim == 2 and x.shape[1] > 1:
         norms = np.linalg.norm(x.astype(np.float64), axis=1)
-        if _softmax_rows(x):
+        if softmax_rows(x):
             kind = f"output {name} [N, {x.shape[1]}]: class probabilities (rows sum to 1)"
         elif _probabilities(x):  # independent probabilities (multi-label, per-frame): decisions
             return [_choice("decisions@0.5", o, f"output {name} [N, {x.shape[1]}]: independent probabilities "

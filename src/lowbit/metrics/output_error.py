@@ -37,6 +37,11 @@ def probabilities(x: np.ndarray) -> bool:
         float(x.max()) <= 1.0 + PROB_TOLERANCE
 
 
+def softmax_rows(x: np.ndarray) -> bool:
+    """Probabilities whose rows along the last axis each sum to 1 (a softmax's output)."""
+    return probabilities(x) and bool(np.allclose(np.sum(x, axis=-1, dtype=np.float64), 1.0, atol=1e-3))
+
+
 def yolo_rows(x: np.ndarray) -> bool:
     """(N, 4 + C, anchors), anchors many more than rows, rows 4: probabilities (YOLOv8 and later)."""
     return x.ndim == 3 and 5 <= x.shape[1] and x.shape[2] >= max(100, 8 * x.shape[1]) and probabilities(x[:, 4:])
