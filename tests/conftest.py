@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import lowbit.api  # before torch, as the CLI does (lowbit sets OpenMP's spin count before torch loads)
+import lowbit.stages.emit
 from lowbit.target.latency_choice import estimate_ratio
 from lowbit.target.model_speed import ModelSpeed
 
@@ -148,4 +149,4 @@ def _whole_model_speed_pinned(monkeypatch):
     """Whether a whole static-INT8 model runs slower than FP32 depends on the CPU, and decides the
     plan (lowbit.target.model_speed): in-process tests pin it to 'as fast' so that their plans are the
     same on every machine. tests/test_model_speed.py replaces it with the timings it tests."""
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", _as_fast_as_fp32)
+    monkeypatch.setattr(lowbit.stages.emit, "whole_model_speed", _as_fast_as_fp32)

@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lowbit
-import lowbit.api
+import lowbit.stages.emit
 from lowbit.api import VerifyOptions
 from lowbit.core import sqnr
 from lowbit.emit.size_check import TINY_MODEL
@@ -88,7 +88,7 @@ def test_whole_model_speed_times_both_models_in_paired_runs(hardswish):
 
 def test_int8_slower_than_fp32_ships_the_weight_only_plan(hardswish, monkeypatch, tmp_path):
     m, calib = hardswish
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", lambda *a: _timed(1.5))
+    monkeypatch.setattr(lowbit.stages.emit, "whole_model_speed", lambda *a: _timed(1.5))
     r = lowbit.quantize(m, "int8", calib, output=tmp_path / "a.onnx", verify=VerifyOptions(threads=()))
     assert not r.plan.tensors and not any(n.op_type == "QuantizeLinear" for n in r.model.graph.node)
     convs = [n for n in r.plan.nodes.values() if n.op == "Conv"]
@@ -104,7 +104,7 @@ def test_int8_slower_than_fp32_ships_the_weight_only_plan(hardswish, monkeypatch
     x = calib[0]
     assert sqnr(session(m).run(None, {"x": x})[0], session(written).run(None, {"x": x})[0]) > 30
     # re-applied, the plan gives the same bytes without timing anything
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", None)
+    monkeypatch.setattr(lowbit.stages.emit, "whole_model_speed", None)
     r.plan.save(tmp_path / "plan.json")
     (tmp_path / "float.onnx").write_bytes(r.float_model.SerializeToString())
     lowbit.quantize(tmp_path / "float.onnx", "int8", plan=tmp_path / "plan.json", output=tmp_path / "b.onnx",
@@ -114,7 +114,7 @@ def test_int8_slower_than_fp32_ships_the_weight_only_plan(hardswish, monkeypatch
 
 def test_int8_within_noise_of_fp32_keeps_integer_kernels(hardswish, monkeypatch):
     m, calib = hardswish
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", lambda *a: _timed(1.01))
+    monkeypatch.setattr(lowbit.stages.emit, "whole_model_speed", lambda *a: _timed(1.01))
     r = lowbit.quantize(m, "int8-fast", calib, verify=None)
     assert r.plan.tensors and any(n.op_type == "QuantizeLinear" for n in r.model.graph.node)
     assert r.report.data["speed_check"]["int8_clearly_slower"] is False
@@ -123,7 +123,7 @@ def test_int8_within_noise_of_fp32_keeps_integer_kernels(hardswish, monkeypatch)
 
 def test_objective_size_keeps_integer_kernels_untimed(hardswish, monkeypatch):
     m, calib = hardswish
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", None)  # called, it would raise
+    monkeypatch.setattr(lowbit.stages.emit, "whole_model_speed", None)  # called, it would raise
     cfg = dataclasses.replace(preset("int8-fast"), objective="size")
     r = lowbit.quantize(m, cfg, calib, verify=None)
     assert r.plan.tensors and "speed_check" not in r.report.data
@@ -132,7 +132,7 @@ def test_objective_size_keeps_integer_kernels_untimed(hardswish, monkeypatch):
 def test_four_bit_weights_are_not_timed(hardswish, monkeypatch):
     """The fallback stores weights in 8 bits: a 4-bit plan is chosen for size and keeps its kernels."""
     m, calib = hardswish
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", None)
+    monkeypatch.setattr(lowbit.stages.emit, "whole_model_speed", None)
     cfg = dataclasses.replace(preset("w4a8"), objective="latency", algorithms=())
     r = lowbit.quantize(m, cfg, calib, verify=None)
     assert r.plan.tensors and "speed_check" not in r.report.data
@@ -169,13 +169,13 @@ def test_recovery_is_skipped_where_the_weight_only_form_will_ship(hardswish, mon
             return _timed(ratio)
         return measure
 
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", timed(1.5))
+    monkeypatch.setattr(lowbit.stages.emit, "whole_model_speed", timed(1.5))
     r = lowbit.quantize(m, "int8", calib * 4, recover=Recover("5steps"), verify=None)
     assert len(calls) == 1 and not r.plan.tensors
     assert any("Recovery skipped" in n for n in r.report.data["notes"])
     assert not any(k.startswith("recover") for k in r.report.data["quantizer"]["stages"])
     calls.clear()
-    monkeypatch.setattr(lowbit.api, "whole_model_speed", timed(1.0))
+    monkeypatch.setattr(lowbit.stages.emit, "whole_model_speed", timed(1.0))
     r = lowbit.quantize(m, "int8", calib * 4, recover=Recover("5steps"), verify=None)
     assert len(calls) == 1 and r.plan.tensors
     assert any(k.startswith("recover") for k in r.report.data["quantizer"]["stages"])

@@ -11,23 +11,18 @@ from typing import Any
 import numpy as np
 import onnx
 
-from lowbit.algorithms.weight_only_gptq import WEIGHT_ONLY_GPTQ, gptq_weight_only
+from lowbit.algorithms.weight_only_gptq import WEIGHT_ONLY_GPTQ
 from lowbit.calibration import Percentile
 from lowbit.calibration.collect import collect_stats
 from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
-from lowbit.data.stateful import check_data_options, model_feeds
-from lowbit.emit.dynamic import emit_dynamic, stored_convs
-from lowbit.emit.fallback import weight_only_instead
-from lowbit.emit.fidelity_guard import WEIGHT_ONLY_FOR_FIDELITY, OutputFidelity
-from lowbit.emit.fp16 import emit_fp16, emit_fp16_weights
-from lowbit.emit.int4 import emit_mixed
-from lowbit.emit.shared_constants import share_identical_initializers
-from lowbit.emit.size_check import TINY_MODEL, Sizes, check_smaller, sizes
-from lowbit.emit.subgraphs import describe, store_subgraph_weights
-from lowbit.emit.weight_only import WEIGHT_ONLY_MAX_BYTES, weight_only_plan
+from lowbit.data.stateful import check_data_options
+from lowbit.emit.size_check import sizes
+from lowbit.stages.emit import emit_stage, emit_static, speed_checked, time_against_fp32
+from lowbit.emit.weight_only import WEIGHT_ONLY_MAX_BYTES
 from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_outputs
+from lowbit.stages.job import DataOptions, QuantizeJob
 from lowbit.load.model import LoadedModel, load_model
 from lowbit.load.prepare import PreparedModel, fingerprint, prepare
 from lowbit.load.quantized import refuse_quantized
@@ -35,17 +30,14 @@ from lowbit.onnx.session import run_batch, session
 from lowbit.plan.calibrate import calibrate
 from lowbit.plan.fit import check_plan_fits, plan_to_apply
 from lowbit.plan.int4_recipe import calibrate_int4
-from lowbit.plan.quant_plan import NodePlan, QuantPlan
+from lowbit.plan.quant_plan import QuantPlan
 from lowbit.presets import as_config, resolve_transformer
 from lowbit.progress import Progress, accepts_progress, null_progress
 from lowbit.report import Report
 from lowbit.search import PlanEvaluator, analyze_layers
 from lowbit.search.budget import Budget, budget_metric, budget_outcome, budget_search
-from lowbit.search.float_layers import restore_float_layers
 from lowbit.search.sensitivity import worst_histograms
-from lowbit.target.cpu import target_traits
 from lowbit.target.memory import peak_rss_mb, reset_peak_rss
-from lowbit.target.model_speed import ModelSpeed, whole_model_speed
 from lowbit.target.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
 from lowbit.verify.variants import VerifyOptions, plan_label, verify_into
 
@@ -96,53 +88,6 @@ def calibrate_plan(prepared: PreparedModel, config: QuantConfig, calib: FeedSour
     also returns the calibration statistics: `lowbit.plan.calibrate.calibrate`."""
     c = calibrate(prepared.proto, resolve_transformer(config, prepared.proto), calib, progress, timings)
     return c.model, c.plan, c.before_fit
-
-
-@dataclass(frozen=True)
-class _DataOptions:
-    """How quantize reads its data (calibration and evaluation alike)."""
-
-    batch_axes: dict | None
-    stateful: dict | None
-    preprocess: Any
-    skip_bad: bool
-
-    def feeds(self, source: Any, prepared: PreparedModel, labels: Any = None, limit: int | None = None,
-              model: onnx.ModelProto | None = None) -> FeedSource:
-        """`source` as feeds for the prepared model's inputs (`model`: the graph whose state shapes a
-        stateful run reads, the prepared one by default)."""
-        return model_feeds(source, prepared.proto if model is None else model, prepared.inputs,
-                           batch_axes=self.batch_axes, stateful=self.stateful, labels=labels,
-                           preprocess=self.preprocess, limit=limit, skip_bad=self.skip_bad)
-
-
-@dataclass
-class _Job:
-    """One quantize call's state as its stages hand it on. `prepared.proto` is the float model the
-    plan applies to; a stage that replaces it drops the previous one (one float model alive)."""
-
-    loaded: LoadedModel
-    prepared: PreparedModel
-    source_sizes: Sizes  # the output must be smaller (checked after emit)
-    cfg: QuantConfig
-    plan: QuantPlan | None = None
-    reapplied: bool = False  # the plan was given, not calibrated
-    before_fit: onnx.ModelProto | None = None  # float weights for layers kept in float
-    reference: onnx.ModelProto | None = None  # the prepared FP32 model, kept for a budget search
-    calib: FeedSource | None = None
-    search: dict | None = None
-    speed: ModelSpeed | None = None  # the whole-model INT8 vs FP32 timing (lowbit.target.model_speed)
-    fidelity: dict | None = None  # the emitted static model's output SQNR (lowbit.emit.fidelity_guard)
-    state_outputs: tuple[str, ...] = ()  # outputs carried back as state (stateful data)
-    notes: list[str] = field(default_factory=list)
-
-    def take_float_model(self) -> onnx.ModelProto:
-        """The float model, handed over: the job keeps no reference to it meanwhile."""
-        proto, self.prepared = self.prepared.proto, replace(self.prepared, proto=onnx.ModelProto())
-        return proto
-
-    def set_float_model(self, proto: onnx.ModelProto) -> None:
-        self.prepared = replace(self.prepared, proto=proto)
 
 
 @accepts_progress
@@ -203,7 +148,7 @@ def quantize(
     outputs = {"output": output, "checkpoint": checkpoint}  # the search writes its checkpoint as it goes
     out_target = check_outputs(outputs, {"model": model, "calib_data": calib_data, "eval_data": eval_data,
                                          "plan": plan, "labels": labels}).get("output")
-    data = _DataOptions(batch_axes, stateful, preprocess, skip_bad)
+    data = DataOptions(batch_axes, stateful, preprocess, skip_bad)
     job = _load(model, example_inputs, as_config(config), outputs, data, verify, progress, recover)
     if plan is None:  # the recipe (CNN / transformer / mixed regions), chosen once
         job.cfg = resolve_transformer(job.cfg, job.prepared.proto)
@@ -219,7 +164,7 @@ def quantize(
             if budget is not None:
                 metric = _search(job, budget, eval_data, labels, data, verify, progress, checkpoint, recover)
                 clock.lap("search")
-    qmodel, qbytes = _emit(job, config if isinstance(config, str) else None, progress)
+    qmodel, qbytes = emit_stage(job, config if isinstance(config, str) else None, progress)
     clock.lap("emit")
     report = _quantize_report(job, output, clock)
     if verify is not None:
@@ -252,8 +197,8 @@ def _recovery(recover: Any, cfg: QuantConfig, plan: Any) -> Any:
     return recover
 
 
-def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data: _DataOptions,
-          verify: VerifyOptions | None, progress: Progress, recover: Any = None) -> _Job:
+def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data: DataOptions,
+          verify: VerifyOptions | None, progress: Progress, recover: Any = None) -> QuantizeJob:
     """Load and prepare stages; the data options (batch axes, stateful pairs) and, with `recover`,
     whether recovery can train the graph, checked against the model before any work."""
     progress("load", 0, None)
@@ -270,10 +215,10 @@ def _load(model: Any, example_inputs: Any, cfg: QuantConfig, outputs: dict, data
         check_recoverable(prepared.proto)
     if verify is None:  # the loaded model is only verification's reference: not kept without it
         loaded = LoadedModel(onnx.ModelProto(), loaded.name, loaded.source, loaded.path)
-    return _Job(loaded, prepared, source_sizes, cfg, state_outputs=tuple((data.stateful or {}).values()))
+    return QuantizeJob(loaded, prepared, source_sizes, cfg, state_outputs=tuple((data.stateful or {}).values()))
 
 
-def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
+def _reapply(job: QuantizeJob, given: QuantPlan | str | Path) -> None:
     """A saved static INT8 plan, checked like user input (`lowbit.plan.schema`) and against the
     model it is applied to; its own config replaces the call's."""
     plan = plan_to_apply(given, job.prepared.proto)
@@ -298,7 +243,7 @@ def _reapply(job: _Job, given: QuantPlan | str | Path) -> None:
     job.plan, job.reapplied = plan, True
 
 
-def _calibration_feeds(job: _Job, given: tuple, data: _DataOptions, limit: int | None) -> FeedSource:
+def _calibration_feeds(job: QuantizeJob, given: tuple, data: DataOptions, limit: int | None) -> FeedSource:
     """The calibration feeds; the evaluation data's first batch is read first, so that data the model
     cannot take (wrong input names, shapes, labels) fails before minutes of calibration, not after."""
     calib_data, eval_data, labels = given
@@ -310,7 +255,7 @@ def _calibration_feeds(job: _Job, given: tuple, data: _DataOptions, limit: int |
     return data.feeds(calib_data, job.prepared, limit=limit)
 
 
-def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timings: dict[str, float]) -> None:
+def _calibrate(job: QuantizeJob, budget: bool, recover: Any, progress: Progress, timings: dict[str, float]) -> None:
     """Plan stage (`lowbit.plan.calibrate`; the int4 preset: `lowbit.plan.int4_recipe`), then, if
     asked, distillation of FP32 into the plan (`lowbit.recover`). The float model is handed over, so
     the copies the algorithms make replace it instead of adding to it (a budget search keeps the
@@ -324,10 +269,10 @@ def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timing
     else:
         c = calibrate(job.take_float_model(), job.cfg, job.calib, progress, timings)
         float_model, plan, before_fit = c.model, c.plan, c.before_fit
-    if (recover is not None and not budget and _speed_checked(job, plan)
+    if (recover is not None and not budget and speed_checked(job, plan)
             and job.source_sizes.file <= WEIGHT_ONLY_MAX_BYTES):  # else no weight-only form could ship
         # a plan that will ship weight-only for speed is not worth minutes of recovery
-        job.speed = _whole_model_speed(job, _emit_static(float_model, plan)[0], float_model, progress)
+        job.speed = time_against_fp32(job, emit_static(float_model, plan)[0], float_model, progress)
         if job.speed.clearly_slower:
             job.notes.append("Recovery skipped: the static INT8 model runs slower than FP32 here, so its "
                              "weight-only form ships, which has no activations to recover.")
@@ -342,7 +287,7 @@ def _calibrate(job: _Job, budget: bool, recover: Any, progress: Progress, timing
     job.before_fit = before_fit if budget or job.source_sizes.file <= WEIGHT_ONLY_MAX_BYTES else None
 
 
-def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, data: _DataOptions,
+def _search(job: QuantizeJob, budget: Budget, eval_data: Any, labels: Any, data: DataOptions,
             verify: VerifyOptions | None, progress: Progress, checkpoint: str | Path | None, recover: Any) -> Any:
     """The precision search within the accuracy budget (`lowbit.search.budget`); returns the metric
     it used, which the report then leads with."""
@@ -363,7 +308,7 @@ def _search(job: _Job, budget: Budget, eval_data: Any, labels: Any, data: _DataO
     return choice
 
 
-def _mix_recovery(job: _Job, recover: Any, progress: Progress) -> Any:
+def _mix_recovery(job: QuantizeJob, recover: Any, progress: Progress) -> Any:
     """recover(float model, plan) for the search's candidate mixes: the same options and teacher (the
     float model before plan-stage algorithms) as the recovery after calibration; None without recover."""
     if recover is None:
@@ -373,125 +318,7 @@ def _mix_recovery(job: _Job, recover: Any, progress: Progress) -> Any:
     return lambda float_model, plan: recover_plan(float_model, plan, job.before_fit, job.calib, recover, progress)
 
 
-def _emit(job: _Job, preset_name: str | None, progress: Progress) -> tuple[onnx.ModelProto, bytes]:
-    """Emit stage: the plan (or, for fp16 / int8-dynamic, the preset) becomes the deployable model,
-    which must be smaller than its input."""
-    cfg, float_model = job.cfg, job.prepared.proto
-    if cfg.precision == "fp16" and not job.reapplied:
-        fp16_arithmetic = target_traits(cfg.target).fp16
-        qmodel, job.plan = emit_fp16(float_model, cfg.keep_io_types) if fp16_arithmetic else emit_fp16_weights(float_model)
-    elif cfg.precision == "int8-dynamic" and not job.reapplied:
-        rounded = 0
-        if job.calib is not None:  # data given: the INT8-stored Conv weights are GPTQ-rounded against it
-            progress("weight-only rounding", 0, None)
-            convs = stored_convs(float_model)
-            w8 = QuantPlan("int8-dynamic", nodes={n: NodePlan(n, "Conv", "w8") for n in convs})
-            float_model, rounded = gptq_weight_only(float_model, w8, job.calib, cfg.seed, progress)
-        qmodel, job.plan = emit_dynamic(float_model, target=cfg.target,
-                                        algorithm_choices={WEIGHT_ONLY_GPTQ: {"layers": rounded}} if rounded else None)
-        if rounded:
-            job.notes.append(f"{rounded} convolutions' INT8-stored weights rounded by GPTQ on the calibration data.")
-    else:
-        qmodel = _emit_int8(job, progress)
-    qbytes = qmodel.SerializeToString()
-    check_smaller(preset_name or job.plan.precision, job.source_sizes, qmodel, len(qbytes))
-    return qmodel, qbytes
-
-
-def _emit_int8(job: _Job, progress: Progress) -> onnx.ModelProto:
-    """QDQ (plus block-wise weights the search chose); where the Q/DQ nodes cost more bytes than the
-    INT8 weights save, or the static INT8 model runs slower than FP32 here (objective 'latency'), the
-    weight-only form of the plan (`lowbit.emit.weight_only`)."""
-    progress("emit", 0, None)
-    qmodel, note = _emit_static(job.prepared.proto, job.plan)
-    size = job.source_sizes.file
-    # test-sized models may grow, as check_smaller allows, and their time is the runtime's overhead
-    if not job.reapplied and job.search is None and job.before_fit is not None and size >= TINY_MODEL:
-        def measure() -> ModelSpeed:  # timed once: before recovery where there was one
-            return job.speed or _whole_model_speed(job, qmodel, job.prepared.proto, progress)
-
-        fallback, job.speed = weight_only_instead(qmodel.ByteSize(), size,
-                                                  measure if _speed_checked(job, job.plan) else None)
-        if fallback is not None:
-            qmodel, note = _ship_weight_only(job, _weight_only_form(job, fallback.node_why, progress), fallback.why)
-        elif job.calib is not None and plan_label(job.plan) == "int8":  # w4a8's weight-only form is 8-bit: larger
-            qmodel, note = _guard_fidelity(job, qmodel, note, progress)
-    if note:
-        job.notes.append(note + ": ONNX Runtime does not fuse integer kernels inside subgraphs.")
-    return qmodel
-
-
-def _weight_only_form(job: _Job, node_why: str, progress: Progress) -> tuple[QuantPlan, onnx.ModelProto]:
-    """(the weight-only plan, the float model it applies to): layers kept in float get their FP32
-    weights back; with calibration data the INT8-stored weights are GPTQ-rounded against the layers'
-    FP32 inputs (`lowbit.algorithms.weight_only_gptq`)."""
-    plan = weight_only_plan(job.prepared.proto, job.plan, node_why)
-    float_model = restore_float_layers(job.prepared.proto, job.before_fit, plan)
-    if job.calib is not None:
-        progress("weight-only rounding", 0, None)
-        float_model, rounded = gptq_weight_only(float_model, plan, job.calib, job.cfg.seed, progress)
-        if rounded:  # recorded in the plan: re-applying it needs this float model (--save-float-model)
-            choices = {**(plan.decisions.algorithm_choices or {}), WEIGHT_ONLY_GPTQ: {"layers": rounded}}
-            plan = replace(plan, decisions=replace(plan.decisions, algorithm_choices=choices))
-    plan.model_fingerprint = fingerprint(float_model)  # before emit: the file records the plan
-    return plan, float_model
-
-
-def _ship_weight_only(job: _Job, form: tuple[QuantPlan, onnx.ModelProto], why: str,
-                      emitted: tuple[onnx.ModelProto, str] | None = None) -> tuple[onnx.ModelProto, str]:
-    """The job's plan becomes its weight-only form (`_weight_only_form`), emitted (`emitted`: already)."""
-    job.plan, float_model = form
-    job.set_float_model(float_model)
-    rounded = (job.plan.decisions.algorithm_choices or {}).get(WEIGHT_ONLY_GPTQ)
-    how = f"; {rounded['layers']} layers' weights rounded by GPTQ on the calibration data" if rounded else ""
-    job.notes.append(f"All layers weight-only INT8 (FP32 arithmetic): {why}{how}.")
-    return emitted or _emit_static(job.prepared.proto, job.plan)
-
-
-def _guard_fidelity(job: _Job, qmodel: onnx.ModelProto, note: str, progress: Progress) -> tuple[onnx.ModelProto, str]:
-    """`lowbit.emit.fidelity_guard`: the static model as emitted, or the weight-only form where the
-    static one lost its output's signal or decisions on calibration data and the weight-only form keeps them."""
-    # FP32 as given (kept for verification), else the float model before the plan-stage fits: the
-    # prepared model then holds GPTQ's / bias correction's weights, not FP32's
-    fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else job.before_fit
-    fidelity = OutputFidelity(fp32, job.calib, states=job.state_outputs)
-    check = fidelity.check(qmodel)
-    form = candidate = None
-    if check.needs_weight_only:
-        form = _weight_only_form(job, WEIGHT_ONLY_FOR_FIDELITY, progress)
-        candidate = _emit_static(form[1], form[0])
-        check.weight_only_sqnr_db, check.weight_only_decisions_kept = fidelity.measured(candidate[0])
-    job.fidelity = check.to_dict()
-    if check.weight_only_wins and form is not None:
-        return _ship_weight_only(job, form, check.why(), candidate)
-    return qmodel, note
-
-
-def _speed_checked(job: _Job, plan: QuantPlan) -> bool:
-    """Whether the int8 presets time this plan's whole model against FP32 (objective 'latency', 8-bit
-    weights, models from TINY_MODEL up; the caller rules out re-applied plans and search mixes)."""
-    return (job.cfg.objective == "latency" and job.calib is not None and plan_label(plan) == "int8"
-            and job.source_sizes.file >= TINY_MODEL)
-
-
-def _whole_model_speed(job: _Job, qmodel: onnx.ModelProto, float_model: onnx.ModelProto,
-                       progress: Progress) -> ModelSpeed:
-    """The emitted static INT8 model against the FP32 model as given (kept for verification), else
-    `float_model`, the one its plan applies to, on one calibration sample."""
-    progress("speed check", 0, None)
-    fp32 = job.loaded.proto if len(job.loaded.proto.graph.node) else float_model
-    return whole_model_speed(fp32.SerializeToString(), qmodel.SerializeToString(), job.calib.first_sample())
-
-
-def _emit_static(float_model: onnx.ModelProto, plan: QuantPlan) -> tuple[onnx.ModelProto, str]:
-    qmodel = emit_mixed(float_model, plan)  # emit_qdq, plus block-wise weights the search chose
-    # ONNX Runtime does not fuse Q/DQ inside If / Loop / Scan bodies: their weights are stored w8
-    note = describe(store_subgraph_weights(qmodel, "w8"))
-    share_identical_initializers(qmodel)  # zero points, passthrough scales, weights copied per layer
-    return qmodel, note
-
-
-def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Report:
+def _quantize_report(job: QuantizeJob, output: str | Path | None, clock: _Clock) -> Report:
     clock.timings["total_quantize"] = time.perf_counter() - clock.start
     if job.speed is not None:  # part of emit (or, with recover, of calibrate), reported on its own
         clock.timings["speed_check"] = job.speed.seconds
@@ -527,7 +354,7 @@ def _quantize_report(job: _Job, output: str | Path | None, clock: _Clock) -> Rep
     return report
 
 
-def _verify_quantized(job: _Job, report: Report, qbytes: bytes, given: tuple, data: _DataOptions,
+def _verify_quantized(job: QuantizeJob, report: Report, qbytes: bytes, given: tuple, data: DataOptions,
                       verify: VerifyOptions, progress: Progress, metric: Any, clock: _Clock) -> None:
     """Verify stage: fidelity, task metric, parity, kernels, energy and latency against the FP32
     model, on the held-out data (else the calibration data)."""
