@@ -18,11 +18,9 @@ from lowbit.config import QuantConfig
 from lowbit.data import FeedSource, as_feeds
 from lowbit.data.stateful import check_data_options
 from lowbit.emit.size_check import sizes
-from lowbit.stages.emit import emit_stage, emit_static, speed_checked, time_against_fp32
 from lowbit.emit.weight_only import WEIGHT_ONLY_MAX_BYTES
 from lowbit.errors import ConfigError, DataError, ModelError
 from lowbit.io import atomic_write_bytes, check_outputs
-from lowbit.stages.job import DataOptions, QuantizeJob
 from lowbit.load.model import LoadedModel, load_model
 from lowbit.load.prepare import PreparedModel, fingerprint, prepare
 from lowbit.load.quantized import refuse_quantized
@@ -37,6 +35,8 @@ from lowbit.report import Report
 from lowbit.search import PlanEvaluator, analyze_layers
 from lowbit.search.budget import Budget, budget_metric, budget_outcome, budget_search
 from lowbit.search.sensitivity import worst_histograms
+from lowbit.stages.emit import emit_stage, emit_static, speed_checked, time_against_fp32
+from lowbit.stages.job import DataOptions, QuantizeJob
 from lowbit.target.memory import peak_rss_mb, reset_peak_rss
 from lowbit.target.speed_prediction import predict_speed  # noqa: F401  (lowbit.api.predict_speed)
 from lowbit.verify.variants import VerifyOptions, plan_label, verify_into

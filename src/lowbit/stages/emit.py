@@ -20,11 +20,11 @@ from lowbit.emit.shared_constants import share_identical_initializers
 from lowbit.emit.size_check import TINY_MODEL, check_smaller
 from lowbit.emit.subgraphs import describe, store_subgraph_weights
 from lowbit.emit.weight_only import weight_only_plan
-from lowbit.stages.job import QuantizeJob
 from lowbit.load.prepare import fingerprint
 from lowbit.plan.quant_plan import NodePlan, QuantPlan
 from lowbit.progress import Progress
 from lowbit.search.float_layers import restore_float_layers
+from lowbit.stages.job import QuantizeJob
 from lowbit.target.cpu import target_traits
 from lowbit.target.model_speed import ModelSpeed, whole_model_speed
 from lowbit.verify.variants import plan_label
