@@ -2,7 +2,7 @@
 
 One command:
     .venv/bin/python benchmarks/recover.py [--presets int8,w4a8] [--budget 10m] [--features 0,8] [--calib 256]
-        [--out DIR]
+        [--augment] [--patience N] [--oracle] [--out DIR]
 
 Per preset, each quantization runs alone in a fresh subprocess (its wall time and peak RSS are the
 child's own); then, in this process, every variant is scored against FP32 on
@@ -11,6 +11,10 @@ child's own); then, in this process, every variant is scored against FP32 on
   used for calibration, recovery or the other evaluation),
 and timed in one latency run (FP32, PTQ and recovered variants together, batch 1, 1 and 2 threads).
 Writes DIR/recover.md and DIR/recover.json (default DIR: benchmarks/results).
+
+`--oracle` is a diagnosis, never a recipe: calibration and recovery then use other crops of the
+evaluation photos themselves (`photo_arrays('eval', 300 + N)[300:]`, disjoint crops of the same 6
+photos), an upper bound on what better calibration photos could give.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
+EVAL_N = 300  # the benchmark's held-out crops: photo_arrays('eval', EVAL_N)
 
 
 def _unused_photo_crops(per_photo: int = 5) -> np.ndarray:
@@ -52,7 +57,7 @@ def _unused_photo_crops(per_photo: int = 5) -> np.ndarray:
 
 def _quantize_child(args: tuple) -> dict:
     """Runs in a fresh process: one quantization, its wall time and peak RSS."""
-    fp32, preset, calib_n, budget, features, out_path, threads = args
+    fp32, preset, calib_n, budget, features, out_path, threads, oracle, options = args
     import resource
 
     import torch
@@ -62,10 +67,10 @@ def _quantize_child(args: tuple) -> dict:
     from lowbit.demo.mobilenet import photo_arrays
     from lowbit.recover import Recover
 
-    calib = np.stack(photo_arrays("calib", calib_n))
+    calib = np.stack(photo_arrays("eval", EVAL_N + calib_n)[EVAL_N:] if oracle else photo_arrays("calib", calib_n))
     t = time.perf_counter()
     res = lowbit.quantize(fp32, preset, calib, verify=None,
-                          recover=Recover(budget, features=features) if budget else None)
+                          recover=Recover(budget, features=features, **options) if budget else None)
     wall = time.perf_counter() - t
     Path(out_path).write_bytes(res.model.SerializeToString())
     return {"wall_s": wall, "recover_s": res.timings.get("recover"), "peak_rss_mb":
@@ -91,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--features", default="8",
                     help="comma list: one recovered variant per number of watched intermediate tensors (0: outputs only)")
     ap.add_argument("--calib", type=int, default=256, help="calibration crops (photo_arrays('calib', N))")
+    ap.add_argument("--augment", action="store_true", help="Recover(augment=True): random resized crops and flips")
+    ap.add_argument("--patience", type=int, default=None, help="Recover(patience=N) (default: Recover's)")
+    ap.add_argument("--oracle", action="store_true",
+                    help="diagnosis only: calibrate and recover on other crops of the evaluation photos themselves")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for recovery")
     ap.add_argument("--runs", type=int, default=50, help="latency rounds")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
@@ -105,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = work / "mobilenet_v2.onnx"
     export_mobilenet(fp32)
     runs: dict[str, dict] = {}
+    options = {k: v for k, v in (("augment", args.augment), ("patience", args.patience)) if v}
     models: dict[str, bytes] = {}
     ctx = mp.get_context("spawn")
     for preset in args.presets.split(","):
@@ -114,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             path = work / f"{preset}-{f'rec{features}' if budget else 'ptq'}.onnx"
             with ctx.Pool(1) as pool:
                 runs[label] = pool.apply(_quantize_child, ((str(fp32), preset, args.calib, budget, features,
-                                                            str(path), args.threads),))
+                                                            str(path), args.threads, args.oracle, options),))
             models[label] = path.read_bytes()
             print(label, json.dumps({k: v for k, v in runs[label].items() if k != "recover"}), flush=True)
-    held = _score(fp32, models, np.stack(photo_arrays("eval", 300)))
+    held = _score(fp32, models, np.stack(photo_arrays("eval", EVAL_N)))
     unused = _score(fp32, models, _unused_photo_crops())
     eval1 = np.stack(photo_arrays("eval", 1))
     lat = measure_latency({"fp32": fp32.read_bytes(), **models}, {_input_name(fp32): eval1}, threads=(1, 2),
@@ -141,15 +151,18 @@ def main(argv: list[str] | None = None) -> int:
                      "held_out_slice": rec.get("held_out_after", {}).get("top1_agreement")})
     env = {"cpu": platform.processor() or platform.machine(), "isa": flags, "usable_cores": len(os.sched_getaffinity(0)),
            "vnni": this_cpu().vnni, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "calib": args.calib,
-           "budget": args.budget, "load_average": os.getloadavg()}
+           "budget": args.budget, "recover_options": options, "oracle": args.oracle, "load_average": os.getloadavg()}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "recover.json", json.dumps({"env": env, "rows": rows, "runs": runs,
                                                                  "latency": lat}, indent=1, default=str).encode())
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     lines = [f"# Recover on MobileNetV2 ({env['date']}; {env['usable_cores']} cores, ISA {', '.join(flags)}; "
              f"load average {env['load_average'][0]:.1f})", "",
-             f"Calibration: {args.calib} crops of the calibration photos (20% held out by recover for early "
-             f"stopping); budget {args.budget}. Agreement with FP32: top-1 on the benchmark's 300 held-out crops "
+             (f"**Oracle (a diagnosis, not a recipe):** calibration and recovery on {args.calib} other crops of "
+              "the 6 evaluation photos themselves (`photo_arrays('eval', 300 + N)[300:]`). " if args.oracle else
+              f"Calibration: {args.calib} crops of the calibration photos. ") +
+             f"20% of them held out by recover for early stopping; budget {args.budget}"
+             f"{', options ' + json.dumps(options) if options else ''}. Agreement with FP32: top-1 on the benchmark's 300 held-out crops "
              "(`photo_arrays('eval', 300)`) and on 100 crops of 20 photos used nowhere else (foolbox's ImageNet "
              "photos). Speed-up vs FP32 from one latency run (batch 1, median).", "",
              "Recovery steps taken (batch 8) and the step shipped (0: the held-out slice never improved, PTQ's "
