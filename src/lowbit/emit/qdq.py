@@ -327,8 +327,8 @@ class _Surgery:
         qmin, qmax = q.dtype.bounds(q.narrow)
         p = f"{name}_fq"
         n = {k: self.names.fresh(f"{p}_{k}") for k in ("div", "round", "add", "clip", "sub")}
-        scale, zero_point = np.float32(np.asarray(q.scale).reshape(())), np.float32(np.asarray(q.zero_point).reshape(()))
-        s = self._const(f"{p}_scale", np.asarray(scale, dtype=np.float32).reshape(()))
+        zero_point = np.float32(np.asarray(q.zero_point).reshape(()))
+        s = self._const(f"{p}_scale", np.asarray(q.scale, dtype=np.float32).reshape(()))
         nodes = [
             helper.make_node("Div", [name, s], [n["div"]], name=self.names.fresh(f"{p}_Div")),
             helper.make_node("Round", [n["div"]], [n["round"]], name=self.names.fresh(f"{p}_Round")),
@@ -340,7 +340,7 @@ class _Surgery:
                 helper.make_node("Clip", [n["round"], lo, hi], [n["clip"]], name=self.names.fresh(f"{p}_Clip")),
                 helper.make_node("Mul", [n["clip"], s], [dq_out], name=self.names.fresh(f"{p}_Mul")),
             ], dq_out
-        z = self._const(f"{p}_zp", np.asarray(zero_point, dtype=np.float32).reshape(()))
+        z = self._const(f"{p}_zp", np.asarray(zero_point).reshape(()))
         lo = self._const(f"{p}_qmin", np.float32(qmin))
         hi = self._const(f"{p}_qmax", np.float32(qmax))
         nodes += [
